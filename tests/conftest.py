@@ -1,0 +1,265 @@
+"""Shared fixtures: a private Redis, the simulator over loopback HTTP, and real Celery worker processes.
+
+Nothing here mocks Redis or httpx. Each test gets its own key prefix, so tests never touch keys they did
+not write, even on a shared Redis (``JANITOR_TEST_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    shared = os.environ.get("JANITOR_TEST_REDIS_URL")
+    if shared:
+        yield shared
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not on PATH: install it (apt-get install redis-server) or set JANITOR_TEST_REDIS_URL"
+        )
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(answers, 10, what="the test redis-server")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"jt-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    # Remove only what this test wrote: its own prefix.
+    keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    client.close()
+
+
+API_KEY = "test-key-5f0c1e"
+
+
+@dataclass
+class Sim:
+    """A running simulator and a small client for its control API."""
+
+    server: Any
+    api_key: str
+    admin: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admin = httpx.Client(base_url=self.server.admin_url, timeout=10)
+
+    @property
+    def base_url(self) -> str:
+        return str(self.server.base_url)
+
+    def reset(self, endpoints: list[dict[str, Any]]) -> None:
+        self.admin.post("/reset", json={"endpoints": endpoints}).raise_for_status()
+
+    def faults(self, **faults: Any) -> None:
+        self.admin.post("/faults", json=faults).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.admin.get("/requests").json()["data"]
+        return data
+
+    def endpoint_ids(self) -> set[str]:
+        return {e["id"] for e in self.admin.get("/endpoints").json()["data"]}
+
+    def calls(self, method: str, endpoint_id: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests()
+            if r["method"] == method and (endpoint_id is None or r["path"].endswith(f"/endpoints/{endpoint_id}"))
+        ]
+
+
+@pytest.fixture
+def sim() -> Iterator[Sim]:
+    from worker.simulator import SimulatorServer
+
+    server = SimulatorServer(api_key=API_KEY).start()
+    wrapper = Sim(server, API_KEY)
+    yield wrapper
+    wrapper.admin.close()
+    server.stop()
+
+
+def write_policy(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BASIC_POLICY = """
+version: 1
+scope: {types: [dedicated]}
+protect:
+  - name: "acme/prod-*"
+rules:
+  - name: ci-endpoints
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+limits:
+  max_deletes_per_sweep: 25
+"""
+
+
+def env_for(redis_url: str, key_prefix: str, sim: Sim, policy_file: Path, **extra: str) -> dict[str, str]:
+    """The environment of a worker process: everything explicit, nothing inherited from the developer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_", "CELERY_"))}
+    env.update(
+        {
+            "TOGETHER_API_KEY": sim.api_key,
+            "JANITOR_TOGETHER_BASE_URL": sim.base_url,
+            "JANITOR_REDIS_URL": redis_url,
+            "JANITOR_KEY_PREFIX": key_prefix,
+            "JANITOR_POLICY_FILE": str(policy_file),
+            "JANITOR_DRY_RUN": "false",
+            "JANITOR_RETRY_BACKOFF_S": "0.05",
+            "JANITOR_RETRY_BACKOFF_MAX_S": "0.2",
+            "JANITOR_HTTP_TIMEOUT_S": "2",
+            "JANITOR_VISIBILITY_TIMEOUT_S": "60",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start a real process (a Celery worker, beat...) with a log file; all are stopped at the end."""
+    started: list[Proc] = []
+
+    def start(args: list[str], env: dict[str, str], name: str, ready: str | None = None, timeout: float = 30) -> Proc:
+        log = tmp_path / f"{name}-{len(started)}.log"
+        handle = log.open("wb")
+        popen = subprocess.Popen(args, env=env, cwd=str(ROOT), stdout=handle, stderr=subprocess.STDOUT)
+        proc = Proc(popen, log)
+        started.append(proc)
+        if ready is not None:
+            wait_for(lambda: ready in proc.output() or popen.poll() is not None, timeout, what=f"{name} to be ready")
+            assert popen.poll() is None, f"{name} exited early:\n{proc.output()[-3000:]}"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def start_worker(spawn: Callable[..., Proc], env: dict[str, str], concurrency: int = 4, pool: str = "threads") -> Proc:
+    name = f"w{uuid.uuid4().hex[:6]}@%h"
+    return spawn(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-l",
+            "INFO",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        "worker",
+        ready="ready.",
+    )

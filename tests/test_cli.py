@@ -1,0 +1,111 @@
+"""The ``janitor`` command, run as a real process against a real Redis and the simulator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import BASIC_POLICY, ROOT, Proc, Sim, env_for, start_worker
+from worker.janitor import run_sweep
+from worker.store import Store
+from worker.together import TogetherClient
+
+
+def janitor(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args], env=env, cwd=str(ROOT), capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def env(redis_url: str, key_prefix: str, sim: Sim, tmp_path: Path, redis_client: redis.Redis) -> dict[str, str]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BASIC_POLICY)
+    sim.reset([
+        {"id": "endpoint-0001", "name": "acme/ci-old", "model": "m", "owner": "acme", "age_s": 7 * 3600},
+        {"id": "endpoint-0002", "name": "acme/prod-x", "model": "m", "owner": "acme", "age_s": 7 * 3600},
+        {"id": "endpoint-0003", "name": "acme/ci-new", "model": "m", "owner": "acme", "age_s": 60},
+    ])
+    return env_for(redis_url, key_prefix, sim, policy)
+
+
+def test_check_policy_ok_and_bad(env: dict[str, str], tmp_path: Path) -> None:
+    ok = janitor(["check-policy", str(ROOT / "config" / "policy.example.yaml")], env)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    default = janitor(["check-policy"], env)  # JANITOR_POLICY_FILE
+    assert default.returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n - name: ci\n   ttl: 6 hours\n")
+    result = janitor(["check-policy", str(bad)], env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "rule 'ci'" in result.stderr and "ttl" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_is_one_line(env: dict[str, str]) -> None:
+    result = janitor(["report"], env | {"JANITOR_REDIS_URL": "localhost:6379"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "JANITOR_REDIS_URL" in result.stderr
+
+
+def test_plan_evaluates_and_changes_nothing(env: dict[str, str], sim: Sim, redis_client: redis.Redis,
+                                            key_prefix: str) -> None:
+    result = janitor(["plan", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    decisions = {e["endpoint_id"]: (e["decision"], e["rule"]) for e in plan["endpoints"]}
+    assert decisions == {
+        "endpoint-0001": ("delete", "ci-endpoints"),
+        "endpoint-0002": ("keep", None),
+        "endpoint-0003": ("keep", None),
+    }
+    assert plan["deletes"] == 1
+    assert sim.calls("DELETE") == []
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:*")) == []
+    text = janitor(["plan"], env)
+    assert "acme/ci-old" in text.stdout and "1 endpoint(s) would be deleted" in text.stdout
+
+
+def test_report_json_shape(env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str,
+                           tmp_path: Path) -> None:
+    store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
+    with TogetherClient(sim.base_url, sim.api_key, 2) as client:
+        run_sweep(store=store, client=client, policy_file=Path(env["JANITOR_POLICY_FILE"]), dry_run=True,
+                  lock_ttl_s=30, pending_ttl_s=60, enqueue=lambda r: None)
+    result = janitor(["report", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"sweeps", "endpoints"}
+    sweep = report["sweeps"][0]
+    for key in ("sweep_id", "started_at", "finished_at", "dry_run", "listed", "candidates", "queued", "protected",
+                "status", "error"):
+        assert key in sweep
+    assert sweep["dry_run"] is True and sweep["candidates"] == 1
+    table = janitor(["report"], env)
+    assert table.returncode == 0 and "Sweeps" in table.stdout
+
+
+def test_sweep_wait_goes_through_the_broker(env: dict[str, str], spawn: Callable[..., Proc], sim: Sim,
+                                           redis_client: redis.Redis, key_prefix: str) -> None:
+    start_worker(spawn, env)
+    result = janitor(["sweep", "--dry-run", "--wait", "--timeout", "60"], env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["dry_run"] is True and summary["queued"] == 1 and summary["status"] == "ok"
+    report = json.loads(janitor(["report", "--json"], env).stdout)
+    assert any(s["sweep_id"] == summary["sweep_id"] for s in report["sweeps"])
+    assert sim.calls("DELETE") == []
+
+
+def test_report_without_redis_is_one_line(env: dict[str, str]) -> None:
+    result = janitor(["report"], env | {"JANITOR_REDIS_URL": "redis://:hunter2@127.0.0.1:9/0"})
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr and "hunter2" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0

@@ -1,0 +1,213 @@
+"""One sweep, in-process, against a real Redis and the simulator over HTTP (the queue is a list here;
+``test_tasks.py`` runs the same through real Celery workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import BASIC_POLICY, Sim
+from worker.janitor import DeleteRequest, attempt_delete, backoff_delay, run_sweep
+from worker.store import OutcomeStatus, Store
+from worker.together import TogetherClient
+
+
+def ep(name: str, i: int, **fields: object) -> dict[str, object]:
+    return {"id": f"endpoint-{i:04d}", "name": name, "model": "m", "owner": "acme", "age_s": 7 * 3600} | fields
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> Store:
+    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
+
+
+@pytest.fixture
+def client(sim: Sim) -> TogetherClient:
+    return TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
+
+
+def sweep(store: Store, client: TogetherClient, policy: Path, queued: list[DeleteRequest], dry_run: bool = False):  # type: ignore[no-untyped-def]
+    return run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=dry_run,
+        lock_ttl_s=60,
+        pending_ttl_s=120,
+        enqueue=queued.append,
+    )
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(BASIC_POLICY)
+    return path
+
+
+def test_sweep_queues_expired_and_spares_protected_and_young(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    sim.reset(
+        [
+            ep("acme/ci-old", 1),
+            ep("acme/ci-young", 2, age_s=600),
+            ep("acme/prod-ci", 3, age_s=90 * 86400),
+            ep("acme/ci-serverless", 4, type="serverless"),
+            ep("acme/ci-weird", 5, state="FAILED", extra={"surprise": [1, 2]}),
+        ]
+    )
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert summary.status == "ok", summary.error
+    assert sorted(r.endpoint_id for r in queued) == ["endpoint-0001", "endpoint-0005"]
+    assert (summary.listed, summary.candidates, summary.queued, summary.protected) == (4, 2, 2, 0)
+    assert {r.rule for r in queued} == {"ci-endpoints"} and not any(r.dry_run for r in queued)
+    assert store.recent_sweeps()[0].sweep_id == summary.sweep_id
+    assert set(store.load_observations()) == {"endpoint-0001", "endpoint-0002", "endpoint-0003", "endpoint-0005"}
+    assert sim.calls("DELETE") == []  # the sweep itself never deletes
+
+
+def test_protected_candidates_are_counted(sim: Sim, store: Store, client: TogetherClient, tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nprotect:\n - name: 'acme/prod-*'\nrules:\n - name: all\n   ttl: 1h\n")
+    sim.reset([ep("acme/prod-a", 1), ep("acme/ci-b", 2)])
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert [r.endpoint_id for r in queued] == ["endpoint-0002"] and summary.protected == 1
+
+
+def test_no_second_delete_while_one_is_pending(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:
+    sim.reset([ep("acme/ci-old", 1)])
+    first: list[DeleteRequest] = []
+    second: list[DeleteRequest] = []
+    sweep(store, client, policy, first)
+    summary = sweep(store, client, policy, second)
+    assert len(first) == 1 and second == []
+    assert summary.already_pending == 1
+    assert store.pending_task("endpoint-0001") == first[0].task_id
+
+
+def test_overlapping_sweep_is_skipped_and_recorded(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    sim.reset([ep("acme/ci-old", 1)])
+    held = store.sweep_lock(60)
+    assert held.acquire(blocking=False)
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    held.release()
+    assert summary.status == "skipped" and queued == []
+    assert store.recent_sweeps()[0].status == "skipped"
+    assert sim.requests() == []  # skipped before listing
+
+
+def test_limit_trips_and_nothing_is_queued(sim: Sim, store: Store, client: TogetherClient, tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\nlimits: {max_deletes_per_sweep: 2}\n")
+    sim.reset([ep(f"acme/ci-{i}", i) for i in range(3)])
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert summary.status == "limit_exceeded" and queued == []
+    assert "max_deletes_per_sweep=2" in (summary.error or "")
+    assert summary.candidates == 3 and summary.queued == 0
+    policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\nlimits: {max_deletes_per_sweep: 3}\n")
+    assert sweep(store, client, policy, queued).queued == 3  # the file is read at every sweep
+
+
+@pytest.mark.parametrize(
+    "mode", ["malformed_json", "missing_fields", "html_200", "html_502", "status_500", "duplicate_ids", "not_a_list"]
+)
+def test_a_bad_list_aborts_the_sweep_with_no_deletes(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path, mode: str
+) -> None:
+    sim.reset([ep("acme/ci-old", 1), ep("acme/ci-old2", 2)])
+    sim.faults(list_mode=mode)
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert summary.status == "error" and "listing failed" in (summary.error or "")
+    assert queued == [] and store.recent_sweeps()[0].status == "error"
+
+
+def test_an_invalid_policy_aborts_the_sweep(sim: Sim, store: Store, client: TogetherClient, tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n - name: all\n   ttl: forever\n")
+    sim.reset([ep("acme/ci-old", 1)])
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert summary.status == "error" and "rule 'all'" in (summary.error or "") and queued == []
+    assert sim.requests() == []
+
+
+def test_detail_is_fetched_only_for_endpoints_passing_other_keys(
+    sim: Sim, store: Store, client: TogetherClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n - name: h100-ci\n   match: {name: 'acme/ci-*', hardware: '*h100*'}\n   ttl: 1h\n"
+    )
+    sim.reset(
+        [
+            ep("acme/ci-1", 1, hardware="1x_nvidia_h100_80gb_sxm"),
+            ep("acme/ci-2", 2, hardware="1x_nvidia_a100_80gb"),
+            ep("other/x", 3, hardware="1x_nvidia_h100_80gb_sxm"),
+            ep("acme/ci-young", 4, hardware="1x_nvidia_h100_80gb_sxm", age_s=60),
+        ]
+    )
+    queued: list[DeleteRequest] = []
+    sweep(store, client, policy, queued)
+    assert [r.endpoint_id for r in queued] == ["endpoint-0001"]
+    fetched = sorted(r["path"] for r in sim.calls("GET") if "/endpoints/" in r["path"])
+    assert fetched == ["/v1/endpoints/endpoint-0001", "/v1/endpoints/endpoint-0002"]
+
+
+def test_invalid_ids_from_the_api_are_failed_and_never_requested(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    sim.reset([ep("acme/ci-evil", 0, id="../../v1/endpoints"), ep("acme/ci-good", 1)])
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert [r.endpoint_id for r in queued] == ["endpoint-0001"]
+    assert summary.invalid_ids == 1
+    recorded = store.latest_outcome("../../v1/endpoints")
+    assert recorded is not None and recorded.status is OutcomeStatus.FAILED and "invalid endpoint id" in recorded.error
+    assert all(r["method"] == "GET" and r["path"] == "/v1/endpoints" for r in sim.requests())
+
+
+def test_dry_run_flag_reaches_the_requests(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:
+    sim.reset([ep("acme/ci-old", 1)])
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued, dry_run=True)
+    assert summary.dry_run and queued[0].dry_run
+    assert set(queued[0].task_kwargs()) == {"endpoint_id", "endpoint_name", "sweep_id", "rule", "dry_run"}
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "retryable"),
+    [
+        ([204], OutcomeStatus.DELETED, False),
+        ([404], OutcomeStatus.ALREADY_GONE, False),
+        ([403], OutcomeStatus.FORBIDDEN, False),
+        ([500], OutcomeStatus.FAILED, True),
+        ([502], OutcomeStatus.FAILED, False),
+        ([429], OutcomeStatus.FAILED, False),
+        (["drop"], OutcomeStatus.FAILED, False),
+    ],
+)
+def test_attempt_classifies_answers(
+    sim: Sim, client: TogetherClient, script: list[object], status: OutcomeStatus, retryable: bool
+) -> None:
+    sim.reset([ep("acme/ci-old", 1)])
+    sim.faults(scripts={"endpoint-0001": {"DELETE": script}})
+    attempt = attempt_delete(client, "endpoint-0001")
+    assert (attempt.status, attempt.retryable) == (status, retryable)
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    low = [backoff_delay(r, 2.0, 300.0, lambda a, b: a) for r in range(12)]
+    high = [backoff_delay(r, 2.0, 300.0, lambda a, b: b) for r in range(12)]
+    assert low[:4] == [1.0, 2.0, 4.0, 8.0] and high[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert max(high) == 300.0 and all(lo <= hi for lo, hi in zip(low, high, strict=True))
+    assert backoff_delay(0, 0.25, 1.0, lambda a, b: b) == 0.25  # fractions allowed

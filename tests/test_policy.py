@@ -1,0 +1,279 @@
+"""The policy model and its evaluation: pure functions, so most behaviour is pinned here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.errors import PolicyError
+from worker.policy import Action, Observation, evaluate, load_policy, observe, parse_policy
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Ep:
+    id: str = "endpoint-1"
+    name: str = "acme/ci-run-1"
+    model: str = "meta-llama/Llama-3-8b"
+    type: str = "dedicated"
+    owner: str = "acme"
+    state: str = "STARTED"
+    created_at: datetime = NOW - timedelta(hours=7)
+    display_name: str | None = None
+    hardware: str | None = None
+
+
+POLICY = parse_policy(
+    """
+version: 1
+scope: {types: [dedicated], mine: false}
+protect:
+  - name: "acme/prod-*"
+  - id: endpoint-keep
+rules:
+  - name: ci-endpoints
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+  - name: idle-a-week
+    stale: {states: [STOPPED, ERROR], for: 7d}
+limits:
+  max_deletes_per_sweep: 25
+"""
+)
+
+
+def test_ttl_expired_is_deleted_by_the_first_rule() -> None:
+    d = evaluate(POLICY, Ep(), None, NOW)
+    assert (d.action, d.rule) == (Action.DELETE, "ci-endpoints")
+    assert "ttl 6h" in d.reason
+
+
+def test_ttl_not_yet_expired_is_kept() -> None:
+    assert evaluate(POLICY, Ep(created_at=NOW - timedelta(hours=5)), None, NOW).action is Action.KEEP
+
+
+def test_future_created_at_is_never_expired() -> None:
+    assert evaluate(POLICY, Ep(created_at=NOW + timedelta(days=400)), None, NOW).action is Action.KEEP
+
+
+def test_protect_by_name_and_by_id_wins_over_rules() -> None:
+    d = evaluate(
+        POLICY,
+        Ep(name="acme/prod-chat", created_at=NOW - timedelta(days=90), state="STOPPED"),
+        Observation("STOPPED", NOW - timedelta(days=30)),
+        NOW,
+    )
+    assert d.action is Action.PROTECTED and "protect[0]" in d.reason
+    assert evaluate(POLICY, Ep(id="endpoint-keep"), None, NOW).action is Action.PROTECTED
+
+
+def test_serverless_is_out_of_scope_by_default() -> None:
+    d = evaluate(POLICY, Ep(type="serverless", created_at=NOW - timedelta(days=900)), None, NOW)
+    assert d.action is Action.OUT_OF_SCOPE
+    assert parse_policy("version: 1").scope.types == ["dedicated"]
+
+
+def test_stale_needs_the_janitors_own_observation() -> None:
+    ep = Ep(name="x/other", state="STOPPED", created_at=NOW - timedelta(days=30))
+    assert evaluate(POLICY, ep, None, NOW).action is Action.KEEP  # never seen: first sighting is now
+    assert evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=6)), NOW).action is Action.KEEP
+    d = evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=8)), NOW)
+    assert (d.action, d.rule) == (Action.DELETE, "idle-a-week")
+    # an observation of another state does not count
+    assert evaluate(POLICY, ep, Observation("STARTED", NOW - timedelta(days=8)), NOW).action is Action.KEEP
+
+
+def test_observe_first_sighting_is_now_and_a_change_resets_the_clock() -> None:
+    first = observe(None, "STOPPED", NOW)
+    assert first == Observation("STOPPED", NOW)
+    later = NOW + timedelta(days=1)
+    assert observe(first, "STOPPED", later) == first
+    assert observe(first, "STARTED", later) == Observation("STARTED", later)
+
+
+def test_ttl_and_stale_together_both_must_hold() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: both\n   ttl: 1d\n   stale: {states: [STOPPED], for: 1h}")
+    old_stopped = Ep(state="STOPPED", created_at=NOW - timedelta(days=2))
+    assert evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).action is Action.DELETE
+    assert evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(minutes=2)), NOW).action is Action.KEEP
+    young = replace(old_stopped, created_at=NOW - timedelta(hours=3))
+    assert evaluate(policy, young, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).action is Action.KEEP
+
+
+def test_rules_are_tried_in_order() -> None:
+    policy = parse_policy(
+        "version: 1\nrules:\n - name: first\n   match: {owner: acme}\n   ttl: 1h\n - name: second\n   ttl: 1h"
+    )
+    assert evaluate(policy, Ep(), None, NOW).rule == "first"
+    assert evaluate(policy, Ep(owner="bob"), None, NOW).rule == "second"
+
+
+def test_no_match_means_every_endpoint_in_scope() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: all\n   ttl: 1h")
+    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).action is Action.DELETE
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("acme/ci-*", "acme/ci-42", True),
+        ("acme/ci-*", "ACME/ci-42", False),  # globs are case-sensitive
+        ("acme/ci-?", "acme/ci-4", True),
+        ("acme/ci-[0-9]", "acme/ci-x", False),
+        ("re:acme/ci-\\d+", "acme/ci-42", True),
+        ("re:acme/ci-\\d+", "acme/ci-42-extra", False),  # regexes must match the whole value
+        ("re:.*-tmp", "x-tmp", True),
+    ],
+)
+def test_glob_and_regex(pattern: str, value: str, expected: bool) -> None:
+    policy = parse_policy(f"version: 1\nrules:\n - name: r\n   match: {{name: '{pattern}'}}\n   ttl: 1h")
+    assert (evaluate(policy, Ep(name=value), None, NOW).action is Action.DELETE) is expected
+
+
+def test_a_list_of_patterns_matches_any_and_every_key_must_match() -> None:
+    policy = parse_policy(
+        "version: 1\nrules:\n - name: r\n   match: {name: ['a/*', 'b/*'], state: [STARTED, ERROR]}\n   ttl: 1h"
+    )
+    assert evaluate(policy, Ep(name="b/x"), None, NOW).action is Action.DELETE
+    assert evaluate(policy, Ep(name="b/x", state="STOPPED"), None, NOW).action is Action.KEEP
+    assert evaluate(policy, Ep(name="c/x"), None, NOW).action is Action.KEEP
+
+
+@pytest.mark.parametrize("key", ["id", "name", "model", "owner", "state", "type"])
+def test_every_list_key_can_be_matched(key: str) -> None:
+    ep = Ep()
+    policy = parse_policy(f"version: 1\nrules:\n - name: r\n   match: {{{key}: '{getattr(ep, key)}'}}\n   ttl: 1h")
+    assert evaluate(policy, ep, None, NOW).action is Action.DELETE
+
+
+def test_detail_keys_ask_for_the_detail_only_after_other_keys_pass() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: r\n   match: {name: 'acme/*', hardware: '*h100*'}\n   ttl: 1h")
+    assert evaluate(policy, Ep(name="other/x"), None, NOW).action is Action.KEEP  # no fetch needed
+    assert evaluate(policy, Ep(), None, NOW).action is Action.NEEDS_DETAIL
+    detailed = Ep(display_name="d", hardware="1x_nvidia_h100_80gb_sxm")
+    assert evaluate(policy, detailed, None, NOW, detail_fetched=True).action is Action.DELETE
+    other_hw = Ep(display_name="d", hardware="1x_nvidia_a100")
+    assert evaluate(policy, other_hw, None, NOW, detail_fetched=True).action is Action.KEEP
+    # the detail did not carry the field: a rule that cannot be decided does not hold
+    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).action is Action.KEEP
+
+
+def test_protect_on_detail_key_fetches_and_fails_safe() -> None:
+    policy = parse_policy("version: 1\nprotect:\n - display_name: 'KEEP*'\nrules:\n - name: r\n   ttl: 1h")
+    assert evaluate(policy, Ep(), None, NOW).action is Action.NEEDS_DETAIL
+    kept = Ep(display_name="KEEP me", hardware="h")
+    assert evaluate(policy, kept, None, NOW, detail_fetched=True).action is Action.PROTECTED
+    assert evaluate(policy, Ep(display_name="x", hardware="h"), None, NOW, detail_fetched=True).action is Action.DELETE
+    # undecidable protection protects
+    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).action is Action.PROTECTED
+
+
+def test_unknown_states_are_tolerated() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: failed\n   stale: {states: [FAILED], for: 1h}")
+    ep = Ep(state="FAILED")
+    assert evaluate(policy, ep, Observation("FAILED", NOW - timedelta(hours=2)), NOW).action is Action.DELETE
+
+
+# ------------------------------------------------------------------------------ validation errors
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragments"),
+    [
+        ("version: 2", ["version", "version: 1"]),
+        ("rules: []", ["version", "missing"]),
+        ("version: 1\nrules:\n - name: ci\n   ttl: 6x", ["rule 'ci'", "ttl", "6x"]),
+        ("version: 1\nrules:\n - name: ci\n   match: {nmae: x}\n   ttl: 1h", ["rule 'ci'", "match", "nmae"]),
+        ("version: 1\nrules:\n - name: ci", ["rule 'ci'", "ttl or stale"]),
+        ("version: 1\nrules:\n - name: ci\n   stale: {states: [STOPPED]}", ["rule 'ci'", "stale", "for"]),
+        ("version: 1\nrules:\n - name: ci\n   stale: {states: [], for: 1d}", ["rule 'ci'", "states"]),
+        ("version: 1\nrules:\n - name: ci\n   ttl: 1h\n   ttl: 2h", ["line", "twice"]),
+        ("version: 1\nrules:\n - name: a\n   ttl: 1h\n - name: a\n   ttl: 2h", ["'a'", "unique"]),
+        ("version: 1\nrules:\n - name: a\n   tll: 1h", ["rule 'a'", "tll", "unknown key"]),
+        ("version: 1\nprotect:\n - name: 're:('", ["protect[0]", "regular expression"]),
+        ("version: 1\nprotect:\n - {}", ["protect[0]", "matcher"]),
+        ("version: 1\nlimits: {max_deletes_per_sweep: -1}", ["limits", "max_deletes_per_sweep"]),
+        ("version: 1\nlimits: {max_deletes_per_sweep: '5'}", ["limits", "max_deletes_per_sweep"]),
+        ("version: 1\nscope: {types: []}", ["scope", "types"]),
+        ("version: 1\nscope: {mine: 'yes'}", ["scope", "mine"]),
+        ("version: 1\nsurprise: 1", ["surprise", "unknown key"]),
+        ("- just a list", ["mapping"]),
+        ("version: [1", ["YAML", "line 1"]),
+        ("", ["mapping"]),
+        ("version: 1\nrules:\n - 42", ["rules[0]"]),
+    ],
+)
+def test_errors_are_one_line_and_name_the_place(doc: str, fragments: list[str]) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(doc, "policy.yaml")
+    message = str(info.value)
+    assert message.startswith("policy.yaml: ")
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_load_policy_reports_missing_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "nope.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(PolicyError, match="UTF-8"):
+        load_policy(binary)
+
+
+def test_yaml_tags_that_build_objects_are_refused() -> None:
+    with pytest.raises(PolicyError, match="YAML"):
+        parse_policy("version: !!python/object/apply:os.system ['true']")
+
+
+@pytest.mark.parametrize("name", ["policy.yaml", "policy.example.yaml"])
+def test_shipped_policies_are_valid(name: str) -> None:
+    policy = load_policy(ROOT / "config" / name)
+    assert policy.limits.max_deletes_per_sweep >= 0
+
+
+# ------------------------------------------------------------------------------ properties
+
+names = st.text(alphabet="abcdefghij/-*", min_size=1, max_size=12)
+endpoints = st.builds(
+    Ep,
+    name=st.text(alphabet="abcdefghij/-", min_size=1, max_size=12),
+    state=st.sampled_from(["STARTED", "STOPPED", "ERROR", "FAILED", "PENDING"]),
+    type=st.sampled_from(["dedicated", "serverless"]),
+    created_at=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ep=endpoints,
+    protect=names,
+    rule_glob=names,
+    ttl_h=st.integers(1, 1000),
+    stale_h=st.integers(1, 1000),
+    since_h=st.integers(-10, 2000),
+)
+def test_protected_or_out_of_scope_is_never_deleted(
+    ep: Ep, protect: str, rule_glob: str, ttl_h: int, stale_h: int, since_h: int
+) -> None:
+    policy = parse_policy(
+        f"version: 1\nprotect:\n - name: '{protect}'\nrules:\n - name: a\n   match: {{name: '{rule_glob}'}}\n"
+        f"   ttl: {ttl_h}h\n - name: b\n   stale: {{states: [STOPPED, FAILED], for: {stale_h}h}}\n"
+    )
+    observed = Observation(ep.state, NOW - timedelta(hours=since_h))
+    decision = evaluate(policy, ep, observed, NOW)
+    protected = policy.protect[0].matches(ep)
+    if decision.action is Action.DELETE:
+        assert not protected
+        assert ep.type == "dedicated"
+        assert ep.created_at <= NOW or decision.rule == "b"
+    if ep.type != "dedicated":
+        assert decision.action is Action.OUT_OF_SCOPE

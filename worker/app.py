@@ -1,0 +1,89 @@
+"""The Celery app: broker and backend in Redis, reliability settings, and the beat schedule."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+from celery import Celery
+
+from worker.errors import SettingsError
+from worker.schedule import parse_schedule
+from worker.settings import Settings, get_settings
+
+SWEEP_TASK = "janitor.sweep"
+DELETE_TASK = "janitor.delete_endpoint"
+QUEUE = "janitor"
+
+
+def restore_interval_s(settings: Settings) -> int:
+    return int(max(1, min(10, settings.visibility_timeout_s // 4)))
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    schedule = parse_schedule(settings.sweep_schedule)
+    # A sweep message that waited longer than one interval (beat ran while no worker could) is
+    # dropped rather than run late; the next tick brings a fresh one.
+    expires = schedule.total_seconds() if isinstance(schedule, timedelta) else 900.0
+    keyprefix = f"{settings.key_prefix}:celery:"
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        # Every key Celery and kombu write starts with the app's prefix too.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "global_keyprefix": keyprefix,
+            # kombu looks for unacknowledged messages past their visibility timeout every interval x
+            # throttle seconds (100 s by default); this bounds redelivery after a crash to the visibility
+            # timeout plus at most restore_interval_s.
+            "unacked_restore_interval": restore_interval_s(settings),
+            "unacked_restore_throttle": 1,
+        },
+        "result_backend_transport_options": {"global_keyprefix": keyprefix},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "result_expires": timedelta(days=1),
+        "task_default_queue": QUEUE,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # A worker killed mid-task loses nothing: the message is acknowledged only after the task ran,
+        # and a task whose worker died is requeued (redelivered by Redis after the visibility timeout).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Events for Flower: sent, started, retried and finished tasks all show.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": True,
+        "beat_schedule": {
+            "janitor-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": schedule,
+                "options": {"expires": expires},
+            }
+        },
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("janitor")
+    app.conf.update(celery_config(settings))
+    app.conf.include = ["worker.tasks"]
+    return app
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        # One clear line and a non-zero exit, before Celery starts anything.
+        print(f"janitor: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+app = create_app(_settings_or_exit())

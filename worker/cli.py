@@ -1,0 +1,252 @@
+"""The ``janitor`` command: trigger, plan, report, check a policy, run the simulator or a local stack.
+
+Every bad input ends in one line on stderr (``janitor: ...``) and exit code 2; a service that cannot be
+reached ends in exit code 1. No traceback is shown for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from worker.errors import JanitorError, PolicyError, TogetherError
+from worker.settings import Settings, get_settings
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_check_policy(args: argparse.Namespace) -> int:
+    from worker.policy import load_policy
+
+    path = Path(args.file) if args.file else get_settings().policy_file
+    policy = load_policy(path)
+    print(
+        f"{path}: ok: {len(policy.rules)} rule(s), {len(policy.protect)} protect matcher(s), "
+        f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep"
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from worker.app import SWEEP_TASK, app
+
+    result = app.send_task(SWEEP_TASK, kwargs={"dry_run": args.dry_run})
+    if not args.wait:
+        print(f"queued sweep {result.id}")
+        return 0
+    summary = result.get(timeout=args.timeout, propagate=True)
+    _print_json(summary)
+    return 0 if summary.get("status") in ("ok", "skipped") else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from worker.janitor import fetch_detail, plan
+    from worker.policy import observe
+    from worker.store import Store, utc_now
+    from worker.together import client_for
+
+    settings = get_settings()
+    from worker.policy import load_policy
+
+    policy = load_policy(settings.policy_file)
+    client = client_for(settings)
+    endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
+    observations = Store.from_settings(settings).load_observations()
+    now = utc_now()
+    projected = {e.id: observe(observations.get(e.id), e.state, now) for e in endpoints}
+    planned = plan(policy, endpoints, projected, now, lambda eid: fetch_detail(client, eid))  # type: ignore[arg-type]
+    rows = [
+        {
+            "endpoint_id": p.endpoint.id,
+            "name": p.endpoint.name,
+            "state": p.endpoint.state,
+            "decision": str(p.decision.action),
+            "rule": p.decision.rule,
+            "reason": p.decision.reason,
+        }
+        for p in planned
+    ]
+    deletes = sum(1 for r in rows if r["decision"] == "delete")
+    limit = policy.limits.max_deletes_per_sweep
+    if args.json:
+        _print_json({"endpoints": rows, "deletes": deletes, "max_deletes_per_sweep": limit})
+        return 0
+    shown = [r for r in rows if r["decision"] != "out_of_scope"]
+    print(
+        _table(
+            [[r["decision"], r["rule"], r["name"], r["state"], r["reason"]] for r in shown],
+            ["DECISION", "RULE", "NAME", "STATE", "REASON"],
+        )
+    )
+    note = " (over the limit: a sweep would queue none)" if deletes > limit else ""
+    print(f"\n{deletes} endpoint(s) would be deleted; max_deletes_per_sweep is {limit}{note}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from worker.store import Store
+
+    store = Store.from_settings(get_settings())
+    sweeps = [s.to_dict() for s in store.recent_sweeps(args.limit)]
+    outcomes = [dataclasses.asdict(o) | {"status": str(o.status)} for o in store.latest_outcomes(args.limit)]
+    if args.json:
+        _print_json({"sweeps": sweeps, "endpoints": outcomes})
+        return 0
+    print("Sweeps")
+    print(
+        _table(
+            [
+                [
+                    s["started_at"],
+                    s["status"],
+                    s["dry_run"],
+                    s["listed"],
+                    s["candidates"],
+                    s["queued"],
+                    s["protected"],
+                    s["error"] or "",
+                ]
+                for s in sweeps
+            ],
+            ["STARTED", "STATUS", "DRY", "LISTED", "CANDIDATES", "QUEUED", "PROTECTED", "ERROR"],
+        )
+    )
+    print("\nLatest outcomes")
+    print(
+        _table(
+            [
+                [
+                    o["at"],
+                    o["status"],
+                    o["endpoint_id"],
+                    o["endpoint_name"],
+                    o["rule"],
+                    o["attempts"],
+                    o["http_status"],
+                    o["error"] or "",
+                ]
+                for o in outcomes
+            ],
+            ["AT", "STATUS", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"],
+        )
+    )
+    return 0
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from worker.simulator import SimulatorServer
+
+    server = SimulatorServer(host=args.host, port=args.port, api_key=args.api_key, demo=args.demo, verbose=True)
+    print(f"simulator serving {server.base_url} (API key: the one you passed with --api-key)", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from worker.stack import run_stack
+
+    return int(run_stack(args))
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="janitor", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="queue a sweep now (through the broker)")
+    p.add_argument(
+        "--dry-run",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override JANITOR_DRY_RUN for this sweep",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the sweep and print its summary")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plan", help="list and evaluate now; show what would be deleted; change nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("report", help="recent sweeps and the latest outcome per endpoint")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("check-policy", help="validate a policy file (default: JANITOR_POLICY_FILE)")
+    p.add_argument("file", nargs="?")
+    p.set_defaults(func=cmd_check_policy)
+
+    p = sub.add_parser("simulator", help="serve the Together API simulator on loopback")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8808)
+    p.add_argument("--api-key", default="sim-key")
+    p.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="seed the demo endpoints (default on)",
+    )
+    p.set_defaults(func=cmd_simulator)
+
+    p = sub.add_parser("up", help="run the whole stack locally without Docker (Ctrl-C stops it)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--flower-port", type=int, default=5555)
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (PolicyError, TogetherError, JanitorError) as exc:
+        print(f"janitor: {exc}", file=sys.stderr)
+        return 2
+    except redis.exceptions.ConnectionError as exc:
+        settings: Settings | None = None
+        with contextlib.suppress(JanitorError):
+            settings = get_settings()
+        where = _redact_url(settings.redis_url) if settings else "Redis"
+        print(f"janitor: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The policy file (version 1) and its evaluation.
+
+Evaluation is a pure function of (policy, endpoint, observation, now): no I/O, no clock, no Redis. Whatever
+cannot be decided from what is at hand is said so (``NEEDS_DETAIL``) rather than guessed, and every doubt
+resolves towards keeping the endpoint: a rule that cannot be decided does not hold, a protect matcher that
+cannot be decided protects.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from worker.durations import format_duration, parse_duration
+from worker.errors import PolicyError
+
+MATCH_KEYS = ("id", "name", "display_name", "model", "owner", "hardware", "state", "type")
+# ``GET /endpoints`` does not carry these; only ``GET /endpoints/{id}`` does.
+DETAIL_KEYS = frozenset({"display_name", "hardware"})
+REGEX_PREFIX = "re:"
+_MAX_PATTERN_LEN = 500
+_MAX_POLICY_BYTES = 1024 * 1024
+
+
+class EndpointFacts(Protocol):
+    """What evaluation reads of an endpoint (``worker.together.Endpoint`` has it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def display_name(self) -> str | None: ...
+    @property
+    def hardware(self) -> str | None: ...
+
+
+# ---------------------------------------------------------------------------------------------- matchers
+
+
+@dataclass(frozen=True)
+class ValuePattern:
+    """A glob (whole value, case-sensitive) or ``re:<regex>`` (``re.fullmatch``)."""
+
+    text: str
+    compiled: re.Pattern[str]
+
+    @classmethod
+    def parse(cls, text: object) -> ValuePattern:
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"a pattern must be a non-empty string, got {text!r}")
+        if len(text) > _MAX_PATTERN_LEN:
+            raise ValueError(f"pattern longer than {_MAX_PATTERN_LEN} characters")
+        if text.startswith(REGEX_PREFIX):
+            source = text[len(REGEX_PREFIX) :]
+            try:
+                return cls(text, re.compile(source))
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {source!r}: {exc}") from None
+        return cls(text, re.compile(fnmatch.translate(text)))
+
+    def matches(self, value: str) -> bool:
+        return self.compiled.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Every key must match; a key's value matches if any of its patterns does."""
+
+    fields: tuple[tuple[str, tuple[ValuePattern, ...]], ...]
+
+    @classmethod
+    def parse(cls, raw: object) -> Matcher:
+        if isinstance(raw, Matcher):
+            return raw
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError(f"a matcher must be a non-empty mapping of {', '.join(MATCH_KEYS)}")
+        fields = []
+        for key, value in raw.items():
+            if key not in MATCH_KEYS:
+                raise ValueError(f"unknown matcher key {key!r}; use one of {', '.join(MATCH_KEYS)}")
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise ValueError(f"{key}: an empty list matches nothing")
+            try:
+                patterns = tuple(ValuePattern.parse(v) for v in values)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+            fields.append((key, patterns))
+        # Keys the list response carries are tried first, so a mismatch there spares a detail fetch.
+        fields.sort(key=lambda item: item[0] in DETAIL_KEYS)
+        return cls(tuple(fields))
+
+    @property
+    def needs_detail(self) -> bool:
+        return any(key in DETAIL_KEYS for key, _ in self.fields)
+
+    def matches(self, endpoint: EndpointFacts) -> bool | None:
+        """True or False; None when a key the endpoint does not yet carry would decide."""
+        undecided = False
+        for key, patterns in self.fields:
+            value = getattr(endpoint, key)
+            if value is None:
+                undecided = True
+                continue
+            if not any(p.matches(value) for p in patterns):
+                return False
+        return None if undecided else True
+
+    def __str__(self) -> str:
+        parts = []
+        for key, patterns in self.fields:
+            texts = [p.text for p in patterns]
+            parts.append(f"{key}={texts[0] if len(texts) == 1 else texts}")
+        return ", ".join(parts)
+
+
+def _matcher(raw: object) -> Matcher:
+    return Matcher.parse(raw)
+
+
+def _duration(raw: object) -> timedelta:
+    if isinstance(raw, timedelta):
+        return raw
+    return parse_duration(raw)
+
+
+MatcherField = Annotated[Matcher, BeforeValidator(_matcher)]
+DurationField = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+
+
+class Scope(_Strict):
+    types: list[str] = Field(default_factory=lambda: ["dedicated"], min_length=1)
+    mine: bool = False
+
+
+class Stale(_Strict):
+    states: list[str] = Field(min_length=1)
+    for_: DurationField = Field(alias="for")
+
+    @field_validator("states")
+    @classmethod
+    def _states(cls, states: list[str]) -> list[str]:
+        for state in states:
+            if not re.fullmatch(r"[A-Z][A-Z_]*", state):
+                raise ValueError(f"state {state!r} must be written in capitals, e.g. STOPPED")
+        return states
+
+
+class Rule(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    match: MatcherField | None = None
+    ttl: DurationField | None = None
+    stale: Stale | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        if not name.isprintable() or name != name.strip():
+            raise ValueError("a rule name must be printable, without leading or trailing spaces")
+        return name
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> Rule:
+        if self.ttl is None and self.stale is None:
+            raise ValueError("a rule needs at least one condition: ttl or stale")
+        return self
+
+    def conditions_hold(self, endpoint: EndpointFacts, observed: Observation | None, now: datetime) -> str | None:
+        """The reason the rule's conditions hold, or None if any does not."""
+        reasons = []
+        if self.ttl is not None:
+            age = now - endpoint.created_at
+            # A created_at in the future gives a negative age: such an endpoint is never expired.
+            if age < self.ttl:
+                return None
+            reasons.append(f"age {format_duration(age)} >= ttl {format_duration(self.ttl)}")
+        if self.stale is not None:
+            if endpoint.state not in self.stale.states or observed is None or observed.state != endpoint.state:
+                return None
+            held = now - observed.since
+            if held < self.stale.for_:
+                return None
+            reasons.append(f"{endpoint.state} for {format_duration(held)} >= {format_duration(self.stale.for_)}")
+        return "; ".join(reasons)
+
+
+class Limits(_Strict):
+    max_deletes_per_sweep: int = Field(default=25, ge=0)
+
+
+class Policy(_Strict):
+    version: Literal[1]
+    scope: Scope = Field(default_factory=Scope)
+    protect: list[MatcherField] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Policy:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice; names must be unique")
+            seen.add(rule.name)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the janitor itself saw: the endpoint's state and since when it has been in it."""
+
+    state: str
+    since: datetime
+
+
+def observe(previous: Observation | None, state: str, now: datetime) -> Observation:
+    """First sighting counts as now; a change of state resets the clock."""
+    if previous is not None and previous.state == state:
+        return previous
+    return Observation(state, now)
+
+
+class Action(StrEnum):
+    DELETE = "delete"
+    KEEP = "keep"
+    PROTECTED = "protected"
+    OUT_OF_SCOPE = "out_of_scope"
+    NEEDS_DETAIL = "needs_detail"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    rule: str | None
+    reason: str
+
+
+def evaluate(
+    policy: Policy,
+    endpoint: EndpointFacts,
+    observed: Observation | None,
+    now: datetime,
+    *,
+    detail_fetched: bool = False,
+) -> Decision:
+    """Decide one endpoint. Rules are tried in order and the first that holds names the decision.
+
+    ``detail_fetched`` says ``display_name`` and ``hardware`` were asked for already; without it a matcher on
+    them that would decide yields ``NEEDS_DETAIL`` so the caller can fetch and ask again.
+    """
+    if endpoint.type not in policy.scope.types:
+        return Decision(Action.OUT_OF_SCOPE, None, f"type {endpoint.type!r} is not in scope")
+    for rule in policy.rules:
+        reason = rule.conditions_hold(endpoint, observed, now)
+        if reason is None:
+            continue
+        matched = True if rule.match is None else rule.match.matches(endpoint)
+        if matched is False:
+            continue
+        if matched is None:
+            if not detail_fetched:
+                return Decision(Action.NEEDS_DETAIL, rule.name, "rule matches on display_name or hardware")
+            continue  # the API did not give the field: a rule that cannot be decided does not hold
+        for index, matcher in enumerate(policy.protect):
+            protected = matcher.matches(endpoint)
+            if protected is None and not detail_fetched:
+                return Decision(Action.NEEDS_DETAIL, rule.name, "protect matches on display_name or hardware")
+            if protected is not False:
+                return Decision(Action.PROTECTED, rule.name, f"protect[{index}] ({matcher})")
+        return Decision(Action.DELETE, rule.name, reason)
+    return Decision(Action.KEEP, None, "no rule holds")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a mapping with a key twice (YAML would silently keep the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _where(loc: tuple[int | str, ...], raw: Any) -> str:
+    """Name the place of an error as a person would look for it: the rule by name, then the key."""
+    parts: list[str] = []
+    i = 0
+    while i < len(loc):
+        item = loc[i]
+        if item == "rules" and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            index = int(loc[i + 1])
+            name = None
+            rules = raw.get("rules") if isinstance(raw, dict) else None
+            if isinstance(rules, list) and index < len(rules) and isinstance(rules[index], dict):
+                name = rules[index].get("name")
+            parts.append(f"rule {name!r} (rules[{index}])" if isinstance(name, str) else f"rules[{index}]")
+            i += 2
+            continue
+        if item == "protect" and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            parts.append(f"protect[{loc[i + 1]}]")
+            i += 2
+            continue
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
+        elif not str(item).startswith("function-"):
+            parts.append("for" if item == "for_" else str(item))
+        i += 1
+    return ": ".join(p for p in parts if p)
+
+
+def _describe(exc: ValidationError, raw: Any) -> str:
+    err = exc.errors(include_url=False)[0]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    elif err["type"] == "literal_error" and err["loc"] == ("version",):
+        message = "unsupported version; this janitor reads version: 1"
+    where = _where(tuple(err["loc"]), raw)
+    return f"{where}: {message}" if where else message
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Parse and validate a policy document; raise :class:`PolicyError` with one line naming the place."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise PolicyError(f"{source}: not valid YAML{at}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping with at least 'version: 1'")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise PolicyError(f"{source}: {_describe(exc, raw)}") from None
+
+
+def load_policy(path: Path) -> Policy:
+    """Read a policy file (the one place here that touches the disk)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror or exc}") from None
+    if len(data) > _MAX_POLICY_BYTES:
+        raise PolicyError(f"{path}: larger than {_MAX_POLICY_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not UTF-8 text") from None
+    return parse_policy(text, str(path))

@@ -1,0 +1,32 @@
+"""``JANITOR_SWEEP_SCHEDULE``: a duration (``15m``) or a five-field cron expression (``*/15 * * * *``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery.schedules import crontab
+
+from worker.durations import parse_duration
+
+
+def parse_schedule(text: str) -> timedelta | crontab:
+    """Return what beat needs; raise ``ValueError`` that says which form was expected."""
+    fields = text.split()
+    if len(fields) == 5:
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        try:
+            return crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+            )
+        except Exception as exc:  # celery raises ValueError or its own ParseException
+            raise ValueError(f"invalid cron expression {text!r}: {exc}") from None
+    if len(fields) == 1:
+        try:
+            return parse_duration(fields[0])
+        except ValueError as exc:
+            raise ValueError(f"{exc}; or give a 5-field cron expression") from None
+    raise ValueError(f"{text!r} is neither a duration such as 15m nor a 5-field cron expression")

@@ -1,0 +1,173 @@
+"""Process settings, read once from the environment (prefix ``JANITOR_``) and an optional ``.env`` file.
+
+A bad value must stop the process at start with one line that names the variable, so every field is
+validated here and :func:`load_settings` turns pydantic's error into :class:`SettingsError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import SettingsError
+from worker.schedule import parse_schedule
+
+ENV_PREFIX = "JANITOR_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    together_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JANITOR_TOGETHER_API_KEY", "TOGETHER_API_KEY"),
+    )
+    together_base_url: str = "https://api.together.xyz/v1"
+    redis_url: str = "redis://localhost:6379/0"
+    policy_file: Path = Path("config/policy.yaml")
+    dry_run: bool = True
+    sweep_schedule: str = "15m"
+    delete_max_retries: Annotated[int, Field(ge=0, le=50)] = 5
+    retry_backoff_s: Annotated[float, Field(gt=0)] = 2.0
+    retry_backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "janitor"
+    http_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    visibility_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    retention_days: Annotated[float, Field(gt=0)] = 30.0
+    events_max_len: Annotated[int, Field(ge=100)] = 100_000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("together_api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        if value is not None and any(c.isspace() for c in value.get_secret_value()):
+            raise ValueError("the API key holds whitespace")
+        return value
+
+    @field_validator("together_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http(s) URL such as https://api.together.xyz/v1, got {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("names no host")
+        return value
+
+    @field_validator("sweep_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)  # raises ValueError with a readable message
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _fits_visibility_timeout(self) -> Settings:
+        # Redis redelivers a task that is unacknowledged for longer than the visibility timeout, so a
+        # delete that runs (or waits for its retry countdown) longer than that would be run twice.
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError("JANITOR_RETRY_BACKOFF_MAX_S must not be below JANITOR_RETRY_BACKOFF_S")
+        if self.retry_backoff_max_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "JANITOR_RETRY_BACKOFF_MAX_S must stay below JANITOR_VISIBILITY_TIMEOUT_S "
+                f"({self.retry_backoff_max_s:g} >= {self.visibility_timeout_s:g})"
+            )
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "JANITOR_VISIBILITY_TIMEOUT_S must exceed the delete task's time limit "
+                f"({self.task_time_limit_s:g} s, from JANITOR_HTTP_TIMEOUT_S)"
+            )
+        return self
+
+    @property
+    def _task_slack_s(self) -> float:
+        # What a delete task may spend beyond its one HTTP request: Redis writes and bookkeeping.
+        return min(10.0, max(1.0, self.http_timeout_s))
+
+    @property
+    def task_soft_time_limit_s(self) -> float:
+        return self.http_timeout_s + self._task_slack_s
+
+    @property
+    def task_time_limit_s(self) -> float:
+        return self.http_timeout_s + 2 * self._task_slack_s
+
+    @property
+    def pending_ttl_s(self) -> int:
+        """How long a queued delete blocks another one for the same endpoint if no outcome ever clears it.
+
+        It covers every attempt and every backoff wait, plus one visibility timeout for a redelivery.
+        """
+        attempts = self.delete_max_retries + 1
+        worst = attempts * self.task_time_limit_s + self.delete_max_retries * self.retry_backoff_max_s
+        return int(worst + self.visibility_timeout_s) + 60
+
+    @property
+    def sweep_lock_ttl_s(self) -> int:
+        """A sweep lock outlives no sweep: a worker killed mid-sweep frees it after this long."""
+        return int(self.visibility_timeout_s)
+
+    @property
+    def retention_s(self) -> int:
+        return int(self.retention_days * 86400)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    field = str(loc[0]).lower()
+    if field.endswith("together_api_key"):  # the field name, or either of its env aliases
+        return "TOGETHER_API_KEY"
+    return ENV_PREFIX + field.upper()
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"]:
+        return f"invalid settings: {message}"
+    name = _env_name(err["loc"])
+    shown = "" if name == "TOGETHER_API_KEY" or "input" not in err else f" (got {err['input']!r})"
+    return f"invalid setting {name}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise :class:`SettingsError` with one readable line on bad input."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return load_settings()

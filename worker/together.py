@@ -1,0 +1,263 @@
+"""The Together API v1 client and its models: the only code that talks to the API.
+
+The spec (``tests/spec/together-openapi-endpoints.yaml``) is the contract, but the live API also returns
+fields and states the spec lacks, so the models ignore unknown fields and keep ``state`` as a plain string.
+What the contract does promise is enforced: a list whose entries lack required fields, repeat an id, or
+arrive as something other than JSON is refused as a whole, because a sweep must never act on half a list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError, field_validator
+
+from worker.errors import (
+    ApiStatusError,
+    ApiTransportError,
+    InvalidEndpointId,
+    MalformedResponse,
+    SettingsError,
+)
+from worker.settings import Settings
+
+KNOWN_STATES = frozenset({"PENDING", "STARTING", "STARTED", "STOPPING", "STOPPED", "ERROR"})
+
+# An id is put into a URL as one path segment, so only characters that need no escaping are allowed.
+# Together's ids look like ``endpoint-<uuid>``; the allow-list is wider than that but admits nothing that a
+# server or proxy could read as a separator, an escape, a dot segment or whitespace.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,256}")
+
+_MAX_LIST_BYTES = 256 * 1024 * 1024
+_MAX_OBJECT_BYTES = 1024 * 1024
+
+
+def check_endpoint_id(endpoint_id: object) -> str:
+    """Return ``endpoint_id`` if it is one safe URL path segment; raise :class:`InvalidEndpointId` if not."""
+    if not isinstance(endpoint_id, str) or not endpoint_id:
+        raise InvalidEndpointId("invalid endpoint id: empty or not a string")
+    if not _SAFE_ID.fullmatch(endpoint_id) or ".." in endpoint_id or endpoint_id == ".":
+        shown = endpoint_id if len(endpoint_id) <= 80 else endpoint_id[:77] + "..."
+        raise InvalidEndpointId(
+            f"invalid endpoint id {shown!r}: only letters, digits and _ . : ~ - are allowed, "
+            "at most 256 of them, and no '..'"
+        )
+    return endpoint_id
+
+
+class Endpoint(BaseModel):
+    """An endpoint as listed (``ListEndpoint``) or fetched (``DedicatedEndpoint``, which adds two fields)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+
+    object: Literal["endpoint"] = "endpoint"
+    id: str
+    name: str
+    model: str
+    type: str
+    owner: str
+    state: str
+    created_at: datetime
+    display_name: str | None = None
+    hardware: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        # The API writes UTC with a Z; a timestamp without a zone is read as UTC rather than local time.
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    @property
+    def has_detail(self) -> bool:
+        return self.display_name is not None and self.hardware is not None
+
+
+class EndpointList(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    object: Literal["list"]
+    data: list[Endpoint]
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    error: ErrorBody
+
+
+_LIST = TypeAdapter(EndpointList)
+_ENDPOINT = TypeAdapter(Endpoint)
+_ERROR = TypeAdapter(ErrorData)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _summarise_validation(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
+
+
+class TogetherClient:
+    """A synchronous client over one httpx connection pool.
+
+    The bearer token lives only in the pool's default headers; it is never part of a repr, a log line or
+    an exception message.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | str,
+        timeout_s: float,
+        *,
+        max_connections: int = 100,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        if not key:
+            raise SettingsError("TOGETHER_API_KEY is not set; the janitor cannot list or delete endpoints")
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            timeout=timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"TogetherClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> TogetherClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, limit: int, **kwargs: object) -> tuple[int, str, bytes]:
+        try:
+            with self._http.stream(method, path, **kwargs) as response:  # type: ignore[arg-type]
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise MalformedResponse(
+                            f"{method} {path}: response body larger than {limit // 1024} KiB; refused"
+                        )
+                return response.status_code, response.headers.get("content-type", ""), bytes(body)
+        except httpx.TimeoutException as exc:
+            raise ApiTransportError(f"{method} {path}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise ApiTransportError(f"{method} {path}: {type(exc).__name__}: {_one_line(str(exc))}") from None
+
+    @staticmethod
+    def _status_error(method: str, path: str, status: int, content_type: str, body: bytes) -> ApiStatusError:
+        error_type: str | None = None
+        if "json" in content_type:
+            try:
+                parsed = _ERROR.validate_json(body)
+                return ApiStatusError(status, _one_line(parsed.error.message), parsed.error.type)
+            except ValidationError:
+                pass
+        snippet = _one_line(body.decode("utf-8", "replace")) if body else "empty body"
+        kind = content_type.split(";")[0] or "no content type"
+        return ApiStatusError(status, f"{method} {path}: {kind} body: {snippet}", error_type)
+
+    @staticmethod
+    def _require_json(method: str, path: str, content_type: str) -> None:
+        if "json" not in content_type.lower():
+            raise MalformedResponse(f"{method} {path}: expected JSON, got content type {content_type!r}")
+
+    def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
+        """``GET /endpoints``; with one type the API filters, with several the caller filters locally."""
+        params: dict[str, str] = {}
+        if len(types) == 1:
+            params["type"] = types[0]
+        if mine:
+            params["mine"] = "true"
+        status, content_type, body = self._request("GET", "/endpoints", _MAX_LIST_BYTES, params=params)
+        if status != 200:
+            raise self._status_error("GET", "/endpoints", status, content_type, body)
+        self._require_json("GET", "/endpoints", content_type)
+        try:
+            listing = _LIST.validate_json(body)
+        except ValidationError as exc:
+            raise MalformedResponse(f"GET /endpoints: {_summarise_validation(exc)}") from None
+        seen: set[str] = set()
+        for endpoint in listing.data:
+            if endpoint.id in seen:
+                raise MalformedResponse(f"GET /endpoints: id {endpoint.id!r} listed twice")
+            seen.add(endpoint.id)
+        if len(types) > 1:
+            wanted = set(types)
+            return [e for e in listing.data if e.type in wanted]
+        return listing.data
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        """``GET /endpoints/{id}``; the detail adds ``display_name`` and ``hardware``."""
+        path = f"/endpoints/{check_endpoint_id(endpoint_id)}"
+        status, content_type, body = self._request("GET", path, _MAX_OBJECT_BYTES)
+        if status != 200:
+            raise self._status_error("GET", path, status, content_type, body)
+        self._require_json("GET", path, content_type)
+        try:
+            endpoint = _ENDPOINT.validate_json(body)
+        except ValidationError as exc:
+            raise MalformedResponse(f"GET {path}: {_summarise_validation(exc)}") from None
+        if endpoint.id != endpoint_id:
+            raise MalformedResponse(f"GET {path}: answered with another endpoint ({endpoint.id!r})")
+        return endpoint
+
+    def delete_endpoint(self, endpoint_id: str) -> int:
+        """``DELETE /endpoints/{id}``; returns the 2xx status or raises :class:`ApiStatusError`."""
+        path = f"/endpoints/{check_endpoint_id(endpoint_id)}"
+        status, content_type, body = self._request("DELETE", path, _MAX_OBJECT_BYTES)
+        if not 200 <= status < 300:
+            raise self._status_error("DELETE", path, status, content_type, body)
+        return status
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, tuple[str, float, str], TogetherClient] | None = None
+
+
+def client_for(settings: Settings) -> TogetherClient:
+    """One client (one connection pool) per process, made anew in a forked child.
+
+    A pool inherited across ``fork`` would share sockets with the parent, so the pid is part of the key.
+    """
+    global _pool
+    if settings.together_api_key is None:
+        raise SettingsError("TOGETHER_API_KEY is not set; the janitor cannot list or delete endpoints")
+    secret = settings.together_api_key.get_secret_value().encode()
+    key = (settings.together_base_url, settings.http_timeout_s, hashlib.sha256(secret).hexdigest())
+    with _pool_lock:
+        if _pool is not None and _pool[0] == os.getpid() and _pool[1] == key:
+            return _pool[2]
+        client = TogetherClient(settings.together_base_url, settings.together_api_key, settings.http_timeout_s)
+        _pool = (os.getpid(), key, client)
+        return client
