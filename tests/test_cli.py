@@ -109,3 +109,15 @@ def test_report_without_redis_is_one_line(env: dict[str, str]) -> None:
     assert result.returncode == 1
     assert "cannot reach Redis" in result.stderr and "hunter2" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_sweep_without_redis_is_one_line(env: dict[str, str]) -> None:
+    result = janitor(["sweep"], env | {"JANITOR_REDIS_URL": "redis://127.0.0.1:9/0"}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach Redis" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sweep_wait_without_a_worker_times_out_clearly(env: dict[str, str]) -> None:
+    result = janitor(["sweep", "--wait", "--timeout", "1"], env)
+    assert result.returncode == 2
+    assert "did not finish within 1 s" in result.stderr and "Traceback" not in result.stderr

@@ -7,10 +7,8 @@ contract (spec-valid bodies, auth, framing) and every fault it can inject.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +22,6 @@ import yaml
 from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-
-if importlib.util.find_spec("worker") is None:  # running from a checkout without an installed package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.simulator import DEMO_RETRY_ENDPOINT_ID, LIST_MODES, SimulatorServer
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import kombu.exceptions
 import redis
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from worker.errors import JanitorError, PolicyError, TogetherError
 from worker.settings import Settings, get_settings
@@ -61,12 +63,28 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from worker.app import SWEEP_TASK, app
+    from worker.store import Store
 
+    # Celery would retry an unreachable Redis for a while and then fail with a traceback; ask first.
+    Store.from_settings(get_settings()).redis.ping()
     result = app.send_task(SWEEP_TASK, kwargs={"dry_run": args.dry_run})
+    sweep_id = result.id
     if not args.wait:
-        print(f"queued sweep {result.id}")
+        print(f"queued sweep {sweep_id}")
         return 0
-    summary = result.get(timeout=args.timeout, propagate=True)
+    try:
+        summary = result.get(timeout=args.timeout, propagate=True)
+    except CeleryTimeoutError:
+        summary = None
+    finally:
+        # Let go of the pending result now: at interpreter exit its __del__ would print a traceback.
+        result.backend.remove_pending_result(result)
+        del result
+    if summary is None:
+        raise JanitorError(
+            f"sweep {sweep_id} did not finish within {args.timeout:g} s; is a worker running? "
+            "(janitor report shows it once it ran)"
+        )
     _print_json(summary)
     return 0 if summary.get("status") in ("ok", "skipped") else 1
 
@@ -166,9 +184,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from worker.simulator import SimulatorServer
+    from worker.simulator import DEMO_OWNER, SimulatorServer
 
-    server = SimulatorServer(host=args.host, port=args.port, api_key=args.api_key, demo=args.demo, verbose=True)
+    owner = DEMO_OWNER if args.demo else "devuser"
+    server = SimulatorServer(
+        host=args.host, port=args.port, api_key=args.api_key, owner=owner, demo=args.demo, verbose=True
+    )
     print(f"simulator serving {server.base_url} (API key: the one you passed with --api-key)", flush=True)
     server.serve_forever()
     return 0
@@ -237,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PolicyError, TogetherError, JanitorError) as exc:
         print(f"janitor: {exc}", file=sys.stderr)
         return 2
-    except redis.exceptions.ConnectionError as exc:
+    except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
         settings: Settings | None = None
         with contextlib.suppress(JanitorError):
             settings = get_settings()

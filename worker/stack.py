@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from dotenv import dotenv_values
 
-from worker.errors import SettingsError
+from worker.errors import PolicyError, SettingsError
 from worker.policy import load_policy
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
@@ -150,7 +150,7 @@ class _Stack:
             if ready():
                 return
             if child.proc.poll() is not None:
-                raise _ChildFailed(f"{child.name} exited while starting (exit code {child.proc.returncode})")
+                raise _ChildFailed(f"{child.name} exited while starting ({_how_it_ended(child.proc.returncode)})")
             if time.monotonic() > deadline:
                 raise _ChildFailed(f"{child.name} did not become ready within {_READY_TIMEOUT_S:g} s ({what})")
             time.sleep(0.1)
@@ -190,6 +190,15 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 def redact_url(url: str) -> str:
@@ -371,7 +380,12 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
         overrides["TOGETHER_API_KEY"] = sim_key
         overrides["JANITOR_TOGETHER_BASE_URL"] = "http://127.0.0.1:1/v1"  # replaced once the simulator runs
         settings = _effective_settings(overrides)
-    policy = load_policy(settings.policy_file)  # a bad policy should stop us here, not in every sweep
+    try:
+        policy = load_policy(settings.policy_file)  # a bad policy should stop us here, not in every sweep
+    except PolicyError as exc:
+        if "JANITOR_POLICY_FILE" in overrides:
+            raise PolicyError(f"{exc} (run `janitor up` where config/ is, or set JANITOR_POLICY_FILE)") from None
+        raise
 
     if not port_is_free(flower_port):
         raise SettingsError(f"port {flower_port} on 127.0.0.1 is taken; pass --flower-port with a free one")
@@ -391,7 +405,9 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
             stack.say(_NO_REDIS_HINT.format(url=redact_url(redis_url)), error=True)
             return 2
         stack.say(f"[up] no Redis answers at {redact_url(redis_url)}; starting a private one ({binary})")
-        redis_url = _start_private_redis(stack, binary, state_dir, env)
+        # Redis needs none of the API keys in its environment.
+        redis_env = {k: v for k, v in env.items() if k not in ("TOGETHER_API_KEY", "JANITOR_TOGETHER_API_KEY")}
+        redis_url = _start_private_redis(stack, binary, state_dir, redis_env)
         private_redis = True
     env["JANITOR_REDIS_URL"] = redis_url
     stack.check_stop()
@@ -433,52 +449,91 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
         # Beat's first tick comes one interval after it starts; a sweep now shows the demo at once.
         stack.spawn("first-sweep", [sys.executable, "-m", "worker.cli", "sweep"], env, tier=3, service=False)
 
-    # ------------------------------------------------------------------ the banner
-    user, _, password = flower_auth.partition(":")
-    lines = [
-        "",
-        "=" * 100,
-        "endpoint-janitor is up. Ctrl-C stops everything it started.",
-    ]
-    if simulated:
-        lines += [
-            f"  Together API : SIMULATOR at {sim_base_url} with demo data; nothing real is touched",
-            "                 (set TOGETHER_API_KEY to work against the real API)",
-            f"  Deletes      : {'DRY RUN, nothing is deleted' if settings.dry_run else 'on, in the simulator'}"
-            f" (JANITOR_DRY_RUN={str(settings.dry_run).lower()})",
-        ]
-    else:
-        lines += [
-            f"  Together API : REAL, {settings.together_base_url}",
-            "  Deletes      : "
-            + (
-                "DRY RUN, would-be deletes are only recorded (JANITOR_DRY_RUN=true)"
-                if settings.dry_run
-                else "LIVE: endpoints the policy selects WILL BE DELETED (JANITOR_DRY_RUN=false)"
-            ),
-        ]
-    lines += [
-        f"  Policy       : {settings.policy_file} ({len(policy.rules)} rule(s)), sweep every {settings.sweep_schedule}",
-        f"  Redis        : {redact_url(redis_url)}" + (" (private, started for this run)" if private_redis else ""),
-        f"  Key prefix   : {settings.key_prefix}",
-        f"  Flower       : http://127.0.0.1:{flower_port}/  user {user!r}, "
-        + (f"password {password!r} (generated for this run)" if generated_auth else "password from FLOWER_BASIC_AUTH"),
-        "  In another shell:",
-        f"    export JANITOR_REDIS_URL={redact_url(redis_url)} JANITOR_KEY_PREFIX={settings.key_prefix}",
-        "    janitor report          # recent sweeps and the latest outcome per endpoint",
-        "    janitor sweep --wait    # sweep now and print its summary",
-        "=" * 100,
-        f"JANITOR_REDIS_URL={redact_url(redis_url)}",
-        f"JANITOR_KEY_PREFIX={settings.key_prefix}",
-        "",
-    ]
-    stack.say("\n".join(lines))
+    exports = {"JANITOR_REDIS_URL": redis_url} if private_redis else {}
+    if "JANITOR_KEY_PREFIX" in overrides:
+        exports["JANITOR_KEY_PREFIX"] = settings.key_prefix
+    stack.say(
+        _banner(
+            settings,
+            policy_rules=len(policy.rules),
+            sim_base_url=sim_base_url,
+            redis_url=redis_url,
+            private_redis=private_redis,
+            flower_port=flower_port,
+            flower_auth=flower_auth,
+            generated_auth=generated_auth,
+            exports=exports,
+        )
+    )
 
     while not stack.stop.wait(0.5):
         dead = stack.dead_service()
         if dead is not None:
-            raise _ChildFailed(f"{dead.name} exited unexpectedly (exit code {dead.proc.returncode})")
+            raise _ChildFailed(f"{dead.name} exited unexpectedly ({_how_it_ended(dead.proc.returncode)})")
     return 0
+
+
+def _banner(
+    settings: Settings,
+    *,
+    policy_rules: int,
+    sim_base_url: str,
+    redis_url: str,
+    private_redis: bool,
+    flower_port: int,
+    flower_auth: str,
+    generated_auth: bool,
+    exports: Mapping[str, str],
+) -> str:
+    """What a person needs to use the stack, and the two lines a script reads (``NAME=value`` at column 0).
+
+    Whether this is the simulator and whether deletes are real come first: that is what must never be
+    mistaken.
+    """
+    dry = f"JANITOR_DRY_RUN={str(settings.dry_run).lower()}"
+    if sim_base_url:
+        api = [
+            f"  Together API : SIMULATOR at {sim_base_url} with demo data; nothing real is touched",
+            "                 (set TOGETHER_API_KEY to work against the real API)",
+            f"  Deletes      : {'dry run, nothing is deleted' if settings.dry_run else 'on, in the simulator'} ({dry})",
+        ]
+    else:
+        api = [
+            f"  Together API : REAL, {settings.together_base_url}",
+            "  Deletes      : "
+            + (
+                f"DRY RUN, would-be deletes are only recorded ({dry})"
+                if settings.dry_run
+                else f"LIVE: endpoints the policy selects WILL BE DELETED ({dry})"
+            ),
+        ]
+    user, _, password = flower_auth.partition(":")
+    shown_password = f"password {password!r} (generated for this run)" if generated_auth else "FLOWER_BASIC_AUTH"
+    hints = ["  In another shell:"]
+    if exports:
+        hints.append("    export " + " ".join(f"{k}={redact_url(v)}" for k, v in exports.items()))
+    hints += [
+        "    janitor report          # recent sweeps and the latest outcome per endpoint",
+        "    janitor sweep --wait    # sweep now and print its summary",
+    ]
+    rule = "=" * 100
+    return "\n".join(
+        [
+            "",
+            rule,
+            "endpoint-janitor is up. Ctrl-C stops everything it started.",
+            *api,
+            f"  Policy       : {settings.policy_file} ({policy_rules} rule(s)), schedule {settings.sweep_schedule}",
+            f"  Redis        : {redact_url(redis_url)}" + (" (private, started for this run)" if private_redis else ""),
+            f"  Key prefix   : {settings.key_prefix}",
+            f"  Flower       : http://127.0.0.1:{flower_port}/  user {user!r}, {shown_password}",
+            *hints,
+            rule,
+            f"JANITOR_REDIS_URL={redact_url(redis_url)}",
+            f"JANITOR_KEY_PREFIX={settings.key_prefix}",
+            "",
+        ]
+    )
 
 
 def _start_private_redis(stack: _Stack, binary: Path, state_dir: Path, env: Mapping[str, str]) -> str:
