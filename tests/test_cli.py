@@ -19,7 +19,11 @@ from worker.together import TogetherClient
 
 def janitor(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args], env=env, cwd=str(ROOT), capture_output=True, text=True,
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -28,11 +32,13 @@ def janitor(args: list[str], env: dict[str, str], timeout: float = 60) -> subpro
 def env(redis_url: str, key_prefix: str, sim: Sim, tmp_path: Path, redis_client: redis.Redis) -> dict[str, str]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(BASIC_POLICY)
-    sim.reset([
-        {"id": "endpoint-0001", "name": "acme/ci-old", "model": "m", "owner": "acme", "age_s": 7 * 3600},
-        {"id": "endpoint-0002", "name": "acme/prod-x", "model": "m", "owner": "acme", "age_s": 7 * 3600},
-        {"id": "endpoint-0003", "name": "acme/ci-new", "model": "m", "owner": "acme", "age_s": 60},
-    ])
+    sim.reset(
+        [
+            {"id": "endpoint-0001", "name": "acme/ci-old", "model": "m", "owner": "acme", "age_s": 7 * 3600},
+            {"id": "endpoint-0002", "name": "acme/prod-x", "model": "m", "owner": "acme", "age_s": 7 * 3600},
+            {"id": "endpoint-0003", "name": "acme/ci-new", "model": "m", "owner": "acme", "age_s": 60},
+        ]
+    )
     return env_for(redis_url, key_prefix, sim, policy)
 
 
@@ -55,8 +61,9 @@ def test_bad_setting_is_one_line(env: dict[str, str]) -> None:
     assert result.stderr.strip().count("\n") == 0 and "JANITOR_REDIS_URL" in result.stderr
 
 
-def test_plan_evaluates_and_changes_nothing(env: dict[str, str], sim: Sim, redis_client: redis.Redis,
-                                            key_prefix: str) -> None:
+def test_plan_evaluates_and_changes_nothing(
+    env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str
+) -> None:
     result = janitor(["plan", "--json"], env)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
@@ -73,27 +80,46 @@ def test_plan_evaluates_and_changes_nothing(env: dict[str, str], sim: Sim, redis
     assert "acme/ci-old" in text.stdout and "1 endpoint(s) would be deleted" in text.stdout
 
 
-def test_report_json_shape(env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str,
-                           tmp_path: Path) -> None:
+def test_report_json_shape(
+    env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
     store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
     with TogetherClient(sim.base_url, sim.api_key, 2) as client:
-        run_sweep(store=store, client=client, policy_file=Path(env["JANITOR_POLICY_FILE"]), dry_run=True,
-                  lock_ttl_s=30, pending_ttl_s=60, enqueue=lambda r: None)
+        run_sweep(
+            store=store,
+            client=client,
+            policy_file=Path(env["JANITOR_POLICY_FILE"]),
+            dry_run=True,
+            lock_ttl_s=30,
+            pending_ttl_s=60,
+            enqueue=lambda r: None,
+        )
     result = janitor(["report", "--json"], env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"sweeps", "endpoints"}
     sweep = report["sweeps"][0]
-    for key in ("sweep_id", "started_at", "finished_at", "dry_run", "listed", "candidates", "queued", "protected",
-                "status", "error"):
+    for key in (
+        "sweep_id",
+        "started_at",
+        "finished_at",
+        "dry_run",
+        "listed",
+        "candidates",
+        "queued",
+        "protected",
+        "status",
+        "error",
+    ):
         assert key in sweep
     assert sweep["dry_run"] is True and sweep["candidates"] == 1
     table = janitor(["report"], env)
     assert table.returncode == 0 and "Sweeps" in table.stdout
 
 
-def test_sweep_wait_goes_through_the_broker(env: dict[str, str], spawn: Callable[..., Proc], sim: Sim,
-                                           redis_client: redis.Redis, key_prefix: str) -> None:
+def test_sweep_wait_goes_through_the_broker(
+    env: dict[str, str], spawn: Callable[..., Proc], sim: Sim, redis_client: redis.Redis, key_prefix: str
+) -> None:
     start_worker(spawn, env)
     result = janitor(["sweep", "--dry-run", "--wait", "--timeout", "60"], env)
     assert result.returncode == 0, result.stderr

@@ -22,8 +22,9 @@ def test_task_events_show_sweeps_deletes_and_retries(
     sim.reset([{"id": "endpoint-0001", "name": "acme/ci-1", "model": "m", "owner": "acme", "age_s": 7 * 3600}])
     sim.faults(scripts={"endpoint-0001": {"DELETE": [500, 204]}})
     env = env_for(redis_url, key_prefix, sim, policy)
-    app = create_app(Settings(redis_url=redis_url, key_prefix=key_prefix, retry_backoff_s=0.05,
-                              retry_backoff_max_s=0.2))
+    app = create_app(
+        Settings(redis_url=redis_url, key_prefix=key_prefix, retry_backoff_s=0.05, retry_backoff_max_s=0.2)
+    )
     events: list[dict[str, Any]] = []
     stop = threading.Event()
 
@@ -46,8 +47,11 @@ def test_task_events_show_sweeps_deletes_and_retries(
         def seen(kind: str, name: str | None = None) -> list[dict[str, Any]]:
             return [e for e in events if e["type"] == kind and (name is None or e.get("name") == name)]
 
-        wait_for(lambda: any("deleted" in str(e.get("result")) for e in seen("task-succeeded")), 30,
-                 what="the delete's task-succeeded event")
+        wait_for(
+            lambda: any("deleted" in str(e.get("result")) for e in seen("task-succeeded")),
+            30,
+            what="the delete's task-succeeded event",
+        )
         assert seen("task-sent", "janitor.delete_endpoint")  # task-sent included
         received = seen("task-received", "janitor.delete_endpoint")[0]
         assert "endpoint-0001" in received["kwargs"] and "acme/ci-1" in received["kwargs"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import timedelta
 
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from worker.errors import SettingsError
 from worker.schedule import parse_schedule
@@ -74,6 +76,12 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("janitor")
     app.conf.update(celery_config(settings))
     app.conf.include = ["worker.tasks"]
+
+    def janitor_log_level(**_: object) -> None:
+        # Celery's -l sets the root level; JANITOR_LOG_LEVEL sets the janitor's own loggers.
+        logging.getLogger("worker").setLevel(settings.log_level)
+
+    after_setup_logger.connect(janitor_log_level, weak=False)
     return app
 
 

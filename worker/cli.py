@@ -187,9 +187,12 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     from worker.simulator import DEMO_OWNER, SimulatorServer
 
     owner = DEMO_OWNER if args.demo else "devuser"
-    server = SimulatorServer(
-        host=args.host, port=args.port, api_key=args.api_key, owner=owner, demo=args.demo, verbose=True
-    )
+    try:
+        server = SimulatorServer(
+            host=args.host, port=args.port, api_key=args.api_key, owner=owner, demo=args.demo, verbose=True
+        )
+    except (ValueError, OSError) as exc:
+        raise JanitorError(f"simulator: {exc}") from None
     print(f"simulator serving {server.base_url} (API key: the one you passed with --api-key)", flush=True)
     server.serve_forever()
     return 0

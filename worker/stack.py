@@ -508,7 +508,9 @@ def _banner(
             ),
         ]
     user, _, password = flower_auth.partition(":")
-    shown_password = f"password {password!r} (generated for this run)" if generated_auth else "FLOWER_BASIC_AUTH"
+    shown_password = (
+        f"password {password!r} (generated for this run)" if generated_auth else "password from FLOWER_BASIC_AUTH"
+    )
     hints = ["  In another shell:"]
     if exports:
         hints.append("    export " + " ".join(f"{k}={redact_url(v)}" for k, v in exports.items()))
