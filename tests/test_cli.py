@@ -73,11 +73,11 @@ def test_plan_evaluates_and_changes_nothing(
         "endpoint-0002": ("keep", None),
         "endpoint-0003": ("keep", None),
     }
-    assert plan["deletes"] == 1
+    assert plan["acting"] == 1 and plan["in_scope"] == 3 and plan["limit_tripped"] is None
     assert sim.calls("DELETE") == []
     assert list(redis_client.scan_iter(match=f"{key_prefix}:*")) == []
     text = janitor(["plan"], env)
-    assert "acme/ci-old" in text.stdout and "1 endpoint(s) would be deleted" in text.stdout
+    assert "acme/ci-old" in text.stdout and "1 of 3 endpoint(s) in scope would be deleted or stopped" in text.stdout
 
 
 def test_report_json_shape(
@@ -97,7 +97,7 @@ def test_report_json_shape(
     result = janitor(["report", "--json"], env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"sweeps", "endpoints"}
+    assert set(report) == {"sweeps", "endpoints", "marked", "paused"}
     sweep = report["sweeps"][0]
     for key in (
         "sweep_id",

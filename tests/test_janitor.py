@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.conftest import BASIC_POLICY, Sim
-from worker.janitor import DeleteRequest, attempt_delete, backoff_delay, run_sweep
+from worker.janitor import DeleteRequest, attempt_action, backoff_delay, run_sweep
 from worker.store import OutcomeStatus, Store
 from worker.together import TogetherClient
 
@@ -111,7 +111,7 @@ def test_limit_trips_and_nothing_is_queued(sim: Sim, store: Store, client: Toget
     queued: list[DeleteRequest] = []
     summary = sweep(store, client, policy, queued)
     assert summary.status == "limit_exceeded" and queued == []
-    assert "max_deletes_per_sweep=2" in (summary.error or "")
+    assert "max_deletes_per_sweep: 3 candidates > 2" in (summary.error or "")
     assert summary.candidates == 3 and summary.queued == 0
     policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\nlimits: {max_deletes_per_sweep: 3}\n")
     assert sweep(store, client, policy, queued).queued == 3  # the file is read at every sweep
@@ -181,7 +181,7 @@ def test_dry_run_flag_reaches_the_requests(sim: Sim, store: Store, client: Toget
     queued: list[DeleteRequest] = []
     summary = sweep(store, client, policy, queued, dry_run=True)
     assert summary.dry_run and queued[0].dry_run
-    assert set(queued[0].task_kwargs()) == {"endpoint_id", "endpoint_name", "sweep_id", "rule", "dry_run"}
+    assert set(queued[0].task_kwargs()) == {"endpoint_id", "endpoint_name", "sweep_id", "rule", "dry_run", "action"}
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_attempt_classifies_answers(
 ) -> None:
     sim.reset([ep("acme/ci-old", 1)])
     sim.faults(scripts={"endpoint-0001": {"DELETE": script}})
-    attempt = attempt_delete(client, "endpoint-0001")
+    attempt = attempt_action(client, "endpoint-0001", "delete")
     assert (attempt.status, attempt.retryable) == (status, retryable)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import kombu.exceptions
 import redis
@@ -22,15 +23,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from worker.errors import JanitorError, PolicyError, TogetherError
 from worker.settings import Settings, get_settings
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+from worker.stack import redact_url
 
 
 def _print_json(data: Any) -> None:
@@ -91,20 +84,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from worker.janitor import fetch_detail, plan
-    from worker.policy import observe
-    from worker.store import Store, utc_now
+    from worker.policy import ACTING, check_limits, load_policy, observe
+    from worker.store import Store, iso, utc_now
     from worker.together import client_for
 
     settings = get_settings()
-    from worker.policy import load_policy
-
     policy = load_policy(settings.policy_file)
     client = client_for(settings)
+    store = Store.from_settings(settings)
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
-    observations = Store.from_settings(settings).load_observations()
     now = utc_now()
+    # Read-only: the observations a sweep would record now are projected, not written.
+    observations = store.load_observations()
     projected = {e.id: observe(observations.get(e.id), e.state, now) for e in endpoints}
-    planned = plan(policy, endpoints, projected, now, lambda eid: fetch_detail(client, eid))  # type: ignore[arg-type]
+    planned = plan(
+        policy,
+        endpoints,
+        projected,
+        now,
+        lambda eid: fetch_detail(client, eid),
+        exemptions=store.exemptions(now),
+        marks=store.load_marks(),
+    )
     rows = [
         {
             "endpoint_id": p.endpoint.id,
@@ -113,73 +114,161 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "decision": str(p.decision.action),
             "rule": p.decision.rule,
             "reason": p.decision.reason,
+            "due_at": iso(p.decision.due_at) if p.decision.due_at else None,
         }
         for p in planned
+        if p.decision.action != "out_of_scope"
     ]
-    deletes = sum(1 for r in rows if r["decision"] == "delete")
-    limit = policy.limits.max_deletes_per_sweep
+    acting = sum(1 for p in planned if p.decision.action in ACTING)
+    in_scope = len(rows)
+    trip = check_limits(policy.limits, acting, in_scope, store.acted_last_day())
     if args.json:
-        _print_json({"endpoints": rows, "deletes": deletes, "max_deletes_per_sweep": limit})
+        _print_json({"endpoints": rows, "acting": acting, "in_scope": in_scope, "limit_tripped": trip})
         return 0
-    shown = [r for r in rows if r["decision"] != "out_of_scope"]
-    print(
-        _table(
-            [[r["decision"], r["rule"], r["name"], r["state"], r["reason"]] for r in shown],
-            ["DECISION", "RULE", "NAME", "STATE", "REASON"],
-        )
-    )
-    note = " (over the limit: a sweep would queue none)" if deletes > limit else ""
-    print(f"\n{deletes} endpoint(s) would be deleted; max_deletes_per_sweep is {limit}{note}")
+    table = [[r["decision"], r["rule"], r["name"], r["state"], r["due_at"] or "", r["reason"]] for r in rows]
+    print(_table(table, ["DECISION", "RULE", "NAME", "STATE", "DUE", "REASON"]))
+    note = f"; a sweep now would queue none (limit tripped: {trip})" if trip else ""
+    print(f"\n{acting} of {in_scope} endpoint(s) in scope would be deleted or stopped{note}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from worker.store import Store
+    from worker.store import Store, iso
 
     store = Store.from_settings(get_settings())
     sweeps = [s.to_dict() for s in store.recent_sweeps(args.limit)]
     outcomes = [dataclasses.asdict(o) | {"status": str(o.status)} for o in store.latest_outcomes(args.limit)]
+    marked = [
+        {"endpoint_id": eid, "rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)}
+        for eid, m in sorted(store.load_marks().items(), key=lambda item: item[1].due_at)
+    ]
+    pause = store.pause()
     if args.json:
-        _print_json({"sweeps": sweeps, "endpoints": outcomes})
+        _print_json({"sweeps": sweeps, "endpoints": outcomes, "marked": marked, "paused": pause})
         return 0
+    if pause:
+        print(f"DELETES PAUSED: {pause['limit']} (sweep {pause['sweep_id']}); see `janitor resume --help`\n")
     print("Sweeps")
+    rows = [
+        [
+            s["started_at"],
+            s["status"],
+            s["dry_run"],
+            s["listed"],
+            s["candidates"],
+            s["queued"],
+            s["marked"],
+            s["protected"],
+            s["exempt"],
+            s["error"] or "",
+        ]
+        for s in sweeps
+    ]
     print(
         _table(
-            [
-                [
-                    s["started_at"],
-                    s["status"],
-                    s["dry_run"],
-                    s["listed"],
-                    s["candidates"],
-                    s["queued"],
-                    s["protected"],
-                    s["error"] or "",
-                ]
-                for s in sweeps
-            ],
-            ["STARTED", "STATUS", "DRY", "LISTED", "CANDIDATES", "QUEUED", "PROTECTED", "ERROR"],
+            rows,
+            ["STARTED", "STATUS", "DRY", "LISTED", "CANDIDATES", "QUEUED", "MARKED", "PROTECTED", "EXEMPT", "ERROR"],
+        )
+    )
+    print("\nMarked (waiting out their grace period)")
+    print(
+        _table(
+            [[m["due_at"], m["endpoint_id"], m["rule"], m["marked_at"]] for m in marked],
+            ["DUE", "ENDPOINT", "RULE", "MARKED"],
         )
     )
     print("\nLatest outcomes")
+    rows = [
+        [
+            o["at"],
+            o["status"],
+            o["action"],
+            o["endpoint_id"],
+            o["endpoint_name"],
+            o["rule"],
+            o["attempts"],
+            o["http_status"],
+            o["error"] or "",
+        ]
+        for o in outcomes
+    ]
+    print(_table(rows, ["AT", "STATUS", "ACTION", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"]))
+    return 0
+
+
+def _who(given: str | None) -> str:
+    return given or os.environ.get("USER") or getpass.getuser() or "unknown"
+
+
+def cmd_exempt(args: argparse.Namespace) -> int:
+    from worker.durations import parse_duration
+    from worker.policy import Exemption
+    from worker.store import Store, iso, utc_now
+    from worker.together import check_endpoint_id
+
+    endpoint_id = check_endpoint_id(args.endpoint_id)
+    try:
+        length = parse_duration(args.for_)
+    except ValueError as exc:
+        raise JanitorError(f"--for: {exc}") from None
+    if not args.reason.strip():
+        raise JanitorError("--reason must say why (it is recorded with the exemption)")
+    now = utc_now()
+    exemption = Exemption(endpoint_id, args.reason.strip(), _who(args.by), now, now + length)
+    Store.from_settings(get_settings()).set_exemption(exemption)
+    print(f"exempted {endpoint_id} until {iso(exemption.expires_at)} ({exemption.by}: {exemption.reason})")
+    return 0
+
+
+def cmd_unexempt(args: argparse.Namespace) -> int:
+    from worker.store import Store
+    from worker.together import check_endpoint_id
+
+    endpoint_id = check_endpoint_id(args.endpoint_id)
+    if not Store.from_settings(get_settings()).remove_exemption(endpoint_id, _who(args.by)):
+        raise JanitorError(f"{endpoint_id} has no exemption")
+    print(f"removed the exemption of {endpoint_id}")
+    return 0
+
+
+def cmd_exemptions(args: argparse.Namespace) -> int:
+    from worker.store import Store, iso
+
+    active = Store.from_settings(get_settings()).exemptions()
+    rows = [
+        {
+            "endpoint_id": e.endpoint_id,
+            "by": e.by,
+            "reason": e.reason,
+            "created_at": iso(e.created_at),
+            "expires_at": iso(e.expires_at),
+        }
+        for e in sorted(active.values(), key=lambda e: e.expires_at)
+    ]
+    if args.json:
+        _print_json({"exemptions": rows})
+        return 0
     print(
         _table(
-            [
-                [
-                    o["at"],
-                    o["status"],
-                    o["endpoint_id"],
-                    o["endpoint_name"],
-                    o["rule"],
-                    o["attempts"],
-                    o["http_status"],
-                    o["error"] or "",
-                ]
-                for o in outcomes
-            ],
-            ["AT", "STATUS", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"],
+            [[r["endpoint_id"], r["expires_at"], r["by"], r["reason"]] for r in rows],
+            ["ENDPOINT", "EXPIRES", "BY", "REASON"],
         )
     )
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from worker.store import Store
+
+    store = Store.from_settings(get_settings())
+    pause = store.pause()
+    if pause is None:
+        print("deletes are not paused; nothing to resume")
+        return 0
+    # Approve what tripped, no more: as many endpoints as the refused sweep would have acted on.
+    up_to = int(pause.get("acting", 0)) if args.up_to is None else args.up_to
+    store.approve_resume(_who(args.by), up_to)
+    print(f"the next sweep may act on up to {up_to} endpoint(s) despite: {pause['limit']}")
     return 0
 
 
@@ -231,6 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("exempt", help="exempt an endpoint from deletion for a while")
+    p.add_argument("endpoint_id")
+    p.add_argument("--for", dest="for_", required=True, help="how long, e.g. 7d")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", help="who asks (default: $USER)")
+    p.set_defaults(func=cmd_exempt)
+
+    p = sub.add_parser("unexempt", help="remove an endpoint's exemption")
+    p.add_argument("endpoint_id")
+    p.add_argument("--by", help="who asks (default: $USER)")
+    p.set_defaults(func=cmd_unexempt)
+
+    p = sub.add_parser("exemptions", help="list the active exemptions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_exemptions)
+
+    p = sub.add_parser("resume", help="let the next sweep act although a limit tripped (after checking why)")
+    p.add_argument("--up-to", type=int, help="the most endpoints it may act on (default: the number that tripped)")
+    p.add_argument("--by", help="who asks (default: $USER)")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("check-policy", help="validate a policy file (default: JANITOR_POLICY_FILE)")
     p.add_argument("file", nargs="?")
     p.set_defaults(func=cmd_check_policy)
@@ -265,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings: Settings | None = None
         with contextlib.suppress(JanitorError):
             settings = get_settings()
-        where = _redact_url(settings.redis_url) if settings else "Redis"
+        where = redact_url(settings.redis_url) if settings else "Redis"
         print(f"janitor: cannot reach Redis at {where}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,14 +11,18 @@ _PART = re.compile(r"(\d{1,9})([smhdw])")
 _HINT = "use a number and a unit (s, m, h, d, w), or a sum such as 1d12h"
 
 
-def parse_duration(text: object) -> timedelta:
-    """Parse a positive duration; raise ``ValueError`` naming the bad text otherwise."""
+def parse_duration(text: object, *, allow_zero: bool = False) -> timedelta:
+    """Parse a positive duration (or zero, where allowed); raise ``ValueError`` naming the bad text otherwise."""
     if not isinstance(text, str):
         raise ValueError(f"a duration must be a string such as '6h', got {text!r}; {_HINT}")
     compact = text.strip().lower()
+    if allow_zero and compact in ("0", "none"):
+        return timedelta(0)
     if not _WHOLE.fullmatch(compact):
         raise ValueError(f"invalid duration {text!r}: {_HINT}")
     seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(compact))
+    if seconds == 0 and allow_zero:
+        return timedelta(0)
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: must be longer than zero")
     if seconds > 10 * 365 * 86400:

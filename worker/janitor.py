@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from worker.errors import (
     ApiStatusError,
@@ -20,7 +21,20 @@ from worker.errors import (
     PolicyError,
     TogetherError,
 )
-from worker.policy import Action, Decision, Policy, evaluate, load_policy, observe
+from worker.notify import build_notification, send_notification
+from worker.policy import (
+    ACTING,
+    Action,
+    Decision,
+    Exemption,
+    Mark,
+    Observation,
+    Policy,
+    check_limits,
+    decide,
+    load_policy,
+    observe,
+)
 from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, utc_now
 from worker.together import Endpoint, TogetherClient, check_endpoint_id
 
@@ -29,7 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeleteRequest:
-    """The arguments of one ``janitor.delete_endpoint`` task: ids, names and a flag, nothing secret."""
+    """The arguments of one ``janitor.delete_endpoint`` task: ids, names and flags, nothing secret."""
 
     task_id: str
     endpoint_id: str
@@ -37,6 +51,7 @@ class DeleteRequest:
     sweep_id: str
     rule: str
     dry_run: bool
+    action: str = "delete"
 
     def task_kwargs(self) -> dict[str, object]:
         return {
@@ -45,6 +60,7 @@ class DeleteRequest:
             "sweep_id": self.sweep_id,
             "rule": self.rule,
             "dry_run": self.dry_run,
+            "action": self.action,
         }
 
 
@@ -57,23 +73,29 @@ class Planned:
 def plan(
     policy: Policy,
     endpoints: Sequence[Endpoint],
-    observations: dict[str, object],
+    observations: Mapping[str, Observation],
     now: datetime,
     fetch_detail: Callable[[str], Endpoint | None],
+    *,
+    exemptions: Mapping[str, Exemption] | None = None,
+    marks: Mapping[str, Mark] | None = None,
 ) -> list[Planned]:
-    """Evaluate every endpoint; fetch the detail only of those whose decision hangs on it.
+    """Decide every endpoint; fetch the detail only of those whose decision hangs on it.
 
     ``fetch_detail`` returns None when the endpoint vanished meanwhile; it raises for anything else.
     """
+    exemptions = exemptions or {}
+    marks = marks or {}
     planned = []
     for endpoint in endpoints:
         observed = observations.get(endpoint.id)
-        decision = evaluate(policy, endpoint, observed, now)  # type: ignore[arg-type]
+        exemption, mark = exemptions.get(endpoint.id), marks.get(endpoint.id)
+        decision = decide(policy, endpoint, observed, now, exemption=exemption, mark=mark)
         if decision.action is Action.NEEDS_DETAIL:
             detailed = _detail_or_reason(endpoint, fetch_detail)
             if isinstance(detailed, Endpoint):
                 endpoint = detailed
-                decision = evaluate(policy, endpoint, observed, now, detail_fetched=True)  # type: ignore[arg-type]
+                decision = decide(policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=True)
             else:
                 decision = Decision(Action.KEEP, decision.rule, detailed)
         planned.append(Planned(endpoint, decision))
@@ -104,16 +126,18 @@ def run_sweep(
     enqueue: Callable[[DeleteRequest], None],
     sweep_id: str | None = None,
     clock: Callable[[], datetime] = utc_now,
+    notify_url: str | None = None,
 ) -> SweepSummary:
-    """One sweep: lock, load the policy, list, observe, evaluate, check the limit, queue, record."""
+    """One sweep: lock, load the policy, list, observe, decide, check the limits, queue, record, notify."""
     summary = SweepSummary(sweep_id=sweep_id or uuid.uuid4().hex, started_at=iso(clock()), dry_run=dry_run)
     lock = store.sweep_lock(lock_ttl_s)
     if not lock.acquire(blocking=False):
         summary.status = "skipped"
         summary.error = "another sweep is running (the sweep lock is held)"
         return _finish(store, summary, clock)
+    newly_marked: list[dict[str, Any]] = []
     try:
-        _sweep_locked(store, client, policy_file, pending_ttl_s, enqueue, summary, clock)
+        newly_marked = _sweep_locked(store, client, policy_file, pending_ttl_s, enqueue, summary, clock)
     except PolicyError as exc:
         summary.status, summary.error = "error", str(exc)
     except TogetherError as exc:
@@ -123,20 +147,37 @@ def run_sweep(
             lock.release()
         except Exception:  # expired meanwhile (LockNotOwnedError) or Redis gone: the TTL frees it
             log.warning("sweep %s: the sweep lock could not be released", summary.sweep_id)
-    return _finish(store, summary, clock)
+    _finish(store, summary, clock)
+    if notify_url:
+        _notify(store, notify_url, summary, newly_marked)
+    return summary
+
+
+def _notify(store: Store, url: str, summary: SweepSummary, marked: list[dict[str, Any]]) -> None:
+    outcomes = store.drain_outbox()
+    payload = build_notification(summary.to_dict(), marked, outcomes)
+    if payload is None:
+        return
+    error = send_notification(url, payload)
+    if error is not None:
+        store.requeue_outbox(outcomes)
+        store.record_event("notify_failed", sweep_id=summary.sweep_id, error=error)
+        log.warning("sweep %s: notification not delivered: %s", summary.sweep_id, error)
 
 
 def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) -> SweepSummary:
     summary.finished_at = iso(clock())
     store.record_sweep(summary)
     log.info(
-        "sweep %s %s: listed=%d candidates=%d queued=%d protected=%d dry_run=%s%s",
+        "sweep %s %s: listed=%d candidates=%d queued=%d marked=%d protected=%d exempt=%d dry_run=%s%s",
         summary.sweep_id,
         summary.status,
         summary.listed,
         summary.candidates,
         summary.queued,
+        summary.marked,
         summary.protected,
+        summary.exempt,
         summary.dry_run,
         f" error={summary.error}" if summary.error else "",
     )
@@ -151,7 +192,8 @@ def _sweep_locked(
     enqueue: Callable[[DeleteRequest], None],
     summary: SweepSummary,
     clock: Callable[[], datetime],
-) -> None:
+) -> list[dict[str, Any]]:
+    """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
     policy = load_policy(policy_file)
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
@@ -161,41 +203,45 @@ def _sweep_locked(
     previous = store.load_observations()
     current = {e.id: observe(previous.get(e.id), e.state, now) for e in endpoints}
     store.save_observations(current, previous)
+    marks = store.load_marks()
+    exemptions = store.exemptions(now, prune=True)
 
-    planned = plan(policy, endpoints, current, now, lambda eid: fetch_detail(client, eid))  # type: ignore[arg-type]
-    summary.in_scope = sum(1 for p in planned if p.decision.action is not Action.OUT_OF_SCOPE)
-    candidates = [p for p in planned if p.decision.action is Action.DELETE]
-    summary.protected = sum(1 for p in planned if p.decision.action is Action.PROTECTED)
-    summary.candidates = len(candidates)
-    for p in candidates:
+    planned = plan(
+        policy, endpoints, current, now, lambda eid: fetch_detail(client, eid), exemptions=exemptions, marks=marks
+    )
+    by_action: dict[Action, list[Planned]] = {}
+    for p in planned:
+        by_action.setdefault(p.decision.action, []).append(p)
+    acting = by_action.get(Action.DELETE, []) + by_action.get(Action.STOP, [])
+    summary.in_scope = len(planned) - len(by_action.get(Action.OUT_OF_SCOPE, []))
+    summary.protected = len(by_action.get(Action.PROTECTED, []))
+    summary.exempt = len(by_action.get(Action.EXEMPT, []))
+    summary.candidates = len(acting)
+    for p in acting:
         rule = p.decision.rule or ""
         summary.rules[rule] = summary.rules.get(rule, 0) + 1
 
-    store.record_events(
-        "decision",
-        (
-            {
-                "sweep_id": summary.sweep_id,
-                "endpoint_id": p.endpoint.id,
-                "endpoint_name": p.endpoint.name,
-                "action": str(p.decision.action),
-                "rule": p.decision.rule,
-                "reason": p.decision.reason,
-            }
-            for p in planned
-            if p.decision.action in (Action.DELETE, Action.PROTECTED) or p.decision.rule is not None
-        ),
-    )
+    newly_marked = _update_marks(store, planned, marks, summary)
+    store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in planned if _worth_recording(p)))
 
-    limit = policy.limits.max_deletes_per_sweep
-    summary.limit = limit
-    if len(candidates) > limit:
-        summary.status = "limit_exceeded"
-        summary.error = f"{len(candidates)} candidates exceed limits.max_deletes_per_sweep={limit}; nothing was queued"
-        return
+    limits = policy.limits
+    summary.limit = limits.max_deletes_per_sweep
+    trip = check_limits(limits, len(acting), summary.in_scope, 0 if summary.dry_run else store.acted_last_day())
+    if trip is None:
+        store.clear_pause("no limit trips any more")
+    else:
+        approval = store.take_resume(len(acting))
+        if approval is None:
+            summary.status = "limit_exceeded"
+            summary.error = f"limit tripped, nothing queued: {trip}"
+            store.set_pause(trip, summary.sweep_id, len(acting))
+            store.record_event("limit", sweep_id=summary.sweep_id, limit=trip)
+            return newly_marked
+        store.record_event("resumed", sweep_id=summary.sweep_id, limit=trip, by=approval.get("by"))
+        store.clear_pause(f"resumed by {approval.get('by')}")
 
     valid: list[Planned] = []
-    for p in candidates:
+    for p in acting:
         try:
             check_endpoint_id(p.endpoint.id)
             valid.append(p)
@@ -211,21 +257,84 @@ def _sweep_locked(
             sweep_id=summary.sweep_id,
             rule=p.decision.rule or "",
             dry_run=summary.dry_run,
+            action=str(p.decision.action),
         )
         for p in valid
     }
     claimed = store.claim_pending({eid: r.task_id for eid, r in requests.items()}, pending_ttl_s)
     summary.already_pending = len(requests) - len(claimed)
-    for endpoint_id, request in requests.items():
-        if endpoint_id not in claimed:
-            continue
-        try:
-            enqueue(request)
-        except Exception:
-            store.release_pending(endpoint_id, request.task_id)
-            raise
-        summary.queued += 1
+    queued: list[str] = []
+    try:
+        for endpoint_id, request in requests.items():
+            if endpoint_id not in claimed:
+                continue
+            try:
+                enqueue(request)
+            except Exception:
+                store.release_pending(endpoint_id, request.task_id)
+                raise
+            queued.append(request.task_id)
+            summary.queued += 1
+    finally:
+        if not summary.dry_run:
+            store.record_acted(queued)
     summary.status = "ok"
+    return newly_marked
+
+
+def _update_marks(
+    store: Store, planned: Sequence[Planned], marks: Mapping[str, Mark], summary: SweepSummary
+) -> list[dict[str, Any]]:
+    """Write the marks this sweep made and drop those of endpoints that stopped being candidates."""
+    new: dict[str, Mark] = {}
+    still_marked: set[str] = set()
+    newly_marked: list[dict[str, Any]] = []
+    for p in planned:
+        d = p.decision
+        if d.action is Action.MARKED:
+            still_marked.add(p.endpoint.id)
+            if d.marked_at is not None and d.due_at is not None and d.rule is not None:
+                new[p.endpoint.id] = Mark(d.rule, d.marked_at, d.due_at)
+                newly_marked.append(
+                    {
+                        "endpoint_id": p.endpoint.id,
+                        "endpoint_name": p.endpoint.name,
+                        "rule": d.rule,
+                        "action": str(d.then or Action.DELETE),
+                        "marked_at": iso(d.marked_at),
+                        "due_at": iso(d.due_at),
+                    }
+                )
+        elif d.action in ACTING:
+            still_marked.add(p.endpoint.id)  # due now; the outcome of its task clears the mark
+    unmarked = [eid for eid in marks if eid not in still_marked]
+    store.save_marks(new, unmarked)
+    if unmarked:
+        store.record_events(
+            "unmarked",
+            ({"sweep_id": summary.sweep_id, "endpoint_id": eid, "rule": marks[eid].rule} for eid in unmarked),
+        )
+    summary.marked = len(newly_marked)
+    summary.unmarked = len(unmarked)
+    return newly_marked
+
+
+def _worth_recording(p: Planned) -> bool:
+    return p.decision.action not in (Action.KEEP, Action.OUT_OF_SCOPE) or p.decision.rule is not None
+
+
+def _decision_event(sweep_id: str, p: Planned) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "sweep_id": sweep_id,
+        "endpoint_id": p.endpoint.id,
+        "endpoint_name": p.endpoint.name,
+        "action": str(p.decision.action),
+        "rule": p.decision.rule,
+        "reason": p.decision.reason,
+    }
+    if p.decision.due_at is not None:
+        event["due_at"] = iso(p.decision.due_at)
+    return event
 
 
 def fetch_detail(client: TogetherClient, endpoint_id: str) -> Endpoint | None:
@@ -265,10 +374,43 @@ class Attempt:
     retryable: bool = False
 
 
-def attempt_delete(client: TogetherClient, endpoint_id: str) -> Attempt:
-    """Send one DELETE and classify the answer. Retrying is the caller's business, and only after a 500."""
+def recheck(
+    client: TogetherClient, store: Store, policy_file: Path, endpoint_id: str, action: str, now: datetime
+) -> Attempt | None:
+    """Fetch the endpoint and decide again, right before acting. None means: still a candidate, go ahead.
+
+    Between the sweep and this moment the endpoint may have been restarted, renamed, protected or exempted;
+    the current policy file, the janitor's observation and the exemptions all count again. The grace period
+    does not: the sweep let the candidate through only once its mark was due.
+    """
     try:
-        http_status = client.delete_endpoint(endpoint_id)
+        fresh = client.get_endpoint(endpoint_id)
+    except InvalidEndpointId as exc:
+        return Attempt(OutcomeStatus.FAILED, None, str(exc))
+    except ApiStatusError as exc:
+        if exc.status_code == 404:
+            return Attempt(OutcomeStatus.ALREADY_GONE, 404)
+        status = OutcomeStatus.FORBIDDEN if exc.status_code == 403 else OutcomeStatus.FAILED
+        return Attempt(status, exc.status_code, f"re-check: {exc}", retryable=exc.status_code == 500)
+    except TogetherError as exc:
+        return Attempt(OutcomeStatus.FAILED, None, f"re-check: {exc}")
+    try:
+        policy = load_policy(policy_file)
+    except PolicyError as exc:
+        return Attempt(OutcomeStatus.FAILED, None, f"re-check: {exc}")
+    observed = observe(store.observation(endpoint_id), fresh.state, now)
+    exemption = store.exemption(endpoint_id, now)
+    decision = decide(policy, fresh, observed, now, exemption=exemption, detail_fetched=True, ignore_grace=True)
+    if decision.action is Action(action):
+        return None
+    return Attempt(OutcomeStatus.SPARED, None, f"re-check: now {decision.action}: {decision.reason}")
+
+
+def attempt_action(client: TogetherClient, endpoint_id: str, action: str) -> Attempt:
+    """Send one DELETE (or the PATCH that stops) and classify the answer; only a 500 is retryable."""
+    done = OutcomeStatus.STOPPED if action == "stop" else OutcomeStatus.DELETED
+    try:
+        http_status = client.stop_endpoint(endpoint_id) if action == "stop" else client.delete_endpoint(endpoint_id)
     except InvalidEndpointId as exc:
         return Attempt(OutcomeStatus.FAILED, None, str(exc))
     except ApiStatusError as exc:
@@ -278,11 +420,11 @@ def attempt_delete(client: TogetherClient, endpoint_id: str) -> Attempt:
             return Attempt(OutcomeStatus.FORBIDDEN, 403, str(exc))
         return Attempt(OutcomeStatus.FAILED, exc.status_code, str(exc), retryable=exc.status_code == 500)
     except ApiTransportError as exc:
-        # The DELETE may or may not have reached the API; the next sweep will see which.
+        # The request may or may not have reached the API; the next sweep will see which.
         return Attempt(OutcomeStatus.FAILED, None, str(exc))
     except TogetherError as exc:
         return Attempt(OutcomeStatus.FAILED, None, str(exc))
-    return Attempt(OutcomeStatus.DELETED, http_status)
+    return Attempt(done, http_status)
 
 
 def backoff_delay(retries: int, base_s: float, cap_s: float, uniform: Callable[[float, float], float]) -> float:

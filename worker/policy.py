@@ -151,8 +151,20 @@ def _duration(raw: object) -> timedelta:
     return parse_duration(raw)
 
 
+def _grace(raw: object) -> timedelta:
+    if isinstance(raw, timedelta):
+        return raw
+    if raw == 0:
+        return timedelta(0)
+    return parse_duration(raw, allow_zero=True)
+
+
 MatcherField = Annotated[Matcher, BeforeValidator(_matcher)]
 DurationField = Annotated[timedelta, BeforeValidator(_duration)]
+GraceField = Annotated[timedelta, BeforeValidator(_grace)]
+
+# States in which a stop would change nothing: such an endpoint is not a stop candidate.
+STOPPED_STATES = frozenset({"STOPPED", "STOPPING"})
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -185,6 +197,8 @@ class Rule(_Strict):
     match: MatcherField | None = None
     ttl: DurationField | None = None
     stale: Stale | None = None
+    action: Literal["delete", "stop"] = "delete"
+    grace: GraceField | None = None
 
     @field_validator("name")
     @classmethod
@@ -201,6 +215,8 @@ class Rule(_Strict):
 
     def conditions_hold(self, endpoint: EndpointFacts, observed: Observation | None, now: datetime) -> str | None:
         """The reason the rule's conditions hold, or None if any does not."""
+        if self.action == "stop" and endpoint.state in STOPPED_STATES:
+            return None  # stopping it again would change nothing
         reasons = []
         if self.ttl is not None:
             age = now - endpoint.created_at
@@ -220,14 +236,31 @@ class Rule(_Strict):
 
 class Limits(_Strict):
     max_deletes_per_sweep: int = Field(default=25, ge=0)
+    max_delete_fraction: float | None = Field(default=None, ge=0, le=1)
+    max_deletes_per_day: int | None = Field(default=None, ge=0)
+
+    @field_validator("max_delete_fraction", mode="before")
+    @classmethod
+    def _int_is_a_fraction_too(cls, value: object) -> object:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class Policy(_Strict):
     version: Literal[1]
     scope: Scope = Field(default_factory=Scope)
+    grace: GraceField = timedelta(0)
     protect: list[MatcherField] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+
+    def grace_for(self, rule_name: str | None) -> timedelta:
+        for rule in self.rules:
+            if rule.name == rule_name and rule.grace is not None:
+                return rule.grace
+        return self.grace
+
+    def action_of(self, rule_name: str | None) -> str:
+        return next((r.action for r in self.rules if r.name == rule_name), "delete")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
@@ -259,10 +292,16 @@ def observe(previous: Observation | None, state: str, now: datetime) -> Observat
 
 class Action(StrEnum):
     DELETE = "delete"
+    STOP = "stop"
+    MARKED = "marked"
+    EXEMPT = "exempt"
     KEEP = "keep"
     PROTECTED = "protected"
     OUT_OF_SCOPE = "out_of_scope"
     NEEDS_DETAIL = "needs_detail"
+
+
+ACTING = frozenset({Action.DELETE, Action.STOP})
 
 
 @dataclass(frozen=True)
@@ -270,6 +309,33 @@ class Decision:
     action: Action
     rule: str | None
     reason: str
+    # For MARKED: when the mark falls due, and whether this decision makes the mark (first sighting).
+    due_at: datetime | None = None
+    marked_at: datetime | None = None
+    then: Action | None = None  # for MARKED: what will be done when the mark falls due
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A candidate waiting out its grace period: acted on at a sweep at or after ``due_at``."""
+
+    rule: str
+    marked_at: datetime
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """A person's run-time opt-out for one endpoint, until ``expires_at``."""
+
+    endpoint_id: str
+    reason: str
+    by: str
+    created_at: datetime
+    expires_at: datetime
+
+    def active(self, now: datetime) -> bool:
+        return now < self.expires_at
 
 
 def evaluate(
@@ -304,8 +370,61 @@ def evaluate(
                 return Decision(Action.NEEDS_DETAIL, rule.name, "protect matches on display_name or hardware")
             if protected is not False:
                 return Decision(Action.PROTECTED, rule.name, f"protect[{index}] ({matcher})")
-        return Decision(Action.DELETE, rule.name, reason)
+        return Decision(Action.STOP if rule.action == "stop" else Action.DELETE, rule.name, reason)
     return Decision(Action.KEEP, None, "no rule holds")
+
+
+def decide(
+    policy: Policy,
+    endpoint: EndpointFacts,
+    observed: Observation | None,
+    now: datetime,
+    *,
+    exemption: Exemption | None = None,
+    mark: Mark | None = None,
+    detail_fetched: bool = False,
+    ignore_grace: bool = False,
+) -> Decision:
+    """:func:`evaluate`, then a person's exemption, then the grace period.
+
+    A candidate under a rule with a grace period is first MARKED (``marked_at`` set: a new mark) and acted
+    on only at a sweep at or after ``due_at``, and only if it is still a candidate of the same rule then.
+    ``ignore_grace`` is for the re-check right before acting, which the sweep already let through.
+    """
+    decision = evaluate(policy, endpoint, observed, now, detail_fetched=detail_fetched)
+    if decision.action not in ACTING:
+        return decision
+    if exemption is not None and exemption.active(now):
+        until = exemption.expires_at.isoformat(timespec="seconds")
+        return Decision(Action.EXEMPT, decision.rule, f"exempted by {exemption.by} until {until}: {exemption.reason}")
+    grace = policy.grace_for(decision.rule)
+    if ignore_grace or grace <= timedelta(0):
+        return decision
+    if mark is None or mark.rule != decision.rule:
+        due = now + grace
+        reason = f"{decision.reason}; grace until {due.isoformat()}"
+        return Decision(Action.MARKED, decision.rule, reason, due, now, then=decision.action)
+    if now < mark.due_at:
+        reason = f"{decision.reason}; grace until {mark.due_at.isoformat()}"
+        return Decision(Action.MARKED, decision.rule, reason, mark.due_at, then=decision.action)
+    return decision
+
+
+def check_limits(limits: Limits, acting: int, in_scope: int, acted_last_day: int) -> str | None:
+    """Which limit a sweep that would act on ``acting`` endpoints trips, with the numbers; None if none.
+
+    A stop counts like a delete: it takes an endpoint out of service, and a bad rule can stop a whole account.
+    """
+    if acting > limits.max_deletes_per_sweep:
+        return f"max_deletes_per_sweep: {acting} candidates > {limits.max_deletes_per_sweep}"
+    if limits.max_delete_fraction is not None and acting and acting > limits.max_delete_fraction * in_scope:
+        return (
+            f"max_delete_fraction: {acting} of {in_scope} endpoints in scope "
+            f"({acting / max(in_scope, 1):.0%}) > {limits.max_delete_fraction:g}"
+        )
+    if limits.max_deletes_per_day is not None and acted_last_day + acting > limits.max_deletes_per_day:
+        return f"max_deletes_per_day: {acted_last_day} in the last 24 h + {acting} now > {limits.max_deletes_per_day}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- loading

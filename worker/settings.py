@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     retention_days: Annotated[float, Field(gt=0)] = 30.0
     events_max_len: Annotated[int, Field(ge=100)] = 100_000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # A Slack-style incoming webhook URL carries its own credential, so it is kept like a secret.
+    notify_webhook_url: SecretStr | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -72,6 +74,16 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -146,6 +158,8 @@ def _env_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]).lower()
     if field.endswith("together_api_key"):  # the field name, or either of its env aliases
         return "TOGETHER_API_KEY"
+    if field == "notify_webhook_url":
+        return "JANITOR_NOTIFY_WEBHOOK_URL"
     return ENV_PREFIX + field.upper()
 
 
@@ -155,7 +169,8 @@ def _describe(exc: ValidationError) -> str:
     if not err["loc"]:
         return f"invalid settings: {message}"
     name = _env_name(err["loc"])
-    shown = "" if name == "TOGETHER_API_KEY" or "input" not in err else f" (got {err['input']!r})"
+    secret = name in ("TOGETHER_API_KEY", "JANITOR_NOTIFY_WEBHOOK_URL")
+    shown = "" if secret or "input" not in err else f" (got {err['input']!r})"
     return f"invalid setting {name}: {message}{shown}"
 
 

@@ -14,6 +14,12 @@ key                            type      what
 ``P:sweep:<sweep id>``         string    a sweep summary (JSON), with the retention
 ``P:sweeps``                   zset      sweep id scored by its start time
 ``P:events``                   stream    every decision and outcome, append-only, capped in length
+``P:marks``                    hash      endpoint id -> mark (JSON): a candidate waiting out its grace period
+``P:exemptions``               hash      endpoint id -> exemption (JSON) with its expiry
+``P:acted``                    zset      task id scored by the time a live delete or stop was queued (24 h)
+``P:pause``                    string    the limit that tripped (JSON); sweeps refuse while it trips
+``P:resume``                   string    a person's approval to act once despite the tripped limit (JSON)
+``P:notify:outbox``            list      outcomes not yet sent to the webhook (JSON), capped
 =============================  ========  ===================================================================
 """
 
@@ -30,10 +36,12 @@ from typing import Any, cast
 import redis
 from redis.lock import Lock
 
-from worker.policy import Observation
+from worker.policy import Exemption, Mark, Observation
 from worker.settings import Settings
 
 _CHUNK = 1000
+_OUTBOX_MAX = 1000
+_DAY_S = 86400
 
 
 class OutcomeStatus(StrEnum):
@@ -42,6 +50,13 @@ class OutcomeStatus(StrEnum):
     FORBIDDEN = "forbidden"
     FAILED = "failed"
     WOULD_DELETE = "would_delete"
+    STOPPED = "stopped"
+    WOULD_STOP = "would_stop"
+    SPARED = "spared"
+
+
+# After these the endpoint needs no more action: its mark (if any) goes with the outcome.
+SETTLED = frozenset({OutcomeStatus.DELETED, OutcomeStatus.ALREADY_GONE, OutcomeStatus.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Outcome:
     error: str | None = None
     endpoint_name: str | None = None
     task_id: str | None = None
+    action: str = "delete"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -82,6 +98,9 @@ class SweepSummary:
     candidates: int = 0
     queued: int = 0
     protected: int = 0
+    exempt: int = 0
+    marked: int = 0
+    unmarked: int = 0
     already_pending: int = 0
     invalid_ids: int = 0
     status: str = "running"
@@ -102,6 +121,18 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _parse_observation(value: str) -> Observation | None:
+    since, _, state = value.partition("|")
+    try:
+        return Observation(state, datetime.fromtimestamp(float(since), UTC))
+    except ValueError:
+        return None  # an unreadable entry counts as never seen: the clock starts again
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -115,6 +146,9 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
   if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
+  if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) end
+  redis.call('RPUSH', KEYS[7], ARGV[1])
+  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[8]), -1)
   return false
 end
 return redis.call('GET', KEYS[1])
@@ -161,12 +195,14 @@ class Store:
         raw = cast(dict[str, str], self.redis.hgetall(self.key("observations")))
         observed = {}
         for endpoint_id, value in raw.items():
-            since, _, state = value.partition("|")
-            try:
-                observed[endpoint_id] = Observation(state, datetime.fromtimestamp(float(since), UTC))
-            except ValueError:
-                continue  # an unreadable entry counts as never seen: the clock starts again
+            parsed = _parse_observation(value)
+            if parsed is not None:
+                observed[endpoint_id] = parsed
         return observed
+
+    def observation(self, endpoint_id: str) -> Observation | None:
+        raw = cast(str | None, self.redis.hget(self.key("observations"), endpoint_id))
+        return _parse_observation(raw) if raw else None
 
     def save_observations(self, current: Mapping[str, Observation], previous: Mapping[str, Observation]) -> None:
         """Write what changed and forget endpoints no longer listed, in one round trip."""
@@ -212,6 +248,8 @@ class Store:
                 self.key("outcomes"),
                 self.key("pending", outcome.endpoint_id),
                 self.key("events"),
+                self.key("marks"),
+                self.key("notify", "outbox"),
             ],
             args=[
                 outcome.to_json(),
@@ -220,6 +258,8 @@ class Store:
                 outcome.endpoint_id,
                 task_id,
                 self.events_max_len,
+                "1" if outcome.status in SETTLED else "0",
+                _OUTBOX_MAX,
             ],
         )
         if existing is None:
@@ -244,11 +284,145 @@ class Store:
         raw = cast(str | None, self.redis.get(self.key("outcome", endpoint_id)))
         return Outcome.from_json(raw) if raw else None
 
+    # ------------------------------------------------------------------ marks (grace period)
+
+    def load_marks(self) -> dict[str, Mark]:
+        marks = {}
+        for endpoint_id, raw in cast(dict[str, str], self.redis.hgetall(self.key("marks"))).items():
+            try:
+                data = json.loads(raw)
+                marks[endpoint_id] = Mark(data["rule"], _parse_time(data["marked_at"]), _parse_time(data["due_at"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # unreadable: as if unmarked, so the grace period starts again (the safe side)
+        return marks
+
+    def save_marks(self, new: Mapping[str, Mark], removed: Iterable[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        items = [
+            (eid, json.dumps({"rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)}))
+            for eid, m in new.items()
+        ]
+        for start in range(0, len(items), _CHUNK):
+            pipe.hset(self.key("marks"), mapping=dict(items[start : start + _CHUNK]))
+        gone = list(removed)
+        for start in range(0, len(gone), _CHUNK):
+            pipe.hdel(self.key("marks"), *gone[start : start + _CHUNK])
+        pipe.execute()
+
+    # ------------------------------------------------------------------ exemptions
+
+    def set_exemption(self, exemption: Exemption) -> None:
+        data = {
+            "endpoint_id": exemption.endpoint_id,
+            "reason": exemption.reason,
+            "by": exemption.by,
+            "created_at": iso(exemption.created_at),
+            "expires_at": iso(exemption.expires_at),
+        }
+        self.redis.hset(self.key("exemptions"), exemption.endpoint_id, json.dumps(data))
+        self.record_event("exempt", **data)
+
+    def remove_exemption(self, endpoint_id: str, by: str) -> bool:
+        removed = bool(self.redis.hdel(self.key("exemptions"), endpoint_id))
+        if removed:
+            self.record_event("unexempt", endpoint_id=endpoint_id, by=by)
+        return removed
+
+    def exemptions(self, now: datetime | None = None, *, prune: bool = False) -> dict[str, Exemption]:
+        """Active exemptions; with ``prune``, expired ones are dropped (their expiry is the record)."""
+        now = now or utc_now()
+        active, expired = {}, []
+        for endpoint_id, raw in cast(dict[str, str], self.redis.hgetall(self.key("exemptions"))).items():
+            try:
+                data = json.loads(raw)
+                exemption = Exemption(
+                    data["endpoint_id"],
+                    data["reason"],
+                    data["by"],
+                    _parse_time(data["created_at"]),
+                    _parse_time(data["expires_at"]),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+            if exemption.active(now):
+                active[endpoint_id] = exemption
+            else:
+                expired.append(endpoint_id)
+        if expired and prune:
+            self.redis.hdel(self.key("exemptions"), *expired)
+        return active
+
+    def exemption(self, endpoint_id: str, now: datetime | None = None) -> Exemption | None:
+        return self.exemptions(now).get(endpoint_id)
+
+    # ------------------------------------------------------------------ blast-radius limits
+
+    def acted_last_day(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return int(self.redis.zcount(self.key("acted"), now - _DAY_S, "+inf"))
+
+    def record_acted(self, task_ids: Iterable[str], now: float | None = None) -> None:
+        members = {task_id: time.time() if now is None else now for task_id in task_ids}
+        if members:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self.key("acted"), members)
+            pipe.zremrangebyscore(self.key("acted"), "-inf", time.time() - _DAY_S)
+            pipe.expire(self.key("acted"), 2 * _DAY_S)
+            pipe.execute()
+
+    def set_pause(self, limit: str, sweep_id: str, acting: int) -> bool:
+        """Record the tripped limit; True if deletes were not paused already."""
+        data = json.dumps({"limit": limit, "sweep_id": sweep_id, "acting": acting, "at": iso(utc_now())})
+        return self.redis.getset(self.key("pause"), data) is None
+
+    def clear_pause(self, reason: str) -> bool:
+        cleared = bool(self.redis.delete(self.key("pause")))
+        if cleared:
+            self.record_event("unpaused", reason=reason)
+        return cleared
+
+    def pause(self) -> dict[str, Any] | None:
+        raw = cast(str | None, self.redis.get(self.key("pause")))
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    def approve_resume(self, by: str, up_to: int, ttl_s: int = _DAY_S) -> None:
+        """A person's go-ahead: the next sweep may act on up to ``up_to`` endpoints although a limit trips."""
+        data = {"by": by, "up_to": up_to, "at": iso(utc_now())}
+        self.redis.set(self.key("resume"), json.dumps(data), ex=ttl_s)
+        self.record_event("resume", **data)
+
+    def take_resume(self, acting: int) -> dict[str, Any] | None:
+        """Use the approval if it covers ``acting`` endpoints; each approval serves one sweep."""
+        raw = cast(str | None, self.redis.get(self.key("resume")))
+        if not raw:
+            return None
+        data = cast(dict[str, Any], json.loads(raw))
+        if acting > int(data.get("up_to", 0)) or not self.redis.delete(self.key("resume")):
+            return None
+        return data
+
+    # ------------------------------------------------------------------ notification outbox
+
+    def drain_outbox(self) -> list[dict[str, Any]]:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(self.key("notify", "outbox"), 0, -1)
+        pipe.delete(self.key("notify", "outbox"))
+        raw, _ = pipe.execute()
+        return [json.loads(item) for item in raw]
+
+    def requeue_outbox(self, items: Iterable[Mapping[str, Any]]) -> None:
+        payloads = [json.dumps(item, separators=(",", ":")) for item in items]
+        if payloads:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.lpush(self.key("notify", "outbox"), *reversed(payloads))
+            pipe.ltrim(self.key("notify", "outbox"), -_OUTBOX_MAX, -1)
+            pipe.execute()
+
     # ------------------------------------------------------------------ sweeps and events
 
     def record_sweep(self, summary: SweepSummary) -> None:
         data = json.dumps(summary.to_dict(), separators=(",", ":"))
-        started = datetime.fromisoformat(summary.started_at.replace("Z", "+00:00")).timestamp()
+        started = _parse_time(summary.started_at).timestamp()
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.key("sweep", summary.sweep_id), data, ex=self.retention_s)
         pipe.zadd(self.key("sweeps"), {summary.sweep_id: started})

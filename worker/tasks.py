@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.app import DELETE_TASK, SWEEP_TASK, app
 from worker.errors import RetryableApiError, SettingsError
-from worker.janitor import Attempt, DeleteRequest, attempt_delete, backoff_delay, run_sweep
+from worker.janitor import Attempt, DeleteRequest, attempt_action, backoff_delay, recheck, run_sweep
 from worker.settings import Settings, get_settings
 from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, utc_now
 from worker.together import client_for
@@ -64,6 +64,7 @@ def sweep(self: Task, dry_run: bool | None = None) -> dict[str, Any]:
         pending_ttl_s=settings.pending_ttl_s,
         enqueue=_enqueue,
         sweep_id=self.request.id,
+        notify_url=settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None,
     )
     return summary.to_dict()
 
@@ -84,8 +85,13 @@ def delete_endpoint(
     sweep_id: str,
     rule: str,
     dry_run: bool,
+    action: str = "delete",
 ) -> dict[str, Any]:
-    """Delete one endpoint (or, in a dry run, record that it would be) and record exactly one outcome."""
+    """Delete (or stop) one endpoint, or in a dry run record that it would be, and record exactly one outcome.
+
+    Right before acting it fetches the endpoint and decides again; an endpoint that is no longer a
+    candidate is ``spared``. Only a 500, on that GET or on the DELETE/PATCH, is retried.
+    """
     settings = get_settings()
     store = _store(settings)
     task_id: str = self.request.id
@@ -95,13 +101,18 @@ def delete_endpoint(
         return _as_result(recorded)
 
     retries: int = self.request.retries
-    if dry_run:
-        attempt = Attempt(OutcomeStatus.WOULD_DELETE, None)
+    if action not in ("delete", "stop"):
+        attempt, attempts = Attempt(OutcomeStatus.FAILED, None, f"unknown action {action!r}"), 0
+    elif dry_run:
+        attempt = Attempt(OutcomeStatus.WOULD_STOP if action == "stop" else OutcomeStatus.WOULD_DELETE, None)
         attempts = 0
     else:
         attempts = retries + 1
         try:
-            attempt = attempt_delete(client_for(settings), endpoint_id)
+            client = client_for(settings)
+            attempt = recheck(client, store, settings.policy_file, endpoint_id, action, utc_now()) or attempt_action(
+                client, endpoint_id, action
+            )
         except SettingsError as exc:
             attempt = Attempt(OutcomeStatus.FAILED, None, str(exc))
         except SoftTimeLimitExceeded:
@@ -110,6 +121,7 @@ def delete_endpoint(
             countdown = backoff_delay(retries, settings.retry_backoff_s, settings.retry_backoff_max_s, random.uniform)
             store.record_event(
                 "retry",
+                action=action,
                 endpoint_id=endpoint_id,
                 sweep_id=sweep_id,
                 rule=rule,
@@ -143,6 +155,7 @@ def delete_endpoint(
         error=attempt.error,
         endpoint_name=endpoint_name,
         task_id=task_id,
+        action=action,
     )
     recorded, _ = store.record_outcome(task_id, outcome)
     log.info(
@@ -162,6 +175,7 @@ def _as_result(outcome: Outcome) -> dict[str, Any]:
     return {
         "endpoint_id": outcome.endpoint_id,
         "endpoint_name": outcome.endpoint_name,
+        "action": outcome.action,
         "status": str(outcome.status),
         "http_status": outcome.http_status,
         "attempts": outcome.attempts,

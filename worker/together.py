@@ -232,6 +232,14 @@ class TogetherClient:
             raise MalformedResponse(f"GET {path}: answered with another endpoint ({endpoint.id!r})")
         return endpoint
 
+    def stop_endpoint(self, endpoint_id: str) -> int:
+        """``PATCH /endpoints/{id}`` with ``state: STOPPED``: billing stops, nothing is lost."""
+        path = f"/endpoints/{check_endpoint_id(endpoint_id)}"
+        status, content_type, body = self._request("PATCH", path, _MAX_OBJECT_BYTES, json={"state": "STOPPED"})
+        if not 200 <= status < 300:
+            raise self._status_error("PATCH", path, status, content_type, body)
+        return status
+
     def delete_endpoint(self, endpoint_id: str) -> int:
         """``DELETE /endpoints/{id}``; returns the 2xx status or raises :class:`ApiStatusError`."""
         path = f"/endpoints/{check_endpoint_id(endpoint_id)}"
