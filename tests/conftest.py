@@ -21,6 +21,12 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import redis
+from celery import Celery
+from celery.result import AsyncResult
+
+from worker.app import create_app
+from worker.settings import Settings
+from worker.store import Outcome, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -266,3 +272,58 @@ def start_worker(spawn: Callable[..., Proc], env: dict[str, str], concurrency: i
         "worker",
         ready="ready.",
     )
+
+
+class Harness:
+    """Starts workers with one environment and talks to them through a Celery app of the same settings."""
+
+    def __init__(self, redis_url: str, key_prefix: str, sim: Sim, tmp_path: Path, spawn: Callable[..., Proc]) -> None:
+        self.sim = sim
+        self.spawn = spawn
+        self.policy = tmp_path / "policy.yaml"
+        self.policy.write_text(BASIC_POLICY)
+        self.env = env_for(redis_url, key_prefix, sim, self.policy)
+        self.key_prefix = key_prefix
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.store = Store(self.redis, key_prefix, retention_s=3600, events_max_len=10_000)
+        self.app: Celery | None = None
+
+    def configure(self, **env: str) -> None:
+        self.env.update(env)
+
+    def celery(self) -> Celery:
+        if self.app is None:
+            self.app = create_app(
+                Settings(
+                    redis_url=self.env["JANITOR_REDIS_URL"],
+                    key_prefix=self.key_prefix,
+                    visibility_timeout_s=float(self.env["JANITOR_VISIBILITY_TIMEOUT_S"]),
+                    retry_backoff_s=0.05,
+                    retry_backoff_max_s=0.2,
+                    http_timeout_s=1,
+                )
+            )
+        return self.app
+
+    def worker(self, **kwargs: Any) -> Proc:
+        return start_worker(self.spawn, self.env, **kwargs)
+
+    def sweep(self, dry_run: bool | None = False) -> AsyncResult:
+        return self.celery().send_task("janitor.sweep", kwargs={"dry_run": dry_run})
+
+    def outcome(self, endpoint_id: str, timeout: float = 30) -> Outcome:
+        return wait_for(lambda: self.store.latest_outcome(endpoint_id), timeout, what=f"an outcome for {endpoint_id}")
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
+        self.redis.close()
+
+
+@pytest.fixture
+def harness(
+    redis_url: str, key_prefix: str, sim: Sim, tmp_path: Path, spawn: Callable[..., Proc], redis_client: redis.Redis
+) -> Iterator[Harness]:
+    h = Harness(redis_url, key_prefix, sim, tmp_path, spawn)
+    yield h
+    h.close()

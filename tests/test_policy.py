@@ -11,7 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import PolicyError
-from worker.policy import Action, Observation, evaluate, load_policy, observe, parse_policy
+from worker.policy import (
+    Action,
+    Exemption,
+    Mark,
+    Observation,
+    check_limits,
+    decide,
+    evaluate,
+    load_policy,
+    observe,
+    parse_policy,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,3 +288,160 @@ def test_protected_or_out_of_scope_is_never_deleted(
         assert ep.created_at <= NOW or decision.rule == "b"
     if ep.type != "dedicated":
         assert decision.action is Action.OUT_OF_SCOPE
+
+
+# ------------------------------------------------------------------------------ safety: grace, exemptions, stop, limits
+
+GRACE_POLICY = parse_policy(
+    """
+version: 1
+grace: 1h
+rules:
+  - name: ci
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+  - name: quick
+    match: {name: "acme/tmp-*"}
+    ttl: 1h
+    grace: 0s
+  - name: stop-idle
+    match: {name: "acme/dev-*"}
+    ttl: 2h
+    action: stop
+    grace: 10m
+  - name: delete-stopped
+    stale: {states: [STOPPED], for: 1d}
+"""
+)
+
+
+def test_grace_marks_first_then_acts_when_due() -> None:
+    first = decide(GRACE_POLICY, Ep(), None, NOW)
+    assert first.action is Action.MARKED and first.marked_at == NOW and first.due_at == NOW + timedelta(hours=1)
+    assert first.then is Action.DELETE
+    mark = Mark("ci", NOW, NOW + timedelta(hours=1))
+    waiting = decide(GRACE_POLICY, Ep(), None, NOW + timedelta(minutes=30), mark=mark)
+    assert waiting.action is Action.MARKED and waiting.marked_at is None and waiting.due_at == mark.due_at
+    due = decide(GRACE_POLICY, Ep(), None, NOW + timedelta(hours=1), mark=mark)
+    assert (due.action, due.rule) == (Action.DELETE, "ci")
+
+
+def test_a_mark_of_another_rule_starts_a_new_grace() -> None:
+    stale_mark = Mark("delete-stopped", NOW - timedelta(days=2), NOW - timedelta(days=1))
+    d = decide(GRACE_POLICY, Ep(), None, NOW, mark=stale_mark)
+    assert d.action is Action.MARKED and d.rule == "ci" and d.marked_at == NOW
+
+
+def test_per_rule_grace_overrides_and_zero_disables() -> None:
+    assert decide(GRACE_POLICY, Ep(name="acme/tmp-1"), None, NOW).action is Action.DELETE
+    d = decide(GRACE_POLICY, Ep(name="acme/dev-1"), None, NOW)
+    assert d.action is Action.MARKED and d.due_at == NOW + timedelta(minutes=10) and d.then is Action.STOP
+    assert decide(POLICY, Ep(), None, NOW).action is Action.DELETE  # no grace key: no grace
+
+
+def test_re_check_ignores_grace() -> None:
+    assert decide(GRACE_POLICY, Ep(), None, NOW, ignore_grace=True).action is Action.DELETE
+
+
+def test_exemptions_win_until_they_expire() -> None:
+    ex = Exemption("endpoint-1", "demo on Friday", "alice", NOW - timedelta(hours=1), NOW + timedelta(hours=1))
+    d = decide(POLICY, Ep(), None, NOW, exemption=ex)
+    assert d.action is Action.EXEMPT and "alice" in d.reason and "demo on Friday" in d.reason
+    assert decide(POLICY, Ep(), None, NOW + timedelta(hours=2), exemption=ex).action is Action.DELETE
+    # an exemption does not turn a keep into anything else
+    assert decide(POLICY, Ep(created_at=NOW), None, NOW, exemption=ex).action is Action.KEEP
+
+
+def test_stop_rules_skip_endpoints_already_stopped_and_the_next_rule_applies() -> None:
+    policy = parse_policy(
+        "version: 1\nrules:\n - name: stop-idle\n   ttl: 2h\n   action: stop\n"
+        " - name: delete-stopped\n   stale: {states: [STOPPED], for: 1d}\n"
+    )
+    assert evaluate(policy, Ep(), None, NOW).action is Action.STOP
+    stopping = Ep(state="STOPPING")
+    assert evaluate(policy, stopping, None, NOW).action is Action.KEEP
+    stopped = Ep(state="STOPPED")
+    assert evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(hours=1)), NOW).action is Action.KEEP
+    d = evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(days=2)), NOW)
+    assert (d.action, d.rule) == (Action.DELETE, "delete-stopped")
+
+
+@pytest.mark.parametrize(
+    ("limits", "acting", "in_scope", "day", "expected"),
+    [
+        ("{max_deletes_per_sweep: 5}", 5, 100, 0, None),
+        ("{max_deletes_per_sweep: 5}", 6, 100, 0, "max_deletes_per_sweep: 6 candidates > 5"),
+        ("{max_delete_fraction: 0.5}", 5, 10, 0, None),
+        ("{max_delete_fraction: 0.5}", 6, 10, 0, "max_delete_fraction: 6 of 10"),
+        ("{max_delete_fraction: 0}", 0, 10, 0, None),
+        ("{max_deletes_per_day: 10}", 4, 100, 6, None),
+        ("{max_deletes_per_day: 10}", 5, 100, 6, "max_deletes_per_day: 6 in the last 24 h + 5 now > 10"),
+    ],
+)
+def test_limits_name_the_limit_and_the_numbers(
+    limits: str, acting: int, in_scope: int, day: int, expected: str | None
+) -> None:
+    policy = parse_policy(f"version: 1\nlimits: {limits}")
+    trip = check_limits(policy.limits, acting, in_scope, day)
+    assert trip == expected or (expected is not None and trip is not None and trip.startswith(expected))
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragments"),
+    [
+        ("version: 1\nrules:\n - name: a\n   ttl: 1h\n   action: nuke", ["rule 'a'", "action"]),
+        ("version: 1\nrules:\n - name: a\n   ttl: 1h\n   grace: soon", ["rule 'a'", "grace"]),
+        ("version: 1\ngrace: -1h", ["grace"]),
+        ("version: 1\nlimits: {max_delete_fraction: 1.5}", ["limits", "max_delete_fraction"]),
+        ("version: 1\nlimits: {max_deletes_per_day: -1}", ["limits", "max_deletes_per_day"]),
+    ],
+)
+def test_safety_keys_are_validated(doc: str, fragments: list[str]) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(doc, "policy.yaml")
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    inventory=st.lists(endpoints, min_size=0, max_size=30),
+    protect=names,
+    exempt_mask=st.lists(st.booleans(), min_size=30, max_size=30),
+    per_sweep=st.integers(0, 10),
+    fraction=st.floats(0, 1),
+    per_day=st.integers(0, 20),
+    acted_today=st.integers(0, 20),
+    grace_h=st.sampled_from([0, 1]),
+)
+def test_protected_and_exempt_are_never_acted_on_and_limits_bound_what_is_queued(
+    inventory: list[Ep],
+    protect: str,
+    exempt_mask: list[bool],
+    per_sweep: int,
+    fraction: float,
+    per_day: int,
+    acted_today: int,
+    grace_h: int,
+) -> None:
+    policy = parse_policy(
+        f"version: 1\ngrace: {grace_h}h\nprotect:\n - name: '{protect}'\n"
+        "rules:\n - name: all\n   ttl: 1h\n - name: stopper\n   stale: {states: [STARTED], for: 1h}\n   action: stop\n"
+        f"limits: {{max_deletes_per_sweep: {per_sweep}, max_delete_fraction: {fraction}, "
+        f"max_deletes_per_day: {per_day}}}\n"
+    )
+    inventory = [replace(ep, id=f"endpoint-{i}") for i, ep in enumerate(inventory)]
+    acting = 0
+    in_scope = 0
+    for ep, exempt in zip(inventory, exempt_mask, strict=False):
+        exemption = Exemption(ep.id, "r", "p", NOW, NOW + timedelta(days=1)) if exempt else None
+        d = decide(policy, ep, Observation(ep.state, NOW - timedelta(hours=2)), NOW, exemption=exemption)
+        if d.action in (Action.DELETE, Action.STOP):
+            assert not exempt and not policy.protect[0].matches(ep)
+            acting += 1
+        if d.action is not Action.OUT_OF_SCOPE:
+            in_scope += 1
+    queued = acting if check_limits(policy.limits, acting, in_scope, acted_today) is None else 0
+    assert queued <= per_sweep
+    assert queued <= fraction * in_scope or queued == 0
+    assert acted_today + queued <= per_day or queued == 0
