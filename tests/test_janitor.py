@@ -211,3 +211,83 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert low[:4] == [1.0, 2.0, 4.0, 8.0] and high[:4] == [2.0, 4.0, 8.0, 16.0]
     assert max(high) == 300.0 and all(lo <= hi for lo, hi in zip(low, high, strict=True))
     assert backoff_delay(0, 0.25, 1.0, lambda a, b: b) == 0.25  # fractions allowed
+
+
+def test_a_dry_run_neither_pauses_nor_uses_an_approval(
+    sim: Sim, store: Store, client: TogetherClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\nlimits: {max_deletes_per_sweep: 1}\n")
+    sim.reset([ep(f"acme/ci-{i}", i) for i in range(2)])
+    queued: list[DeleteRequest] = []
+    assert sweep(store, client, policy, queued, dry_run=True).status == "limit_exceeded"
+    assert store.pause() is None  # a dry run reports, it does not pause live sweeps
+    assert sweep(store, client, policy, queued).status == "limit_exceeded"
+    assert store.pause() is not None
+    store.approve_resume("bob", 2)
+    assert sweep(store, client, policy, queued, dry_run=True).status == "limit_exceeded"  # approval not used
+    assert sweep(store, client, policy, queued).status == "ok" and len(queued) == 2
+
+
+def test_pending_endpoints_do_not_count_again_against_the_limits(
+    sim: Sim, store: Store, client: TogetherClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\nlimits: {max_deletes_per_sweep: 2}\n")
+    sim.reset([ep(f"acme/ci-{i}", i) for i in range(2)])
+    queued: list[DeleteRequest] = []
+    assert sweep(store, client, policy, queued).queued == 2
+    sim.admin.post("/endpoints", json=ep("acme/ci-new", 9)).raise_for_status()
+    again = sweep(store, client, policy, queued)  # 2 still pending + 1 new: only the new one counts
+    assert again.status == "ok" and again.queued == 1 and again.already_pending == 2
+
+
+def test_a_failed_detail_fetch_keeps_the_mark(sim: Sim, store: Store, client: TogetherClient, tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\ngrace: 1h\nrules:\n - name: h100\n   match: {hardware: '*h100*'}\n   ttl: 1h\n")
+    sim.reset([ep("acme/ci-1", 1, hardware="1x_nvidia_h100_80gb_sxm")])
+    queued: list[DeleteRequest] = []
+    assert sweep(store, client, policy, queued).marked == 1
+    marked_at = store.load_marks()["endpoint-0001"].marked_at
+    sim.faults(scripts={"endpoint-0001": {"GET": [502]}})
+    second = sweep(store, client, policy, queued)
+    assert second.unmarked == 0 and store.load_marks()["endpoint-0001"].marked_at == marked_at
+    assert any(e["kind"] == "decision" and e["action"] == "undecided" for e in store.events(50))
+
+
+def test_a_sweep_out_of_time_queues_nothing(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:
+    sim.reset([ep("acme/ci-old", 1)])
+    sim.faults(latency_s=1.0)
+    queued: list[DeleteRequest] = []
+    summary = run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=False,
+        lock_ttl_s=1,
+        pending_ttl_s=60,
+        enqueue=queued.append,
+    )
+    assert summary.status == "error" and "ran out of time" in (summary.error or "") and queued == []
+    assert store.pending_task("endpoint-0001") is None
+
+
+def test_a_broker_failure_releases_every_unsent_claim(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    sim.reset([ep(f"acme/ci-{i}", i) for i in range(3)])
+    sent: list[DeleteRequest] = []
+
+    def flaky(request: DeleteRequest) -> None:
+        if sent:
+            raise ConnectionError("broker went away")
+        sent.append(request)
+
+    summary = run_sweep(
+        store=store, client=client, policy_file=policy, dry_run=False, lock_ttl_s=60, pending_ttl_s=60, enqueue=flaky
+    )
+    assert summary.status == "error" and "broker went away" in (summary.error or "") and summary.queued == 1
+    pending = {f"endpoint-{i:04d}": store.pending_task(f"endpoint-{i:04d}") for i in range(3)}
+    assert [eid for eid, task in pending.items() if task] == [sent[0].endpoint_id]
+    assert store.acted_last_day() == 1
+    assert store.recent_sweeps()[0].status == "error"

@@ -370,6 +370,9 @@ def test_stop_rules_skip_endpoints_already_stopped_and_the_next_rule_applies() -
     ("limits", "acting", "in_scope", "day", "expected"),
     [
         ("{max_deletes_per_sweep: 5}", 5, 100, 0, None),
+        ("{max_deletes_per_sweep: 0, max_deletes_per_day: 5}", 0, 100, 9, None),  # acting on nothing never trips
+        ("{max_delete_fraction: 0.29, max_deletes_per_sweep: 100}", 29, 100, 0, None),  # no float surprise
+        ("{max_delete_fraction: 0.29, max_deletes_per_sweep: 100}", 30, 100, 0, "max_delete_fraction: 30 of 100"),
         ("{max_deletes_per_sweep: 5}", 6, 100, 0, "max_deletes_per_sweep: 6 candidates > 5"),
         ("{max_delete_fraction: 0.5}", 5, 10, 0, None),
         ("{max_delete_fraction: 0.5}", 6, 10, 0, "max_delete_fraction: 6 of 10"),
@@ -427,7 +430,7 @@ def test_protected_and_exempt_are_never_acted_on_and_limits_bound_what_is_queued
     policy = parse_policy(
         f"version: 1\ngrace: {grace_h}h\nprotect:\n - name: '{protect}'\n"
         "rules:\n - name: all\n   ttl: 1h\n - name: stopper\n   stale: {states: [STARTED], for: 1h}\n   action: stop\n"
-        f"limits: {{max_deletes_per_sweep: {per_sweep}, max_delete_fraction: {fraction}, "
+        f"limits: {{max_deletes_per_sweep: {per_sweep}, max_delete_fraction: {fraction:.4f}, "
         f"max_deletes_per_day: {per_day}}}\n"
     )
     inventory = [replace(ep, id=f"endpoint-{i}") for i, ep in enumerate(inventory)]
@@ -443,5 +446,5 @@ def test_protected_and_exempt_are_never_acted_on_and_limits_bound_what_is_queued
             in_scope += 1
     queued = acting if check_limits(policy.limits, acting, in_scope, acted_today) is None else 0
     assert queued <= per_sweep
-    assert queued <= fraction * in_scope or queued == 0
+    assert queued <= float(f"{fraction:.4f}") * in_scope or queued == 0
     assert acted_today + queued <= per_day or queued == 0

@@ -86,7 +86,7 @@ def _queue_without_a_worker(harness: Harness) -> None:
     assert summary.queued == 1
 
 
-@pytest.mark.parametrize("change", ["rename-to-protected", "restart", "exempt"])
+@pytest.mark.parametrize("change", ["rename-to-protected", "restart", "exempt", "rule-replaced"])
 def test_re_check_spares_an_endpoint_changed_between_sweep_and_delete(harness: Harness, change: str) -> None:
     policy(
         harness, "protect:\n - name: 'acme/prod-*'\nrules:\n - name: stopped\n   match: {state: STOPPED}\n   ttl: 6h\n"
@@ -97,9 +97,11 @@ def test_re_check_spares_an_endpoint_changed_between_sweep_and_delete(harness: H
         harness.sim.admin.patch("/endpoints/endpoint-0001", json={"name": "acme/prod-1"}).raise_for_status()
     elif change == "restart":
         harness.sim.admin.patch("/endpoints/endpoint-0001", json={"state": "STARTED"}).raise_for_status()
-    else:
+    elif change == "exempt":
         result = janitor(harness, "exempt", "endpoint-0001", "--for", "1d", "--reason", "keep for the demo")
         assert result.returncode == 0, result.stderr
+    else:  # the same endpoint is now a candidate of another rule, which has a grace period of its own
+        policy(harness, "rules:\n - name: other\n   match: {state: STOPPED}\n   ttl: 1h\n   grace: 7d\n")
     harness.worker()
     outcome = harness.outcome("endpoint-0001")
     assert outcome.status == "spared" and outcome.error and "re-check" in outcome.error
@@ -256,7 +258,7 @@ def test_webhook_gets_marks_outcomes_and_limits(harness: Harness, receiver: Rece
     harness.configure(JANITOR_NOTIFY_WEBHOOK_URL=receiver.url)
     harness.sim.reset([ep(1), ep(2), ep(3, name="acme/tmp-3")])
     harness.sim.faults(scripts={"endpoint-0002": {"DELETE": [403]}})
-    harness.worker()
+    worker = harness.worker()
     harness.sweep().get(timeout=30)
     first = wait_for(lambda: receiver.bodies, 10, what="the first notification")[0]
     assert [m["endpoint_id"] for m in first["marked"]] == ["endpoint-0003"] and first["marked"][0]["due_at"]
@@ -271,6 +273,7 @@ def test_webhook_gets_marks_outcomes_and_limits(harness: Harness, receiver: Rece
     for key in ("stopped", "spared", "failed", "limit"):
         assert key in second
     assert harness.sim.api_key not in json.dumps(receiver.bodies)
+    assert "secret-token" not in worker.output()  # the webhook URL carries a credential
 
 
 def test_a_dead_webhook_blocks_no_delete(harness: Harness) -> None:

@@ -72,6 +72,26 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
     assert "\n" not in message
 
 
+def test_non_ascii_key_is_refused_without_echo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOGETHER_API_KEY", "sk-caf\u00e9-123")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "ASCII" in str(info.value) and "caf" not in str(info.value)
+
+
+def test_redis_password_is_redacted_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANITOR_REDIS_URL", "http://:hunter2@localhost:6379/0")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "JANITOR_REDIS_URL" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_backoff_and_time_limit_together_must_fit_the_visibility_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANITOR_RETRY_BACKOFF_MAX_S", "500")  # 500 + the 200 s time limit > 600
+    with pytest.raises(SettingsError, match="JANITOR_VISIBILITY_TIMEOUT_S"):
+        load_settings()
+
+
 def test_fractional_backoff_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JANITOR_RETRY_BACKOFF_S", "0.25")
     monkeypatch.setenv("JANITOR_RETRY_BACKOFF_MAX_S", "1.5")

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.stack import find_redis_server, redact_url, redis_server_argv
+from worker.settings import redact_url
+from worker.stack import find_redis_server, redis_server_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 

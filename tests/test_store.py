@@ -86,6 +86,38 @@ def test_sweeps_older_than_the_retention_are_dropped(redis_client: redis.Redis, 
     assert store.recent_sweeps() == []
 
 
+def test_unsettled_outcomes_leave_the_24h_count(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.record_acted(["t1", "t2"])
+    store.record_outcome("t1", outcome("e1", OutcomeStatus.DELETED))
+    store.record_outcome("t2", outcome("e2", OutcomeStatus.FORBIDDEN))
+    assert store.acted_last_day() == 1
+
+
+def test_pruning_keeps_an_exemption_renewed_meanwhile(redis_client: redis.Redis, key_prefix: str) -> None:
+    from worker.policy import Exemption
+
+    store = make_store(redis_client, key_prefix)
+    now = datetime.now(UTC)
+    store.set_exemption(Exemption("e1", "old", "a", now - timedelta(days=2), now - timedelta(days=1)))
+    store.set_exemption(Exemption("e2", "old", "a", now - timedelta(days=2), now - timedelta(days=1)))
+    stale_raw = redis_client.hget(f"{key_prefix}:exemptions", "e1")
+    # renew e1 between the read and the prune: the prune must compare before it deletes
+    store.set_exemption(Exemption("e1", "renewed", "b", now, now + timedelta(days=1)))
+    store._hdel_if_unchanged(keys=[f"{key_prefix}:exemptions"], args=["e1", stale_raw])
+    assert store.exemption("e1") is not None
+    assert set(store.exemptions(prune=True)) == {"e1"}
+    assert redis_client.hexists(f"{key_prefix}:exemptions", "e2") == 0
+
+
+def test_a_resume_approval_goes_with_its_pause(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.set_pause("max_deletes_per_sweep: 3 candidates > 2", "s1", 3)
+    store.approve_resume("bob", 3)
+    store.clear_pause("no limit trips any more")
+    assert store.take_resume(1) is None
+
+
 def test_event_stream_is_capped(redis_client: redis.Redis, key_prefix: str) -> None:
     store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=100)
     store.record_events("decision", ({"n": i} for i in range(1000)))

@@ -153,7 +153,7 @@ def test_malformed_list_means_no_deletes(harness: Harness) -> None:
 def test_a_killed_worker_loses_nothing_and_records_one_outcome(harness: Harness) -> None:
     # The DELETE hangs for 1.5 s; the worker is killed while it waits. Redis redelivers the unacknowledged
     # task after the visibility timeout to a new worker, whose DELETE is answered 404.
-    harness.configure(JANITOR_VISIBILITY_TIMEOUT_S="8", JANITOR_HTTP_TIMEOUT_S="2")
+    harness.configure(JANITOR_VISIBILITY_TIMEOUT_S="20", JANITOR_HTTP_TIMEOUT_S="2")
     harness.sim.reset([ep(1)])
     harness.sim.faults(scripts={"endpoint-0001": {"DELETE": ["hang"]}}, hang_s=1.5)
     doomed = harness.worker()

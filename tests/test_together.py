@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.conftest import Sim
@@ -92,6 +93,18 @@ def test_connection_pool_is_reused(sim: Sim, client: TogetherClient) -> None:
     # one pool: httpx keeps one idle connection for sequential calls
     pool = client._http._transport._pool  # type: ignore[attr-defined]
     assert len(pool.connections) == 1
+
+
+def test_an_undecodable_body_is_a_malformed_response() -> None:
+    # Unit test of the error mapping only: a corrupt gzip body cannot be produced by the simulator.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    with (
+        TogetherClient("http://api.invalid/v1", "k", 1, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(MalformedResponse, match="undecodable"),
+    ):
+        c.delete_endpoint("endpoint-1")
 
 
 def test_missing_key_is_a_settings_error() -> None:

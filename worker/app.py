@@ -80,6 +80,9 @@ def create_app(settings: Settings) -> Celery:
     def janitor_log_level(**_: object) -> None:
         # Celery's -l sets the root level; JANITOR_LOG_LEVEL sets the janitor's own loggers.
         logging.getLogger("worker").setLevel(settings.log_level)
+        # httpx logs every request's full URL at INFO, and a webhook URL carries its own credential.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     after_setup_logger.connect(janitor_log_level, weak=False)
     return app

@@ -22,8 +22,7 @@ import redis
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from worker.errors import JanitorError, PolicyError, TogetherError
-from worker.settings import Settings, get_settings
-from worker.stack import redact_url
+from worker.settings import Settings, get_settings, redact_url
 
 
 def _print_json(data: Any) -> None:

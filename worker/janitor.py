@@ -7,6 +7,7 @@ and queues; a delete attempt acts on one endpoint and says whether a retry is wa
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from typing import Any
 
 from worker.errors import (
     ApiStatusError,
-    ApiTransportError,
     InvalidEndpointId,
+    JanitorError,
     PolicyError,
+    SettingsError,
     TogetherError,
 )
 from worker.notify import build_notification, send_notification
@@ -97,7 +99,7 @@ def plan(
                 endpoint = detailed
                 decision = decide(policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=True)
             else:
-                decision = Decision(Action.KEEP, decision.rule, detailed)
+                decision = Decision(Action.UNDECIDED, decision.rule, detailed)
         planned.append(Planned(endpoint, decision))
     return planned
 
@@ -118,7 +120,7 @@ def _detail_or_reason(endpoint: Endpoint, fetch_detail: Callable[[str], Endpoint
 def run_sweep(
     *,
     store: Store,
-    client: TogetherClient,
+    client: TogetherClient | Callable[[], TogetherClient],
     policy_file: Path,
     dry_run: bool,
     lock_ttl_s: float,
@@ -135,13 +137,19 @@ def run_sweep(
         summary.status = "skipped"
         summary.error = "another sweep is running (the sweep lock is held)"
         return _finish(store, summary, clock)
+    # The sweep must be done well before its lock expires, or a second one could start beside it.
+    deadline = time.monotonic() + 0.8 * lock_ttl_s
     newly_marked: list[dict[str, Any]] = []
     try:
-        newly_marked = _sweep_locked(store, client, policy_file, pending_ttl_s, enqueue, summary, clock)
-    except PolicyError as exc:
+        api = client if isinstance(client, TogetherClient) else client()
+        newly_marked = _sweep_locked(store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline)
+    except (PolicyError, SettingsError) as exc:
         summary.status, summary.error = "error", str(exc)
     except TogetherError as exc:
         summary.status, summary.error = "error", f"listing failed: {exc}"
+    except Exception as exc:  # Redis, the broker, a deadline: record it rather than vanish
+        summary.status, summary.error = "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        log.exception("sweep %s failed", summary.sweep_id)
     finally:
         try:
             lock.release()
@@ -155,14 +163,19 @@ def run_sweep(
 
 def _notify(store: Store, url: str, summary: SweepSummary, marked: list[dict[str, Any]]) -> None:
     outcomes = store.drain_outbox()
-    payload = build_notification(summary.to_dict(), marked, outcomes)
-    if payload is None:
-        return
-    error = send_notification(url, payload)
-    if error is not None:
-        store.requeue_outbox(outcomes)
-        store.record_event("notify_failed", sweep_id=summary.sweep_id, error=error)
-        log.warning("sweep %s: notification not delivered: %s", summary.sweep_id, error)
+    error: str | None = "not sent"
+    try:
+        payload = build_notification(summary.to_dict(), marked, outcomes)
+        if payload is None:
+            error = None
+            return
+        error = send_notification(url, payload)
+    finally:
+        if error is not None:
+            # Whatever went wrong, the outcomes it carried go out with the next notification.
+            store.requeue_outbox(outcomes)
+            store.record_event("notify_failed", sweep_id=summary.sweep_id, error=error)
+            log.warning("sweep %s: notification not delivered: %s", summary.sweep_id, error)
 
 
 def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) -> SweepSummary:
@@ -192,6 +205,7 @@ def _sweep_locked(
     enqueue: Callable[[DeleteRequest], None],
     summary: SweepSummary,
     clock: Callable[[], datetime],
+    deadline: float,
 ) -> list[dict[str, Any]]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
@@ -206,9 +220,11 @@ def _sweep_locked(
     marks = store.load_marks()
     exemptions = store.exemptions(now, prune=True)
 
-    planned = plan(
-        policy, endpoints, current, now, lambda eid: fetch_detail(client, eid), exemptions=exemptions, marks=marks
-    )
+    def detail_within_deadline(endpoint_id: str) -> Endpoint | None:
+        _check_deadline(deadline, "fetching endpoint details")
+        return fetch_detail(client, endpoint_id)
+
+    planned = plan(policy, endpoints, current, now, detail_within_deadline, exemptions=exemptions, marks=marks)
     by_action: dict[Action, list[Planned]] = {}
     for p in planned:
         by_action.setdefault(p.decision.action, []).append(p)
@@ -224,21 +240,29 @@ def _sweep_locked(
     newly_marked = _update_marks(store, planned, marks, summary)
     store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in planned if _worth_recording(p)))
 
+    # Endpoints whose delete or stop is still queued were counted when it was queued; only new ones count.
+    pending = store.pending_among([p.endpoint.id for p in acting])
+    acting = [p for p in acting if p.endpoint.id not in pending]
+    summary.already_pending = len(pending)
     limits = policy.limits
     summary.limit = limits.max_deletes_per_sweep
-    trip = check_limits(limits, len(acting), summary.in_scope, 0 if summary.dry_run else store.acted_last_day())
-    if trip is None:
-        store.clear_pause("no limit trips any more")
-    else:
-        approval = store.take_resume(len(acting))
+    dry = summary.dry_run
+    trip = check_limits(limits, len(acting), summary.in_scope, 0 if dry else store.acted_last_day())
+    if trip is not None:
+        # A dry run reports the trip but neither pauses live sweeps nor uses a person's approval.
+        approval = None if dry else store.take_resume(len(acting))
         if approval is None:
             summary.status = "limit_exceeded"
             summary.error = f"limit tripped, nothing queued: {trip}"
-            store.set_pause(trip, summary.sweep_id, len(acting))
-            store.record_event("limit", sweep_id=summary.sweep_id, limit=trip)
+            if not dry:
+                store.set_pause(trip, summary.sweep_id, len(acting))
+            store.record_event("limit", sweep_id=summary.sweep_id, limit=trip, dry_run=dry)
             return newly_marked
         store.record_event("resumed", sweep_id=summary.sweep_id, limit=trip, by=approval.get("by"))
         store.clear_pause(f"resumed by {approval.get('by')}")
+    elif not dry:
+        store.clear_pause("no limit trips any more")
+    _check_deadline(deadline, "queuing")
 
     valid: list[Planned] = []
     for p in acting:
@@ -262,20 +286,18 @@ def _sweep_locked(
         for p in valid
     }
     claimed = store.claim_pending({eid: r.task_id for eid, r in requests.items()}, pending_ttl_s)
-    summary.already_pending = len(requests) - len(claimed)
+    summary.already_pending += len(requests) - len(claimed)
+    to_send = [r for eid, r in requests.items() if eid in claimed]
     queued: list[str] = []
     try:
-        for endpoint_id, request in requests.items():
-            if endpoint_id not in claimed:
-                continue
-            try:
-                enqueue(request)
-            except Exception:
-                store.release_pending(endpoint_id, request.task_id)
-                raise
+        for request in to_send:
+            enqueue(request)
             queued.append(request.task_id)
             summary.queued += 1
     finally:
+        # A claim whose task never reached the broker must not block the endpoint until its TTL.
+        for request in to_send[len(queued) :]:
+            store.release_pending(request.endpoint_id, request.task_id)
         if not summary.dry_run:
             store.record_acted(queued)
     summary.status = "ok"
@@ -305,8 +327,10 @@ def _update_marks(
                         "due_at": iso(d.due_at),
                     }
                 )
-        elif d.action in ACTING:
-            still_marked.add(p.endpoint.id)  # due now; the outcome of its task clears the mark
+        elif d.action in ACTING or d.action is Action.UNDECIDED:
+            # Due now (the outcome of its task clears the mark), or not decidable this time (a failed
+            # detail fetch must not restart the grace period).
+            still_marked.add(p.endpoint.id)
     unmarked = [eid for eid in marks if eid not in still_marked]
     store.save_marks(new, unmarked)
     if unmarked:
@@ -335,6 +359,11 @@ def _decision_event(sweep_id: str, p: Planned) -> dict[str, Any]:
     if p.decision.due_at is not None:
         event["due_at"] = iso(p.decision.due_at)
     return event
+
+
+def _check_deadline(deadline: float, doing: str) -> None:
+    if time.monotonic() > deadline:
+        raise JanitorError(f"the sweep ran out of time while {doing}; nothing more was queued")
 
 
 def fetch_detail(client: TogetherClient, endpoint_id: str) -> Endpoint | None:
@@ -375,23 +404,26 @@ class Attempt:
 
 
 def recheck(
-    client: TogetherClient, store: Store, policy_file: Path, endpoint_id: str, action: str, now: datetime
+    client: TogetherClient,
+    store: Store,
+    policy_file: Path,
+    endpoint_id: str,
+    action: str,
+    rule: str,
+    now: datetime,
 ) -> Attempt | None:
     """Fetch the endpoint and decide again, right before acting. None means: still a candidate, go ahead.
 
-    Between the sweep and this moment the endpoint may have been restarted, renamed, protected or exempted;
-    the current policy file, the janitor's observation and the exemptions all count again. The grace period
-    does not: the sweep let the candidate through only once its mark was due.
+    Between the sweep and this moment the endpoint may have been restarted, renamed, protected or exempted,
+    or the policy file edited; the current file, the janitor's observation and the exemptions all count
+    again, and so does the rule: a task goes ahead only for the rule it was queued by (another rule may
+    have a grace period of its own, which the next sweep will start). The grace period itself is not
+    re-checked: the sweep let the candidate through only once its mark was due.
     """
     try:
         fresh = client.get_endpoint(endpoint_id)
-    except InvalidEndpointId as exc:
-        return Attempt(OutcomeStatus.FAILED, None, str(exc))
     except ApiStatusError as exc:
-        if exc.status_code == 404:
-            return Attempt(OutcomeStatus.ALREADY_GONE, 404)
-        status = OutcomeStatus.FORBIDDEN if exc.status_code == 403 else OutcomeStatus.FAILED
-        return Attempt(status, exc.status_code, f"re-check: {exc}", retryable=exc.status_code == 500)
+        return _classify(exc, "re-check: ")
     except TogetherError as exc:
         return Attempt(OutcomeStatus.FAILED, None, f"re-check: {exc}")
     try:
@@ -401,30 +433,31 @@ def recheck(
     observed = observe(store.observation(endpoint_id), fresh.state, now)
     exemption = store.exemption(endpoint_id, now)
     decision = decide(policy, fresh, observed, now, exemption=exemption, detail_fetched=True, ignore_grace=True)
-    if decision.action is Action(action):
+    if decision.action is Action(action) and decision.rule == rule:
         return None
-    return Attempt(OutcomeStatus.SPARED, None, f"re-check: now {decision.action}: {decision.reason}")
+    now_is = f"{decision.action} by rule {decision.rule}" if decision.rule else str(decision.action)
+    return Attempt(OutcomeStatus.SPARED, None, f"re-check: now {now_is}: {decision.reason}")
 
 
 def attempt_action(client: TogetherClient, endpoint_id: str, action: str) -> Attempt:
     """Send one DELETE (or the PATCH that stops) and classify the answer; only a 500 is retryable."""
-    done = OutcomeStatus.STOPPED if action == "stop" else OutcomeStatus.DELETED
     try:
         http_status = client.stop_endpoint(endpoint_id) if action == "stop" else client.delete_endpoint(endpoint_id)
-    except InvalidEndpointId as exc:
-        return Attempt(OutcomeStatus.FAILED, None, str(exc))
     except ApiStatusError as exc:
-        if exc.status_code == 404:
-            return Attempt(OutcomeStatus.ALREADY_GONE, 404)
-        if exc.status_code == 403:
-            return Attempt(OutcomeStatus.FORBIDDEN, 403, str(exc))
-        return Attempt(OutcomeStatus.FAILED, exc.status_code, str(exc), retryable=exc.status_code == 500)
-    except ApiTransportError as exc:
-        # The request may or may not have reached the API; the next sweep will see which.
-        return Attempt(OutcomeStatus.FAILED, None, str(exc))
+        return _classify(exc)
     except TogetherError as exc:
+        # A timeout or dropped connection: the request may or may not have reached the API; the next sweep
+        # will see which. Not retried.
         return Attempt(OutcomeStatus.FAILED, None, str(exc))
-    return Attempt(done, http_status)
+    return Attempt(OutcomeStatus.STOPPED if action == "stop" else OutcomeStatus.DELETED, http_status)
+
+
+def _classify(exc: ApiStatusError, prefix: str = "") -> Attempt:
+    if exc.status_code == 404:
+        return Attempt(OutcomeStatus.ALREADY_GONE, 404)
+    if exc.status_code == 403:
+        return Attempt(OutcomeStatus.FORBIDDEN, 403, f"{prefix}{exc}")
+    return Attempt(OutcomeStatus.FAILED, exc.status_code, f"{prefix}{exc}", retryable=exc.status_code == 500)
 
 
 def backoff_delay(retries: int, base_s: float, cap_s: float, uniform: Callable[[float, float], float]) -> float:

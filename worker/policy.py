@@ -9,6 +9,7 @@ cannot be decided protects.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -259,9 +260,6 @@ class Policy(_Strict):
                 return rule.grace
         return self.grace
 
-    def action_of(self, rule_name: str | None) -> str:
-        return next((r.action for r in self.rules if r.name == rule_name), "delete")
-
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
         seen: set[str] = set()
@@ -296,6 +294,8 @@ class Action(StrEnum):
     MARKED = "marked"
     EXEMPT = "exempt"
     KEEP = "keep"
+    # The decision hangs on a detail the API would not give now: act on nothing, unmark nothing.
+    UNDECIDED = "undecided"
     PROTECTED = "protected"
     OUT_OF_SCOPE = "out_of_scope"
     NEEDS_DETAIL = "needs_detail"
@@ -415,9 +415,12 @@ def check_limits(limits: Limits, acting: int, in_scope: int, acted_last_day: int
 
     A stop counts like a delete: it takes an endpoint out of service, and a bad rule can stop a whole account.
     """
+    if acting == 0:
+        return None  # a sweep that acts on nothing cannot exceed anything
     if acting > limits.max_deletes_per_sweep:
         return f"max_deletes_per_sweep: {acting} candidates > {limits.max_deletes_per_sweep}"
-    if limits.max_delete_fraction is not None and acting and acting > limits.max_delete_fraction * in_scope:
+    # floor(), with a little slack for binary fractions: 29 of 100 is within 0.29 although 0.29 * 100 < 29.
+    if limits.max_delete_fraction is not None and acting > math.floor(limits.max_delete_fraction * in_scope + 1e-9):
         return (
             f"max_delete_fraction: {acting} of {in_scope} endpoints in scope "
             f"({acting / max(in_scope, 1):.0%}) > {limits.max_delete_fraction:g}"

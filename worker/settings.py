@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,8 +62,9 @@ class Settings(BaseSettings):
     def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             return None
-        if value is not None and any(c.isspace() for c in value.get_secret_value()):
-            raise ValueError("the API key holds whitespace")
+        if value is not None and not all(33 <= ord(c) < 127 for c in value.get_secret_value()):
+            # It goes into an HTTP header; anything else would fail later with part of the key in the error.
+            raise ValueError("the API key must be printable ASCII without spaces")
         return value
 
     @field_validator("together_base_url")
@@ -80,8 +82,11 @@ class Settings(BaseSettings):
     def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parsed = httpx.URL(value.get_secret_value())
+        except (httpx.InvalidURL, TypeError):
+            raise ValueError("is not a valid URL") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("must be an http(s) URL")
         return value
 
@@ -107,15 +112,13 @@ class Settings(BaseSettings):
         # delete that runs (or waits for its retry countdown) longer than that would be run twice.
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("JANITOR_RETRY_BACKOFF_MAX_S must not be below JANITOR_RETRY_BACKOFF_S")
-        if self.retry_backoff_max_s >= self.visibility_timeout_s:
+        # A retry waits out its countdown unacknowledged and then runs, so both count together.
+        worst = self.retry_backoff_max_s + self.task_time_limit_s
+        if worst >= self.visibility_timeout_s:
             raise ValueError(
-                "JANITOR_RETRY_BACKOFF_MAX_S must stay below JANITOR_VISIBILITY_TIMEOUT_S "
-                f"({self.retry_backoff_max_s:g} >= {self.visibility_timeout_s:g})"
-            )
-        if self.task_time_limit_s >= self.visibility_timeout_s:
-            raise ValueError(
-                "JANITOR_VISIBILITY_TIMEOUT_S must exceed the delete task's time limit "
-                f"({self.task_time_limit_s:g} s, from JANITOR_HTTP_TIMEOUT_S)"
+                "JANITOR_VISIBILITY_TIMEOUT_S must exceed JANITOR_RETRY_BACKOFF_MAX_S plus the delete task's time "
+                f"limit (6 x JANITOR_HTTP_TIMEOUT_S + slack): {self.retry_backoff_max_s:g} + "
+                f"{self.task_time_limit_s:g} >= {self.visibility_timeout_s:g}"
             )
         return self
 
@@ -126,11 +129,13 @@ class Settings(BaseSettings):
 
     @property
     def task_soft_time_limit_s(self) -> float:
-        return self.http_timeout_s + self._task_slack_s
+        # One attempt makes two requests (the re-check GET, then the DELETE or PATCH), and the client bounds
+        # each to about three times the HTTP timeout (connect, first byte, whole body).
+        return 6 * self.http_timeout_s + self._task_slack_s
 
     @property
     def task_time_limit_s(self) -> float:
-        return self.http_timeout_s + 2 * self._task_slack_s
+        return self.task_soft_time_limit_s + self._task_slack_s
 
     @property
     def pending_ttl_s(self) -> int:
@@ -152,6 +157,16 @@ class Settings(BaseSettings):
         return int(self.retention_days * 86400)
 
 
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
 def _env_name(loc: tuple[int | str, ...]) -> str:
     if not loc:
         return "settings"
@@ -170,7 +185,10 @@ def _describe(exc: ValidationError) -> str:
         return f"invalid settings: {message}"
     name = _env_name(err["loc"])
     secret = name in ("TOGETHER_API_KEY", "JANITOR_NOTIFY_WEBHOOK_URL")
-    shown = "" if secret or "input" not in err else f" (got {err['input']!r})"
+    shown = ""
+    if not secret and "input" in err:
+        given = err["input"]
+        shown = f" (got {(redact_url(given) if isinstance(given, str) else given)!r})"
     return f"invalid setting {name}: {message}{shown}"
 
 

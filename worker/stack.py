@@ -30,14 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from dotenv import dotenv_values
 
 from worker.errors import PolicyError, SettingsError
 from worker.policy import load_policy
-from worker.settings import ENV_PREFIX, Settings, load_settings
+from worker.settings import ENV_PREFIX, Settings, load_settings, redact_url
 
 STATE_DIR = Path(".janitor")
 STOP_GRACE_S = 15.0
@@ -199,16 +198,6 @@ def _how_it_ended(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for a banner or a log: the password, if any, is replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def free_port() -> int:

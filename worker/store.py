@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -129,6 +129,20 @@ def _parse_observation(value: str) -> Observation | None:
         return None  # an unreadable entry counts as never seen: the clock starts again
 
 
+def _parse_exemption(raw: str) -> Exemption | None:
+    try:
+        data = json.loads(raw)
+        return Exemption(
+            data["endpoint_id"],
+            data["reason"],
+            data["by"],
+            _parse_time(data["created_at"]),
+            _parse_time(data["expires_at"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -138,20 +152,26 @@ def iso(moment: datetime) -> str:
 
 
 # Records a task's outcome only if the task has none yet, and in the same step clears the endpoint's
-# pending key (if it is still this task's) and appends the event: a redelivered or retried task can
-# never leave a second outcome, and a crash cannot leave half of one.
+# pending key (if it is still this task's), appends the event, clears the mark of a settled endpoint
+# (or takes an unsettled task out of the 24 h count: it deleted nothing) and fills the notify outbox.
+# A redelivered or retried task can never leave a second outcome, and a crash cannot leave half of one.
 _RECORD_OUTCOME = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
   if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
-  if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) end
+  if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) else redis.call('ZREM', KEYS[8], ARGV[5]) end
   redis.call('RPUSH', KEYS[7], ARGV[1])
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[8]), -1)
   return false
 end
 return redis.call('GET', KEYS[1])
+"""
+
+_HDEL_IF_UNCHANGED = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
 """
 
 _RELEASE_IF_OWNER = """
@@ -168,6 +188,7 @@ class Store:
         self.events_max_len = events_max_len
         self._record_outcome = client.register_script(_RECORD_OUTCOME)
         self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
+        self._hdel_if_unchanged = client.register_script(_HDEL_IF_UNCHANGED)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -250,6 +271,7 @@ class Store:
                 self.key("events"),
                 self.key("marks"),
                 self.key("notify", "outbox"),
+                self.key("acted"),
             ],
             args=[
                 outcome.to_json(),
@@ -331,29 +353,20 @@ class Store:
     def exemptions(self, now: datetime | None = None, *, prune: bool = False) -> dict[str, Exemption]:
         """Active exemptions; with ``prune``, expired ones are dropped (their expiry is the record)."""
         now = now or utc_now()
-        active, expired = {}, []
+        active = {}
         for endpoint_id, raw in cast(dict[str, str], self.redis.hgetall(self.key("exemptions"))).items():
-            try:
-                data = json.loads(raw)
-                exemption = Exemption(
-                    data["endpoint_id"],
-                    data["reason"],
-                    data["by"],
-                    _parse_time(data["created_at"]),
-                    _parse_time(data["expires_at"]),
-                )
-            except (ValueError, KeyError, TypeError):
-                continue
-            if exemption.active(now):
+            exemption = _parse_exemption(raw)
+            if exemption is not None and exemption.active(now):
                 active[endpoint_id] = exemption
-            else:
-                expired.append(endpoint_id)
-        if expired and prune:
-            self.redis.hdel(self.key("exemptions"), *expired)
+            elif prune:
+                # Only if unchanged: an exemption renewed since the read above must survive.
+                self._hdel_if_unchanged(keys=[self.key("exemptions")], args=[endpoint_id, raw])
         return active
 
     def exemption(self, endpoint_id: str, now: datetime | None = None) -> Exemption | None:
-        return self.exemptions(now).get(endpoint_id)
+        raw = cast(str | None, self.redis.hget(self.key("exemptions"), endpoint_id))
+        exemption = _parse_exemption(raw) if raw else None
+        return exemption if exemption is not None and exemption.active(now or utc_now()) else None
 
     # ------------------------------------------------------------------ blast-radius limits
 
@@ -370,13 +383,17 @@ class Store:
             pipe.expire(self.key("acted"), 2 * _DAY_S)
             pipe.execute()
 
-    def set_pause(self, limit: str, sweep_id: str, acting: int) -> bool:
-        """Record the tripped limit; True if deletes were not paused already."""
+    def set_pause(self, limit: str, sweep_id: str, acting: int) -> None:
+        """Record the tripped limit and how many endpoints the refused sweep would have acted on."""
         data = json.dumps({"limit": limit, "sweep_id": sweep_id, "acting": acting, "at": iso(utc_now())})
-        return self.redis.getset(self.key("pause"), data) is None
+        self.redis.set(self.key("pause"), data)
 
     def clear_pause(self, reason: str) -> bool:
-        cleared = bool(self.redis.delete(self.key("pause")))
+        """Clear the pause and any approval given for it (an approval serves only the trip it was for)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key("pause"))
+        pipe.delete(self.key("resume"))
+        cleared = bool(pipe.execute()[0])
         if cleared:
             self.record_event("unpaused", reason=reason)
         return cleared
@@ -386,7 +403,7 @@ class Store:
         return cast(dict[str, Any], json.loads(raw)) if raw else None
 
     def approve_resume(self, by: str, up_to: int, ttl_s: int = _DAY_S) -> None:
-        """A person's go-ahead: the next sweep may act on up to ``up_to`` endpoints although a limit trips."""
+        """A person's go-ahead: the next live sweep may act on up to ``up_to`` endpoints although a limit trips."""
         data = {"by": by, "up_to": up_to, "at": iso(utc_now())}
         self.redis.set(self.key("resume"), json.dumps(data), ex=ttl_s)
         self.record_event("resume", **data)
@@ -400,6 +417,13 @@ class Store:
         if acting > int(data.get("up_to", 0)) or not self.redis.delete(self.key("resume")):
             return None
         return data
+
+    def pending_among(self, endpoint_ids: Sequence[str]) -> set[str]:
+        """Which of these endpoints have a delete or stop queued already (one round trip)."""
+        if not endpoint_ids:
+            return set()
+        values = cast(list[str | None], self.redis.mget([self.key("pending", e) for e in endpoint_ids]))
+        return {e for e, v in zip(endpoint_ids, values, strict=True) if v is not None}
 
     # ------------------------------------------------------------------ notification outbox
 

@@ -14,7 +14,7 @@ from worker.app import DELETE_TASK, SWEEP_TASK, app
 from worker.errors import RetryableApiError, SettingsError
 from worker.janitor import Attempt, DeleteRequest, attempt_action, backoff_delay, recheck, run_sweep
 from worker.settings import Settings, get_settings
-from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, utc_now
+from worker.store import Outcome, OutcomeStatus, Store, iso, utc_now
 from worker.together import client_for
 
 log = logging.getLogger(__name__)
@@ -40,26 +40,11 @@ def _enqueue(request: DeleteRequest) -> None:
 def sweep(self: Task, dry_run: bool | None = None) -> dict[str, Any]:
     """List, evaluate and queue deletes. ``dry_run=None`` means the ``JANITOR_DRY_RUN`` setting."""
     settings = get_settings()
-    store = _store(settings)
-    effective_dry_run = settings.dry_run if dry_run is None else bool(dry_run)
-    try:
-        client = client_for(settings)
-    except SettingsError as exc:
-        summary = SweepSummary(
-            sweep_id=self.request.id,
-            started_at=iso(utc_now()),
-            finished_at=iso(utc_now()),
-            dry_run=effective_dry_run,
-            status="error",
-            error=str(exc),
-        )
-        store.record_sweep(summary)
-        return summary.to_dict()
     summary = run_sweep(
-        store=store,
-        client=client,
+        store=_store(settings),
+        client=lambda: client_for(settings),  # a missing key becomes the sweep's recorded error
         policy_file=settings.policy_file,
-        dry_run=effective_dry_run,
+        dry_run=settings.dry_run if dry_run is None else bool(dry_run),
         lock_ttl_s=settings.sweep_lock_ttl_s,
         pending_ttl_s=settings.pending_ttl_s,
         enqueue=_enqueue,
@@ -110,13 +95,16 @@ def delete_endpoint(
         attempts = retries + 1
         try:
             client = client_for(settings)
-            attempt = recheck(client, store, settings.policy_file, endpoint_id, action, utc_now()) or attempt_action(
-                client, endpoint_id, action
-            )
+            attempt = recheck(
+                client, store, settings.policy_file, endpoint_id, action, rule, utc_now()
+            ) or attempt_action(client, endpoint_id, action)
         except SettingsError as exc:
             attempt = Attempt(OutcomeStatus.FAILED, None, str(exc))
         except SoftTimeLimitExceeded:
             attempt = Attempt(OutcomeStatus.FAILED, None, "the delete task ran out of time")
+        except Exception as exc:  # anything unforeseen still ends in one recorded outcome, never retried
+            log.exception("delete %s (sweep %s): unexpected error", endpoint_id, sweep_id)
+            attempt = Attempt(OutcomeStatus.FAILED, None, f"unexpected error: {type(exc).__name__}")
         if attempt.retryable and retries < settings.delete_max_retries:
             countdown = backoff_delay(retries, settings.retry_backoff_s, settings.retry_backoff_max_s, random.uniform)
             store.record_event(

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
@@ -27,8 +28,6 @@ from worker.errors import (
     SettingsError,
 )
 from worker.settings import Settings
-
-KNOWN_STATES = frozenset({"PENDING", "STARTING", "STARTED", "STOPPING", "STOPPED", "ERROR"})
 
 # An id is put into a URL as one path segment, so only characters that need no escaping are allowed.
 # Together's ids look like ``endpoint-<uuid>``; the allow-list is wider than that but admits nothing that a
@@ -73,10 +72,6 @@ class Endpoint(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         # The API writes UTC with a Z; a timestamp without a zone is read as UTC rather than local time.
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-    @property
-    def has_detail(self) -> bool:
-        return self.display_name is not None and self.hardware is not None
 
 
 class EndpointList(BaseModel):
@@ -137,6 +132,7 @@ class TogetherClient:
         if not key:
             raise SettingsError("TOGETHER_API_KEY is not set; the janitor cannot list or delete endpoints")
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
@@ -159,6 +155,10 @@ class TogetherClient:
         self.close()
 
     def _request(self, method: str, path: str, limit: int, **kwargs: object) -> tuple[int, str, bytes]:
+        # httpx's timeout applies to each phase (connect, each read); a server that trickles bytes could
+        # hold a request far longer. The whole request gets the same budget once more, checked per chunk,
+        # so one request takes at most about three times JANITOR_HTTP_TIMEOUT_S (see Settings).
+        deadline = time.monotonic() + self.timeout_s
         try:
             with self._http.stream(method, path, **kwargs) as response:  # type: ignore[arg-type]
                 body = bytearray()
@@ -168,10 +168,14 @@ class TogetherClient:
                         raise MalformedResponse(
                             f"{method} {path}: response body larger than {limit // 1024} KiB; refused"
                         )
+                    if time.monotonic() > deadline:
+                        raise ApiTransportError(f"{method} {path}: timed out (the body took too long)")
                 return response.status_code, response.headers.get("content-type", ""), bytes(body)
         except httpx.TimeoutException as exc:
             raise ApiTransportError(f"{method} {path}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except httpx.DecodingError as exc:
+            raise MalformedResponse(f"{method} {path}: undecodable body ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
             raise ApiTransportError(f"{method} {path}: {type(exc).__name__}: {_one_line(str(exc))}") from None
 
     @staticmethod
@@ -234,18 +238,17 @@ class TogetherClient:
 
     def stop_endpoint(self, endpoint_id: str) -> int:
         """``PATCH /endpoints/{id}`` with ``state: STOPPED``: billing stops, nothing is lost."""
-        path = f"/endpoints/{check_endpoint_id(endpoint_id)}"
-        status, content_type, body = self._request("PATCH", path, _MAX_OBJECT_BYTES, json={"state": "STOPPED"})
-        if not 200 <= status < 300:
-            raise self._status_error("PATCH", path, status, content_type, body)
-        return status
+        return self._act("PATCH", endpoint_id, json={"state": "STOPPED"})
 
     def delete_endpoint(self, endpoint_id: str) -> int:
         """``DELETE /endpoints/{id}``; returns the 2xx status or raises :class:`ApiStatusError`."""
+        return self._act("DELETE", endpoint_id)
+
+    def _act(self, method: str, endpoint_id: str, **kwargs: object) -> int:
         path = f"/endpoints/{check_endpoint_id(endpoint_id)}"
-        status, content_type, body = self._request("DELETE", path, _MAX_OBJECT_BYTES)
+        status, content_type, body = self._request(method, path, _MAX_OBJECT_BYTES, **kwargs)
         if not 200 <= status < 300:
-            raise self._status_error("DELETE", path, status, content_type, body)
+            raise self._status_error(method, path, status, content_type, body)
         return status
 
 
