@@ -178,6 +178,12 @@ def write_policy(path: Path, text: str) -> Path:
     return path
 
 
+def spec(i: int, **fields: object) -> dict[str, object]:
+    """A simulator endpoint spec: a CI endpoint of acme's, seven hours old, unless told otherwise."""
+    base: dict[str, object] = {"id": f"endpoint-{i:04d}", "name": f"acme/ci-{i}", "model": "m", "owner": "acme"}
+    return base | {"age_s": 7 * 3600} | fields
+
+
 BASIC_POLICY = """
 version: 1
 scope: {types: [dedicated]}

@@ -28,15 +28,23 @@ def client(sim: Sim) -> TogetherClient:
     return TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
 
 
-def sweep(store: Store, client: TogetherClient, policy: Path, queued: list[DeleteRequest], dry_run: bool = False):  # type: ignore[no-untyped-def]
+def sweep(  # type: ignore[no-untyped-def]
+    store: Store,
+    client: TogetherClient,
+    policy: Path,
+    queued: list[DeleteRequest],
+    dry_run: bool = False,
+    lock_ttl_s: float = 60,
+    enqueue=None,
+):
     return run_sweep(
         store=store,
         client=client,
         policy_file=policy,
         dry_run=dry_run,
-        lock_ttl_s=60,
+        lock_ttl_s=lock_ttl_s,
         pending_ttl_s=120,
-        enqueue=queued.append,
+        enqueue=enqueue or queued.append,
     )
 
 
@@ -259,15 +267,7 @@ def test_a_sweep_out_of_time_queues_nothing(sim: Sim, store: Store, client: Toge
     sim.reset([ep("acme/ci-old", 1)])
     sim.faults(latency_s=1.0)
     queued: list[DeleteRequest] = []
-    summary = run_sweep(
-        store=store,
-        client=client,
-        policy_file=policy,
-        dry_run=False,
-        lock_ttl_s=1,
-        pending_ttl_s=60,
-        enqueue=queued.append,
-    )
+    summary = sweep(store, client, policy, queued, lock_ttl_s=1)
     assert summary.status == "error" and "ran out of time" in (summary.error or "") and queued == []
     assert store.pending_task("endpoint-0001") is None
 

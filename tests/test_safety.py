@@ -12,21 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Harness, wait_for
+from tests.conftest import ROOT, Harness, spec, wait_for
 from worker.janitor import run_sweep
 from worker.together import TogetherClient
 
 pytestmark = pytest.mark.integration
 
 
-def ep(i: int, **fields: object) -> dict[str, object]:
-    return {
-        "id": f"endpoint-{i:04d}",
-        "name": f"acme/ci-{i}",
-        "model": "m",
-        "owner": "acme",
-        "age_s": 7 * 3600,
-    } | fields
+ep = spec
 
 
 def janitor(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,19 +7,12 @@ import signal
 import pytest
 from celery.result import AsyncResult
 
-from tests.conftest import BASIC_POLICY, Harness, start_worker, wait_for
+from tests.conftest import BASIC_POLICY, Harness, spec, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def ep(i: int, **fields: object) -> dict[str, object]:
-    return {
-        "id": f"endpoint-{i:04d}",
-        "name": f"acme/ci-{i}",
-        "model": "m",
-        "owner": "acme",
-        "age_s": 7 * 3600,
-    } | fields
+ep = spec
 
 
 def test_sweep_deletes_through_the_worker_and_returns_its_summary(harness: Harness) -> None:

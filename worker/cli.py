@@ -286,6 +286,12 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from worker.exporter import run_exporter
+
+    return int(run_exporter(host=args.host, port=args.port))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from worker.stack import run_stack
 
@@ -355,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed the demo endpoints (default on)",
     )
     p.set_defaults(func=cmd_simulator)
+
+    p = sub.add_parser("exporter", help="serve Prometheus metrics from the counters the worker keeps in Redis")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9808)
+    p.set_defaults(func=cmd_exporter)
 
     p = sub.add_parser("up", help="run the whole stack locally without Docker (Ctrl-C stops it)")
     p.add_argument("--concurrency", type=int, default=8)

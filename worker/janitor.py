@@ -403,6 +403,14 @@ class Attempt:
     retryable: bool = False
 
 
+@dataclass(frozen=True)
+class Cleared:
+    """The re-check found the endpoint still a candidate; what it learnt is kept with the outcome."""
+
+    hardware: str | None
+    usd_per_hour: float | None
+
+
 def recheck(
     client: TogetherClient,
     store: Store,
@@ -411,8 +419,8 @@ def recheck(
     action: str,
     rule: str,
     now: datetime,
-) -> Attempt | None:
-    """Fetch the endpoint and decide again, right before acting. None means: still a candidate, go ahead.
+) -> Attempt | Cleared:
+    """Fetch the endpoint and decide again, right before acting: :class:`Cleared` means go ahead.
 
     Between the sweep and this moment the endpoint may have been restarted, renamed, protected or exempted,
     or the policy file edited; the current file, the janitor's observation and the exemptions all count
@@ -434,7 +442,7 @@ def recheck(
     exemption = store.exemption(endpoint_id, now)
     decision = decide(policy, fresh, observed, now, exemption=exemption, detail_fetched=True, ignore_grace=True)
     if decision.action is Action(action) and decision.rule == rule:
-        return None
+        return Cleared(fresh.hardware, policy.price_of(fresh.hardware))
     now_is = f"{decision.action} by rule {decision.rule}" if decision.rule else str(decision.action)
     return Attempt(OutcomeStatus.SPARED, None, f"re-check: now {now_is}: {decision.reason}")
 

@@ -253,6 +253,23 @@ class Policy(_Strict):
     protect: list[MatcherField] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    # Hourly price per hardware type (a glob), in USD, supplied by the user: what a delete or stop saves.
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _int_prices_are_floats(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
+        return value
+
+    def price_of(self, hardware: str | None) -> float | None:
+        if hardware is None:
+            return None
+        for pattern, price in self.prices.items():
+            if fnmatch.fnmatchcase(hardware, pattern):
+                return price
+        return None
 
     def grace_for(self, rule_name: str | None) -> timedelta:
         for rule in self.rules:

@@ -20,6 +20,7 @@ key                            type      what
 ``P:pause``                    string    the limit that tripped (JSON); sweeps refuse while it trips
 ``P:resume``                   string    a person's approval to act once despite the tripped limit (JSON)
 ``P:notify:outbox``            list      outcomes not yet sent to the webhook (JSON), capped
+``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
 =============================  ========  ===================================================================
 """
 
@@ -40,6 +41,15 @@ from worker.policy import Exemption, Mark, Observation
 from worker.settings import Settings
 
 _CHUNK = 1000
+# Counter fields in ``P:metrics`` join their labels with a tab, which no rule name can hold (names are printable).
+_SEP = "\t"
+_COUNTED_EVENTS = frozenset({"retry", "limit"})
+
+
+def _metric(name: str, *labels: str) -> str:
+    return _SEP.join((name, *labels))
+
+
 _OUTBOX_MAX = 1000
 _DAY_S = 86400
 
@@ -74,6 +84,8 @@ class Outcome:
     endpoint_name: str | None = None
     task_id: str | None = None
     action: str = "delete"
+    hardware: str | None = None
+    usd_per_hour: float | None = None  # from the policy's price table, when it knows the hardware
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -121,6 +133,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _spend(outcome: Outcome) -> str:
+    """The hourly price this outcome took off the bill: only a live delete or stop that happened."""
+    if outcome.status in (OutcomeStatus.DELETED, OutcomeStatus.STOPPED) and outcome.usd_per_hour:
+        return repr(float(outcome.usd_per_hour))
+    return ""
+
+
 def _parse_observation(value: str) -> Observation | None:
     since, _, state = value.partition("|")
     try:
@@ -162,6 +181,8 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
   if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) else redis.call('ZREM', KEYS[8], ARGV[5]) end
+  redis.call('HINCRBY', KEYS[9], ARGV[9], 1)
+  if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[9], 'spend_removed_usd_per_hour', ARGV[10]) end
   redis.call('RPUSH', KEYS[7], ARGV[1])
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[8]), -1)
   return false
@@ -233,12 +254,17 @@ class Store:
             if previous.get(endpoint_id) != obs
         }
         gone = [endpoint_id for endpoint_id in previous if endpoint_id not in current]
+        self._update_hash(self.key("observations"), changed, gone)
+
+    def _update_hash(self, key: str, changed: Mapping[str, str], removed: Iterable[str]) -> None:
+        """HSET and HDEL in chunks, all in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         items = list(changed.items())
         for start in range(0, len(items), _CHUNK):
-            pipe.hset(self.key("observations"), mapping=dict(items[start : start + _CHUNK]))
+            pipe.hset(key, mapping=dict(items[start : start + _CHUNK]))
+        gone = list(removed)
         for start in range(0, len(gone), _CHUNK):
-            pipe.hdel(self.key("observations"), *gone[start : start + _CHUNK])
+            pipe.hdel(key, *gone[start : start + _CHUNK])
         pipe.execute()
 
     # ------------------------------------------------------------------ pending deletes
@@ -272,6 +298,7 @@ class Store:
                 self.key("marks"),
                 self.key("notify", "outbox"),
                 self.key("acted"),
+                self.key("metrics"),
             ],
             args=[
                 outcome.to_json(),
@@ -282,6 +309,8 @@ class Store:
                 self.events_max_len,
                 "1" if outcome.status in SETTLED else "0",
                 _OUTBOX_MAX,
+                _metric("outcomes", str(outcome.status), outcome.action, outcome.rule or ""),
+                _spend(outcome),
             ],
         )
         if existing is None:
@@ -319,17 +348,11 @@ class Store:
         return marks
 
     def save_marks(self, new: Mapping[str, Mark], removed: Iterable[str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        items = [
-            (eid, json.dumps({"rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)}))
+        changed = {
+            eid: json.dumps({"rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)})
             for eid, m in new.items()
-        ]
-        for start in range(0, len(items), _CHUNK):
-            pipe.hset(self.key("marks"), mapping=dict(items[start : start + _CHUNK]))
-        gone = list(removed)
-        for start in range(0, len(gone), _CHUNK):
-            pipe.hdel(self.key("marks"), *gone[start : start + _CHUNK])
-        pipe.execute()
+        }
+        self._update_hash(self.key("marks"), changed, removed)
 
     # ------------------------------------------------------------------ exemptions
 
@@ -442,6 +465,54 @@ class Store:
             pipe.ltrim(self.key("notify", "outbox"), -_OUTBOX_MAX, -1)
             pipe.execute()
 
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self, now: datetime | None = None) -> dict[str, Any]:
+        """Counters and gauges for the exporter, in a few round trips.
+
+        Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule): n},
+        ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum).
+        Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``last_sweep_finished`` (epoch seconds or None).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.key("metrics"))
+        pipe.hlen(self.key("marks"))
+        pipe.exists(self.key("pause"))
+        pipe.zrevrange(self.key("sweeps"), 0, 0)
+        raw, marked, paused, newest = pipe.execute()
+        snapshot: dict[str, Any] = {
+            "sweeps": {},
+            "candidates": 0,
+            "outcomes": {},
+            "retries": {},
+            "limit_trips": 0,
+            "spend_removed_usd_per_hour": 0.0,
+            "marked": int(marked),
+            "exempt": len(self.exemptions(now)),
+            "paused": int(paused),
+            "last_sweep_finished": None,
+        }
+        for field_name, value in cast(dict[str, str], raw).items():
+            name, *labels = field_name.split(_SEP)
+            if name == "sweeps":
+                snapshot["sweeps"][labels[0]] = int(value)
+            elif name == "outcomes":
+                snapshot["outcomes"][tuple(labels)] = int(value)
+            elif name == "retry":
+                snapshot["retries"][labels[0] if labels else ""] = int(value)
+            elif name == "limit":
+                snapshot["limit_trips"] += int(value)
+            elif name == "candidates":
+                snapshot["candidates"] = int(value)
+            elif name == "spend_removed_usd_per_hour":
+                snapshot["spend_removed_usd_per_hour"] = float(value)
+        if newest:
+            summary = self.redis.get(self.key("sweep", newest[0]))
+            finished = json.loads(summary).get("finished_at") if summary else None
+            if finished:
+                snapshot["last_sweep_finished"] = _parse_time(finished).timestamp()
+        return snapshot
+
     # ------------------------------------------------------------------ sweeps and events
 
     def record_sweep(self, summary: SweepSummary) -> None:
@@ -453,6 +524,8 @@ class Store:
         pipe.zremrangebyscore(self.key("sweeps"), "-inf", time.time() - self.retention_s)
         pipe.zremrangebyscore(self.key("outcomes"), "-inf", time.time() - self.retention_s)
         pipe.xadd(self.key("events"), {"kind": "sweep", "data": data}, maxlen=self.events_max_len)
+        pipe.hincrby(self.key("metrics"), _metric("sweeps", summary.status), 1)
+        pipe.hincrby(self.key("metrics"), _metric("candidates"), summary.candidates)
         pipe.execute()
 
     def recent_sweeps(self, limit: int = 20) -> list[SweepSummary]:
@@ -464,7 +537,11 @@ class Store:
 
     def record_event(self, kind: str, **data: Any) -> None:
         payload = json.dumps({"at": iso(utc_now()), **data}, separators=(",", ":"), default=str)
-        self.redis.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
+        if kind in _COUNTED_EVENTS:
+            pipe.hincrby(self.key("metrics"), _metric(kind, str(data.get("action", ""))), 1)
+        pipe.execute()
 
     def record_events(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
         """Many events of one kind in one round trip (a sweep's decisions)."""

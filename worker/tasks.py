@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.app import DELETE_TASK, SWEEP_TASK, app
 from worker.errors import RetryableApiError, SettingsError
-from worker.janitor import Attempt, DeleteRequest, attempt_action, backoff_delay, recheck, run_sweep
+from worker.janitor import Attempt, Cleared, DeleteRequest, attempt_action, backoff_delay, recheck, run_sweep
 from worker.settings import Settings, get_settings
 from worker.store import Outcome, OutcomeStatus, Store, iso, utc_now
 from worker.together import client_for
@@ -86,6 +86,7 @@ def delete_endpoint(
         return _as_result(recorded)
 
     retries: int = self.request.retries
+    cleared: Cleared | None = None
     if action not in ("delete", "stop"):
         attempt, attempts = Attempt(OutcomeStatus.FAILED, None, f"unknown action {action!r}"), 0
     elif dry_run:
@@ -95,9 +96,12 @@ def delete_endpoint(
         attempts = retries + 1
         try:
             client = client_for(settings)
-            attempt = recheck(
-                client, store, settings.policy_file, endpoint_id, action, rule, utc_now()
-            ) or attempt_action(client, endpoint_id, action)
+            checked = recheck(client, store, settings.policy_file, endpoint_id, action, rule, utc_now())
+            if isinstance(checked, Cleared):
+                cleared = checked
+                attempt = attempt_action(client, endpoint_id, action)
+            else:
+                attempt = checked
         except SettingsError as exc:
             attempt = Attempt(OutcomeStatus.FAILED, None, str(exc))
         except SoftTimeLimitExceeded:
@@ -144,6 +148,8 @@ def delete_endpoint(
         endpoint_name=endpoint_name,
         task_id=task_id,
         action=action,
+        hardware=cleared.hardware if cleared else None,
+        usd_per_hour=cleared.usd_per_hour if cleared else None,
     )
     recorded, _ = store.record_outcome(task_id, outcome)
     log.info(
