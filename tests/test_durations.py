@@ -44,3 +44,13 @@ def test_schedule_accepts_duration_or_cron() -> None:
 def test_schedule_refuses_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         parse_schedule(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15m", 900), ("*/15 * * * *", 900), ("0 */6 * * *", 6 * 3600), ("0 3 * * 1", 7 * 86400)],
+)
+def test_schedule_interval(text: str, seconds: int) -> None:
+    from worker.schedule import schedule_interval
+
+    assert schedule_interval(parse_schedule(text)).total_seconds() == seconds

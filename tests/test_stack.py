@@ -237,14 +237,18 @@ def test_compose_file_keeps_the_stack_safe() -> None:
     worker = services["worker"]
     assert "--pool threads" in _command(worker)
     ping = " ".join(worker["healthcheck"]["test"])
-    assert "inspect ping" in ping
-    assert "celery@$$HOSTNAME" in ping
+    assert "janitor doctor" in ping and "--check worker" in ping
+    assert "--worker celery@$$HOSTNAME" in ping  # pings only itself: no broadcast storm
+    assert "doctor" in " ".join(services["beat"]["healthcheck"]["test"])
     assert _duration_s(worker["healthcheck"]["interval"]) >= 60
 
-    # A stop must outlast the delete task's hard limit: JANITOR_HTTP_TIMEOUT_S (30) + 20 s.
+    # A stop must outlast the delete task's hard limit (with the default settings).
+    from worker.settings import Settings
+
+    hard_limit = Settings(_env_file=None).task_time_limit_s  # type: ignore[call-arg]
     for name in ("worker", "beat", "flower"):
         svc = services[name]
-        assert _duration_s(svc["stop_grace_period"]) > 50, name
+        assert _duration_s(svc["stop_grace_period"]) > hard_limit, name
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
         assert svc["env_file"] == [{"path": ".env", "required": False}], name
         assert "ports" not in svc or name == "flower"

@@ -7,10 +7,11 @@ import sys
 from datetime import timedelta
 
 from celery import Celery
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 from worker.errors import SettingsError
-from worker.schedule import parse_schedule
+from worker.logs import use_json
+from worker.schedule import parse_schedule, schedule_interval
 from worker.settings import Settings, get_settings
 
 SWEEP_TASK = "janitor.sweep"
@@ -26,7 +27,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     schedule = parse_schedule(settings.sweep_schedule)
     # A sweep message that waited longer than one interval (beat ran while no worker could) is
     # dropped rather than run late; the next tick brings a fresh one.
-    expires = schedule.total_seconds() if isinstance(schedule, timedelta) else 900.0
+    expires = schedule_interval(schedule).total_seconds()
     keyprefix = f"{settings.key_prefix}:celery:"
     return {
         "broker_url": settings.redis_url,
@@ -77,14 +78,17 @@ def create_app(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.include = ["worker.tasks"]
 
-    def janitor_log_level(**_: object) -> None:
+    def janitor_logging(logger: logging.Logger | None = None, **_: object) -> None:
         # Celery's -l sets the root level; JANITOR_LOG_LEVEL sets the janitor's own loggers.
         logging.getLogger("worker").setLevel(settings.log_level)
         # httpx logs every request's full URL at INFO, and a webhook URL carries its own credential.
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        if settings.log_format == "json" and logger is not None:
+            use_json(logger)
 
-    after_setup_logger.connect(janitor_log_level, weak=False)
+    after_setup_logger.connect(janitor_logging, weak=False)
+    after_setup_task_logger.connect(janitor_logging, weak=False)
     return app
 
 

@@ -13,9 +13,10 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kombu.exceptions
 import redis
@@ -24,16 +25,70 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from worker.errors import JanitorError, PolicyError, TogetherError
 from worker.settings import Settings, get_settings, redact_url
 
+T = TypeVar("T")
+
 
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 
 
-def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+_COLOURS = {"red": "31", "green": "32", "yellow": "33"}
+_STATUS_COLOUR = {
+    "failed": "red",
+    "forbidden": "red",
+    "limit_exceeded": "red",
+    "error": "red",
+    "deleted": "green",
+    "stopped": "green",
+    "ok": "green",
+    "spared": "yellow",
+    "skipped": "yellow",
+}
+
+
+def _show_progress(what: str, done: Callable[[], bool], timeout: float) -> None:
+    """A one-line progress indicator on a terminal (stderr), for commands that wait."""
+    started = time.monotonic()
+    while not done() and time.monotonic() - started < timeout:
+        print(f"\r{what}: {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _counting(fetch: Callable[[str], T], what: str) -> Callable[[str], T]:
+    """Wrap a per-endpoint fetch so a long plan shows how far it got (on a terminal only)."""
+    count = 0
+
+    def counted(endpoint_id: str) -> T:
+        nonlocal count
+        count += 1
+        if sys.stderr.isatty():
+            print(f"\r{what}: {count}", end="", file=sys.stderr, flush=True)
+        return fetch(endpoint_id)
+
+    return counted
+
+
+def _colour(text: str, colour: str | None) -> str:
+    """Colour only on a terminal: piped or captured output stays plain text."""
+    if colour is None or not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    return f"\033[{_COLOURS[colour]}m{text}\033[0m"
+
+
+def _table(rows: Sequence[Sequence[object]], headers: Sequence[str], status_col: int | None = None) -> str:
+    """A plain-text table; the ``status_col`` cells are coloured by their value on a terminal."""
     cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+    def cell(row_index: int, col: int, text: str) -> str:
+        padded = text.ljust(widths[col])
+        if col == status_col and row_index > 0:
+            return _colour(padded, _STATUS_COLOUR.get(text))
+        return padded
+
+    lines = ["  ".join(cell(r, c, t) for c, t in enumerate(row)).rstrip() for r, row in enumerate(cells)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -65,6 +120,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"queued sweep {sweep_id}")
         return 0
     try:
+        if sys.stderr.isatty():
+            _show_progress(f"waiting for sweep {sweep_id}", result.ready, args.timeout)
         summary = result.get(timeout=args.timeout, propagate=True)
     except CeleryTimeoutError:
         summary = None
@@ -101,7 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         endpoints,
         projected,
         now,
-        lambda eid: fetch_detail(client, eid),
+        _counting(lambda eid: fetch_detail(client, eid), "fetching endpoint details"),
         exemptions=store.exemptions(now),
         marks=store.load_marks(),
     )
@@ -142,11 +199,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         for eid, m in sorted(store.load_marks().items(), key=lambda item: item[1].due_at)
     ]
     pause = store.pause()
+    spend = store.metrics()["spend_removed_usd_per_hour"]
     if args.json:
-        _print_json({"sweeps": sweeps, "endpoints": outcomes, "marked": marked, "paused": pause})
+        _print_json(
+            {
+                "sweeps": sweeps,
+                "endpoints": outcomes,
+                "marked": marked,
+                "paused": pause,
+                "spend_removed_usd_per_hour": spend,
+            }
+        )
         return 0
     if pause:
-        print(f"DELETES PAUSED: {pause['limit']} (sweep {pause['sweep_id']}); see `janitor resume --help`\n")
+        print(_colour(f"DELETES PAUSED: {pause['limit']} (sweep {pause['sweep_id']}); see `janitor resume`", "red"))
+        print()
     print("Sweeps")
     rows = [
         [
@@ -167,6 +234,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _table(
             rows,
             ["STARTED", "STATUS", "DRY", "LISTED", "CANDIDATES", "QUEUED", "MARKED", "PROTECTED", "EXEMPT", "ERROR"],
+            status_col=1,
         )
     )
     print("\nMarked (waiting out their grace period)")
@@ -176,7 +244,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             ["DUE", "ENDPOINT", "RULE", "MARKED"],
         )
     )
-    print("\nLatest outcomes")
+    print("\nLatest outcomes (failures first)")
+    failures_first = sorted(outcomes, key=lambda o: o["status"] not in ("failed", "forbidden"))
     rows = [
         [
             o["at"],
@@ -189,9 +258,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             o["http_status"],
             o["error"] or "",
         ]
-        for o in outcomes
+        for o in failures_first
     ]
-    print(_table(rows, ["AT", "STATUS", "ACTION", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"]))
+    print(
+        _table(rows, ["AT", "STATUS", "ACTION", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"], status_col=1)
+    )
+    print(f"\nHourly spend removed by deletes and stops: ${spend:,.2f}/h (prices from the policy's price table)")
     return 0
 
 
@@ -286,6 +358,43 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from worker.doctor import CHECKS, run_checks
+
+    names = args.check or list(CHECKS)
+    results = run_checks(get_settings(), names, args.worker)
+    if args.json:
+        _print_json({"ok": all(r.ok for r in results), "checks": [dataclasses.asdict(r) for r in results]})
+    else:
+        for r in results:
+            mark = _colour("ok  ", "green") if r.ok else _colour("FAIL", "red")
+            print(f"{mark}  {r.name:<7} {r.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from worker.store import Store
+    from worker.together import check_endpoint_id
+
+    endpoint_id = check_endpoint_id(args.endpoint_id)
+    events = list(reversed(Store.from_settings(get_settings()).events_for(endpoint_id)))
+    if args.json:
+        _print_json({"endpoint_id": endpoint_id, "events": events})
+        return 0
+    if not events:
+        print(f"no events recorded for {endpoint_id}")
+        return 0
+    rows = []
+    for e in events:
+        what = e.get("status") or e.get("action") or ""
+        detail = e.get("reason") or e.get("error") or e.get("limit") or ""
+        if e["kind"] == "exempt":
+            detail = f"by {e.get('by')} until {e.get('expires_at')}: {e.get('reason')}"
+        rows.append([e.get("at"), e["kind"], what, e.get("rule") or "", e.get("sweep_id") or "", detail])
+    print(_table(rows, ["AT", "EVENT", "WHAT", "RULE", "SWEEP", "DETAIL"]))
+    return 0
+
+
 def cmd_exporter(args: argparse.Namespace) -> int:
     from worker.exporter import run_exporter
 
@@ -361,6 +470,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed the demo endpoints (default on)",
     )
     p.set_defaults(func=cmd_simulator)
+
+    p = sub.add_parser("doctor", help="check Redis, the API key, the policy, workers, beat and limits")
+    p.add_argument(
+        "--check",
+        action="append",
+        choices=["redis", "api", "policy", "worker", "beat", "limits"],
+        help="run only this check (repeatable); default: all",
+    )
+    p.add_argument("--worker", action="append", help="ping only this worker node name (repeatable)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("history", help="every event recorded for one endpoint, oldest first")
+    p.add_argument("endpoint_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("exporter", help="serve Prometheus metrics from the counters the worker keeps in Redis")
     p.add_argument("--host", default="127.0.0.1")

@@ -23,6 +23,7 @@ from worker.errors import (
     SettingsError,
     TogetherError,
 )
+from worker.logs import context
 from worker.notify import build_notification, send_notification
 from worker.policy import (
     ACTING,
@@ -193,6 +194,7 @@ def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) 
         summary.exempt,
         summary.dry_run,
         f" error={summary.error}" if summary.error else "",
+        extra=context(sweep_id=summary.sweep_id, status=summary.status),
     )
     return summary
 
@@ -238,7 +240,25 @@ def _sweep_locked(
         summary.rules[rule] = summary.rules.get(rule, 0) + 1
 
     newly_marked = _update_marks(store, planned, marks, summary)
-    store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in planned if _worth_recording(p)))
+    worth = [p for p in planned if _worth_recording(p)]
+    store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in worth))
+    for p in worth:
+        log.info(
+            "sweep %s: %s %s (%s): %s%s",
+            summary.sweep_id,
+            p.decision.action,
+            p.endpoint.id,
+            p.endpoint.name,
+            p.decision.reason,
+            f" [rule {p.decision.rule}]" if p.decision.rule else "",
+            extra=context(
+                sweep_id=summary.sweep_id,
+                endpoint_id=p.endpoint.id,
+                endpoint_name=p.endpoint.name,
+                rule=p.decision.rule,
+                action=str(p.decision.action),
+            ),
+        )
 
     # Endpoints whose delete or stop is still queued were counted when it was queued; only new ones count.
     pending = store.pending_among([p.endpoint.id for p in acting])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from celery.schedules import crontab
 
@@ -30,3 +30,17 @@ def parse_schedule(text: str) -> timedelta | crontab:
         except ValueError as exc:
             raise ValueError(f"{exc}; or give a 5-field cron expression") from None
     raise ValueError(f"{text!r} is neither a duration such as 15m nor a 5-field cron expression")
+
+
+def schedule_interval(schedule: timedelta | crontab, now: datetime | None = None) -> timedelta:
+    """How long one period of the schedule is: the duration itself, or the gap between two cron fires.
+
+    For a cron expression with uneven gaps (``0 3 * * 1,2``) this is the gap after the next fire.
+    """
+    if isinstance(schedule, timedelta):
+        return schedule
+    now = now or datetime.now(UTC)
+    first = schedule.remaining_estimate(now)
+    # One minute past a fire time, the next estimate is to the fire after it.
+    second = schedule.remaining_estimate(now + first + timedelta(minutes=1))
+    return timedelta(seconds=round((second - first).total_seconds()))

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     retention_days: Annotated[float, Field(gt=0)] = 30.0
     events_max_len: Annotated[int, Field(ge=100)] = 100_000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     # A Slack-style incoming webhook URL carries its own credential, so it is kept like a secret.
     notify_webhook_url: SecretStr | None = None
 
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("together_api_key")
     @classmethod

@@ -155,14 +155,14 @@ def _parse_exemption(raw: str) -> Exemption | None:
             data["endpoint_id"],
             data["reason"],
             data["by"],
-            _parse_time(data["created_at"]),
-            _parse_time(data["expires_at"]),
+            parse_time(data["created_at"]),
+            parse_time(data["expires_at"]),
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _parse_time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
@@ -342,7 +342,7 @@ class Store:
         for endpoint_id, raw in cast(dict[str, str], self.redis.hgetall(self.key("marks"))).items():
             try:
                 data = json.loads(raw)
-                marks[endpoint_id] = Mark(data["rule"], _parse_time(data["marked_at"]), _parse_time(data["due_at"]))
+                marks[endpoint_id] = Mark(data["rule"], parse_time(data["marked_at"]), parse_time(data["due_at"]))
             except (ValueError, KeyError, TypeError):
                 continue  # unreadable: as if unmarked, so the grace period starts again (the safe side)
         return marks
@@ -510,14 +510,14 @@ class Store:
             summary = self.redis.get(self.key("sweep", newest[0]))
             finished = json.loads(summary).get("finished_at") if summary else None
             if finished:
-                snapshot["last_sweep_finished"] = _parse_time(finished).timestamp()
+                snapshot["last_sweep_finished"] = parse_time(finished).timestamp()
         return snapshot
 
     # ------------------------------------------------------------------ sweeps and events
 
     def record_sweep(self, summary: SweepSummary) -> None:
         data = json.dumps(summary.to_dict(), separators=(",", ":"))
-        started = _parse_time(summary.started_at).timestamp()
+        started = parse_time(summary.started_at).timestamp()
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.key("sweep", summary.sweep_id), data, ex=self.retention_s)
         pipe.zadd(self.key("sweeps"), {summary.sweep_id: started})
@@ -551,6 +551,22 @@ class Store:
             payload = json.dumps({"at": at, **item}, separators=(",", ":"), default=str)
             pipe.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
         pipe.execute()
+
+    def events_for(self, endpoint_id: str, batch: int = 1000) -> list[dict[str, Any]]:
+        """Every event of one endpoint still in the stream, newest first (reads the stream in batches)."""
+        found: list[dict[str, Any]] = []
+        end = "+"
+        while True:
+            entries = cast(
+                list[tuple[str, dict[str, str]]], self.redis.xrevrange(self.key("events"), max=end, count=batch)
+            )
+            for entry_id, fields in entries:
+                data = json.loads(fields.get("data", "{}"))
+                if data.get("endpoint_id") == endpoint_id:
+                    found.append({"id": entry_id, "kind": fields.get("kind"), **data})
+            if len(entries) < batch:
+                return found
+            end = "(" + entries[-1][0]
 
     def events(self, count: int = 100) -> list[dict[str, Any]]:
         """The newest events, newest first, each as ``{"id", "kind", **data}``."""

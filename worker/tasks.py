@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.app import DELETE_TASK, SWEEP_TASK, app
 from worker.errors import RetryableApiError, SettingsError
 from worker.janitor import Attempt, Cleared, DeleteRequest, attempt_action, backoff_delay, recheck, run_sweep
+from worker.logs import context
 from worker.settings import Settings, get_settings
 from worker.store import Outcome, OutcomeStatus, Store, iso, utc_now
 from worker.together import client_for
@@ -129,6 +130,7 @@ def delete_endpoint(
                 attempts,
                 attempt.http_status,
                 countdown,
+                extra=context(sweep_id=sweep_id, endpoint_id=endpoint_id, rule=rule, action=action, attempts=attempts),
             )
             raise self.retry(
                 countdown=countdown,
@@ -161,6 +163,16 @@ def delete_endpoint(
         recorded.status,
         recorded.attempts,
         f": {recorded.error}" if recorded.error else "",
+        extra=context(
+            sweep_id=sweep_id,
+            endpoint_id=endpoint_id,
+            endpoint_name=endpoint_name,
+            rule=rule,
+            action=action,
+            status=str(recorded.status),
+            attempts=recorded.attempts,
+            task_id=task_id,
+        ),
     )
     return _as_result(recorded)
 

@@ -1,0 +1,96 @@
+"""``janitor doctor``: is everything the janitor needs in order? One check a line, exit 0 only if all hold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from worker.errors import ApiStatusError, JanitorError
+from worker.policy import load_policy
+from worker.schedule import parse_schedule, schedule_interval
+from worker.settings import Settings, redact_url
+from worker.store import Store, parse_time
+from worker.together import client_for
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_redis(settings: Settings, store: Store) -> str:
+    store.redis.ping()
+    return f"answers at {redact_url(settings.redis_url)}"
+
+
+def check_api(settings: Settings, store: Store) -> str:
+    try:
+        listed = client_for(settings).list_endpoints(types=["dedicated"])
+    except ApiStatusError as exc:
+        if exc.status_code in (401, 403):
+            raise JanitorError(f"the API key was refused (HTTP {exc.status_code})") from None
+        raise
+    return f"the API key is accepted at {settings.together_base_url} ({len(listed)} dedicated endpoint(s))"
+
+
+def check_policy(settings: Settings, store: Store) -> str:
+    policy = load_policy(settings.policy_file)
+    return f"{settings.policy_file} is valid ({len(policy.rules)} rule(s))"
+
+
+def check_worker(settings: Settings, store: Store, destination: Sequence[str] | None = None) -> str:
+    from worker.app import app
+
+    replies = app.control.ping(destination=list(destination) if destination else None, timeout=2.0)
+    names = sorted(name for reply in replies or [] for name in reply)
+    if not names:
+        raise JanitorError("no worker answered a ping within 2 s")
+    return f"{len(names)} worker(s) answer: {', '.join(names)}"
+
+
+def check_beat(settings: Settings, store: Store) -> str:
+    interval = schedule_interval(parse_schedule(settings.sweep_schedule))
+    sweeps = store.recent_sweeps(1)
+    if not sweeps:
+        raise JanitorError("no sweep is recorded yet: is beat running?")
+    age = datetime.now(UTC) - parse_time(sweeps[0].started_at)
+    if age > 2 * interval:
+        raise JanitorError(
+            f"the last sweep started {int(age.total_seconds())} s ago, more than twice the schedule "
+            f"({int(interval.total_seconds())} s): is beat running?"
+        )
+    return f"the last sweep started {int(age.total_seconds())} s ago (schedule every {int(interval.total_seconds())} s)"
+
+
+def check_limits(settings: Settings, store: Store) -> str:
+    pause = store.pause()
+    if pause is not None:
+        raise JanitorError(f"deletes are paused by a tripped limit: {pause['limit']} (see `janitor resume`)")
+    return "deletes are not paused"
+
+
+CHECKS: dict[str, Callable[..., str]] = {
+    "redis": check_redis,
+    "api": check_api,
+    "policy": check_policy,
+    "worker": check_worker,
+    "beat": check_beat,
+    "limits": check_limits,
+}
+
+
+def run_checks(settings: Settings, names: Sequence[str], worker_names: Sequence[str] | None = None) -> list[Check]:
+    store = Store.from_settings(settings)
+    results = []
+    for name in names:
+        try:
+            check = CHECKS[name]
+            detail = check(settings, store, worker_names) if name == "worker" else check(settings, store)
+            results.append(Check(name, True, detail))
+        except Exception as exc:  # each check reports its own failure; the others still run
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            results.append(Check(name, False, message[:300]))
+    return results

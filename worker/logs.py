@@ -1,0 +1,43 @@
+"""Log lines a person or a log pipeline can read: one per decision and per outcome, with their ids.
+
+``JANITOR_LOG_FORMAT=json`` turns every line of the process (Celery's too) into one JSON object carrying
+``sweep_id``, ``endpoint_id`` and ``rule`` as fields whenever the call gave them (``extra=``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+# The ``extra=`` keys the janitor's own log calls use; a JSON line carries each one that is set.
+CONTEXT_KEYS = ("sweep_id", "endpoint_id", "endpoint_name", "rule", "action", "status", "attempts", "task_id")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in CONTEXT_KEYS:
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def use_json(logger: logging.Logger) -> None:
+    """Give every handler of ``logger`` the JSON formatter (Celery has set up its handlers by then)."""
+    for handler in logger.handlers:
+        handler.setFormatter(JsonFormatter())
+
+
+def context(**fields: Any) -> dict[str, Any]:
+    """The ``extra=`` of a log call: only the known keys, so a typo cannot clash with LogRecord's own."""
+    return {k: v for k, v in fields.items() if k in CONTEXT_KEYS}
