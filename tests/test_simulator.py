@@ -348,6 +348,11 @@ def test_error_rate_is_reproducible_with_seed(client: httpx.Client, admin: httpx
 def test_list_modes(client: httpx.Client, admin: httpx.Client, registry: Registry[Any], mode: str) -> None:
     seed(admin, *MIXED)
     faults(admin, list_mode=mode)
+    if mode == "truncated":
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("/endpoints")
+        client.close()
+        return
     r = client.get("/endpoints")
     ctype = r.headers.get("content-type", "")
     if mode == "ok":
@@ -373,6 +378,11 @@ def test_list_modes(client: httpx.Client, admin: httpx.Client, registry: Registr
         assert len(ids) == 4 and len(set(ids)) == 3
     elif mode == "status_500":
         assert_error(registry, r, 500)
+    elif mode in ("status_401", "status_429"):
+        assert r.status_code == int(mode[-3:]) and "error" in r.json()
+    elif mode == "huge_body":
+        assert r.status_code == 200 and len(r.content) > 10 * 1024 * 1024
+        validate(registry, LIST_200, r.json())
     else:
         pytest.fail(f"untested list_mode {mode}")
     # Only the list is affected.

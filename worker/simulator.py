@@ -53,6 +53,10 @@ LIST_MODES: Final[frozenset[str]] = frozenset(
         "not_a_list",
         "duplicate_ids",
         "status_500",
+        "status_401",
+        "status_429",
+        "truncated",
+        "huge_body",
     ]
 )
 DEMO_OWNER: Final = "acme"
@@ -594,6 +598,21 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
+    def _send_truncated(self, status: int, body: bytes, content_type: str) -> None:
+        if self._log_entry is not None:
+            with self._state.lock:
+                self._log_entry["status"] = status
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: max(1, len(body) // 2)])
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
     def _send_json(self, status: int, payload: object, content_type: str = "application/json") -> None:
         self._send(status, json.dumps(payload).encode(), content_type)
 
@@ -793,6 +812,10 @@ class _Handler(BaseHTTPRequestHandler):
             ]
         if mode == "status_500":
             raise _ClientError(500, "Internal server error (simulated)")
+        if mode == "status_401":
+            raise _ClientError(401, "Invalid API key (simulated)")
+        if mode == "status_429":
+            raise _ClientError(429, "Rate limit exceeded (simulated)")
         if mode == "html_200":
             self._send(200, _HTML_PAGE.encode(), "text/html; charset=utf-8")
             return
@@ -811,6 +834,15 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "malformed_json":
             encoded = json.dumps(payload).encode()
             self._send(200, encoded[: max(1, len(encoded) // 2)], "application/json")
+        elif mode == "truncated":
+            # The headers promise the whole body; half of it comes, then the connection closes.
+            encoded = json.dumps(payload).encode()
+            self._send_truncated(200, encoded, "application/json")
+        elif mode == "huge_body":
+            # Valid JSON of about 10 MB: the real entries, padded with an extra field on the first one.
+            if items:
+                items[0]["padding"] = "x" * (10 * 1024 * 1024)
+            self._send_json(200, payload)
         elif mode == "wrong_content_type":
             self._send_json(200, payload, "text/plain")
         else:
