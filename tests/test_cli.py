@@ -97,7 +97,7 @@ def test_report_json_shape(
     result = janitor(["report", "--json"], env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"sweeps", "endpoints", "marked", "paused"}
+    assert set(report) == {"sweeps", "endpoints", "marked", "paused", "spend_removed_usd_per_hour"}
     sweep = report["sweeps"][0]
     for key in (
         "sweep_id",
