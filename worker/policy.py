@@ -11,6 +11,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+import re._constants as _sre_constants  # type: ignore[import-not-found]  # the stdlib parser, no stubs
+import re._parser as _sre_parser  # type: ignore[import-not-found]
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -81,9 +83,15 @@ class ValuePattern:
         if text.startswith(REGEX_PREFIX):
             source = text[len(REGEX_PREFIX) :]
             try:
-                return cls(text, re.compile(source))
+                compiled = re.compile(source)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {source!r}: {exc}") from None
+            if _nested_repeat(_sre_parser.parse(source)):
+                raise ValueError(
+                    f"regular expression {source!r} nests one unbounded repeat inside another (like (a+)+), "
+                    "which can take exponential time; write it without the nesting"
+                )
+            return cls(text, compiled)
         return cls(text, re.compile(fnmatch.translate(text)))
 
     def matches(self, value: str) -> bool:
@@ -140,6 +148,39 @@ class Matcher:
             texts = [p.text for p in patterns]
             parts.append(f"{key}={texts[0] if len(texts) == 1 else texts}")
         return ", ".join(parts)
+
+
+_REPEATS = (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT, _sre_constants.POSSESSIVE_REPEAT)
+
+
+def _nested_repeat(pattern: Any, inside_repeat: bool = False) -> bool:
+    """Whether a repeat with no small upper bound sits inside another: the shape of catastrophic backtracking.
+
+    Python's ``re`` has no time limit, so such a pattern is refused when the policy is loaded rather than
+    left to hang a sweep on some endpoint name. Bounded repeats (``{0,3}``) and possessive ones are fine.
+    """
+    for op, arg in pattern:
+        if op in _REPEATS:
+            low, high, sub = arg
+            unbounded = high == _sre_constants.MAXREPEAT or high > 10
+            if op != _sre_constants.POSSESSIVE_REPEAT and unbounded:
+                if inside_repeat:
+                    return True
+                if _nested_repeat(sub, True):
+                    return True
+            elif _nested_repeat(sub, inside_repeat):
+                return True
+        elif op is _sre_constants.SUBPATTERN:
+            if _nested_repeat(arg[-1], inside_repeat):
+                return True
+        elif op is _sre_constants.BRANCH:
+            if any(_nested_repeat(branch, inside_repeat) for branch in arg[1]):
+                return True
+        elif op in (_sre_constants.ASSERT, _sre_constants.ASSERT_NOT, _sre_constants.ATOMIC_GROUP):
+            body = arg[-1] if isinstance(arg, tuple) else arg
+            if _nested_repeat(body, inside_repeat):
+                return True
+    return False
 
 
 def _matcher(raw: object) -> Matcher:
