@@ -161,7 +161,7 @@ def _nested_repeat(pattern: Any, inside_repeat: bool = False) -> bool:
     """
     for op, arg in pattern:
         if op in _REPEATS:
-            low, high, sub = arg
+            _, high, sub = arg
             unbounded = high == _sre_constants.MAXREPEAT or high > 10
             if op != _sre_constants.POSSESSIVE_REPEAT and unbounded:
                 if inside_repeat:
