@@ -148,3 +148,16 @@ def test_bad_ids_never_reach_a_url(sim: Sim, client: TogetherClient, bad: str) -
 @pytest.mark.parametrize("good", ["endpoint-d23901de-ef8f-44bf-b3e7-de9c1ca8f2d7", "ep_abc123", "a.b:c~d"])
 def test_good_ids(good: str) -> None:
     assert check_endpoint_id(good) == good
+
+
+def test_an_error_body_echoing_the_key_is_scrubbed() -> None:
+    # Unit test of the scrubbing only: a proxy that echoes headers into its error page.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text=f"bad gateway for {request.headers['Authorization']}")
+
+    with (
+        TogetherClient("http://api.invalid/v1", "sk-secret-9", 1, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ApiStatusError) as info,
+    ):
+        c.delete_endpoint("endpoint-1")
+    assert "sk-secret-9" not in str(info.value) and "***" in str(info.value)

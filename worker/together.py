@@ -133,6 +133,7 @@ class TogetherClient:
             raise SettingsError("TOGETHER_API_KEY is not set; the janitor cannot list or delete endpoints")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._key = key
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
@@ -178,18 +179,21 @@ class TogetherClient:
         except httpx.HTTPError as exc:
             raise ApiTransportError(f"{method} {path}: {type(exc).__name__}: {_one_line(str(exc))}") from None
 
-    @staticmethod
-    def _status_error(method: str, path: str, status: int, content_type: str, body: bytes) -> ApiStatusError:
-        error_type: str | None = None
+    def _status_error(self, method: str, path: str, status: int, content_type: str, body: bytes) -> ApiStatusError:
+        # The message is recorded with the outcome and shown in Flower, so a server (or a proxy) that echoes
+        # the request's Authorization header must not carry the key into it.
         if "json" in content_type:
             try:
                 parsed = _ERROR.validate_json(body)
-                return ApiStatusError(status, _one_line(parsed.error.message), parsed.error.type)
+                return ApiStatusError(status, self._scrub(_one_line(parsed.error.message)), parsed.error.type)
             except ValidationError:
                 pass
         snippet = _one_line(body.decode("utf-8", "replace")) if body else "empty body"
         kind = content_type.split(";")[0] or "no content type"
-        return ApiStatusError(status, f"{method} {path}: {kind} body: {snippet}", error_type)
+        return ApiStatusError(status, self._scrub(f"{method} {path}: {kind} body: {snippet}"))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
 
     @staticmethod
     def _require_json(method: str, path: str, content_type: str) -> None:
