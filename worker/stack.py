@@ -429,7 +429,8 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
     flower = stack.spawn(
         "flower",
         [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
-        env | {"FLOWER_BASIC_AUTH": flower_auth},
+        # Flower never calls the API, so it does not get the key at all.
+        env | {"FLOWER_BASIC_AUTH": flower_auth, "TOGETHER_API_KEY": "", "JANITOR_TOGETHER_API_KEY": ""},
         tier=2,
     )
     for child in (worker, beat, flower):
