@@ -175,7 +175,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for p in planned
         if p.decision.action != "out_of_scope"
     ]
-    acting = sum(1 for p in planned if p.decision.action in ACTING)
+    # As a live sweep would count: endpoints whose delete is still queued do not count again.
+    pending = store.pending_among([p.endpoint.id for p in planned if p.decision.action in ACTING])
+    acting = sum(1 for p in planned if p.decision.action in ACTING and p.endpoint.id not in pending)
     in_scope = len(rows)
     trip = check_limits(policy.limits, acting, in_scope, store.acted_last_day())
     if args.json:
