@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
@@ -68,6 +69,7 @@ _SERVERLESS_HARDWARE: Final = "serverless"
 _PATCH_STATES: Final = frozenset({"STARTED", "STOPPED"})
 _SCRIPT_WORDS: Final = frozenset({"hang", "drop"})
 _MAX_BODY: Final = 10 * 1024 * 1024
+_INT32_MAX: Final = 2**31 - 1  # Autoscaling's replica counts are `format: int32` in the spec
 _MAX_LOG: Final = 10_000  # a long-running demo must not grow without bound
 _SPEC_KEYS: Final = frozenset(
     [
@@ -101,6 +103,16 @@ _CREATE_KEYS: Final = frozenset(
     ]
 )
 _PATCH_KEYS: Final = frozenset({"display_name", "state", "autoscaling", "inactive_timeout"})
+_CREATE_TYPES: Final[dict[str, type[str] | type[bool]]] = {
+    "display_name": str,
+    "model": str,
+    "hardware": str,
+    "disable_prompt_cache": bool,
+    "disable_speculative_decoding": bool,
+    "state": str,
+    "availability_zone": str,
+}
+_PATCH_TYPES: Final[dict[str, type[str] | type[bool]]] = {"display_name": str, "state": str}
 _FAULT_KEYS: Final = frozenset(
     {"clear", "latency_s", "error_rate", "error_methods", "seed", "hang_s", "scripts", "list_mode"}
 )
@@ -170,9 +182,20 @@ def _parse_autoscaling(value: object, param: str = "autoscaling") -> dict[str, i
     if not _is_int(lo) or not _is_int(hi):
         raise _ClientError(400, f"'{param}' needs integer min_replicas and max_replicas", param)
     assert isinstance(lo, int) and isinstance(hi, int)
-    if lo < 0 or hi < lo:
-        raise _ClientError(400, f"'{param}' needs 0 <= min_replicas <= max_replicas", param)
+    if lo < 0 or hi < lo or hi > _INT32_MAX:
+        raise _ClientError(400, f"'{param}' needs 0 <= min_replicas <= max_replicas <= {_INT32_MAX}", param)
     return {"min_replicas": lo, "max_replicas": hi}
+
+
+def _check_body_types(body: JSONDict, fields: dict[str, type[str] | type[bool]]) -> None:
+    """Reject a present field of the wrong JSON type, ``null`` included, as the spec's request schemas do.
+
+    Only ``inactive_timeout`` is nullable in the spec; it and ``autoscaling`` have parsers of their own.
+    """
+    for key, expected in fields.items():
+        if key in body and not isinstance(body[key], expected):  # a bool is no str; only true/false are bools
+            kind = "a boolean" if expected is bool else "a string"
+            raise _ClientError(400, f"'{key}' must be {kind}", key)
 
 
 def _parse_inactive_timeout(value: object) -> int | None:
@@ -552,20 +575,38 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
-    def do_GET(self) -> None:
-        self._dispatch()
+    def handle_one_request(self) -> None:
+        """The stdlib's loop step, except that every method token reaches the router.
 
-    def do_POST(self) -> None:
-        self._dispatch()
+        The stdlib answers a method without a ``do_*`` handler (TRACE, QUERY, PROPFIND...) with a 501 HTML
+        page; a real API behind a router says 405 with ``Allow``, in its own error shape, as PUT gets here.
+        """
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return  # parse_request has already sent the error
+            self._dispatch()
+            self.wfile.flush()
+        except TimeoutError:
+            self.close_connection = True
 
-    def do_PATCH(self) -> None:
-        self._dispatch()
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own rejections (bad request line, 414, 431, 505) as JSON ErrorData, not an HTML page.
 
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
+        The request could not be parsed into a routed call, so it is not in the request log and the
+        connection closes, as the stdlib does.
+        """
+        self._log_entry = None  # a keep-alive connection's previous request must keep its own status
+        self.close_connection = True
+        reason = message or self.responses.get(code, ("Error", ""))[0]
+        self._send(code, json.dumps(_error_body(code, reason)).encode(), "application/json", {"Connection": "close"})
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -592,7 +633,8 @@ class _Handler(BaseHTTPRequestHandler):
             # Always framed, 204 included, so a keep-alive client never waits for a close.
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if body:
+            # A HEAD answer carries the headers a GET would, never the body (RFC 9110 9.3.2).
+            if body and self.command != "HEAD":
                 self.wfile.write(body)
             self.wfile.flush()
         except OSError:
@@ -683,6 +725,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "authorized": False,
                 "at": time.time(),
                 "conn": self._conn_id,
+                "ignored_fields": [],
             }
             with self._state.lock:
                 self._state.requests.append(entry)
@@ -848,10 +891,17 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, payload)
 
+    def _note_ignored_fields(self, body: JSONDict, known: frozenset[str]) -> None:
+        """Fields the spec does not name are ignored, not rejected: its request schemas allow additional
+        properties. The request log lists them, so a test can still catch a client sending a misspelt field."""
+        ignored = sorted(set(body) - known)
+        if ignored and self._log_entry is not None:
+            with self._state.lock:
+                self._log_entry["ignored_fields"] = ignored
+
     def _create_endpoint(self, body: JSONDict) -> None:
-        unknown = sorted(set(body) - _CREATE_KEYS)
-        if unknown:
-            raise _ClientError(400, f"unknown field {unknown[0]!r}", unknown[0])
+        self._note_ignored_fields(body, _CREATE_KEYS)
+        _check_body_types(body, _CREATE_TYPES)
         for key in ("model", "hardware"):
             if not isinstance(body.get(key), str) or not body[key]:
                 raise _ClientError(400, f"'{key}' is required and must be a string", key)
@@ -883,10 +933,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, ep.detail_view())
 
     def _patch_endpoint(self, endpoint_id: str, body: JSONDict) -> None:
-        unknown = sorted(set(body) - _PATCH_KEYS)
-        if unknown:
-            raise _ClientError(400, f"unknown field {unknown[0]!r}", unknown[0])
-        display_name = _require_str(body, "display_name")
+        self._note_ignored_fields(body, _PATCH_KEYS)
+        _check_body_types(body, _PATCH_TYPES)
+        display_name: str | None = body.get("display_name")
         new_state = body.get("state")
         if new_state is not None and new_state not in _PATCH_STATES:
             raise _ClientError(400, "'state' must be STARTED or STOPPED", "state")
