@@ -448,3 +448,19 @@ def test_protected_and_exempt_are_never_acted_on_and_limits_bound_what_is_queued
     assert queued <= per_sweep
     assert queued <= float(f"{fraction:.4f}") * in_scope or queued == 0
     assert acted_today + queued <= per_day or queued == 0
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a*)*b", r"(\w+\s?)*$", r"((a+))+", r"(aa?)+$"])
+def test_regexes_run_in_linear_time_so_backtracking_shapes_are_harmless(pattern: str) -> None:
+    policy = parse_policy(f"version: 1\nprotect:\n - name: 're:{pattern}'\n", "p.yaml")
+    assert policy.protect[0].matches(Ep(name="a" * 5000 + "!")) in (True, False)  # completes (RE2)
+
+
+def test_regex_syntax_re2_lacks_is_refused_clearly() -> None:
+    with pytest.raises(PolicyError, match="RE2 syntax"):
+        parse_policy("version: 1\nprotect:\n - name: 're:(?=a)b'\n", "p.yaml")
+
+
+@pytest.mark.parametrize("pattern", [r"acme/ci-\d+", r"(ab|cd)+", r"(a{1,3})+", r".*-tmp", r"(?:acme|corp)/.*"])
+def test_ordinary_regexes_are_accepted(pattern: str) -> None:
+    parse_policy(f"version: 1\nprotect:\n - name: 're:{pattern}'\n")

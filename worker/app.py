@@ -10,7 +10,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
 from worker.errors import SettingsError
-from worker.logs import use_json
+from worker.logs import one_line, use_json
 from worker.schedule import parse_schedule, schedule_interval
 from worker.settings import Settings, get_settings
 
@@ -84,8 +84,9 @@ def create_app(settings: Settings) -> Celery:
         # httpx logs every request's full URL at INFO, and a webhook URL carries its own credential.
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        if settings.log_format == "json" and logger is not None:
-            use_json(logger)
+        if logger is not None:
+            # JSON escapes line breaks by itself; text lines get them escaped by a filter.
+            use_json(logger) if settings.log_format == "json" else one_line(logger)
 
     after_setup_logger.connect(janitor_logging, weak=False)
     after_setup_task_logger.connect(janitor_logging, weak=False)

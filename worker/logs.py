@@ -32,6 +32,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class OneLineFilter(logging.Filter):
+    """Escape line breaks in a text log line: an endpoint name from the API must not forge a second line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(ch in message for ch in "\r\n\u2028\u2029\x85"):
+            record.msg = "".join(ch if ch.isprintable() or ch == "\t" else repr(ch)[1:-1] for ch in message)
+            record.args = None
+        return True
+
+
+def one_line(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(OneLineFilter())
+
+
 def use_json(logger: logging.Logger) -> None:
     """Give every handler of ``logger`` the JSON formatter (Celery has set up its handlers by then)."""
     for handler in logger.handlers:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-import re._constants as _sre_constants  # type: ignore[import-not-found]  # the stdlib parser, no stubs
-import re._parser as _sre_parser  # type: ignore[import-not-found]
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
+import re2  # type: ignore[import-untyped]
 import yaml
 from pydantic import (
     BaseModel,
@@ -67,12 +66,28 @@ class EndpointFacts(Protocol):
 # ---------------------------------------------------------------------------------------------- matchers
 
 
+@runtime_checkable
+class _Compiled(Protocol):
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # the error comes back as an exception; RE2 need not also print it
+    return options
+
+
 @dataclass(frozen=True)
 class ValuePattern:
-    """A glob (whole value, case-sensitive) or ``re:<regex>`` (``re.fullmatch``)."""
+    """A glob (whole value, case-sensitive) or ``re:<regex>`` (whole value, RE2 syntax).
+
+    Regexes run on RE2, which matches in linear time: no pattern in a policy file can make a sweep hang on
+    an endpoint name, however it is written. The price is RE2's syntax: no lookaround, no backreferences.
+    Globs are translated by ``fnmatch``, which already avoids catastrophic backtracking.
+    """
 
     text: str
-    compiled: re.Pattern[str]
+    compiled: _Compiled
 
     @classmethod
     def parse(cls, text: object) -> ValuePattern:
@@ -83,15 +98,12 @@ class ValuePattern:
         if text.startswith(REGEX_PREFIX):
             source = text[len(REGEX_PREFIX) :]
             try:
-                compiled = re.compile(source)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {source!r}: {exc}") from None
-            if _nested_repeat(_sre_parser.parse(source)):
+                return cls(text, re2.compile(source, _re2_options()))
+            except Exception as exc:  # re2.error, and whatever a pathological pattern raises
+                detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
                 raise ValueError(
-                    f"regular expression {source!r} nests one unbounded repeat inside another (like (a+)+), "
-                    "which can take exponential time; write it without the nesting"
-                )
-            return cls(text, compiled)
+                    f"invalid regular expression {source!r}: {detail} (RE2 syntax: no lookaround or backreferences)"
+                ) from None
         return cls(text, re.compile(fnmatch.translate(text)))
 
     def matches(self, value: str) -> bool:
@@ -150,39 +162,6 @@ class Matcher:
         return ", ".join(parts)
 
 
-_REPEATS = (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT, _sre_constants.POSSESSIVE_REPEAT)
-
-
-def _nested_repeat(pattern: Any, inside_repeat: bool = False) -> bool:
-    """Whether a repeat with no small upper bound sits inside another: the shape of catastrophic backtracking.
-
-    Python's ``re`` has no time limit, so such a pattern is refused when the policy is loaded rather than
-    left to hang a sweep on some endpoint name. Bounded repeats (``{0,3}``) and possessive ones are fine.
-    """
-    for op, arg in pattern:
-        if op in _REPEATS:
-            _, high, sub = arg
-            unbounded = high == _sre_constants.MAXREPEAT or high > 10
-            if op != _sre_constants.POSSESSIVE_REPEAT and unbounded:
-                if inside_repeat:
-                    return True
-                if _nested_repeat(sub, True):
-                    return True
-            elif _nested_repeat(sub, inside_repeat):
-                return True
-        elif op is _sre_constants.SUBPATTERN:
-            if _nested_repeat(arg[-1], inside_repeat):
-                return True
-        elif op is _sre_constants.BRANCH:
-            if any(_nested_repeat(branch, inside_repeat) for branch in arg[1]):
-                return True
-        elif op in (_sre_constants.ASSERT, _sre_constants.ASSERT_NOT, _sre_constants.ATOMIC_GROUP):
-            body = arg[-1] if isinstance(arg, tuple) else arg
-            if _nested_repeat(body, inside_repeat):
-                return True
-    return False
-
-
 def _matcher(raw: object) -> Matcher:
     return Matcher.parse(raw)
 
@@ -196,7 +175,7 @@ def _duration(raw: object) -> timedelta:
 def _grace(raw: object) -> timedelta:
     if isinstance(raw, timedelta):
         return raw
-    if raw == 0:
+    if type(raw) is int and raw == 0:  # `grace: 0`, not `false` or `0.0`
         return timedelta(0)
     return parse_duration(raw, allow_zero=True)
 
@@ -295,7 +274,7 @@ class Policy(_Strict):
     rules: list[Rule] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     # Hourly price per hardware type (a glob), in USD, supplied by the user: what a delete or stop saves.
-    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    prices: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
 
     @field_validator("prices", mode="before")
     @classmethod
@@ -317,6 +296,13 @@ class Policy(_Strict):
             if rule.name == rule_name and rule.grace is not None:
                 return rule.grace
         return self.grace
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("unsupported version; this janitor reads version: 1")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
@@ -496,9 +482,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)  # YAML merge keys (<<: *base) first, as SafeLoader does
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a list or mapping", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
@@ -550,8 +543,24 @@ def _describe(exc: ValidationError, raw: Any) -> str:
     return f"{where}: {message}" if where else message
 
 
+def _one_line(text: str) -> str:
+    """Escape line breaks and other unprintables (a key may hold any), so an error is always one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def parse_policy(text: str, source: str = "policy") -> Policy:
     """Parse and validate a policy document; raise :class:`PolicyError` with one line naming the place."""
+    try:
+        return _parse(text, source)
+    except PolicyError as exc:
+        raise PolicyError(_one_line(str(exc))) from None
+    except (RecursionError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        # PyYAML and pydantic have their own limits (nesting depth, 4300-digit integers); any of them is
+        # still a bad file, never a traceback.
+        raise PolicyError(_one_line(f"{source}: cannot be read as a policy: {type(exc).__name__}")) from None
+
+
+def _parse(text: str, source: str) -> Policy:
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    def __repr_args__(self) -> Any:
+        # The Redis URL may carry a password; SecretStr already hides the API key and the webhook.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" and isinstance(value, str) else value
+
     @property
     def _task_slack_s(self) -> float:
         # What a delete task may spend beyond its one HTTP request: Redis writes and bookkeeping.

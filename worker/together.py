@@ -19,6 +19,7 @@ from typing import Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from worker.errors import (
     ApiStatusError,
@@ -51,12 +52,14 @@ def check_endpoint_id(endpoint_id: object) -> str:
     return endpoint_id
 
 
-class Endpoint(BaseModel):
-    """An endpoint as listed (``ListEndpoint``) or fetched (``DedicatedEndpoint``, which adds two fields)."""
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore"))
+class Endpoint:
+    """An endpoint as listed (``ListEndpoint``) or fetched (``DedicatedEndpoint``, which adds two fields).
 
-    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+    A slotted dataclass rather than a BaseModel: a sweep holds one per endpoint of the account, and this
+    takes about a quarter of the memory and validates faster (measured at 100k endpoints, bench/).
+    """
 
-    object: Literal["endpoint"] = "endpoint"
     id: str
     name: str
     model: str
@@ -64,6 +67,7 @@ class Endpoint(BaseModel):
     owner: str
     state: str
     created_at: datetime
+    object: Literal["endpoint"] = "endpoint"
     display_name: str | None = None
     hardware: str | None = None
 
@@ -155,7 +159,7 @@ class TogetherClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, limit: int, **kwargs: object) -> tuple[int, str, bytes]:
+    def _request(self, method: str, path: str, limit: int, **kwargs: object) -> tuple[int, str, bytearray]:
         # httpx's timeout applies to each phase (connect, each read); a server that trickles bytes could
         # hold a request far longer. The whole request gets the same budget once more, checked per chunk,
         # so one request takes at most about three times JANITOR_HTTP_TIMEOUT_S (see Settings).
@@ -171,7 +175,8 @@ class TogetherClient:
                         )
                     if time.monotonic() > deadline:
                         raise ApiTransportError(f"{method} {path}: timed out (the body took too long)")
-                return response.status_code, response.headers.get("content-type", ""), bytes(body)
+                # No bytes() copy: pydantic parses a bytearray as it is (a list can be tens of MB).
+                return response.status_code, response.headers.get("content-type", ""), body
         except httpx.TimeoutException as exc:
             raise ApiTransportError(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except httpx.DecodingError as exc:
@@ -179,7 +184,9 @@ class TogetherClient:
         except httpx.HTTPError as exc:
             raise ApiTransportError(f"{method} {path}: {type(exc).__name__}: {_one_line(str(exc))}") from None
 
-    def _status_error(self, method: str, path: str, status: int, content_type: str, body: bytes) -> ApiStatusError:
+    def _status_error(
+        self, method: str, path: str, status: int, content_type: str, body: bytes | bytearray
+    ) -> ApiStatusError:
         # The message is recorded with the outcome and shown in Flower, so a server (or a proxy) that echoes
         # the request's Authorization header must not carry the key into it.
         if "json" in content_type:
@@ -214,11 +221,13 @@ class TogetherClient:
         try:
             listing = _LIST.validate_json(body)
         except ValidationError as exc:
-            raise MalformedResponse(f"GET /endpoints: {_summarise_validation(exc)}") from None
+            raise MalformedResponse(self._scrub(f"GET /endpoints: {_summarise_validation(exc)}")) from None
         seen: set[str] = set()
         for endpoint in listing.data:
             if endpoint.id in seen:
-                raise MalformedResponse(f"GET /endpoints: id {endpoint.id!r} listed twice")
+                raise MalformedResponse(
+                    self._scrub(f"GET /endpoints: id {self._scrub(endpoint.id)[:80]!r} listed twice")
+                )
             seen.add(endpoint.id)
         if len(types) > 1:
             wanted = set(types)
@@ -235,9 +244,11 @@ class TogetherClient:
         try:
             endpoint = _ENDPOINT.validate_json(body)
         except ValidationError as exc:
-            raise MalformedResponse(f"GET {path}: {_summarise_validation(exc)}") from None
+            raise MalformedResponse(self._scrub(f"GET {path}: {_summarise_validation(exc)}")) from None
         if endpoint.id != endpoint_id:
-            raise MalformedResponse(f"GET {path}: answered with another endpoint ({endpoint.id!r})")
+            raise MalformedResponse(
+                self._scrub(f"GET {path}: answered with another endpoint ({self._scrub(endpoint.id)[:80]!r})")
+            )
         return endpoint
 
     def stop_endpoint(self, endpoint_id: str) -> int:

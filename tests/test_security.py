@@ -1,0 +1,603 @@
+"""Secrets stay secret, hostile endpoint ids never reach a URL, Redis with a password and TLS works, and the
+compose layout exposes nothing it should not.
+
+Everything runs for real: a Celery worker at ``-l DEBUG``, the simulator, a private ``redis-server`` (with
+``--requirepass``, or TLS with a throwaway CA made by ``openssl``), and Redis ``MONITOR`` to see every command
+the worker sends (so task messages are inspected even after they were consumed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from celery.result import AsyncResult
+
+from tests.conftest import API_KEY, ROOT, Harness, Proc, Sim, free_port, spec, wait_for
+from worker.errors import ApiStatusError, MalformedResponse, TogetherError
+from worker.janitor import run_sweep
+from worker.settings import load_settings
+from worker.store import Store
+from worker.together import TogetherClient
+
+pytestmark = pytest.mark.integration
+
+SAFE_PATH = re.compile(r"/v1/endpoints(/[A-Za-z0-9_.:~-]{1,256})?")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def debug_worker(spawn: Callable[..., Proc], env: dict[str, str]) -> Proc:
+    """A worker whose every logger runs at DEBUG (Celery's -l and the janitor's own level)."""
+    return spawn(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-l",
+            "DEBUG",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-n",
+            f"w{uuid.uuid4().hex[:6]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env | {"JANITOR_LOG_LEVEL": "DEBUG"},
+        "worker",
+        ready="ready.",
+    )
+
+
+class Receiver:
+    """A webhook receiver on loopback; ``status`` is what it answers (change it between sweeps)."""
+
+    def __init__(self, path: str) -> None:
+        self.status = 200
+        self.bodies: list[bytes] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Monitor:
+    """Redis MONITOR in a thread: every command any client sends while it runs, as text."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._client = redis.Redis.from_url(url)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _run(self) -> None:
+        with self._client.monitor() as monitor:  # type: ignore[no-untyped-call]
+            self._ready.set()
+            for command in monitor.listen():
+                self.lines.append(str(command.get("command", "")))
+                if self._stop.is_set():
+                    return
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        with redis.Redis.from_url(self.url) as poke:
+            poke.ping()  # one more line, so listen() returns
+        self._thread.join(10)
+        self._client.close()
+        return self.lines
+
+
+def decoded_blobs(text: str) -> list[str]:
+    """Kombu puts task messages in Redis with a base64 body: decode every base64-looking run in ``text``."""
+    out = []
+    for blob in re.findall(r"[A-Za-z0-9+/]{24,}={0,2}", text):
+        try:
+            out.append(base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True).decode("utf-8", "replace"))
+        except (binascii.Error, ValueError):
+            continue
+    return out
+
+
+def redis_texts(client: redis.Redis, prefix: str) -> Iterator[tuple[str, str]]:
+    """(key, text) for every key under ``prefix:`` and every value in it, whatever its type."""
+    for raw in client.scan_iter(match=f"{prefix}:*", count=1000):
+        name = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        kind = client.type(name)
+        yield name, name
+        if kind == "string":
+            value: Any = client.get(name)
+        elif kind == "hash":
+            value = client.hgetall(name)
+        elif kind == "list":
+            value = client.lrange(name, 0, -1)
+        elif kind == "set":
+            value = client.smembers(name)
+        elif kind == "zset":
+            value = client.zrange(name, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = client.xrange(name)
+        else:
+            raise AssertionError(f"unexpected Redis type {kind!r} of {name}")
+        text = json.dumps(value, default=str)
+        yield name, text
+        for blob in decoded_blobs(text):
+            yield f"{name} (base64 body)", blob
+
+
+def private_redis(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    from worker.stack import find_redis_server
+
+    binary = shutil.which("redis-server") or (str(find_redis_server()) if find_redis_server() else None)
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    log = tmp_path / f"redis-{uuid.uuid4().hex[:6]}.log"
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path), *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return proc, log
+
+
+def wait_ping(url: str, proc: subprocess.Popen[bytes], log: Path, skip_if_exited: str = "") -> None:
+    def answers() -> bool:
+        if proc.poll() is not None:
+            said = log.read_text(errors="replace").strip()[-500:]
+            if skip_if_exited:
+                pytest.skip(f"{skip_if_exited}: {said}")
+            raise AssertionError(f"redis-server exited: {said}")
+        try:
+            with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except (redis.ConnectionError, redis.AuthenticationError, OSError):
+            return False
+
+    wait_for(answers, 15, interval=0.1, what="the private redis-server")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def make_harness(
+    sim: Sim, key_prefix: str, tmp_path: Path, spawn: Callable[..., Proc]
+) -> Iterator[Callable[[str], Harness]]:
+    made: list[Harness] = []
+
+    def make(url: str) -> Harness:
+        home = tmp_path / f"h{len(made)}"
+        home.mkdir()
+        h = Harness(url, key_prefix, sim, home, spawn)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+
+
+def test_api_key_and_webhook_token_never_leak(harness: Harness, redis_url: str, spawn: Callable[..., Proc]) -> None:
+    token = f"whsec-{uuid.uuid4().hex}"
+    receiver = Receiver(f"/services/T000/B000/{token}?token={token}")
+    monitor = Monitor(redis_url)
+    try:
+        harness.sim.reset([spec(1), spec(2), spec(3)])
+        harness.sim.faults(
+            scripts={
+                "endpoint-0001": {"DELETE": [500, 204]},  # a retry
+                "endpoint-0002": {"DELETE": [403]},  # forbidden
+                "endpoint-0003": {"DELETE": [502]},  # a failure
+            }
+        )
+        harness.configure(JANITOR_NOTIFY_WEBHOOK_URL=receiver.url)
+        worker = debug_worker(spawn, harness.env)
+        sweeps = [harness.sweep().get(timeout=30)]
+        outcomes = {i: harness.outcome(f"endpoint-000{i}") for i in (1, 2, 3)}
+        assert [outcomes[i].status for i in (1, 2, 3)] == ["deleted", "forbidden", "failed"]
+        assert outcomes[1].attempts == 2
+        # A dry run (the webhook now answers 500: a recorded notify_failed), then one more that delivers.
+        harness.sim.admin.post("/endpoints", json=spec(4)).raise_for_status()
+        receiver.status = 500
+        sweeps.append(harness.sweep(dry_run=True).get(timeout=30))
+        assert harness.outcome("endpoint-0004").status == "would_delete"
+        wait_for(lambda: any(e["kind"] == "notify_failed" for e in harness.store.events(500)), 10)
+        receiver.status = 200
+        sweeps.append(harness.sweep(dry_run=True).get(timeout=30))
+        wait_for(lambda: len(receiver.bodies) >= 2, 10, what="a delivered notification")
+        task_ids = [o.task_id for o in harness.store.latest_outcomes() if o.task_id]
+        results = [AsyncResult(s["sweep_id"], app=harness.celery()).get(timeout=10) for s in sweeps]
+        results += [AsyncResult(t, app=harness.celery()).get(timeout=10, propagate=False) for t in task_ids]
+        worker.stop()
+    finally:
+        commands = monitor.stop()
+        receiver.close()
+
+    secrets = {"API key": API_KEY, "webhook token": token, "webhook URL": receiver.url}
+    log = worker.output()
+    assert "DEBUG" in log and "retrying in" in log and "webhook answered HTTP 500" in log  # the log covers it all
+    stored = list(redis_texts(harness.redis, harness.key_prefix))
+    assert any("celery-task-meta" in name for name, _ in stored)  # Celery's results were looked at too
+    sent = [line for line in commands if harness.key_prefix in line]
+    bodies = [b for line in sent for b in decoded_blobs(line)]
+    assert any("endpoint-0001" in b for b in bodies)  # the task messages were decoded and read
+    for what, secret in secrets.items():
+        assert secret not in log, f"the {what} is in the worker log"
+        for name, text in stored:
+            assert secret not in text, f"the {what} is in Redis: {name}"
+        for line in sent:
+            assert secret not in line, f"the {what} was sent to Redis: {line[:200]}"
+        for body in bodies:
+            assert secret not in body, f"the {what} is in a task message: {body[:200]}"
+        assert secret not in json.dumps(results, default=str), f"the {what} is in a task result"
+        assert secret not in repr(sweeps)
+    assert len(task_ids) >= 4 and len(results) == len(sweeps) + len(task_ids)
+    assert API_KEY not in b"".join(receiver.bodies).decode()
+
+
+class EchoServer:
+    """Answers every request with a body that echoes its Authorization header (a misbehaving proxy)."""
+
+    def __init__(self) -> None:
+        outer = self
+        self.mode = "json-500"
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                status, ctype, body = 500, "application/json", b""
+                if outer.mode == "json-500":
+                    body = json.dumps({"error": {"message": f"bad header {auth}", "type": "x"}}).encode()
+                elif outer.mode == "html-401":
+                    status, ctype, body = 401, "text/html", f"<p>you sent {auth}</p>".encode()
+                elif outer.mode == "text-403":
+                    status, ctype, body = 403, "text/plain", f"Forbidden: {auth}".encode()
+                elif outer.mode == "json-200-id":
+                    status = 200
+                    body = json.dumps(
+                        {
+                            "object": "endpoint",
+                            "id": auth.split(" ", 1)[-1],
+                            "name": "n",
+                            "model": "m",
+                            "type": "dedicated",
+                            "owner": "o",
+                            "state": "STARTED",
+                            "created_at": "2024-01-01T00:00:00Z",
+                        }
+                    ).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_DELETE = do_PATCH = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _exception_texts(exc: BaseException) -> str:
+    return " ".join([str(exc), repr(exc), repr(exc.args), repr(vars(exc))])
+
+
+def test_client_exceptions_never_carry_the_key(sim: Sim) -> None:
+    sim.reset([spec(1), spec(2)])
+    wrong = f"wrong-key-{uuid.uuid4().hex}"
+    with TogetherClient(sim.base_url, wrong, timeout_s=2) as bad:
+        for call in (bad.list_endpoints, lambda: bad.get_endpoint("endpoint-0001"), lambda: bad.delete_endpoint("x")):
+            with pytest.raises(ApiStatusError) as info:
+                call()
+            assert info.value.status_code == 403 and wrong not in _exception_texts(info.value)
+    sim.faults(scripts={"endpoint-0001": {"DELETE": [401, 429, 500, "drop"]}, "endpoint-0002": {"GET": [400]}})
+    with TogetherClient(sim.base_url, API_KEY, timeout_s=2) as good:
+        for _ in range(4):
+            with pytest.raises(TogetherError) as raised:
+                good.delete_endpoint("endpoint-0001")
+            assert API_KEY not in _exception_texts(raised.value)
+        with pytest.raises(ApiStatusError) as info:
+            good.get_endpoint("endpoint-0002")
+        assert API_KEY not in _exception_texts(info.value)
+
+    echo = EchoServer()
+    try:
+        with TogetherClient(echo.base_url, API_KEY, timeout_s=2) as client:
+            for mode in ("json-500", "html-401", "text-403"):
+                echo.mode = mode
+                for call in (
+                    client.list_endpoints,
+                    lambda: client.get_endpoint("e-1"),
+                    lambda: client.stop_endpoint("e"),
+                ):
+                    with pytest.raises(ApiStatusError) as info:
+                        call()
+                    assert API_KEY not in _exception_texts(info.value), (mode, str(info.value))
+                    assert "***" in str(info.value)  # it was there, and was scrubbed
+    finally:
+        echo.close()
+
+
+def test_a_200_that_echoes_the_key_does_not_carry_it_into_the_error() -> None:
+    echo = EchoServer()
+    echo.mode = "json-200-id"
+    try:
+        with TogetherClient(echo.base_url, API_KEY, timeout_s=2) as client, pytest.raises(MalformedResponse) as info:
+            client.get_endpoint("endpoint-0001")  # "answered with another endpoint ('<the key>')"
+        assert API_KEY not in str(info.value)
+    finally:
+        echo.close()
+
+
+def test_reprs_hide_the_key_and_the_webhook(
+    sim: Sim, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    token = f"whsec-{uuid.uuid4().hex}"
+    settings = load_settings(
+        together_api_key=API_KEY,
+        notify_webhook_url=f"https://hooks.example.com/services/T/B/{token}",
+        redis_url="redis://127.0.0.1:6379/0",
+    )
+    client = TogetherClient(sim.base_url, settings.together_api_key, 2)  # type: ignore[arg-type]
+    wrong = TogetherClient(sim.base_url, "wrong-" + API_KEY, 2)
+    for thing in (settings, client, wrong, settings.together_api_key, settings.notify_webhook_url):
+        for text in (repr(thing), str(thing)):
+            assert API_KEY not in text and token not in text, text
+    # A sweep summary, including one whose listing failed with a 403 for a wrong key.
+    sim.reset([spec(1)])
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: ci\n    ttl: 6h\n")
+    store = Store(redis_client, key_prefix, retention_s=600, events_max_len=1000)
+    for api in (client, wrong):
+        summary = run_sweep(
+            store=store,
+            client=api,
+            policy_file=policy,
+            dry_run=True,
+            lock_ttl_s=30,
+            pending_ttl_s=60,
+            enqueue=lambda request: None,
+        )
+        for text in (repr(summary), str(summary), json.dumps(summary.to_dict())):
+            assert API_KEY not in text and "wrong-" + API_KEY not in text, text
+    assert "HTTP 403" in (summary.error or "")
+    client.close()
+    wrong.close()
+
+
+def test_settings_repr_masks_the_redis_password() -> None:
+    settings = load_settings(redis_url="redis://:s3cret-pw@127.0.0.1:6379/0")
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
+
+
+# ------------------------------------------------------------------------------------------------ hostile ids
+
+HOSTILE_IDS = [
+    "../x",
+    "..",
+    ".",
+    "%2F",
+    "a/b",
+    "a?b",
+    "a#b",
+    "a b",
+    "endpoint\u2215x",  # DIVISION SLASH
+    "\uff45\uff4e\uff44",  # fullwidth "end"
+    "a" * 10_240,
+    "b" * 257,
+    "endpoint-1\n",
+    "endpoint-2\nHost: evil",
+    "a\x00b",
+    "a\\b",
+    "a%00b",
+]
+
+
+def test_hostile_endpoint_ids_never_reach_a_url(harness: Harness) -> None:
+    specs = [spec(100 + i, id=hostile) for i, hostile in enumerate(HOSTILE_IDS)] + [spec(1)]
+    harness.sim.reset(specs)
+    harness.worker()
+    summary = harness.sweep().get(timeout=30)
+    assert summary["status"] == "ok" and summary["listed"] == len(specs), summary
+    assert summary["invalid_ids"] == len(HOSTILE_IDS) and summary["queued"] == 1
+    assert harness.outcome("endpoint-0001").status == "deleted"
+    for hostile in HOSTILE_IDS:
+        outcome = harness.store.latest_outcome(hostile)
+        assert outcome is not None, hostile[:40]
+        assert (outcome.status, outcome.attempts) == ("failed", 0) and "invalid endpoint id" in (outcome.error or "")
+        assert len(outcome.error or "") < 400  # a 10 KB id is cut short in the message
+    # Now a rule that needs the detail (hardware): the sweep must not fetch it for a hostile id either.
+    harness.policy.write_text("version: 1\nrules:\n  - name: hw\n    match: {hardware: '1x_*'}\n    ttl: 6h\n")
+    again = harness.sweep().get(timeout=30)
+    assert again["status"] == "ok" and again["queued"] == 0 and again["listed"] == len(HOSTILE_IDS), again
+    paths = [(r["method"], r["path"]) for r in harness.sim.requests()]
+    assert paths, "no request was logged"
+    for method, path in paths:
+        assert SAFE_PATH.fullmatch(path) and ".." not in path, (method, path[:100])
+    assert {p for _, p in paths} == {"/v1/endpoints", "/v1/endpoints/endpoint-0001"}
+    assert harness.sim.endpoint_ids() == set(HOSTILE_IDS)
+
+
+def test_a_hostile_endpoint_name_cannot_forge_a_log_line(harness: Harness) -> None:
+    forged = "[2026-01-01 00:00:00,000: INFO/MainProcess] FORGED delete endpoint-9999: deleted"
+    harness.sim.reset([spec(1, name=f"acme/ci-1\n{forged}")])
+    worker = harness.worker()
+    harness.sweep().get(timeout=30)
+    assert harness.outcome("endpoint-0001").status == "deleted"
+    worker.stop()
+    assert not [line for line in worker.output().splitlines() if line.startswith(forged[:30])]
+
+
+# ------------------------------------------------------------------------------------------------ Redis auth / TLS
+
+
+def test_redis_with_a_password(tmp_path: Path, make_harness: Callable[[str], Harness]) -> None:
+    port = free_port()
+    proc, log = private_redis(tmp_path, "--port", str(port), "--requirepass", "s3cret")
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{port}/0"
+        wait_ping(url, proc, log)
+        with pytest.raises(redis.AuthenticationError), redis.Redis(port=port) as anonymous:
+            anonymous.ping()  # the password is required
+        h = make_harness(url)
+        h.sim.reset([spec(1)])
+        worker = h.worker()
+        assert h.sweep().get(timeout=30)["status"] == "ok"
+        assert h.outcome("endpoint-0001").status == "deleted"
+        worker.stop()
+        output = worker.output()
+        assert "s3cret" not in output
+        assert f"redis://:**@127.0.0.1:{port}/0" in output  # Celery's banner shows it masked
+    finally:
+        stop(proc)
+
+
+def _tls_material(tmp_path: Path) -> dict[str, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl binary to make a test CA")
+    d = tmp_path / "tls"
+    d.mkdir()
+    files = {name: d / name for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf")}
+    files["ext.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=janitor-test-ca",
+        "-keyout", str(files["ca.key"]), "-out", str(files["ca.pem"]))  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(files["server.key"]), "-out", str(files["server.csr"]))  # fmt: skip
+    run("x509", "-req", "-days", "1", "-in", str(files["server.csr"]), "-CA", str(files["ca.pem"]),
+        "-CAkey", str(files["ca.key"]), "-CAcreateserial", "-out", str(files["server.pem"]),
+        "-extfile", str(files["ext.cnf"]))  # fmt: skip
+    return files
+
+
+def test_redis_over_tls(tmp_path: Path, make_harness: Callable[[str], Harness]) -> None:
+    files = _tls_material(tmp_path)
+    port = free_port()
+    proc, log = private_redis(
+        tmp_path,
+        "--port", "0", "--tls-port", str(port),
+        "--tls-cert-file", str(files["server.pem"]), "--tls-key-file", str(files["server.key"]),
+        "--tls-ca-cert-file", str(files["ca.pem"]), "--tls-auth-clients", "no",
+    )  # fmt: skip
+    try:
+        # redis-py and kombu read ssl_cert_reqs / ssl_ca_certs from the query; Celery's result backend requires
+        # ssl_cert_reqs in a rediss:// URL.
+        url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={files['ca.pem']}"
+        wait_ping(url, proc, log, skip_if_exited="this redis-server has no TLS")
+        with pytest.raises(redis.ConnectionError), redis.Redis(port=port, socket_timeout=2) as plain:
+            plain.ping()  # plain text is not spoken there
+        h = make_harness(url)
+        h.sim.reset([spec(1), spec(2, age_s=60)])
+        worker = h.worker()
+        summary = h.sweep().get(timeout=30)
+        assert (summary["status"], summary["queued"]) == ("ok", 1), summary
+        assert h.outcome("endpoint-0001").status == "deleted"
+        assert h.sim.endpoint_ids() == {"endpoint-0002"}
+        worker.stop()
+        assert "rediss://" in worker.output()
+    finally:
+        stop(proc)
+
+
+# ------------------------------------------------------------------------------------------------ compose
+
+
+def test_compose_layout_exposes_nothing_it_should_not() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    # Flower: a login is required (compose refuses to start without FLOWER_BASIC_AUTH), loopback only.
+    flower = services["flower"]
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", flower["environment"]["FLOWER_BASIC_AUTH"])
+    assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"])
+    assert flower["environment"]["TOGETHER_API_KEY"] == "" == flower["environment"]["JANITOR_TOGETHER_API_KEY"]
+    # Redis: never published on the host.
+    assert "ports" not in services["redis"]
+    # Only Flower publishes anything.
+    assert [name for name, s in services.items() if s.get("ports")] == ["flower"]
+    # The simulator binds 0.0.0.0 on the compose network only (allow_remote), unpublished, behind a profile.
+    simulator = services["simulator"]
+    assert simulator["profiles"] == ["simulator"] and "ports" not in simulator and simulator["expose"] == ["8808"]
+    script = "\n".join(simulator["command"])
+    assert 'host="0.0.0.0"' in script and "allow_remote=True" in script
+    # The image runs as a non-root user.
+    users = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0", "0:0")
+
+
+def test_the_simulator_cli_refuses_a_non_loopback_bind() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_", "CELERY_"))}
+    script = Path(sys.executable).parent / "janitor"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
+    done = subprocess.run(
+        [*command, "simulator", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "refusing to bind" in lines[0] and "non-loopback" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and "serving" not in done.stdout
