@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import random
 from typing import Any
@@ -41,6 +42,18 @@ def _enqueue(request: DeleteRequest) -> None:
 def sweep(self: Task, dry_run: bool | None = None) -> dict[str, Any]:
     """List, evaluate and queue deletes. ``dry_run=None`` means the ``JANITOR_DRY_RUN`` setting."""
     settings = get_settings()
+    # A sweep allocates a few objects per endpoint and no reference cycles; the cyclic collector would only
+    # rescan them again and again (about 30 % of a 100k-endpoint sweep, measured with bench/).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _sweep(self, settings, dry_run)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _sweep(self: Task, settings: Settings, dry_run: bool | None) -> dict[str, Any]:
     summary = run_sweep(
         store=_store(settings),
         client=lambda: client_for(settings),  # a missing key becomes the sweep's recorded error
