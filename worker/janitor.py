@@ -212,6 +212,7 @@ def _sweep_locked(
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
     policy = load_policy(policy_file)
+    listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
     summary.listed = len(endpoints)
     now = clock()
@@ -305,7 +306,7 @@ def _sweep_locked(
         )
         for p in valid
     }
-    claimed = store.claim_pending({eid: r.task_id for eid, r in requests.items()}, pending_ttl_s)
+    claimed = store.claim_pending({eid: r.task_id for eid, r in requests.items()}, pending_ttl_s, listed_at)
     summary.already_pending += len(requests) - len(claimed)
     to_send = [r for eid, r in requests.items() if eid in claimed]
     queued: list[str] = []

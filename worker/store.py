@@ -177,7 +177,8 @@ def iso(moment: datetime) -> str:
 _RECORD_OUTCOME = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[4])
   if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
   if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) else redis.call('ZREM', KEYS[8], ARGV[5]) end
@@ -188,6 +189,24 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return false
 end
 return redis.call('GET', KEYS[1])
+"""
+
+# Claims each endpoint's pending key (SET NX with expiry) unless an outcome was recorded for the endpoint at
+# or after ARGV[1] (Redis time): a delete that finished between the sweep's listing and this claim has
+# settled what that listing showed, and must not be queued again.
+_CLAIM_PENDING = """
+local since = tonumber(ARGV[1])
+local claimed = {}
+for i, key in ipairs(KEYS) do
+  if i > 1 then
+    local endpoint_id = ARGV[2 * i - 1]
+    local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
+    if not (score and tonumber(score) >= since) then
+      if redis.call('SET', key, ARGV[2 * i], 'NX', 'EX', ARGV[2]) then table.insert(claimed, endpoint_id) end
+    end
+  end
+end
+return claimed
 """
 
 _HDEL_IF_UNCHANGED = """
@@ -210,6 +229,7 @@ class Store:
         self._record_outcome = client.register_script(_RECORD_OUTCOME)
         self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
         self._hdel_if_unchanged = client.register_script(_HDEL_IF_UNCHANGED)
+        self._claim_pending = client.register_script(_CLAIM_PENDING)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -269,14 +289,27 @@ class Store:
 
     # ------------------------------------------------------------------ pending deletes
 
-    def claim_pending(self, claims: Mapping[str, str], ttl_s: int) -> set[str]:
-        """SET NX each endpoint's pending key to its new task id; return the endpoints claimed now."""
+    def server_time(self) -> float:
+        """Redis's clock, the one outcomes are scored with (worker clocks may differ)."""
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1_000_000
+
+    def claim_pending(self, claims: Mapping[str, str], ttl_s: int, listed_at: float = float("inf")) -> set[str]:
+        """SET NX each endpoint's pending key to its new task id; return the endpoints claimed now.
+
+        An endpoint with an outcome recorded at or after ``listed_at`` (Redis time, taken before the list
+        was fetched) is skipped: its state changed since the sweep saw it. One round trip per 500 endpoints.
+        """
         ids = list(claims)
-        pipe = self.redis.pipeline(transaction=False)
-        for endpoint_id in ids:
-            pipe.set(self.key("pending", endpoint_id), claims[endpoint_id], nx=True, ex=ttl_s)
-        results = pipe.execute()
-        return {endpoint_id for endpoint_id, ok in zip(ids, results, strict=True) if ok}
+        claimed: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            args: list[str | float] = [min(listed_at, 1e300), ttl_s]
+            for endpoint_id in chunk:
+                args += [endpoint_id, claims[endpoint_id]]
+            keys = [self.key("outcomes"), *(self.key("pending", e) for e in chunk)]
+            claimed.update(cast(list[str], self._claim_pending(keys=keys, args=args)))
+        return claimed
 
     def release_pending(self, endpoint_id: str, task_id: str) -> None:
         self._release_if_owner(keys=[self.key("pending", endpoint_id)], args=[task_id])
