@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from hypothesis import settings
 
 from worker.app import create_app
 from worker.settings import Settings
+from worker.stack import free_port
 from worker.store import Outcome, Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,12 +48,6 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -259,7 +253,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         proc.stop()
 
 
-def start_worker(spawn: Callable[..., Proc], env: dict[str, str], concurrency: int = 4, pool: str = "threads") -> Proc:
+def start_worker(
+    spawn: Callable[..., Proc], env: dict[str, str], concurrency: int = 4, pool: str = "threads", loglevel: str = "INFO"
+) -> Proc:
     name = f"w{uuid.uuid4().hex[:6]}@%h"
     return spawn(
         [
@@ -270,7 +266,7 @@ def start_worker(spawn: Callable[..., Proc], env: dict[str, str], concurrency: i
             "worker",
             "worker",
             "-l",
-            "INFO",
+            loglevel,
             "-P",
             pool,
             "-c",

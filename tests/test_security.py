@@ -28,7 +28,7 @@ import redis
 import yaml
 from celery.result import AsyncResult
 
-from tests.conftest import API_KEY, ROOT, Harness, Proc, Sim, free_port, spec, wait_for
+from tests.conftest import API_KEY, ROOT, Harness, Proc, Sim, free_port, spec, start_worker, wait_for
 from worker.errors import ApiStatusError, MalformedResponse, TogetherError
 from worker.janitor import run_sweep
 from worker.settings import load_settings
@@ -45,29 +45,7 @@ SAFE_PATH = re.compile(r"/v1/endpoints(/[A-Za-z0-9_.:~-]{1,256})?")
 
 def debug_worker(spawn: Callable[..., Proc], env: dict[str, str]) -> Proc:
     """A worker whose every logger runs at DEBUG (Celery's -l and the janitor's own level)."""
-    return spawn(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-l",
-            "DEBUG",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-n",
-            f"w{uuid.uuid4().hex[:6]}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env | {"JANITOR_LOG_LEVEL": "DEBUG"},
-        "worker",
-        ready="ready.",
-    )
+    return start_worker(spawn, env | {"JANITOR_LOG_LEVEL": "DEBUG"}, loglevel="DEBUG")
 
 
 class Receiver:
