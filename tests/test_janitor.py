@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import BASIC_POLICY, Sim
+from tests.conftest import BASIC_POLICY, Sim, wait_for
 from worker.janitor import DeleteRequest, attempt_action, backoff_delay, run_sweep
 from worker.store import OutcomeStatus, Store
 from worker.together import TogetherClient
@@ -291,3 +291,36 @@ def test_a_broker_failure_releases_every_unsent_claim(
     assert [eid for eid, task in pending.items() if task] == [sent[0].endpoint_id]
     assert store.acted_last_day() == 1
     assert store.recent_sweeps()[0].status == "error"
+
+
+def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:
+    # Two deletes queued and never run (as if their messages were lost with a killed worker).
+    sim.reset([ep("acme/ci-1", 1), ep("acme/ci-2", 2)])
+    lost: list[DeleteRequest] = []
+    run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=False,
+        lock_ttl_s=60,
+        pending_ttl_s=1,
+        enqueue=lost.append,
+    )
+    assert len(lost) == 2
+    sim.admin.delete("/endpoints/endpoint-0002").raise_for_status()  # the lost task had deleted this one
+    wait_for(lambda: len(store.stale_claims(1)) == 2, 10, what="the claims to outlive the pending TTL")
+    again: list[DeleteRequest] = []
+    run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=False,
+        lock_ttl_s=60,
+        pending_ttl_s=1,
+        enqueue=again.append,
+    )
+    assert [r.endpoint_id for r in again] == ["endpoint-0001"]  # still listed: queued again
+    gone = store.latest_outcome("endpoint-0002")
+    assert gone is not None and gone.status == "already_gone" and gone.task_id == lost[1].task_id
+    assert store.outcome_for_task(lost[1].task_id) == gone
+    assert set(store.stale_claims(0)) == {"endpoint-0001"}  # the new task's claim only

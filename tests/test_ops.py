@@ -129,7 +129,8 @@ def test_json_log_lines_carry_sweep_endpoint_and_rule(harness: Harness) -> None:
 
 def test_sigterm_lets_a_running_delete_finish(harness: Harness) -> None:
     harness.sim.reset([spec(1)])
-    harness.sim.faults(scripts={"endpoint-0001": {"DELETE": ["hang"]}}, hang_s=2)
+    # The DELETE hangs for 1 s, well inside the 2 s HTTP timeout, so it is still on the wire at the SIGTERM.
+    harness.sim.faults(scripts={"endpoint-0001": {"DELETE": ["hang"]}}, hang_s=1)
     worker = harness.worker()
     harness.sweep()
     wait_for(lambda: harness.sim.calls("DELETE", "endpoint-0001"), 20, what="the DELETE to be on the wire")

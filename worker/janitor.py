@@ -216,6 +216,7 @@ def _sweep_locked(
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
     summary.listed = len(endpoints)
     now = clock()
+    _settle_lost_tasks(store, {e.id for e in endpoints}, pending_ttl_s, summary, clock)
 
     previous = store.load_observations()
     current = {e.id: observe(previous.get(e.id), e.state, now) for e in endpoints}
@@ -394,6 +395,35 @@ def fetch_detail(client: TogetherClient, endpoint_id: str) -> Endpoint | None:
         if exc.status_code == 404:
             return None
         raise
+
+
+def _settle_lost_tasks(
+    store: Store, listed: set[str], pending_ttl_s: int, summary: SweepSummary, clock: Callable[[], datetime]
+) -> None:
+    """Give a lost task its one outcome.
+
+    A claim older than the pending TTL with no outcome belongs to a task whose message was lost (a worker
+    killed between kombu's BRPOP and its unacknowledged write): every retry and redelivery would have ended
+    by now. If the endpoint is still listed, dropping the claim lets this sweep queue it again; if it is gone
+    (the lost task may well have deleted it), the task's outcome is ``already_gone``.
+    """
+    for endpoint_id, task_id in store.stale_claims(pending_ttl_s).items():
+        if endpoint_id in listed:
+            store.drop_claim(endpoint_id, task_id)
+            continue
+        outcome = Outcome(
+            endpoint_id=endpoint_id,
+            status=OutcomeStatus.ALREADY_GONE,
+            http_status=None,
+            attempts=0,
+            rule=None,
+            sweep_id=summary.sweep_id,
+            at=iso(clock()),
+            error="its delete task was lost with a killed worker; the endpoint is no longer listed",
+            task_id=task_id,
+        )
+        store.record_outcome(task_id, outcome)
+        log.warning("sweep %s: %s: %s", summary.sweep_id, endpoint_id, outcome.error)
 
 
 def _record_invalid_id(

@@ -20,6 +20,7 @@ key                            type      what
 ``P:pause``                    string    the limit that tripped (JSON); sweeps refuse while it trips
 ``P:resume``                   string    a person's approval to act once despite the tripped limit (JSON)
 ``P:notify:outbox``            list      outcomes not yet sent to the webhook (JSON), capped
+``P:claims``                   hash      endpoint id -> ``<task id>|<claimed at>``: cleared by that task's outcome
 ``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
 =============================  ========  ===================================================================
 """
@@ -182,6 +183,8 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
   if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) else redis.call('ZREM', KEYS[8], ARGV[5]) end
+  local claim = redis.call('HGET', KEYS[10], ARGV[4])
+  if claim and string.sub(claim, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then redis.call('HDEL', KEYS[10], ARGV[4]) end
   redis.call('HINCRBY', KEYS[9], ARGV[9], 1)
   if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[9], 'spend_removed_usd_per_hour', ARGV[10]) end
   redis.call('RPUSH', KEYS[7], ARGV[1])
@@ -196,13 +199,16 @@ return redis.call('GET', KEYS[1])
 # settled what that listing showed, and must not be queued again.
 _CLAIM_PENDING = """
 local since = tonumber(ARGV[1])
+local t = redis.call('TIME')
 local claimed = {}
-for i, key in ipairs(KEYS) do
-  if i > 1 then
-    local endpoint_id = ARGV[2 * i - 1]
-    local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
-    if not (score and tonumber(score) >= since) then
-      if redis.call('SET', key, ARGV[2 * i], 'NX', 'EX', ARGV[2]) then table.insert(claimed, endpoint_id) end
+for i = 3, #KEYS do
+  local j = i - 2
+  local endpoint_id, task_id = ARGV[2 * j + 1], ARGV[2 * j + 2]
+  local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
+  if not (score and tonumber(score) >= since) then
+    if redis.call('SET', KEYS[i], task_id, 'NX', 'EX', ARGV[2]) then
+      redis.call('HSET', KEYS[2], endpoint_id, task_id .. '|' .. t[1])
+      table.insert(claimed, endpoint_id)
     end
   end
 end
@@ -215,6 +221,8 @@ return 0
 """
 
 _RELEASE_IF_OWNER = """
+local claim = redis.call('HGET', KEYS[2], ARGV[2])
+if claim and string.sub(claim, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then redis.call('HDEL', KEYS[2], ARGV[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -307,12 +315,32 @@ class Store:
             args: list[str | float] = [min(listed_at, 1e300), ttl_s]
             for endpoint_id in chunk:
                 args += [endpoint_id, claims[endpoint_id]]
-            keys = [self.key("outcomes"), *(self.key("pending", e) for e in chunk)]
+            keys = [self.key("outcomes"), self.key("claims"), *(self.key("pending", e) for e in chunk)]
             claimed.update(cast(list[str], self._claim_pending(keys=keys, args=args)))
         return claimed
 
     def release_pending(self, endpoint_id: str, task_id: str) -> None:
-        self._release_if_owner(keys=[self.key("pending", endpoint_id)], args=[task_id])
+        self._release_if_owner(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
+
+    def stale_claims(self, older_than_s: float) -> dict[str, str]:
+        """Endpoint id -> task id of claims older than ``older_than_s`` whose task recorded no outcome.
+
+        A claim outlives its task only if the task's message was lost: Redis drops no acknowledged work, but a
+        worker killed between kombu's BRPOP and its write to the unacknowledged set loses the message.
+        """
+        now = self.server_time()
+        stale = {}
+        for endpoint_id, value in cast(dict[str, str], self.redis.hgetall(self.key("claims"))).items():
+            task_id, _, claimed_at = value.rpartition("|")
+            try:
+                if now - float(claimed_at) >= older_than_s:
+                    stale[endpoint_id] = task_id
+            except ValueError:
+                stale[endpoint_id] = task_id
+        return stale
+
+    def drop_claim(self, endpoint_id: str, task_id: str) -> None:
+        self._release_if_owner(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
 
     def pending_task(self, endpoint_id: str) -> str | None:
         return cast(str | None, self.redis.get(self.key("pending", endpoint_id)))
@@ -332,6 +360,7 @@ class Store:
                 self.key("notify", "outbox"),
                 self.key("acted"),
                 self.key("metrics"),
+                self.key("claims"),
             ],
             args=[
                 outcome.to_json(),
