@@ -36,6 +36,7 @@ def sweep(  # type: ignore[no-untyped-def]
     dry_run: bool = False,
     lock_ttl_s: float = 60,
     enqueue=None,
+    pending_ttl_s: int = 120,
 ):
     return run_sweep(
         store=store,
@@ -43,7 +44,7 @@ def sweep(  # type: ignore[no-untyped-def]
         policy_file=policy,
         dry_run=dry_run,
         lock_ttl_s=lock_ttl_s,
-        pending_ttl_s=120,
+        pending_ttl_s=pending_ttl_s,
         enqueue=enqueue or queued.append,
     )
 
@@ -297,28 +298,12 @@ def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: Togeth
     # Two deletes queued and never run (as if their messages were lost with a killed worker).
     sim.reset([ep("acme/ci-1", 1), ep("acme/ci-2", 2)])
     lost: list[DeleteRequest] = []
-    run_sweep(
-        store=store,
-        client=client,
-        policy_file=policy,
-        dry_run=False,
-        lock_ttl_s=60,
-        pending_ttl_s=1,
-        enqueue=lost.append,
-    )
+    sweep(store, client, policy, lost, pending_ttl_s=1)
     assert len(lost) == 2
     sim.admin.delete("/endpoints/endpoint-0002").raise_for_status()  # the lost task had deleted this one
     wait_for(lambda: len(store.stale_claims(1)) == 2, 10, what="the claims to outlive the pending TTL")
     again: list[DeleteRequest] = []
-    run_sweep(
-        store=store,
-        client=client,
-        policy_file=policy,
-        dry_run=False,
-        lock_ttl_s=60,
-        pending_ttl_s=1,
-        enqueue=again.append,
-    )
+    sweep(store, client, policy, again, pending_ttl_s=1)
     assert [r.endpoint_id for r in again] == ["endpoint-0001"]  # still listed: queued again
     gone = store.latest_outcome("endpoint-0002")
     assert gone is not None and gone.status == "already_gone" and gone.task_id == lost[1].task_id
