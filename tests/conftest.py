@@ -155,6 +155,56 @@ class Sim:
             if r["method"] == method and (endpoint_id is None or r["path"].endswith(f"/endpoints/{endpoint_id}"))
         ]
 
+    # -- the v2 API (docs/api-v2.md; control API under /_sim/v2, see worker/simulator_v2.py) --------------------
+
+    @property
+    def root_url(self) -> str:
+        """The origin, which is the v2 client's base (``/v1/whoami``, ``/v2/projects/...``)."""
+        return str(self.server.root_url)
+
+    def v2_reset(
+        self,
+        endpoints: list[dict[str, Any]] | None = None,
+        *,
+        generate: int | dict[str, Any] | None = None,
+        demo: bool = False,
+        **settings: Any,
+    ) -> dict[str, Any]:
+        """Replace all v2 state; ``settings`` as for :meth:`v2_settings` (stop_delay_s=..., project_id=...)."""
+        body: dict[str, Any] = {"endpoints": endpoints or [], "settings": settings, "demo": demo}
+        if generate is not None:
+            body["generate"] = generate
+        r = self.admin.post("/v2/reset", json=body)
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def v2_settings(self, **settings: Any) -> dict[str, Any]:
+        r = self.admin.post("/v2/settings", json=settings)
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def v2_faults(self, **faults: Any) -> dict[str, Any]:
+        r = self.admin.post("/v2/faults", json=faults)
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def v2_snapshot(self) -> dict[str, Any]:
+        r = self.admin.get("/v2/state")
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def v2_endpoint(self, endpoint_id: str) -> dict[str, Any] | None:
+        """One endpoint as the snapshot shows it (every deployment), or None once it is gone."""
+        return next((e for e in self.v2_snapshot()["endpoints"] if e["id"] == endpoint_id), None)
+
+    def v2_requests(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.admin.get("/v2/requests").json()["data"]
+        return data
+
 
 @pytest.fixture
 def sim() -> Iterator[Sim]:

@@ -644,7 +644,7 @@ def test_a_delete_that_settles_between_a_sweeps_list_and_its_claim_is_not_queued
             dry_run=False,
             lock_ttl_s=60,
             pending_ttl_s=600,
-            enqueue=queued.append,
+            enqueue=queued.extend,
         )
 
     class SettlesRightAfterTheList(TogetherClient):

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.conftest import BASIC_POLICY, Sim, wait_for
-from worker.janitor import DeleteRequest, attempt_action, backoff_delay, run_sweep
-from worker.store import OutcomeStatus, Store
+from worker import janitor
+from worker.janitor import Attempt, DeleteRequest, Recheck, backoff_delay, run_sweep, take_step
+from worker.store import OutcomeStatus, Store, utc_now
 from worker.together import TogetherClient
 
 
@@ -45,7 +47,7 @@ def sweep(  # type: ignore[no-untyped-def]
         dry_run=dry_run,
         lock_ttl_s=lock_ttl_s,
         pending_ttl_s=pending_ttl_s,
-        enqueue=enqueue or queued.append,
+        enqueue=enqueue or queued.extend,
     )
 
 
@@ -206,11 +208,21 @@ def test_dry_run_flag_reaches_the_requests(sim: Sim, store: Store, client: Toget
     ],
 )
 def test_attempt_classifies_answers(
-    sim: Sim, client: TogetherClient, script: list[object], status: OutcomeStatus, retryable: bool
+    sim: Sim,
+    store: Store,
+    client: TogetherClient,
+    tmp_path: Path,
+    script: list[object],
+    status: OutcomeStatus,
+    retryable: bool,
 ) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\n")
     sim.reset([ep("acme/ci-old", 1)])
     sim.faults(scripts={"endpoint-0001": {"DELETE": script}})
-    attempt = attempt_action(client, "endpoint-0001", "delete")
+    guard = Recheck(client, store, policy, "delete", "all", utc_now())
+    attempt = take_step(client, "endpoint-0001", "delete", guard)
+    assert isinstance(attempt, Attempt) and guard.passed
     assert (attempt.status, attempt.retryable) == (status, retryable)
 
 
@@ -274,15 +286,16 @@ def test_a_sweep_out_of_time_queues_nothing(sim: Sim, store: Store, client: Toge
 
 
 def test_a_broker_failure_releases_every_unsent_claim(
-    sim: Sim, store: Store, client: TogetherClient, policy: Path
+    sim: Sim, store: Store, client: TogetherClient, policy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim.reset([ep(f"acme/ci-{i}", i) for i in range(3)])
+    monkeypatch.setattr(janitor, "PUBLISH_BATCH", 1)  # one task a batch: the first is sent, the second fails
     sent: list[DeleteRequest] = []
 
-    def flaky(request: DeleteRequest) -> None:
+    def flaky(batch: Sequence[DeleteRequest]) -> None:
         if sent:
             raise ConnectionError("broker went away")
-        sent.append(request)
+        sent.extend(batch)
 
     summary = run_sweep(
         store=store, client=client, policy_file=policy, dry_run=False, lock_ttl_s=60, pending_ttl_s=60, enqueue=flaky
@@ -292,6 +305,26 @@ def test_a_broker_failure_releases_every_unsent_claim(
     assert [eid for eid, task in pending.items() if task] == [sent[0].endpoint_id]
     assert store.acted_last_day() == 1
     assert store.recent_sweeps()[0].status == "error"
+
+
+def test_a_failed_publish_batch_counts_none_of_its_tasks(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    # All three go in one batch (one broker round trip); it fails as a whole, so every claim is released.
+    sim.reset([ep(f"acme/ci-{i}", i) for i in range(3)])
+    batches: list[list[str]] = []
+
+    def broken(batch: Sequence[DeleteRequest]) -> None:
+        batches.append([r.endpoint_id for r in batch])
+        raise ConnectionError("broker went away")
+
+    summary = run_sweep(
+        store=store, client=client, policy_file=policy, dry_run=False, lock_ttl_s=60, pending_ttl_s=60, enqueue=broken
+    )
+    assert batches == [["endpoint-0000", "endpoint-0001", "endpoint-0002"]]
+    assert summary.status == "error" and summary.queued == 0
+    assert [store.pending_task(f"endpoint-{i:04d}") for i in range(3)] == [None, None, None]
+    assert store.stale_claims(0) == {} and store.acted_last_day() == 0
 
 
 def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:

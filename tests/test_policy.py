@@ -202,7 +202,7 @@ def test_unknown_states_are_tolerated() -> None:
         ("rules: []", ["version", "missing"]),
         ("version: 1\nrules:\n - name: ci\n   ttl: 6x", ["rule 'ci'", "ttl", "6x"]),
         ("version: 1\nrules:\n - name: ci\n   match: {nmae: x}\n   ttl: 1h", ["rule 'ci'", "match", "nmae"]),
-        ("version: 1\nrules:\n - name: ci", ["rule 'ci'", "ttl or stale"]),
+        ("version: 1\nrules:\n - name: ci", ["rule 'ci'", "ttl, stale or idle"]),
         ("version: 1\nrules:\n - name: ci\n   stale: {states: [STOPPED]}", ["rule 'ci'", "stale", "for"]),
         ("version: 1\nrules:\n - name: ci\n   stale: {states: [], for: 1d}", ["rule 'ci'", "states"]),
         ("version: 1\nrules:\n - name: ci\n   ttl: 1h\n   ttl: 2h", ["line", "twice"]),
@@ -464,3 +464,76 @@ def test_regex_syntax_re2_lacks_is_refused_clearly() -> None:
 @pytest.mark.parametrize("pattern", [r"acme/ci-\d+", r"(ab|cd)+", r"(a{1,3})+", r".*-tmp", r"(?:acme|corp)/.*"])
 def test_ordinary_regexes_are_accepted(pattern: str) -> None:
     parse_policy(f"version: 1\nprotect:\n - name: 're:{pattern}'\n")
+
+
+# ---------------------------------------------------------------------------------------------- idle (v2)
+
+IDLE = parse_policy(
+    """
+version: 1
+protect:
+  - name: "acme/prod-*"
+rules:
+  - name: quiet-day
+    match: {name: "acme/*"}
+    idle: {no_requests_for: 24h}
+  - name: quiet-hour-ci
+    match: {name: "acme/ci-*"}
+    ttl: 2h
+    idle: {no_requests_for: 1h}
+"""
+)
+DAY, HOUR = timedelta(hours=24), timedelta(hours=1)
+
+
+def test_idle_asks_for_the_count_only_once_the_rule_s_other_keys_hold() -> None:
+    old = Ep(name="acme/demo", created_at=NOW - timedelta(days=3))
+    asked = evaluate(IDLE, old, None, NOW)
+    assert (asked.action, asked.rule, asked.window) == (Action.NEEDS_ACTIVITY, "quiet-day", DAY)
+    # Another project's endpoint fails the match: no count is asked for, nothing to fetch.
+    assert evaluate(IDLE, replace(old, name="other/demo"), None, NOW).action is Action.KEEP
+    # Protected: decided without the count.
+    assert evaluate(IDLE, replace(old, name="acme/prod-1"), None, NOW).action is Action.PROTECTED
+
+
+def test_idle_holds_only_with_no_requests_and_an_age_of_at_least_the_window() -> None:
+    old = Ep(name="acme/demo", created_at=NOW - timedelta(days=3))
+    quiet = evaluate(IDLE, old, None, NOW, activity={DAY: 0})
+    assert (quiet.action, quiet.rule) == (Action.DELETE, "quiet-day") and "no requests for 1d" in quiet.reason
+    assert evaluate(IDLE, old, None, NOW, activity={DAY: 1}).action is Action.KEEP
+    young = replace(old, created_at=NOW - timedelta(hours=5))  # cannot have been idle for a whole day
+    assert evaluate(IDLE, young, None, NOW).action is Action.KEEP
+
+
+def test_a_busy_first_rule_falls_through_to_the_next_rule_s_own_window() -> None:
+    ci = Ep(name="acme/ci-7", created_at=NOW - timedelta(days=3))
+    asked = evaluate(IDLE, ci, None, NOW, activity={DAY: 12})
+    assert (asked.action, asked.rule, asked.window) == (Action.NEEDS_ACTIVITY, "quiet-hour-ci", HOUR)
+    held = evaluate(IDLE, ci, None, NOW, activity={DAY: 12, HOUR: 0})
+    assert (held.action, held.rule) == (Action.DELETE, "quiet-hour-ci")
+    assert "age" in held.reason and "no requests for 1h" in held.reason
+
+
+def test_idle_is_refused_for_v1_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nrules:\n - name: quiet\n   idle: {no_requests_for: 24h}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    message = str(info.value)
+    assert "rule 'quiet'" in message and "JANITOR_TOGETHER_API=v2" in message and "\n" not in message
+    assert load_policy(path, "v2").rules[0].idle is not None
+    with pytest.raises(PolicyError, match="no_requests_for"):
+        parse_policy("version: 1\nrules:\n - name: q\n   idle: {}\n")
+    with pytest.raises(PolicyError, match=r"rule 'q' .*idle: no_requests_for"):
+        parse_policy("version: 1\nrules:\n - name: q\n   idle: {no_requests_for: soon}\n")
+
+
+def test_hold_back_asks_scope_protect_and_exemption_but_not_the_rule() -> None:
+    from worker.policy import hold_back
+
+    stopped = Ep(name="acme/demo", state="STOPPED", created_at=NOW)  # no rule holds for it now
+    assert hold_back(IDLE, stopped, NOW) is None
+    assert "protect" in (hold_back(IDLE, replace(stopped, name="acme/prod-9"), NOW) or "")
+    assert "in scope" in (hold_back(IDLE, replace(stopped, type="serverless"), NOW) or "")
+    exemption = Exemption(stopped.id, "demo friday", "ana", NOW - HOUR, NOW + HOUR)
+    assert "ana" in (hold_back(IDLE, stopped, NOW, exemption=exemption) or "")

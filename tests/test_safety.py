@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, Harness, spec, wait_for
 from worker.janitor import run_sweep
+from worker.tasks import _enqueue
 from worker.together import TogetherClient
 
 pytestmark = pytest.mark.integration
@@ -74,7 +76,7 @@ def _queue_without_a_worker(harness: Harness) -> None:
             dry_run=False,
             lock_ttl_s=30,
             pending_ttl_s=120,
-            enqueue=lambda r: app.send_task("janitor.delete_endpoint", kwargs=r.task_kwargs(), task_id=r.task_id),
+            enqueue=functools.partial(_enqueue, celery=app),  # the worker's own batched publish
         )
     assert summary.queued == 1
 

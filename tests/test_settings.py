@@ -131,3 +131,46 @@ def test_worker_refuses_to_start_with_one_line(tmp_path: object) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and "JANITOR_DELETE_MAX_RETRIES" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_switching_to_v2_is_one_setting_and_validates_with_every_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().together_api == "v1"
+    monkeypatch.setenv("JANITOR_TOGETHER_API", " V2 ")
+    s = load_settings()
+    assert s.together_api == "v2" and s.together_project_id is None
+    # The v2 re-check may read the analytics too: a third request in the delete task's budget, and the
+    # wait for deployments to stop in the pending TTL.
+    assert s.task_soft_time_limit_s > load_settings(together_api="v1").task_soft_time_limit_s
+    assert s.pending_ttl_s > s.v2_stop_timeout_s
+    monkeypatch.setenv("JANITOR_TOGETHER_PROJECT_ID", "proj_abc123")
+    assert load_settings().together_project_id == "proj_abc123"
+    monkeypatch.setenv("JANITOR_TOGETHER_PROJECT_ID", "  ")
+    assert load_settings().together_project_id is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("JANITOR_TOGETHER_API", "v3", "JANITOR_TOGETHER_API"),
+        ("JANITOR_TOGETHER_PROJECT_ID", "proj/../other", "JANITOR_TOGETHER_PROJECT_ID"),
+        ("JANITOR_V2_POLL_S", "0", "JANITOR_V2_POLL_S"),
+        ("JANITOR_V2_STOP_TIMEOUT_S", "-5", "JANITOR_V2_STOP_TIMEOUT_S"),
+    ],
+)
+def test_bad_v2_settings_are_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v2")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_v2_poll_longer_than_the_visibility_timeout_allows_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v2")
+    monkeypatch.setenv("JANITOR_V2_POLL_S", "900")
+    with pytest.raises(SettingsError, match="JANITOR_V2_POLL_S"):
+        load_settings()
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v1")  # the poll is not used by v1
+    assert load_settings().v2_poll_s == 900

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import kombu.exceptions
 import redis
@@ -26,6 +26,7 @@ from worker.errors import JanitorError, PolicyError, TogetherError
 from worker.settings import Settings, get_settings, redact_url
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _print_json(data: Any) -> None:
@@ -37,6 +38,7 @@ _COLOURS = {"red": "31", "green": "32", "yellow": "33"}
 _STATUS_COLOUR = {
     "failed": "red",
     "forbidden": "red",
+    "blocked": "red",
     "limit_exceeded": "red",
     "error": "red",
     "deleted": "green",
@@ -56,16 +58,16 @@ def _show_progress(what: str, done: Callable[[], bool], timeout: float) -> None:
     print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
-def _counting(fetch: Callable[[str], T], what: str) -> Callable[[str], T]:
+def _counting(fetch: Callable[P, T], what: str) -> Callable[P, T]:
     """Wrap a per-endpoint fetch so a long plan shows how far it got (on a terminal only)."""
     count = 0
 
-    def counted(endpoint_id: str) -> T:
+    def counted(*args: P.args, **kwargs: P.kwargs) -> T:
         nonlocal count
         count += 1
         if sys.stderr.isatty():
             print(f"\r{what}: {count}", end="", file=sys.stderr, flush=True)
-        return fetch(endpoint_id)
+        return fetch(*args, **kwargs)
 
     return counted
 
@@ -100,10 +102,12 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     from worker.policy import load_policy
 
     path = Path(args.file) if args.file else get_settings().policy_file
-    policy = load_policy(path)
+    api = args.api or get_settings().together_api
+    policy = load_policy(path, api)
     print(
         f"{path}: ok: {len(policy.rules)} rule(s), {len(policy.protect)} protect matcher(s), "
-        f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep"
+        f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep "
+        f"(API {api})"
     )
     return 0
 
@@ -145,8 +149,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from worker.together import client_for
 
     settings = get_settings()
-    policy = load_policy(settings.policy_file)
     client = client_for(settings)
+    policy = load_policy(settings.policy_file, client.version)
     store = Store.from_settings(settings)
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
     now = utc_now()
@@ -161,6 +165,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _counting(lambda eid: fetch_detail(client, eid), "fetching endpoint details"),
         exemptions=store.exemptions(now),
         marks=store.load_marks(),
+        count_requests=_counting(client.count_requests, "fetching request counts"),
+        listed_in_detail=client.list_is_detailed,
     )
     rows = [
         {
@@ -247,7 +253,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     )
     print("\nLatest outcomes (failures first)")
-    failures_first = sorted(outcomes, key=lambda o: o["status"] not in ("failed", "forbidden"))
+    failures_first = sorted(outcomes, key=lambda o: o["status"] not in ("failed", "forbidden", "blocked"))
     rows = [
         [
             o["at"],
@@ -392,6 +398,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         detail = e.get("reason") or e.get("error") or e.get("limit") or ""
         if e["kind"] == "exempt":
             detail = f"by {e.get('by')} until {e.get('expires_at')}: {e.get('reason')}"
+        elif e["kind"] == "step":  # one step of a v2 delete: what it did, and why it waits
+            what = str(e.get("result") or "")
+            detail = f"{e.get('did')}" + (f" ({e['reason']})" if e.get("reason") else "")
         rows.append([e.get("at"), e["kind"], what, e.get("rule") or "", e.get("sweep_id") or "", detail])
     print(_table(rows, ["AT", "EVENT", "WHAT", "RULE", "SWEEP", "DETAIL"]))
     return 0
@@ -459,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-policy", help="validate a policy file (default: JANITOR_POLICY_FILE)")
     p.add_argument("file", nargs="?")
+    p.add_argument("--api", choices=["v1", "v2"], help="check against this API version (default: JANITOR_TOGETHER_API)")
     p.set_defaults(func=cmd_check_policy)
 
     p = sub.add_parser("simulator", help="serve the Together API simulator on loopback")

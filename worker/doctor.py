@@ -33,11 +33,14 @@ def check_api(settings: Settings, store: Store) -> str:
         if exc.status_code in (401, 403):
             raise JanitorError(f"the API key was refused (HTTP {exc.status_code})") from None
         raise
-    return f"the API key is accepted at {settings.together_base_url} ({len(listed)} dedicated endpoint(s))"
+    return (
+        f"the API key is accepted at {settings.together_base_url}, API {settings.together_api} "
+        f"({len(listed)} dedicated endpoint(s))"
+    )
 
 
 def check_policy(settings: Settings, store: Store) -> str:
-    policy = load_policy(settings.policy_file)
+    policy = load_policy(settings.policy_file, settings.together_api)
     return f"{settings.policy_file} is valid ({len(policy.rules)} rule(s))"
 
 

@@ -41,5 +41,18 @@ class ApiStatusError(TogetherError):
         self.error_type = error_type
 
 
+class ApiRefusal(ApiStatusError):
+    """A 400 or 409 to a step of the v2 delete sequence: the API says no (deployments left, a traffic split,
+    a stale etag). The sequence ends as ``blocked`` with the API's message; it is never retried blindly."""
+
+
+class ApiUnsupported(TogetherError):
+    """The configured API version cannot do this (request analytics in v1)."""
+
+
+class SequenceContinues(JanitorError):
+    """Not a failure: a v2 delete took a step and its task runs again for the next (Flower shows a retry)."""
+
+
 class RetryableApiError(TogetherError):
     """A 500 from the API: the one answer a delete task retries (Flower shows it as the retry's reason)."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from redis.client import Pipeline
+
 from worker.errors import (
+    ApiRefusal,
     ApiStatusError,
     InvalidEndpointId,
     JanitorError,
@@ -35,11 +38,21 @@ from worker.policy import (
     Policy,
     check_limits,
     decide,
+    hold_back,
     load_policy,
     observe,
 )
-from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, utc_now
-from worker.together import Endpoint, TogetherClient, check_endpoint_id
+from worker.store import (
+    Outcome,
+    OutcomeStatus,
+    Store,
+    SweepSummary,
+    format_observation,
+    iso,
+    observation_parser,
+    utc_now,
+)
+from worker.together import Endpoint, EndpointsApi, Step, StepKind, check_endpoint_id
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +95,10 @@ def plan(
     *,
     exemptions: Mapping[str, Exemption] | None = None,
     marks: Mapping[str, Mark] | None = None,
+    count_requests: RequestCounter | None = None,
+    listed_in_detail: bool = False,
 ) -> list[Planned]:
-    """Decide every endpoint; fetch the detail only of those whose decision hangs on it.
+    """Decide every endpoint; fetch the detail (or the request count) only of those whose decision hangs on it.
 
     ``fetch_detail`` returns None when the endpoint vanished meanwhile; it raises for anything else.
     """
@@ -91,18 +106,71 @@ def plan(
     marks = marks or {}
     planned = []
     for endpoint in endpoints:
-        observed = observations.get(endpoint.id)
-        exemption, mark = exemptions.get(endpoint.id), marks.get(endpoint.id)
-        decision = decide(policy, endpoint, observed, now, exemption=exemption, mark=mark)
-        if decision.action is Action.NEEDS_DETAIL:
-            detailed = _detail_or_reason(endpoint, fetch_detail)
-            if isinstance(detailed, Endpoint):
-                endpoint = detailed
-                decision = decide(policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=True)
-            else:
-                decision = Decision(Action.UNDECIDED, decision.rule, detailed)
+        endpoint, decision = resolve(
+            policy,
+            endpoint,
+            observations.get(endpoint.id),
+            now,
+            fetch_detail=fetch_detail,
+            count_requests=count_requests,
+            exemption=exemptions.get(endpoint.id),
+            mark=marks.get(endpoint.id),
+            detail_fetched=listed_in_detail,
+        )
         planned.append(Planned(endpoint, decision))
     return planned
+
+
+ApiFactory = Callable[[], EndpointsApi]
+# ``count_requests(endpoint_id, start, end)``: the API's request count over a window.
+RequestCounter = Callable[[str, datetime, datetime], int]
+
+
+def resolve(
+    policy: Policy,
+    endpoint: Endpoint,
+    observed: Observation | None,
+    now: datetime,
+    *,
+    fetch_detail: Callable[[str], Endpoint | None],
+    count_requests: RequestCounter | None,
+    exemption: Exemption | None = None,
+    mark: Mark | None = None,
+    detail_fetched: bool = False,
+    ignore_grace: bool = False,
+) -> tuple[Endpoint, Decision]:
+    """:func:`decide`, fetching what it asks for (the detail, request counts) until it can decide.
+
+    Whatever cannot be fetched leaves the endpoint UNDECIDED (kept, its mark kept): a rule that cannot be
+    decided does not hold.
+    """
+    activity: dict[timedelta, int] = {}
+    # Each round either fetches the detail once or one rule's request count, so this ends.
+    for _ in range(len(policy.rules) + 2):
+        decision = decide(
+            policy,
+            endpoint,
+            observed,
+            now,
+            exemption=exemption,
+            mark=mark,
+            detail_fetched=detail_fetched,
+            ignore_grace=ignore_grace,
+            activity=activity,
+        )
+        if decision.action is Action.NEEDS_DETAIL and not detail_fetched:
+            detailed = _detail_or_reason(endpoint, fetch_detail)
+            if not isinstance(detailed, Endpoint):
+                return endpoint, Decision(Action.UNDECIDED, decision.rule, detailed)
+            endpoint, detail_fetched = detailed, True
+        elif decision.action is Action.NEEDS_ACTIVITY and decision.window is not None:
+            counted = _count_or_reason(endpoint.id, decision.window, now, count_requests)
+            if isinstance(counted, str):
+                return endpoint, Decision(Action.UNDECIDED, decision.rule, counted)
+            activity[decision.window] = counted
+        else:
+            return endpoint, decision
+    return endpoint, Decision(Action.UNDECIDED, None, "kept: the decision did not settle")
 
 
 def _detail_or_reason(endpoint: Endpoint, fetch_detail: Callable[[str], Endpoint | None]) -> Endpoint | str:
@@ -118,20 +186,36 @@ def _detail_or_reason(endpoint: Endpoint, fetch_detail: Callable[[str], Endpoint
     return detailed
 
 
+def _count_or_reason(
+    endpoint_id: str, window: timedelta, now: datetime, count_requests: RequestCounter | None
+) -> int | str:
+    if count_requests is None:
+        return "kept: request counts are not available"
+    try:
+        return count_requests(endpoint_id, now - window, now)
+    except TogetherError as exc:
+        return f"kept: request count failed: {exc}"
+
+
 def run_sweep(
     *,
     store: Store,
-    client: TogetherClient | Callable[[], TogetherClient],
+    client: EndpointsApi | ApiFactory,
     policy_file: Path,
     dry_run: bool,
     lock_ttl_s: float,
     pending_ttl_s: int,
-    enqueue: Callable[[DeleteRequest], None],
+    enqueue: Callable[[Sequence[DeleteRequest]], None],
     sweep_id: str | None = None,
     clock: Callable[[], datetime] = utc_now,
     notify_url: str | None = None,
 ) -> SweepSummary:
-    """One sweep: lock, load the policy, list, observe, decide, check the limits, queue, record, notify."""
+    """One sweep: lock, load the policy, list, observe, decide, check the limits, queue, record, notify.
+
+    ``enqueue`` publishes a batch of delete tasks (at most :data:`PUBLISH_BATCH`) and returns only once all of
+    them reached the broker; if it raises, none of that batch counts as queued and their claims are released.
+    Batches already published stay queued.
+    """
     summary = SweepSummary(sweep_id=sweep_id or uuid.uuid4().hex, started_at=iso(clock()), dry_run=dry_run)
     lock = store.sweep_lock(lock_ttl_s)
     if not lock.acquire(blocking=False):
@@ -142,7 +226,7 @@ def run_sweep(
     deadline = time.monotonic() + 0.8 * lock_ttl_s
     newly_marked: list[dict[str, Any]] = []
     try:
-        api = client if isinstance(client, TogetherClient) else client()
+        api = client() if callable(client) else client
         newly_marked = _sweep_locked(store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline)
     except (PolicyError, SettingsError) as exc:
         summary.status, summary.error = "error", str(exc)
@@ -199,41 +283,96 @@ def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) 
     return summary
 
 
+# Delete tasks go to ``enqueue`` in batches, each one round trip to the broker: first a small one, so the workers
+# start deleting while the rest is published (500 messages take ~0.2 s to build), then batches of PUBLISH_BATCH.
+PUBLISH_FIRST = 32
+PUBLISH_BATCH = 500
+
+
 def _sweep_locked(
     store: Store,
-    client: TogetherClient,
+    client: EndpointsApi,
     policy_file: Path,
     pending_ttl_s: int,
-    enqueue: Callable[[DeleteRequest], None],
+    enqueue: Callable[[Sequence[DeleteRequest]], None],
     summary: SweepSummary,
     clock: Callable[[], datetime],
     deadline: float,
 ) -> list[dict[str, Any]]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
-    policy = load_policy(policy_file)
+    policy = load_policy(policy_file, client.version)
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
     summary.listed = len(endpoints)
     now = clock()
-    _settle_lost_tasks(store, {e.id for e in endpoints}, pending_ttl_s, summary, clock)
-
-    previous = store.load_observations()
-    current = {e.id: observe(previous.get(e.id), e.state, now) for e in endpoints}
-    store.save_observations(current, previous)
-    marks = store.load_marks()
-    exemptions = store.exemptions(now, prune=True)
+    # One round trip: this list's observations (raw), marks, exemptions, and claims that outlived their task.
+    ids = [e.id for e in endpoints]
+    state = store.read_sweep_state(ids, now, pending_ttl_s)
+    del ids
+    # policy.observe for each endpoint, sharing one Observation per distinct stored value and per new state.
+    parse = observation_parser()
+    seen_now: dict[str, tuple[Observation, str]] = {}
+    current: dict[str, Observation] = {}
+    changed: dict[str, str] = {}  # endpoint id -> raw observation to write
+    for endpoint, raw in zip(endpoints, state.observed, strict=True):
+        previous = None if raw is None else parse(raw)
+        if previous is not None and previous.state == endpoint.state:
+            current[endpoint.id] = previous
+            continue
+        if endpoint.state not in seen_now:
+            fresh = Observation(endpoint.state, now)
+            seen_now[endpoint.state] = (fresh, format_observation(fresh))
+        current[endpoint.id], changed[endpoint.id] = seen_now[endpoint.state]
+    held_listed = len(state.observed) - state.observed.count(None)
+    if len(current) < len(endpoints):  # an id listed twice: count it once
+        held_listed = len({e.id for e, raw in zip(endpoints, state.observed, strict=True) if raw is not None})
+    state.observed = []  # the raw strings go now; the parsed observations are shared
+    # Entries of endpoints no longer listed are forgotten; their ids are read only when there are some.
+    gone = [eid for eid in store.observed_ids() if eid not in current] if state.observations_held > held_listed else []
+    marks = state.marks
+    for endpoint_id in _settle_lost_tasks(store, state.stale_claims, current, summary, clock):
+        marks.pop(endpoint_id, None)  # its outcome cleared the mark
+    exemptions = state.exemptions
 
     def detail_within_deadline(endpoint_id: str) -> Endpoint | None:
         _check_deadline(deadline, "fetching endpoint details")
         return fetch_detail(client, endpoint_id)
 
-    planned = plan(policy, endpoints, current, now, detail_within_deadline, exemptions=exemptions, marks=marks)
+    def count_within_deadline(endpoint_id: str, start: datetime, end: datetime) -> int:
+        _check_deadline(deadline, "fetching request counts")
+        return client.count_requests(endpoint_id, start, end)
+
+    planned = plan(
+        policy,
+        endpoints,
+        current,
+        now,
+        detail_within_deadline,
+        exemptions=exemptions,
+        marks=marks,
+        count_requests=count_within_deadline,
+        listed_in_detail=client.list_is_detailed,
+    )
+    planned = _resume_sequences(store, state.sequences, policy, planned, exemptions, now, summary)
+    # One pass: most endpoints are kept or out of scope, and only counted; the rest are grouped by action.
     by_action: dict[Action, list[Planned]] = {}
+    worth: list[Planned] = []  # as _worth_recording
+    out_of_scope = 0
     for p in planned:
-        by_action.setdefault(p.decision.action, []).append(p)
+        action = p.decision.action
+        if action is Action.KEEP or action is Action.OUT_OF_SCOPE:
+            out_of_scope += action is Action.OUT_OF_SCOPE
+            if p.decision.rule is not None:
+                worth.append(p)
+            continue
+        by_action.setdefault(action, []).append(p)
+        worth.append(p)
     acting = by_action.get(Action.DELETE, []) + by_action.get(Action.STOP, [])
-    summary.in_scope = len(planned) - len(by_action.get(Action.OUT_OF_SCOPE, []))
+    summary.in_scope = len(planned) - out_of_scope
+    # The rest of the sweep needs only the groups; the per-endpoint lists go now, so the memory of 100k
+    # endpoints and decisions is reused for packing the writes (a first sweep writes every observation).
+    del planned, endpoints, current
     summary.protected = len(by_action.get(Action.PROTECTED, []))
     summary.exempt = len(by_action.get(Action.EXEMPT, []))
     summary.candidates = len(acting)
@@ -241,9 +380,13 @@ def _sweep_locked(
         rule = p.decision.rule or ""
         summary.rules[rule] = summary.rules.get(rule, 0) + 1
 
-    newly_marked = _update_marks(store, planned, marks, summary)
-    worth = [p for p in planned if _worth_recording(p)]
-    store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in worth))
+    # Observations, marks and the decisions' events, then the limit check's reads: one round trip.
+    pipe = store.pipeline()
+    store.save_observed(changed, gone, pipe)
+    del changed
+    marking = [p for a in (Action.MARKED, *ACTING, Action.UNDECIDED) for p in by_action.get(a, [])]
+    newly_marked = _update_marks(store, marking, marks, summary, pipe)
+    store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in worth), pipe)
     for p in worth:
         log.info(
             "sweep %s: %s %s (%s): %s%s",
@@ -263,13 +406,15 @@ def _sweep_locked(
         )
 
     # Endpoints whose delete or stop is still queued were counted when it was queued; only new ones count.
-    pending = store.pending_among([p.endpoint.id for p in acting])
+    # The pending keys, the 24 h count and whether a pause is recorded, read after the writes above (same pipe).
+    limit_state = store.limit_state([p.endpoint.id for p in acting], pipe=pipe)
+    pending = limit_state.pending
     acting = [p for p in acting if p.endpoint.id not in pending]
     summary.already_pending = len(pending)
     limits = policy.limits
     summary.limit = limits.max_deletes_per_sweep
     dry = summary.dry_run
-    trip = check_limits(limits, len(acting), summary.in_scope, 0 if dry else store.acted_last_day())
+    trip = check_limits(limits, len(acting), summary.in_scope, 0 if dry else limit_state.acted_last_day)
     if trip is not None:
         # A dry run reports the trip but neither pauses live sweeps nor uses a person's approval.
         approval = None if dry else store.take_resume(len(acting))
@@ -282,7 +427,7 @@ def _sweep_locked(
             return newly_marked
         store.record_event("resumed", sweep_id=summary.sweep_id, limit=trip, by=approval.get("by"))
         store.clear_pause(f"resumed by {approval.get('by')}")
-    elif not dry:
+    elif not dry and limit_state.pause_or_approval:
         store.clear_pause("no limit trips any more")
     _check_deadline(deadline, "queuing")
 
@@ -312,10 +457,12 @@ def _sweep_locked(
     to_send = [r for eid, r in requests.items() if eid in claimed]
     queued: list[str] = []
     try:
-        for request in to_send:
-            enqueue(request)
-            queued.append(request.task_id)
-            summary.queued += 1
+        while len(queued) < len(to_send):
+            size = min(PUBLISH_FIRST, PUBLISH_BATCH) if not queued else PUBLISH_BATCH
+            batch = to_send[len(queued) : len(queued) + size]
+            enqueue(batch)  # one round trip: the messages and their task-sent events
+            queued += [request.task_id for request in batch]
+            summary.queued += len(batch)
     finally:
         # A claim whose task never reached the broker must not block the endpoint until its TTL.
         for request in to_send[len(queued) :]:
@@ -326,10 +473,60 @@ def _sweep_locked(
     return newly_marked
 
 
+def _resume_sequences(
+    store: Store,
+    sequences: dict[str, dict[str, Any]],
+    policy: Policy,
+    planned: list[Planned],
+    exemptions: Mapping[str, Exemption],
+    now: datetime,
+    summary: SweepSummary,
+) -> list[Planned]:
+    """A delete already under way (a v2 sequence whose task ended before the endpoint was gone) goes on.
+
+    Its rule may no longer hold because of the sequence itself (scaled down, an endpoint is STOPPED), so a
+    KEEP or MARKED decision is replaced by the sequence's own; it is queued and counted against the limits
+    like any candidate. What a person changed (a protect, an exemption, the scope) or the endpoint being gone
+    ends it instead, as it would stop the sequence's next step (:func:`worker.policy.hold_back`).
+    """
+    if not sequences:
+        return planned
+    sequences = dict(sequences)
+    ended: list[dict[str, Any]] = []
+    for index, p in enumerate(planned):
+        sequence = sequences.pop(p.endpoint.id, None)
+        if sequence is None:
+            continue
+        held = hold_back(policy, p.endpoint, now, exemption=exemptions.get(p.endpoint.id))
+        if held is not None:
+            ended.append({"sweep_id": summary.sweep_id, "endpoint_id": p.endpoint.id, "reason": held})
+        elif p.decision.action in (Action.KEEP, Action.MARKED) and sequence.get("action") in ("delete", "stop"):
+            reason = (
+                f"resuming the {sequence['action']} begun at {sequence.get('started_at')} "
+                f"({sequence.get('steps', 0)} step(s) done, the last: {sequence.get('last_step')})"
+            )
+            decision = Decision(Action(sequence["action"]), str(sequence.get("rule") or ""), reason)
+            planned[index] = Planned(p.endpoint, decision)
+    # Whatever is left was not listed: gone, or out of scope.
+    ended.extend({"sweep_id": summary.sweep_id, "endpoint_id": e, "reason": "not listed"} for e in sequences)
+    if ended:
+        store.end_sequences(e["endpoint_id"] for e in ended)
+        store.record_events("sequence_ended", ended)
+    return planned
+
+
 def _update_marks(
-    store: Store, planned: Sequence[Planned], marks: Mapping[str, Mark], summary: SweepSummary
+    store: Store,
+    planned: Sequence[Planned],
+    marks: Mapping[str, Mark],
+    summary: SweepSummary,
+    pipe: Pipeline | None = None,
 ) -> list[dict[str, Any]]:
-    """Write the marks this sweep made and drop those of endpoints that stopped being candidates."""
+    """Write the marks this sweep made and drop those of endpoints that stopped being candidates.
+
+    Only MARKED, acting and UNDECIDED decisions matter here; ``planned`` may hold just those. The writes go into
+    ``pipe`` when given (the caller executes it).
+    """
     new: dict[str, Mark] = {}
     still_marked: set[str] = set()
     newly_marked: list[dict[str, Any]] = []
@@ -354,11 +551,12 @@ def _update_marks(
             # detail fetch must not restart the grace period).
             still_marked.add(p.endpoint.id)
     unmarked = [eid for eid in marks if eid not in still_marked]
-    store.save_marks(new, unmarked)
+    store.save_marks(new, unmarked, pipe)
     if unmarked:
         store.record_events(
             "unmarked",
             ({"sweep_id": summary.sweep_id, "endpoint_id": eid, "rule": marks[eid].rule} for eid in unmarked),
+            pipe,
         )
     summary.marked = len(newly_marked)
     summary.unmarked = len(unmarked)
@@ -388,7 +586,7 @@ def _check_deadline(deadline: float, doing: str) -> None:
         raise JanitorError(f"the sweep ran out of time while {doing}; nothing more was queued")
 
 
-def fetch_detail(client: TogetherClient, endpoint_id: str) -> Endpoint | None:
+def fetch_detail(client: EndpointsApi, endpoint_id: str) -> Endpoint | None:
     try:
         return client.get_endpoint(endpoint_id)
     except ApiStatusError as exc:
@@ -398,16 +596,22 @@ def fetch_detail(client: TogetherClient, endpoint_id: str) -> Endpoint | None:
 
 
 def _settle_lost_tasks(
-    store: Store, listed: set[str], pending_ttl_s: int, summary: SweepSummary, clock: Callable[[], datetime]
-) -> None:
-    """Give a lost task its one outcome.
+    store: Store,
+    stale_claims: Mapping[str, str],
+    listed: Container[str],
+    summary: SweepSummary,
+    clock: Callable[[], datetime],
+) -> list[str]:
+    """Give a lost task its one outcome; returns the endpoints whose outcome this wrote (it cleared their marks).
 
-    A claim older than the pending TTL with no outcome belongs to a task whose message was lost (a worker
-    killed between kombu's BRPOP and its unacknowledged write): every retry and redelivery would have ended
-    by now. If the endpoint is still listed, dropping the claim lets this sweep queue it again; if it is gone
-    (the lost task may well have deleted it), the task's outcome is ``already_gone``.
+    ``stale_claims`` are the claims older than the pending TTL (:meth:`Store.read_sweep_state`). Such a claim
+    with no outcome belongs to a task whose message was lost (a worker killed between kombu's BRPOP and its
+    unacknowledged write): every retry and redelivery would have ended by now. If the endpoint is still
+    listed, dropping the claim lets this sweep queue it again; if it is gone (the lost task may well have
+    deleted it), the task's outcome is ``already_gone``.
     """
-    for endpoint_id, task_id in store.stale_claims(pending_ttl_s).items():
+    settled: list[str] = []
+    for endpoint_id, task_id in stale_claims.items():
         if endpoint_id in listed:
             store.drop_claim(endpoint_id, task_id)
             continue
@@ -422,8 +626,10 @@ def _settle_lost_tasks(
             error="its delete task was lost with a killed worker; the endpoint is no longer listed",
             task_id=task_id,
         )
-        store.record_outcome(task_id, outcome)
+        if store.record_outcome(task_id, outcome)[1]:
+            settled.append(endpoint_id)
         log.warning("sweep %s: %s: %s", summary.sweep_id, endpoint_id, outcome.error)
+    return settled
 
 
 def _record_invalid_id(
@@ -462,53 +668,88 @@ class Cleared:
     usd_per_hour: float | None
 
 
-def recheck(
-    client: TogetherClient,
-    store: Store,
-    policy_file: Path,
-    endpoint_id: str,
-    action: str,
-    rule: str,
-    now: datetime,
-) -> Attempt | Cleared:
-    """Fetch the endpoint and decide again, right before acting: :class:`Cleared` means go ahead.
+class Recheck:
+    """The guard a delete's step asks right before it changes anything (see :meth:`EndpointsApi.step`).
 
-    Between the sweep and this moment the endpoint may have been restarted, renamed, protected or exempted,
-    or the policy file edited; the current file, the janitor's observation and the exemptions all count
-    again, and so does the rule: a task goes ahead only for the rule it was queued by (another rule may
-    have a grace period of its own, which the next sweep will start). The grace period itself is not
-    re-checked: the sweep let the candidate through only once its mark was due.
+    Before the first step, the full re-check: between the sweep and this moment the endpoint may have been
+    restarted, renamed, protected or exempted, or the policy file edited; the current file, the janitor's
+    observation, the exemptions and a fresh request count all count again, and so does the rule: a task
+    goes ahead only for the rule it was queued by (another rule may have a grace period of its own, which
+    the next sweep will start). The grace period itself is not re-checked: the sweep let the candidate
+    through only once its mark was due.
+
+    Before each later step of a sequence already under way (``resumed``), only what a person can change:
+    scope, protect, exemption (:func:`worker.policy.hold_back`).
+    """
+
+    def __init__(
+        self,
+        client: EndpointsApi,
+        store: Store,
+        policy_file: Path,
+        action: str,
+        rule: str,
+        now: datetime,
+        *,
+        resumed: bool = False,
+    ) -> None:
+        self.client, self.store, self.policy_file = client, store, policy_file
+        self.action, self.rule, self.now, self.resumed = action, rule, now, resumed
+        self.cleared: Cleared | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.cleared is not None
+
+    def __call__(self, fresh: Endpoint) -> str | None:
+        policy = load_policy(self.policy_file, self.client.version)
+        exemption = self.store.exemption(fresh.id, self.now)
+        if self.resumed:
+            reason = hold_back(policy, fresh, self.now, exemption=exemption)
+        else:
+            observed = observe(self.store.observation(fresh.id), fresh.state, self.now)
+            _, decision = resolve(
+                policy,
+                fresh,
+                observed,
+                self.now,
+                fetch_detail=lambda _: fresh,
+                count_requests=self.client.count_requests,
+                exemption=exemption,
+                detail_fetched=True,
+                ignore_grace=True,
+            )
+            reason = None
+            if decision.action is not Action(self.action) or decision.rule != self.rule:
+                now_is = f"{decision.action} by rule {decision.rule}" if decision.rule else str(decision.action)
+                reason = f"now {now_is}: {decision.reason}"
+        if reason is None:
+            self.cleared = Cleared(fresh.hardware, policy.price_of(fresh.hardware))
+        return reason
+
+
+def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Recheck) -> Attempt | Step:
+    """One step of a delete (or stop): an :class:`Attempt` when the sequence ends here, else the step taken.
+
+    Only a 500 is retryable; a 400/409 refusal of a step ends the sequence as ``blocked``; a timeout or a
+    dropped connection is not retried (the request may or may not have reached the API; the next sweep will
+    see which).
     """
     try:
-        fresh = client.get_endpoint(endpoint_id)
-    except ApiStatusError as exc:
-        return _classify(exc, "re-check: ")
-    except TogetherError as exc:
-        return Attempt(OutcomeStatus.FAILED, None, f"re-check: {exc}")
-    try:
-        policy = load_policy(policy_file)
+        step = client.step(endpoint_id, action, guard)
     except PolicyError as exc:
         return Attempt(OutcomeStatus.FAILED, None, f"re-check: {exc}")
-    observed = observe(store.observation(endpoint_id), fresh.state, now)
-    exemption = store.exemption(endpoint_id, now)
-    decision = decide(policy, fresh, observed, now, exemption=exemption, detail_fetched=True, ignore_grace=True)
-    if decision.action is Action(action) and decision.rule == rule:
-        return Cleared(fresh.hardware, policy.price_of(fresh.hardware))
-    now_is = f"{decision.action} by rule {decision.rule}" if decision.rule else str(decision.action)
-    return Attempt(OutcomeStatus.SPARED, None, f"re-check: now {now_is}: {decision.reason}")
-
-
-def attempt_action(client: TogetherClient, endpoint_id: str, action: str) -> Attempt:
-    """Send one DELETE (or the PATCH that stops) and classify the answer; only a 500 is retryable."""
-    try:
-        http_status = client.stop_endpoint(endpoint_id) if action == "stop" else client.delete_endpoint(endpoint_id)
+    except ApiRefusal as exc:
+        return Attempt(OutcomeStatus.BLOCKED, exc.status_code, str(exc))
     except ApiStatusError as exc:
-        return _classify(exc)
+        return _classify(exc, "" if guard.passed else "re-check: ")
     except TogetherError as exc:
-        # A timeout or dropped connection: the request may or may not have reached the API; the next sweep
-        # will see which. Not retried.
-        return Attempt(OutcomeStatus.FAILED, None, str(exc))
-    return Attempt(OutcomeStatus.STOPPED if action == "stop" else OutcomeStatus.DELETED, http_status)
+        return Attempt(OutcomeStatus.FAILED, None, f"{'' if guard.passed else 're-check: '}{exc}")
+    if step.kind is StepKind.SPARED:
+        return Attempt(OutcomeStatus.SPARED, None, f"re-check: {step.reason}")
+    if step.kind is StepKind.DONE:
+        return Attempt(OutcomeStatus.STOPPED if action == "stop" else OutcomeStatus.DELETED, step.http_status)
+    return step
 
 
 def _classify(exc: ApiStatusError, prefix: str = "") -> Attempt:

@@ -14,7 +14,7 @@ import httpx
 
 log = logging.getLogger(__name__)
 
-_OUTCOME_LISTS = ("deleted", "stopped", "spared", "failed", "forbidden")
+_OUTCOME_LISTS = ("deleted", "stopped", "spared", "failed", "forbidden", "blocked")
 _TIMEOUT_S = 10.0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -213,11 +214,18 @@ class Stale(_Strict):
         return states
 
 
+class Idle(_Strict):
+    """No requests at all over the window, as the API's analytics count them (v2 only)."""
+
+    no_requests_for: DurationField
+
+
 class Rule(_Strict):
     name: str = Field(min_length=1, max_length=100)
     match: MatcherField | None = None
     ttl: DurationField | None = None
     stale: Stale | None = None
+    idle: Idle | None = None
     action: Literal["delete", "stop"] = "delete"
     grace: GraceField | None = None
 
@@ -230,8 +238,8 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _has_condition(self) -> Rule:
-        if self.ttl is None and self.stale is None:
-            raise ValueError("a rule needs at least one condition: ttl or stale")
+        if self.ttl is None and self.stale is None and self.idle is None:
+            raise ValueError("a rule needs at least one condition: ttl, stale or idle")
         return self
 
     def conditions_hold(self, endpoint: EndpointFacts, observed: Observation | None, now: datetime) -> str | None:
@@ -252,6 +260,8 @@ class Rule(_Strict):
             if held < self.stale.for_:
                 return None
             reasons.append(f"{endpoint.state} for {format_duration(held)} >= {format_duration(self.stale.for_)}")
+        if self.idle is not None and now - endpoint.created_at < self.idle.no_requests_for:
+            return None  # younger than the window: it cannot have been idle for all of it
         return "; ".join(reasons)
 
 
@@ -343,6 +353,8 @@ class Action(StrEnum):
     PROTECTED = "protected"
     OUT_OF_SCOPE = "out_of_scope"
     NEEDS_DETAIL = "needs_detail"
+    # A rule's idle condition needs the request count over ``Decision.window``: fetch it and ask again.
+    NEEDS_ACTIVITY = "needs_activity"
 
 
 ACTING = frozenset({Action.DELETE, Action.STOP})
@@ -357,6 +369,7 @@ class Decision:
     due_at: datetime | None = None
     marked_at: datetime | None = None
     then: Action | None = None  # for MARKED: what will be done when the mark falls due
+    window: timedelta | None = None  # for NEEDS_ACTIVITY: the window whose request count is wanted
 
 
 @dataclass(frozen=True)
@@ -389,11 +402,14 @@ def evaluate(
     now: datetime,
     *,
     detail_fetched: bool = False,
+    activity: Mapping[timedelta, int] | None = None,
 ) -> Decision:
     """Decide one endpoint. Rules are tried in order and the first that holds names the decision.
 
     ``detail_fetched`` says ``display_name`` and ``hardware`` were asked for already; without it a matcher on
-    them that would decide yields ``NEEDS_DETAIL`` so the caller can fetch and ask again.
+    them that would decide yields ``NEEDS_DETAIL`` so the caller can fetch and ask again. ``activity`` holds
+    request counts by window; an idle rule whose other keys all hold and whose count is missing yields
+    ``NEEDS_ACTIVITY``, so analytics are fetched only for endpoints that could be candidates.
     """
     if endpoint.type not in policy.scope.types:
         return Decision(Action.OUT_OF_SCOPE, None, f"type {endpoint.type!r} is not in scope")
@@ -414,6 +430,15 @@ def evaluate(
                 return Decision(Action.NEEDS_DETAIL, rule.name, "protect matches on display_name or hardware")
             if protected is not False:
                 return Decision(Action.PROTECTED, rule.name, f"protect[{index}] ({matcher})")
+        if rule.idle is not None:
+            window = rule.idle.no_requests_for
+            counted = (activity or {}).get(window)
+            if counted is None:
+                return Decision(Action.NEEDS_ACTIVITY, rule.name, "rule needs the request count", window=window)
+            if counted > 0:
+                continue
+            idle = f"no requests for {format_duration(window)}"
+            reason = f"{reason}; {idle}" if reason else idle
         return Decision(Action.STOP if rule.action == "stop" else Action.DELETE, rule.name, reason)
     return Decision(Action.KEEP, None, "no rule holds")
 
@@ -428,6 +453,7 @@ def decide(
     mark: Mark | None = None,
     detail_fetched: bool = False,
     ignore_grace: bool = False,
+    activity: Mapping[timedelta, int] | None = None,
 ) -> Decision:
     """:func:`evaluate`, then a person's exemption, then the grace period.
 
@@ -435,7 +461,7 @@ def decide(
     on only at a sweep at or after ``due_at``, and only if it is still a candidate of the same rule then.
     ``ignore_grace`` is for the re-check right before acting, which the sweep already let through.
     """
-    decision = evaluate(policy, endpoint, observed, now, detail_fetched=detail_fetched)
+    decision = evaluate(policy, endpoint, observed, now, detail_fetched=detail_fetched, activity=activity)
     if decision.action not in ACTING:
         return decision
     if exemption is not None and exemption.active(now):
@@ -452,6 +478,37 @@ def decide(
         reason = f"{decision.reason}; grace until {mark.due_at.isoformat()}"
         return Decision(Action.MARKED, decision.rule, reason, mark.due_at, then=decision.action)
     return decision
+
+
+def hold_back(
+    policy: Policy, endpoint: EndpointFacts, now: datetime, *, exemption: Exemption | None = None
+) -> str | None:
+    """Why a delete already under way (a v2 sequence resumed after a wait or in a later sweep) must stop now.
+
+    The rule's conditions are not asked again: the sequence itself changes them (scaling an endpoint down
+    changes its state), and the full re-check ran before its first step. What a person can change meanwhile
+    is asked: the scope, the protect list, an exemption.
+    """
+    if endpoint.type not in policy.scope.types:
+        return f"type {endpoint.type!r} is no longer in scope"
+    for index, matcher in enumerate(policy.protect):
+        if matcher.matches(endpoint) is not False:
+            return f"protected now: protect[{index}] ({matcher})"
+    if exemption is not None and exemption.active(now):
+        return f"exempted by {exemption.by}: {exemption.reason}"
+    return None
+
+
+def check_api_support(policy: Policy, api: str) -> None:
+    """Refuse a policy the configured API cannot evaluate, naming the rule (``check-policy`` and every sweep)."""
+    if api == "v2":
+        return
+    for rule in policy.rules:
+        if rule.idle is not None:
+            raise PolicyError(
+                f"rule {rule.name!r}: idle needs request analytics, which only the v2 API has; "
+                "set JANITOR_TOGETHER_API=v2 or remove the condition"
+            )
 
 
 def check_limits(limits: Limits, acting: int, in_scope: int, acted_last_day: int) -> str | None:
@@ -577,8 +634,14 @@ def _parse(text: str, source: str) -> Policy:
         raise PolicyError(f"{source}: {_describe(exc, raw)}") from None
 
 
-def load_policy(path: Path) -> Policy:
-    """Read a policy file (the one place here that touches the disk)."""
+def load_policy(path: Path, api: str = "v1") -> Policy:
+    """Read a policy file (the one place here that touches the disk) and check it against the API version."""
+    policy = _load(path)
+    check_api_support(policy, api)
+    return policy
+
+
+def _load(path: Path) -> Policy:
     try:
         with path.open("rb") as handle:
             data = handle.read(_MAX_POLICY_BYTES + 1)

@@ -19,6 +19,8 @@ from worker.errors import SettingsError
 from worker.schedule import parse_schedule
 
 ENV_PREFIX = "JANITOR_"
+# A v2 delete makes at most this many changes (scale, unroute, delete for each of 10 deployments, then one).
+_V2_MAX_STEPS = 32
 
 
 class Settings(BaseSettings):
@@ -36,6 +38,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("JANITOR_TOGETHER_API_KEY", "TOGETHER_API_KEY"),
     )
     together_base_url: str = "https://api.together.xyz/v1"
+    # Which endpoints API the client speaks; nothing above the client depends on it (docs/api-v2.md).
+    together_api: Literal["v1", "v2"] = "v1"
+    # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v1/whoami``).
+    together_project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:~-]{1,128}$")] | None = None
+    # v2 only: how often a delete waiting for its deployments to stop asks again (no worker is held meanwhile),
+    # and how long it waits before it ends as failed (the next sweep resumes the sequence).
+    v2_poll_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    v2_stop_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 1800.0
     redis_url: str = "redis://localhost:6379/0"
     policy_file: Path = Path("config/policy.yaml")
     dry_run: bool = True
@@ -52,6 +62,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # A Slack-style incoming webhook URL carries its own credential, so it is kept like a secret.
     notify_webhook_url: SecretStr | None = None
+
+    @field_validator("together_api", mode="before")
+    @classmethod
+    def _lower_api(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("together_project_id", mode="before")
+    @classmethod
+    def _blank_project_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -118,13 +138,15 @@ class Settings(BaseSettings):
         # delete that runs (or waits for its retry countdown) longer than that would be run twice.
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("JANITOR_RETRY_BACKOFF_MAX_S must not be below JANITOR_RETRY_BACKOFF_S")
-        # A retry waits out its countdown unacknowledged and then runs, so both count together.
-        worst = self.retry_backoff_max_s + self.task_time_limit_s
+        # A retry (or a v2 delete's wait for its deployments) waits out its countdown unacknowledged and then
+        # runs, so both count together.
+        countdown = max(self.retry_backoff_max_s, self.v2_poll_s if self.together_api == "v2" else 0.0)
+        worst = countdown + self.task_time_limit_s
         if worst >= self.visibility_timeout_s:
             raise ValueError(
-                "JANITOR_VISIBILITY_TIMEOUT_S must exceed JANITOR_RETRY_BACKOFF_MAX_S plus the delete task's time "
-                f"limit (6 x JANITOR_HTTP_TIMEOUT_S + slack): {self.retry_backoff_max_s:g} + "
-                f"{self.task_time_limit_s:g} >= {self.visibility_timeout_s:g}"
+                "JANITOR_VISIBILITY_TIMEOUT_S must exceed JANITOR_RETRY_BACKOFF_MAX_S (or JANITOR_V2_POLL_S) plus the "
+                f"delete task's time limit ({self.requests_per_attempt * 3} x JANITOR_HTTP_TIMEOUT_S + slack): "
+                f"{countdown:g} + {self.task_time_limit_s:g} >= {self.visibility_timeout_s:g}"
             )
         return self
 
@@ -139,10 +161,14 @@ class Settings(BaseSettings):
         return min(10.0, max(1.0, self.http_timeout_s))
 
     @property
+    def requests_per_attempt(self) -> int:
+        # v1: the re-check GET, then the DELETE or PATCH. v2: the same plus, for an idle rule, the analytics.
+        return 3 if self.together_api == "v2" else 2
+
+    @property
     def task_soft_time_limit_s(self) -> float:
-        # One attempt makes two requests (the re-check GET, then the DELETE or PATCH), and the client bounds
-        # each to about three times the HTTP timeout (connect, first byte, whole body).
-        return 6 * self.http_timeout_s + self._task_slack_s
+        # The client bounds each request to about three times the HTTP timeout (connect, first byte, body).
+        return 3 * self.requests_per_attempt * self.http_timeout_s + self._task_slack_s
 
     @property
     def task_time_limit_s(self) -> float:
@@ -156,6 +182,9 @@ class Settings(BaseSettings):
         """
         attempts = self.delete_max_retries + 1
         worst = attempts * self.task_time_limit_s + self.delete_max_retries * self.retry_backoff_max_s
+        if self.together_api == "v2":
+            # The wait for deployments to stop, and the steps of the sequence (each a short task run).
+            worst += self.v2_stop_timeout_s + _V2_MAX_STEPS * (self.task_time_limit_s / 3)
         return int(worst + self.visibility_timeout_s) + 60
 
     @property

@@ -32,6 +32,8 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
+from worker.simulator_v2 import V2Reply, V2Simulator, is_v2_path
+
 __all__ = [
     "DEMO_OWNER",
     "DEMO_RETRY_ENDPOINT_ID",
@@ -429,6 +431,7 @@ class _State:
         self.rng = random.Random(0)
         self.requests: list[JSONDict] = []
         self.conn_counter = 0
+        self.v2 = V2Simulator(self.lock)  # the v2 API (worker/simulator_v2.py), under the same lock
 
     def reset(self, specs: list[object], demo: bool) -> None:
         now = datetime.now(UTC)
@@ -715,8 +718,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._log_entry = None
         self._allow = ""
         raw_path, _, query = self.path.partition("?")
-        is_api = raw_path == "/v1" or raw_path.startswith("/v1/")
-        if is_api:
+        is_v2 = is_v2_path(raw_path)  # /v1/whoami and /v2/...: logged and served by simulator_v2
+        is_api = not is_v2 and (raw_path == "/v1" or raw_path.startswith("/v1/"))
+        if is_v2:
+            self._log_entry = self._state.v2.log_request(self.command, raw_path, query, self._conn_id)
+        elif is_api:
             entry: JSONDict = {
                 "method": self.command,
                 "path": raw_path,
@@ -734,7 +740,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._log_entry = entry
         try:
             body = self._read_body()
-            if is_api:
+            if is_v2:
+                self._send_v2(
+                    self._state.v2.handle_api(
+                        self.command,
+                        raw_path,
+                        query,
+                        body,
+                        authorized=self._authorized(),
+                        entry=self._log_entry,
+                        pause=self._pause,
+                    )
+                )
+            elif is_api:
                 self._handle_api(raw_path, query, body)
             elif raw_path == "/_sim" or raw_path.startswith("/_sim/"):
                 self._handle_admin(raw_path, body)
@@ -752,6 +770,14 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.verbose:
                 self.log_error("simulator error: %r", exc)
             self._send_error_data(500, f"simulator internal error: {type(exc).__name__}")
+
+    def _send_v2(self, reply: V2Reply) -> None:
+        if reply.drop:
+            raise _Drop
+        if reply.body is None:
+            self._send(reply.status, headers=reply.headers)
+        else:
+            self._send(reply.status, json.dumps(reply.body).encode(), "application/json", reply.headers)
 
     # -- /v1 ----------------------------------------------------------------------------------
 
@@ -981,7 +1007,9 @@ class _Handler(BaseHTTPRequestHandler):
         state = self._state
         route = raw_path[len("/_sim") :].rstrip("/")
         method = self.command
-        if route == "/health":
+        if route == "/v2" or route.startswith("/v2/"):
+            self._send_v2(state.v2.handle_admin(method, route[len("/v2") :], body))
+        elif route == "/health":
             self._allow = "GET"
             self._require_method("GET")
             self._send_json(200, {"ok": True})
@@ -1107,6 +1135,7 @@ class SimulatorServer:
         self._state = _State(owner)
         if demo:
             self._state.reset([], demo=True)
+            self._state.v2.reset({"demo": True})
         server_cls = _HTTPServer6 if ":" in host else _HTTPServer
         self._httpd = server_cls((host, port), self._state, api_key, verbose)
         self._host = host
@@ -1129,6 +1158,15 @@ class SimulatorServer:
     @property
     def admin_url(self) -> str:
         return f"{self._root}/_sim"
+
+    @property
+    def root_url(self) -> str:
+        """The origin: the v2 API's base (``/v1/whoami``, ``/v2/projects/...``)."""
+        return self._root
+
+    @property
+    def v2_admin_url(self) -> str:
+        return f"{self._root}/_sim/v2"
 
     def start(self) -> SimulatorServer:
         if self._stopped:

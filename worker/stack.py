@@ -370,7 +370,8 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
         overrides["JANITOR_TOGETHER_BASE_URL"] = "http://127.0.0.1:1/v1"  # replaced once the simulator runs
         settings = _effective_settings(overrides)
     try:
-        policy = load_policy(settings.policy_file)  # a bad policy should stop us here, not in every sweep
+        # A bad policy should stop us here, not in every sweep.
+        policy = load_policy(settings.policy_file, settings.together_api)
     except PolicyError as exc:
         if "JANITOR_POLICY_FILE" in overrides:
             raise PolicyError(f"{exc} (run `janitor up` where config/ is, or set JANITOR_POLICY_FILE)") from None

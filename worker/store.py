@@ -29,19 +29,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
+from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 from worker.policy import Exemption, Mark, Observation
 from worker.settings import Settings
 
 _CHUNK = 1000
+# Observations are read for a sweep's listed endpoints with HMGETs of this many ids (all in one round trip).
+_HMGET_CHUNK = 10_000
 # Counter fields in ``P:metrics`` join their labels with a tab, which no rule name can hold (names are printable).
 _SEP = "\t"
 _COUNTED_EVENTS = frozenset({"retry", "limit"})
@@ -64,6 +68,7 @@ class OutcomeStatus(StrEnum):
     STOPPED = "stopped"
     WOULD_STOP = "would_stop"
     SPARED = "spared"
+    BLOCKED = "blocked"  # the API refused a step of the delete (v2: deployments left, traffic split, etag)
 
 
 # After these the endpoint needs no more action: its mark (if any) goes with the outcome.
@@ -149,6 +154,73 @@ def _parse_observation(value: str) -> Observation | None:
         return None  # an unreadable entry counts as never seen: the clock starts again
 
 
+def format_observation(observation: Observation) -> str:
+    """The raw value an observation is kept as in ``P:observations``: ``<since epoch>|<state>``."""
+    return f"{observation.since.timestamp():.3f}|{observation.state}"
+
+
+def observation_parser() -> Callable[[str], Observation | None]:
+    """``_parse_observation`` with one shared (frozen) result per distinct raw value.
+
+    A sweep gives every endpoint whose state it saw change the same ``since``, so the 100k values of a large
+    account are a few hundred distinct strings: each is parsed once, not once per endpoint.
+    """
+    cache: dict[str, Observation | None] = {}
+
+    def parse(raw: str) -> Observation | None:
+        try:
+            return cache[raw]
+        except KeyError:
+            parsed = cache[raw] = _parse_observation(raw)
+            return parsed
+
+    return parse
+
+
+def _parse_marks(raw: Mapping[str, str]) -> dict[str, Mark]:
+    marks = {}
+    for endpoint_id, value in raw.items():
+        try:
+            data = json.loads(value)
+            marks[endpoint_id] = Mark(data["rule"], parse_time(data["marked_at"]), parse_time(data["due_at"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # unreadable: as if unmarked, so the grace period starts again (the safe side)
+    return marks
+
+
+def _stale_claims(raw: Mapping[str, str], now: float, older_than_s: float) -> dict[str, str]:
+    stale = {}
+    for endpoint_id, value in raw.items():
+        task_id, _, claimed_at = value.rpartition("|")
+        try:
+            if now - float(claimed_at) >= older_than_s:
+                stale[endpoint_id] = task_id
+        except ValueError:
+            stale[endpoint_id] = task_id
+    return stale
+
+
+@dataclass
+class SweepState:
+    """What a sweep reads right after its list, in one round trip (:meth:`Store.read_sweep_state`)."""
+
+    observed: list[str | None]  # each listed endpoint's raw observation (``<since>|<state>``), in list order
+    observations_held: int  # entries in ``P:observations``, listed or not
+    marks: dict[str, Mark]
+    exemptions: dict[str, Exemption]  # the active ones
+    stale_claims: dict[str, str]  # endpoint id -> task id, as :meth:`Store.stale_claims`
+    sequences: dict[str, dict[str, Any]]  # open delete sequences, as :meth:`Store.open_sequences`
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """What the limit check reads, in one round trip (:meth:`Store.limit_state`)."""
+
+    pending: set[str]  # endpoints with a delete or stop queued already
+    acted_last_day: int
+    pause_or_approval: bool  # ``P:pause`` or ``P:resume`` exists: only then is there something to clear
+
+
 def _parse_exemption(raw: str) -> Exemption | None:
     try:
         data = json.loads(raw)
@@ -228,6 +300,18 @@ return 0
 """
 
 
+class _SweepLock(Lock):
+    """redis-py's lock, released with EVAL: one round trip even right after a Redis restart (no NOSCRIPT)."""
+
+    def do_release(self, expected_token: str) -> None:
+        if not self.redis.eval(self.LUA_RELEASE_SCRIPT, 1, self.name, expected_token):
+            raise LockNotOwnedError("Cannot release a lock that's no longer owned", lock_name=self.name)
+
+
+def _parse_sequences(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    return {endpoint_id: json.loads(value) for endpoint_id, value in raw.items()}
+
+
 class Store:
     def __init__(self, client: redis.Redis, prefix: str, retention_s: int, events_max_len: int) -> None:
         self.redis = client
@@ -237,7 +321,6 @@ class Store:
         self._record_outcome = client.register_script(_RECORD_OUTCOME)
         self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
         self._hdel_if_unchanged = client.register_script(_HDEL_IF_UNCHANGED)
-        self._claim_pending = client.register_script(_CLAIM_PENDING)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -256,7 +339,7 @@ class Store:
     # ------------------------------------------------------------------ sweep lock
 
     def sweep_lock(self, ttl_s: float) -> Lock:
-        lock: Lock = self.redis.lock(self.key("sweep", "lock"), timeout=ttl_s, blocking=False)
+        lock: Lock = self.redis.lock(self.key("sweep", "lock"), timeout=ttl_s, blocking=False, lock_class=_SweepLock)
         return lock
 
     # ------------------------------------------------------------------ observations
@@ -277,23 +360,68 @@ class Store:
     def save_observations(self, current: Mapping[str, Observation], previous: Mapping[str, Observation]) -> None:
         """Write what changed and forget endpoints no longer listed, in one round trip."""
         changed = {
-            endpoint_id: f"{obs.since.timestamp():.3f}|{obs.state}"
+            endpoint_id: format_observation(obs)
             for endpoint_id, obs in current.items()
             if previous.get(endpoint_id) != obs
         }
         gone = [endpoint_id for endpoint_id in previous if endpoint_id not in current]
         self._update_hash(self.key("observations"), changed, gone)
 
-    def _update_hash(self, key: str, changed: Mapping[str, str], removed: Iterable[str]) -> None:
-        """HSET and HDEL in chunks, all in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+    def save_observed(self, changed: Mapping[str, str], gone: Iterable[str], pipe: Pipeline | None = None) -> None:
+        """Write raw observations (:func:`format_observation`) and forget ``gone`` endpoints; into ``pipe`` if given."""
+        self._update_hash(self.key("observations"), changed, gone, pipe)
+
+    def observed_ids(self) -> list[str]:
+        """Every endpoint id ``P:observations`` holds (a sweep asks only when some are no longer listed)."""
+        return cast(list[str], self.redis.hkeys(self.key("observations")))
+
+    def pipeline(self) -> Pipeline:
+        """A non-transactional pipeline for the methods that take ``pipe``: their writes go in one round trip."""
+        return self.redis.pipeline(transaction=False)
+
+    def _update_hash(
+        self, key: str, changed: Mapping[str, str], removed: Iterable[str], pipe: Pipeline | None = None
+    ) -> None:
+        """HSET and HDEL in chunks, all in one round trip (or added to ``pipe``, which the caller executes)."""
+        own = pipe is None
+        pipe = self.pipeline() if pipe is None else pipe
         items = list(changed.items())
         for start in range(0, len(items), _CHUNK):
             pipe.hset(key, mapping=dict(items[start : start + _CHUNK]))
         gone = list(removed)
         for start in range(0, len(gone), _CHUNK):
             pipe.hdel(key, *gone[start : start + _CHUNK])
-        pipe.execute()
+        if own:
+            pipe.execute()
+
+    def read_sweep_state(self, endpoint_ids: Sequence[str], now: datetime, stale_after_s: float) -> SweepState:
+        """A sweep's reads after its list, in one round trip: observations, marks, exemptions, stale claims.
+
+        Observations are read for the listed endpoints only, as raw strings (HMGET): the sweep holds no second
+        copy of the endpoint ids, and parses a value only once (:func:`observation_parser`). Expired exemptions
+        are pruned as :meth:`exemptions` prunes them (one more round trip, only when some expired).
+        """
+        key = self.key("observations")
+        pipe = self.pipeline()
+        pipe.time()
+        pipe.hgetall(self.key("claims"))
+        pipe.hgetall(self.key("marks"))
+        pipe.hgetall(self.key("exemptions"))
+        pipe.hgetall(self.key("sequences"))
+        pipe.hlen(key)
+        for start in range(0, len(endpoint_ids), _HMGET_CHUNK):
+            pipe.hmget(key, endpoint_ids[start : start + _HMGET_CHUNK])
+        (seconds, micros), claims, marks, exemptions, sequences, held, *chunks = pipe.execute()
+        observed: list[str | None] = chunks[0] if len(chunks) == 1 else [v for chunk in chunks for v in chunk]
+        del chunks
+        return SweepState(
+            observed=observed,
+            observations_held=int(held),
+            marks=_parse_marks(marks),
+            exemptions=self._active_exemptions(exemptions, now, prune=True),
+            stale_claims=_stale_claims(claims, seconds + micros / 1_000_000, stale_after_s),
+            sequences=_parse_sequences(sequences),
+        )
 
     # ------------------------------------------------------------------ pending deletes
 
@@ -306,17 +434,22 @@ class Store:
         """SET NX each endpoint's pending key to its new task id; return the endpoints claimed now.
 
         An endpoint with an outcome recorded at or after ``listed_at`` (Redis time, taken before the list
-        was fetched) is skipped: its state changed since the sweep saw it. One round trip per 500 endpoints.
+        was fetched) is skipped: its state changed since the sweep saw it. One script per 500 endpoints (none
+        blocks Redis for long), all in one round trip; EVAL, not EVALSHA, so the first sweep after a Redis
+        restart pays no NOSCRIPT and SCRIPT LOAD either.
         """
         ids = list(claims)
-        claimed: set[str] = set()
+        pipe = self.pipeline()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             args: list[str | float] = [min(listed_at, 1e300), ttl_s]
             for endpoint_id in chunk:
                 args += [endpoint_id, claims[endpoint_id]]
             keys = [self.key("outcomes"), self.key("claims"), *(self.key("pending", e) for e in chunk)]
-            claimed.update(cast(list[str], self._claim_pending(keys=keys, args=args)))
+            pipe.eval(_CLAIM_PENDING, len(keys), *keys, *args)
+        claimed: set[str] = set()
+        for chunk_claimed in pipe.execute():
+            claimed.update(cast(list[str], chunk_claimed))
         return claimed
 
     def release_pending(self, endpoint_id: str, task_id: str) -> None:
@@ -329,15 +462,7 @@ class Store:
         worker killed between kombu's BRPOP and its write to the unacknowledged set loses the message.
         """
         now = self.server_time()
-        stale = {}
-        for endpoint_id, value in cast(dict[str, str], self.redis.hgetall(self.key("claims"))).items():
-            task_id, _, claimed_at = value.rpartition("|")
-            try:
-                if now - float(claimed_at) >= older_than_s:
-                    stale[endpoint_id] = task_id
-            except ValueError:
-                stale[endpoint_id] = task_id
-        return stale
+        return _stale_claims(cast(dict[str, str], self.redis.hgetall(self.key("claims"))), now, older_than_s)
 
     def drop_claim(self, endpoint_id: str, task_id: str) -> None:
         self._release_if_owner(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
@@ -400,21 +525,14 @@ class Store:
     # ------------------------------------------------------------------ marks (grace period)
 
     def load_marks(self) -> dict[str, Mark]:
-        marks = {}
-        for endpoint_id, raw in cast(dict[str, str], self.redis.hgetall(self.key("marks"))).items():
-            try:
-                data = json.loads(raw)
-                marks[endpoint_id] = Mark(data["rule"], parse_time(data["marked_at"]), parse_time(data["due_at"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # unreadable: as if unmarked, so the grace period starts again (the safe side)
-        return marks
+        return _parse_marks(cast(dict[str, str], self.redis.hgetall(self.key("marks"))))
 
-    def save_marks(self, new: Mapping[str, Mark], removed: Iterable[str]) -> None:
+    def save_marks(self, new: Mapping[str, Mark], removed: Iterable[str], pipe: Pipeline | None = None) -> None:
         changed = {
             eid: json.dumps({"rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)})
             for eid, m in new.items()
         }
-        self._update_hash(self.key("marks"), changed, removed)
+        self._update_hash(self.key("marks"), changed, removed, pipe)
 
     # ------------------------------------------------------------------ exemptions
 
@@ -437,15 +555,24 @@ class Store:
 
     def exemptions(self, now: datetime | None = None, *, prune: bool = False) -> dict[str, Exemption]:
         """Active exemptions; with ``prune``, expired ones are dropped (their expiry is the record)."""
-        now = now or utc_now()
+        raw = cast(dict[str, str], self.redis.hgetall(self.key("exemptions")))
+        return self._active_exemptions(raw, now or utc_now(), prune=prune)
+
+    def _active_exemptions(self, raw: Mapping[str, str], now: datetime, *, prune: bool) -> dict[str, Exemption]:
         active = {}
-        for endpoint_id, raw in cast(dict[str, str], self.redis.hgetall(self.key("exemptions"))).items():
-            exemption = _parse_exemption(raw)
+        expired = []
+        for endpoint_id, value in raw.items():
+            exemption = _parse_exemption(value)
             if exemption is not None and exemption.active(now):
                 active[endpoint_id] = exemption
             elif prune:
-                # Only if unchanged: an exemption renewed since the read above must survive.
-                self._hdel_if_unchanged(keys=[self.key("exemptions")], args=[endpoint_id, raw])
+                expired.append((endpoint_id, value))
+        if expired:
+            # Only if unchanged: an exemption renewed since the read above must survive.
+            pipe = self.pipeline()
+            for endpoint_id, value in expired:
+                self._hdel_if_unchanged(keys=[self.key("exemptions")], args=[endpoint_id, value], client=pipe)
+            pipe.execute()
         return active
 
     def exemption(self, endpoint_id: str, now: datetime | None = None) -> Exemption | None:
@@ -509,6 +636,24 @@ class Store:
             return set()
         values = cast(list[str | None], self.redis.mget([self.key("pending", e) for e in endpoint_ids]))
         return {e for e, v in zip(endpoint_ids, values, strict=True) if v is not None}
+
+    def limit_state(
+        self, endpoint_ids: Sequence[str], now: float | None = None, pipe: Pipeline | None = None
+    ) -> LimitState:
+        """:meth:`pending_among`, :meth:`acted_last_day` and whether a pause or approval exists: one round trip.
+
+        With ``pipe``, the reads are added after what it holds (a sweep's writes) and it is executed here.
+        """
+        now = time.time() if now is None else now
+        pipe = self.pipeline() if pipe is None else pipe
+        start = len(pipe)
+        if endpoint_ids:
+            pipe.mget([self.key("pending", e) for e in endpoint_ids])
+        pipe.zcount(self.key("acted"), now - _DAY_S, "+inf")
+        pipe.exists(self.key("pause"), self.key("resume"))
+        *values, acted, recorded = pipe.execute()[start:]
+        pending = {e for e, v in zip(endpoint_ids, values[0], strict=True) if v is not None} if values else set()
+        return LimitState(pending, int(acted), bool(recorded))
 
     # ------------------------------------------------------------------ notification outbox
 
@@ -605,14 +750,16 @@ class Store:
             pipe.hincrby(self.key("metrics"), _metric(kind, str(data.get("action", ""))), 1)
         pipe.execute()
 
-    def record_events(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
-        """Many events of one kind in one round trip (a sweep's decisions)."""
+    def record_events(self, kind: str, items: Iterable[Mapping[str, Any]], pipe: Pipeline | None = None) -> None:
+        """Many events of one kind in one round trip (a sweep's decisions), or added to ``pipe``."""
         at = iso(utc_now())
-        pipe = self.redis.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self.pipeline() if pipe is None else pipe
         for item in items:
             payload = json.dumps({"at": at, **item}, separators=(",", ":"), default=str)
             pipe.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def events_for(self, endpoint_id: str, batch: int = 1000) -> list[dict[str, Any]]:
         """Every event of one endpoint still in the stream, newest first (reads the stream in batches)."""
@@ -634,3 +781,65 @@ class Store:
         """The newest events, newest first, each as ``{"id", "kind", **data}``."""
         entries = cast(list[tuple[str, dict[str, str]]], self.redis.xrevrange(self.key("events"), count=count))
         return [{"id": entry_id, "kind": f.get("kind"), **json.loads(f.get("data", "{}"))} for entry_id, f in entries]
+
+    # ------------------------------------------------------------------ delete sequences (v2)
+    # A delete that takes several steps (scale down, wait, unroute, delete deployments, delete) is "open" from
+    # its first step until its outcome; a later sweep resumes an open one even if its rule no longer holds
+    # (the sequence itself changes the endpoint's state). One hash, endpoint id -> JSON.
+
+    def open_sequences(self) -> dict[str, dict[str, Any]]:
+        return _parse_sequences(cast(dict[str, str], self.redis.hgetall(self.key("sequences"))))
+
+    def sequence(self, endpoint_id: str) -> dict[str, Any] | None:
+        raw = cast(str | None, self.redis.hget(self.key("sequences"), endpoint_id))
+        return json.loads(raw) if raw is not None else None
+
+    def record_step(
+        self,
+        endpoint_id: str,
+        *,
+        task_id: str,
+        sweep_id: str,
+        rule: str,
+        action: str,
+        kind: str,
+        did: str,
+        http_status: int | None,
+        reason: str | None = None,
+        hardware: str | None = None,
+        usd_per_hour: float | None = None,
+        open_sequence: bool = True,
+    ) -> None:
+        """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
+
+        The hardware and its price are kept from the first step: the outcome reports what the delete saved,
+        and by the last step the deployments that ran on it are gone.
+        """
+        now = iso(utc_now())
+        previous = self.sequence(endpoint_id) or {}
+        # "result", not "kind": an event's own kind is "step".
+        step = {"result": kind, "did": did, "http_status": http_status, "reason": reason}
+        pipe = self.redis.pipeline(transaction=True)
+        if open_sequence:
+            record = {
+                "rule": previous.get("rule", rule),
+                "action": previous.get("action", action),
+                "started_at": previous.get("started_at", now),
+                "steps": int(previous.get("steps", 0)) + 1,
+                "last_step": did,
+                "task_id": task_id,
+                "updated_at": now,
+                "hardware": previous.get("hardware", hardware),
+                "usd_per_hour": previous.get("usd_per_hour", usd_per_hour),
+            }
+            pipe.hset(self.key("sequences"), endpoint_id, json.dumps(record, separators=(",", ":")))
+        payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
+        payload.update(rule=rule, action=action, **step)
+        data = json.dumps(payload, separators=(",", ":"), default=str)
+        pipe.xadd(self.key("events"), {"kind": "step", "data": data}, maxlen=self.events_max_len)
+        pipe.execute()
+
+    def end_sequences(self, endpoint_ids: Iterable[str]) -> None:
+        ids = list(endpoint_ids)
+        if ids:
+            self.redis.hdel(self.key("sequences"), *ids)

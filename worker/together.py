@@ -1,4 +1,8 @@
-"""The Together API v1 client and its models: the only code that talks to the API.
+"""The Together API clients and their models: the only code that talks to the API.
+
+:class:`EndpointsApi` is the one interface everything above the client uses; :class:`TogetherClient` speaks
+v1 and ``worker.together_v2.TogetherV2Client`` speaks v2. :func:`client_for` picks one from
+``JANITOR_TOGETHER_API``; nothing else knows which version is in use.
 
 The spec (``tests/spec/together-openapi-endpoints.yaml``) is the contract, but the live API also returns
 fields and states the spec lacks, so the models ignore unknown fields and keep ``state`` as a plain string.
@@ -13,9 +17,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from enum import StrEnum
+from typing import Literal, Protocol, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError, field_validator
@@ -24,6 +30,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from worker.errors import (
     ApiStatusError,
     ApiTransportError,
+    ApiUnsupported,
     InvalidEndpointId,
     MalformedResponse,
     SettingsError,
@@ -41,15 +48,20 @@ _MAX_OBJECT_BYTES = 1024 * 1024
 
 def check_endpoint_id(endpoint_id: object) -> str:
     """Return ``endpoint_id`` if it is one safe URL path segment; raise :class:`InvalidEndpointId` if not."""
-    if not isinstance(endpoint_id, str) or not endpoint_id:
-        raise InvalidEndpointId("invalid endpoint id: empty or not a string")
-    if not _SAFE_ID.fullmatch(endpoint_id) or ".." in endpoint_id or endpoint_id == ".":
-        shown = endpoint_id if len(endpoint_id) <= 80 else endpoint_id[:77] + "..."
+    return check_path_segment(endpoint_id, "endpoint id")
+
+
+def check_path_segment(value: object, what: str) -> str:
+    """Any id that goes into a URL (endpoint, deployment, project): one safe path segment or an error."""
+    if not isinstance(value, str) or not value:
+        raise InvalidEndpointId(f"invalid {what}: empty or not a string")
+    if not _SAFE_ID.fullmatch(value) or ".." in value or value == ".":
+        shown = value if len(value) <= 80 else value[:77] + "..."
         raise InvalidEndpointId(
-            f"invalid endpoint id {shown!r}: only letters, digits and _ . : ~ - are allowed, "
+            f"invalid {what} {shown!r}: only letters, digits and _ . : ~ - are allowed, "
             "at most 256 of them, and no '..'"
         )
-    return endpoint_id
+    return value
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore"))
@@ -70,12 +82,13 @@ class Endpoint:
     object: Literal["endpoint"] = "endpoint"
     display_name: str | None = None
     hardware: str | None = None
+    updated_at: datetime | None = None  # v2 only
 
-    @field_validator("created_at")
+    @field_validator("created_at", "updated_at")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
+    def _aware(cls, value: datetime | None) -> datetime | None:
         # The API writes UTC with a Z; a timestamp without a zone is read as UTC rather than local time.
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class EndpointList(BaseModel):
@@ -110,14 +123,54 @@ def _one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _summarise_validation(exc: ValidationError) -> str:
+def summarise_validation(exc: ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
     return f"{where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
 
 
-class TogetherClient:
-    """A synchronous client over one httpx connection pool.
+class StepKind(StrEnum):
+    DONE = "done"  # the delete (or stop) is complete
+    NEXT = "next"  # one step done; the next can follow at once
+    WAIT = "wait"  # waiting for the API (a deployment stopping); ask again after the poll interval
+    SPARED = "spared"  # the guard said no: nothing was changed by this step
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one call of :meth:`EndpointsApi.step` did: at most one change on the API's side."""
+
+    kind: StepKind
+    did: str
+    http_status: int | None = None
+    reason: str | None = None  # why SPARED or WAIT
+
+
+# Reads the endpoint as it is right now and says why it must be left alone, or None to go ahead.
+Guard = Callable[[Endpoint], str | None]
+
+
+class EndpointsApi(Protocol):
+    """What the janitor needs of the Together API, whatever its version.
+
+    Deleting is a sequence of steps (one in v1; scale down, wait, unroute, delete deployments, delete in v2).
+    Each :meth:`step` reads the endpoint afresh, asks ``guard``, and makes at most one change, so a sequence
+    can stop after any step (a crash, a wait) and resume from what the API says, not from what was planned.
+    """
+
+    version: str
+    # True when a listed endpoint already carries every field a rule can match (no detail fetch needed).
+    list_is_detailed: bool
+
+    def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]: ...
+    def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
+    def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int: ...
+    def step(self, endpoint_id: str, action: str, guard: Guard) -> Step: ...
+    def close(self) -> None: ...
+
+
+class HttpApi:
+    """A synchronous client over one httpx connection pool: what both API versions share.
 
     The bearer token lives only in the pool's default headers; it is never part of a repr, a log line or
     an exception message.
@@ -148,12 +201,12 @@ class TogetherClient:
         )
 
     def __repr__(self) -> str:
-        return f"TogetherClient(base_url={self.base_url!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> TogetherClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -207,6 +260,13 @@ class TogetherClient:
         if "json" not in content_type.lower():
             raise MalformedResponse(f"{method} {path}: expected JSON, got content type {content_type!r}")
 
+
+class TogetherClient(HttpApi):
+    """The v1 API: ``/endpoints``; deleting is one DELETE after the re-check."""
+
+    version = "v1"
+    list_is_detailed = False
+
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
         """``GET /endpoints``; with one type the API filters, with several the caller filters locally."""
         params: dict[str, str] = {}
@@ -221,7 +281,7 @@ class TogetherClient:
         try:
             listing = _LIST.validate_json(body)
         except ValidationError as exc:
-            raise MalformedResponse(self._scrub(f"GET /endpoints: {_summarise_validation(exc)}")) from None
+            raise MalformedResponse(self._scrub(f"GET /endpoints: {summarise_validation(exc)}")) from None
         seen: set[str] = set()
         for endpoint in listing.data:
             if endpoint.id in seen:
@@ -244,12 +304,24 @@ class TogetherClient:
         try:
             endpoint = _ENDPOINT.validate_json(body)
         except ValidationError as exc:
-            raise MalformedResponse(self._scrub(f"GET {path}: {_summarise_validation(exc)}")) from None
+            raise MalformedResponse(self._scrub(f"GET {path}: {summarise_validation(exc)}")) from None
         if endpoint.id != endpoint_id:
             raise MalformedResponse(
                 self._scrub(f"GET {path}: answered with another endpoint ({self._scrub(endpoint.id)[:80]!r})")
             )
         return endpoint
+
+    def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
+        raise ApiUnsupported("request counts need the v2 API (JANITOR_TOGETHER_API=v2); v1 has no analytics")
+
+    def step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
+        """The whole v1 sequence: read the endpoint, ask ``guard``, then one DELETE or stopping PATCH."""
+        reason = guard(self.get_endpoint(endpoint_id))
+        if reason is not None:
+            return Step(StepKind.SPARED, "re-check", reason=reason)
+        if action == "stop":
+            return Step(StepKind.DONE, "PATCH state STOPPED", self.stop_endpoint(endpoint_id))
+        return Step(StepKind.DONE, "DELETE endpoint", self.delete_endpoint(endpoint_id))
 
     def stop_endpoint(self, endpoint_id: str) -> int:
         """``PATCH /endpoints/{id}`` with ``state: STOPPED``: billing stops, nothing is lost."""
@@ -268,11 +340,11 @@ class TogetherClient:
 
 
 _pool_lock = threading.Lock()
-_pool: tuple[int, tuple[str, float, str], TogetherClient] | None = None
+_pool: tuple[int, tuple[str, ...], EndpointsApi] | None = None
 
 
-def client_for(settings: Settings) -> TogetherClient:
-    """One client (one connection pool) per process, made anew in a forked child.
+def client_for(settings: Settings) -> EndpointsApi:
+    """One client (one connection pool) per process, made anew in a forked child, for the configured version.
 
     A pool inherited across ``fork`` would share sockets with the parent, so the pid is part of the key.
     """
@@ -280,10 +352,27 @@ def client_for(settings: Settings) -> TogetherClient:
     if settings.together_api_key is None:
         raise SettingsError("TOGETHER_API_KEY is not set; the janitor cannot list or delete endpoints")
     secret = settings.together_api_key.get_secret_value().encode()
-    key = (settings.together_base_url, settings.http_timeout_s, hashlib.sha256(secret).hexdigest())
+    key = (
+        settings.together_api,
+        settings.together_base_url,
+        str(settings.http_timeout_s),
+        settings.together_project_id or "",
+        hashlib.sha256(secret).hexdigest(),
+    )
     with _pool_lock:
         if _pool is not None and _pool[0] == os.getpid() and _pool[1] == key:
             return _pool[2]
-        client = TogetherClient(settings.together_base_url, settings.together_api_key, settings.http_timeout_s)
+        client: EndpointsApi
+        if settings.together_api == "v2":
+            from worker.together_v2 import TogetherV2Client  # the v2 module builds on this one
+
+            client = TogetherV2Client(
+                settings.together_base_url,
+                settings.together_api_key,
+                settings.http_timeout_s,
+                project_id=settings.together_project_id,
+            )
+        else:
+            client = TogetherClient(settings.together_base_url, settings.together_api_key, settings.http_timeout_s)
         _pool = (os.getpid(), key, client)
         return client
