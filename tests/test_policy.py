@@ -537,3 +537,18 @@ def test_hold_back_asks_scope_protect_and_exemption_but_not_the_rule() -> None:
     assert "in scope" in (hold_back(IDLE, replace(stopped, type="serverless"), NOW) or "")
     exemption = Exemption(stopped.id, "demo friday", "ana", NOW - HOUR, NOW + HOUR)
     assert "ana" in (hold_back(IDLE, stopped, NOW, exemption=exemption) or "")
+
+
+def test_v2_refuses_what_it_cannot_know_rather_than_lose_a_protection() -> None:
+    from worker.policy import check_api_support
+
+    owner_protect = parse_policy("version: 1\nprotect:\n  - owner: bob\nrules:\n  - name: r\n    ttl: 1h\n")
+    check_api_support(owner_protect, "v1")
+    with pytest.raises(PolicyError, match=r"protect\[0\]: owner is not known in v2"):
+        check_api_support(owner_protect, "v2")
+    owner_rule = parse_policy("version: 1\nrules:\n  - name: r\n    match: {owner: bob}\n    ttl: 1h\n")
+    with pytest.raises(PolicyError, match="rule 'r': owner"):
+        check_api_support(owner_rule, "v2")
+    mine = parse_policy("version: 1\nscope: {mine: true}\nrules:\n  - name: r\n    ttl: 1h\n")
+    with pytest.raises(PolicyError, match="mine: true"):
+        check_api_support(mine, "v2")

@@ -92,14 +92,11 @@ def test_the_delete_sequence_follows_the_documented_order() -> None:
     assert (waiting.kind, waiting.deployment_id) == ("wait", "dep_a") and "STOPPING" in waiting.reason
     routed = endpoint(
         [dep("dep_a", "DEPLOYMENT_STATE_STOPPED"), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")],
-        split=[{"deploymentId": "dep_a", "weight": 50}, {"deploymentId": "dep_other", "weight": 50}],
+        split=[{"deploymentId": "dep_a", "weight": 50}, {"deploymentId": "dep_b", "weight": 50}],
     )
     unroute = next_step(routed, "delete")
-    # Only this endpoint's deployments leave the split; an entry the summary does not list is kept.
-    assert unroute.kind == "unroute" and [t.deployment_id for t in unroute.keep] == ["dep_other"]
-    unrouted = endpoint(
-        [dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[{"deploymentId": "dep_other", "weight": 100}]
-    )
+    assert unroute.kind == "unroute" and unroute.keep == ()
+    unrouted = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[])
     assert (next_step(unrouted, "delete").kind, next_step(unrouted, "delete").deployment_id) == (
         "delete_deployment",
         "dep_a",
@@ -121,3 +118,32 @@ def test_a_stop_ends_once_everything_is_scaled_to_zero() -> None:
     assert next_step(running, "stop").kind == "scale_down"
     scaled = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING")])
     assert next_step(scaled, "stop").kind == "stopped"
+
+
+def test_deployments_the_summary_may_hide_refuse_the_delete_and_make_the_state_unknown() -> None:
+    # The split names a deployment the summary does not list: it may be running and serving.
+    foreign = endpoint(
+        [dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[{"deploymentId": "dep_hidden", "weight": 100}]
+    )
+    assert to_facts(foreign).state == "UNKNOWN"
+    refused = next_step(foreign, "delete")
+    assert refused.kind == "refuse" and "dep_hidden" in refused.reason
+    # A full summary (10, the newest) may hide older deployments.
+    full = endpoint([dep(f"dep_{i}", "DEPLOYMENT_STATE_STOPPED") for i in range(10)], split=[])
+    assert to_facts(full).state == "UNKNOWN" and next_step(full, "delete").kind == "refuse"
+    nine = endpoint([dep(f"dep_{i}", "DEPLOYMENT_STATE_STOPPED") for i in range(9)], split=[])
+    assert to_facts(nine).state == "STOPPED" and next_step(nine, "delete").kind == "delete_deployment"
+
+
+def test_a_protect_matches_any_deployment_not_only_the_main_one() -> None:
+    from worker.policy import Action, evaluate, parse_policy
+
+    canary = endpoint(
+        [dep("dep_main"), dep("dep_canary", model="prod/secret-model")],
+        split=[{"deploymentId": "dep_main", "weight": 90}, {"deploymentId": "dep_canary", "weight": 10}],
+    )
+    facts = to_facts(canary)
+    assert facts.model == "model-of-dep_main"
+    policy = parse_policy("version: 1\nprotect:\n  - model: 'prod/*'\nrules:\n  - name: all\n    ttl: 1h\n")
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    assert evaluate(policy, facts, None, now, detail_fetched=True).action is Action.PROTECTED

@@ -468,7 +468,7 @@ rules:
   - name: stopped
     stale: {states: [STOPPED], for: 1h}
   - name: big-gpus
-    match: {hardware: "*h100*", owner: acme}
+    match: {hardware: "*h100*", name: "acme/*"}
     ttl: 2d
 """
 
@@ -557,3 +557,54 @@ def test_v1_refuses_an_idle_rule_in_check_policy_and_in_every_sweep(harness: Har
     assert summary["status"] == "error" and "idle needs request analytics" in summary["error"]
     assert harness.sim.calls("DELETE") == []
     json.dumps(summary)
+
+
+def _begin_waiting(h: Harness, stop_delay_s: float = 60, **env: str) -> Any:
+    """Start a sequence whose deployment takes ``stop_delay_s`` to stop; return once it waits."""
+    _v2_harness(h, STARTED_CI, **env)
+    slow = v2_endpoint(1)
+    slow["deployments"][0]["stop_delay_s"] = stop_delay_s
+    h.sim.v2_reset([slow])
+    worker = h.worker()
+    h.sweep().get(timeout=30)
+    wait_for(
+        lambda: h.store.open_sequences().get("ep_0001", {}).get("last_step", "").startswith("wait"),
+        20,
+        what="the sequence to wait for its deployment",
+    )
+    return worker
+
+
+def test_an_endpoint_running_again_mid_sequence_is_spared(harness: Harness) -> None:
+    h = harness
+    _begin_waiting(h)
+    # Someone starts it again while the janitor waits for it to stop.
+    h.sim.admin.patch(
+        "/v2/endpoints/ep_0001/deployments/dep_1_0", json={"state": READY, "desiredReplicas": 1}
+    ).raise_for_status()
+    outcome = h.outcome("ep_0001", timeout=30)
+    assert outcome.status == "spared" and "STARTED again" in (outcome.error or "")
+    assert h.store.open_sequences() == {} and h.sim.v2_endpoint("ep_0001") is not None
+    assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
+
+
+def test_a_rule_removed_mid_sequence_stops_it(harness: Harness) -> None:
+    h = harness
+    _begin_waiting(h)
+    h.policy.write_text(STARTED_CI.replace("running-ci", "renamed-rule"))
+    outcome = h.outcome("ep_0001", timeout=30)
+    assert outcome.status == "spared" and "no longer in the policy" in (outcome.error or "")
+    assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
+
+
+@pytest.mark.chaos
+def test_switching_to_dry_run_stops_a_sequence_under_way(harness: Harness) -> None:
+    h = harness
+    first = _begin_waiting(h, JANITOR_VISIBILITY_TIMEOUT_S="25")
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(10)
+    h.configure(JANITOR_DRY_RUN="true")
+    h.worker()
+    outcome = h.outcome("ep_0001", timeout=90)
+    assert outcome.status == "spared" and "JANITOR_DRY_RUN" in (outcome.error or "")
+    assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]

@@ -46,6 +46,10 @@ class ApiRefusal(ApiStatusError):
     a stale etag). The sequence ends as ``blocked`` with the API's message; it is never retried blindly."""
 
 
+class SequenceRefused(TogetherError):
+    """The janitor itself will not take the next step (deployments it cannot see, no etag): ``blocked``."""
+
+
 class ApiUnsupported(TogetherError):
     """The configured API version cannot do this (request analytics in v1)."""
 

@@ -23,6 +23,7 @@ from worker.errors import (
     InvalidEndpointId,
     JanitorError,
     PolicyError,
+    SequenceRefused,
     SettingsError,
     TogetherError,
 )
@@ -50,6 +51,7 @@ from worker.store import (
     format_observation,
     iso,
     observation_parser,
+    parse_time,
     utc_now,
 )
 from worker.together import Endpoint, EndpointsApi, Step, StepKind, check_endpoint_id
@@ -486,8 +488,8 @@ def _resume_sequences(
 
     Its rule may no longer hold because of the sequence itself (scaled down, an endpoint is STOPPED), so a
     KEEP or MARKED decision is replaced by the sequence's own; it is queued and counted against the limits
-    like any candidate. What a person changed (a protect, an exemption, the scope) or the endpoint being gone
-    ends it instead, as it would stop the sequence's next step (:func:`worker.policy.hold_back`).
+    like any candidate. What would stop its next step (:func:`sequence_hold`: a protect, an exemption, the
+    scope, its rule gone, its age, the endpoint running again) or the endpoint being gone ends it instead.
     """
     if not sequences:
         return planned
@@ -497,7 +499,7 @@ def _resume_sequences(
         sequence = sequences.pop(p.endpoint.id, None)
         if sequence is None:
             continue
-        held = hold_back(policy, p.endpoint, now, exemption=exemptions.get(p.endpoint.id))
+        held = sequence_hold(policy, p.endpoint, sequence, now, exemption=exemptions.get(p.endpoint.id))
         if held is not None:
             ended.append({"sweep_id": summary.sweep_id, "endpoint_id": p.endpoint.id, "reason": held})
         elif p.decision.action in (Action.KEEP, Action.MARKED) and sequence.get("action") in ("delete", "stop"):
@@ -678,8 +680,9 @@ class Recheck:
     the next sweep will start). The grace period itself is not re-checked: the sweep let the candidate
     through only once its mark was due.
 
-    Before each later step of a sequence already under way (``resumed``), only what a person can change:
-    scope, protect, exemption (:func:`worker.policy.hold_back`).
+    Before each later step of a sequence already under way (``sequence``), only what a person can change and
+    what shows the sequence must not go on (:func:`sequence_hold`): not its rule's conditions, which the
+    sequence itself changes (a scaled-down endpoint is no longer STARTED).
     """
 
     def __init__(
@@ -691,10 +694,12 @@ class Recheck:
         rule: str,
         now: datetime,
         *,
-        resumed: bool = False,
+        sequence: Mapping[str, Any] | None = None,
+        dry_run_now: bool = False,
     ) -> None:
         self.client, self.store, self.policy_file = client, store, policy_file
-        self.action, self.rule, self.now, self.resumed = action, rule, now, resumed
+        self.action, self.rule, self.now, self.sequence = action, rule, now, sequence
+        self.dry_run_now = dry_run_now
         self.cleared: Cleared | None = None
 
     @property
@@ -704,8 +709,10 @@ class Recheck:
     def __call__(self, fresh: Endpoint) -> str | None:
         policy = load_policy(self.policy_file, self.client.version)
         exemption = self.store.exemption(fresh.id, self.now)
-        if self.resumed:
-            reason = hold_back(policy, fresh, self.now, exemption=exemption)
+        if self.sequence is not None:
+            reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
+            if reason is None and self.dry_run_now:
+                reason = "JANITOR_DRY_RUN is now true: the delete under way stops here"
         else:
             observed = observe(self.store.observation(fresh.id), fresh.state, self.now)
             _, decision = resolve(
@@ -728,6 +735,42 @@ class Recheck:
         return reason
 
 
+# A delete sequence older than this is not resumed: whatever it waited for is not coming.
+MAX_SEQUENCE_AGE = timedelta(hours=24)
+
+
+def sequence_hold(
+    policy: Policy,
+    endpoint: Endpoint,
+    sequence: Mapping[str, Any],
+    now: datetime,
+    *,
+    exemption: Exemption | None = None,
+) -> str | None:
+    """Why a delete sequence under way must not take its next step, or None.
+
+    Scope, protect and exemption (:func:`worker.policy.hold_back`); its rule gone from the policy or its
+    action changed; the sequence older than :data:`MAX_SEQUENCE_AGE`; and the endpoint running again after its
+    deployments were scaled down (someone scaled one up, or added one): that is a person's answer.
+    """
+    held = hold_back(policy, endpoint, now, exemption=exemption)
+    if held is not None:
+        return held
+    rule = next((r for r in policy.rules if r.name == sequence.get("rule")), None)
+    if rule is None or rule.action != sequence.get("action"):
+        return f"rule {sequence.get('rule')!r} with action {sequence.get('action')} is no longer in the policy"
+    try:
+        started = parse_time(str(sequence.get("started_at")))
+    except ValueError:
+        return "the delete under way has an unreadable start time"
+    if now - started > MAX_SEQUENCE_AGE:
+        return f"the delete began at {sequence.get('started_at')}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
+    last = str(sequence.get("last_step") or "")
+    if endpoint.state in ("STARTED", "STARTING") and not last.startswith("scale deployment"):
+        return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
+    return None
+
+
 def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Recheck) -> Attempt | Step:
     """One step of a delete (or stop): an :class:`Attempt` when the sequence ends here, else the step taken.
 
@@ -741,6 +784,8 @@ def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Rechec
         return Attempt(OutcomeStatus.FAILED, None, f"re-check: {exc}")
     except ApiRefusal as exc:
         return Attempt(OutcomeStatus.BLOCKED, exc.status_code, str(exc))
+    except SequenceRefused as exc:
+        return Attempt(OutcomeStatus.BLOCKED, None, str(exc))
     except ApiStatusError as exc:
         return _classify(exc, "" if guard.passed else "re-check: ")
     except TogetherError as exc:

@@ -425,7 +425,7 @@ def evaluate(
                 return Decision(Action.NEEDS_DETAIL, rule.name, "rule matches on display_name or hardware")
             continue  # the API did not give the field: a rule that cannot be decided does not hold
         for index, matcher in enumerate(policy.protect):
-            protected = matcher.matches(endpoint)
+            protected = _protects(matcher, endpoint)
             if protected is None and not detail_fetched:
                 return Decision(Action.NEEDS_DETAIL, rule.name, "protect matches on display_name or hardware")
             if protected is not False:
@@ -480,6 +480,29 @@ def decide(
     return decision
 
 
+class _Variant:
+    """An endpoint seen through one of its other deployments (v2): that deployment's model and hardware."""
+
+    def __init__(self, endpoint: EndpointFacts, model: str, hardware: str | None) -> None:
+        self._endpoint, self.model, self.hardware = endpoint, model, hardware
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._endpoint, name)
+
+
+def _protects(matcher: Matcher, endpoint: EndpointFacts) -> bool | None:
+    """A protect matcher protects an endpoint if it matches the endpoint or any of its deployments (v2: one
+    endpoint may run a canary of a protected model beside its main deployment)."""
+    result = matcher.matches(endpoint)
+    if result is not False:
+        return result
+    for model, hardware in getattr(endpoint, "variants", ()):
+        result = matcher.matches(_Variant(endpoint, model, hardware))
+        if result is not False:
+            return result
+    return False
+
+
 def hold_back(
     policy: Policy, endpoint: EndpointFacts, now: datetime, *, exemption: Exemption | None = None
 ) -> str | None:
@@ -492,7 +515,7 @@ def hold_back(
     if endpoint.type not in policy.scope.types:
         return f"type {endpoint.type!r} is no longer in scope"
     for index, matcher in enumerate(policy.protect):
-        if matcher.matches(endpoint) is not False:
+        if _protects(matcher, endpoint) is not False:
             return f"protected now: protect[{index}] ({matcher})"
     if exemption is not None and exemption.active(now):
         return f"exempted by {exemption.by}: {exemption.reason}"
@@ -502,6 +525,19 @@ def hold_back(
 def check_api_support(policy: Policy, api: str) -> None:
     """Refuse a policy the configured API cannot evaluate, naming the rule (``check-policy`` and every sweep)."""
     if api == "v2":
+        # What v1 says of an endpoint's owner (the user who made it) v2 does not say: its owner is the project.
+        # A policy that relies on it would silently lose a protection or widen a rule, so it is refused.
+        if policy.scope.mine:
+            raise PolicyError(
+                "scope: mine: true has no meaning in v2 (a key belongs to one project, and the project is swept); "
+                "remove it, or set JANITOR_TOGETHER_PROJECT_ID"
+            )
+        for index, matcher in enumerate(policy.protect):
+            if any(key == "owner" for key, _ in matcher.fields):
+                raise PolicyError(f"protect[{index}]: owner is not known in v2 (an endpoint belongs to a project)")
+        for rule in policy.rules:
+            if rule.match is not None and any(key == "owner" for key, _ in rule.match.fields):
+                raise PolicyError(f"rule {rule.name!r}: owner is not known in v2 (an endpoint belongs to a project)")
         return
     for rule in policy.rules:
         if rule.idle is not None:

@@ -188,6 +188,14 @@ class Settings(BaseSettings):
         return int(worst + self.visibility_timeout_s) + 60
 
     @property
+    def v2_max_runs(self) -> int:
+        """How many runs one v2 delete task may take: one wait of polls, every step, every retry after a 500.
+
+        The scaling comes first and the wait once, after it, so one wait is all a sequence has.
+        """
+        return int(self.v2_stop_timeout_s / self.v2_poll_s) + 2 * _V2_MAX_STEPS + self.delete_max_retries + 10
+
+    @property
     def sweep_lock_ttl_s(self) -> int:
         """A sweep lock outlives no sweep: a worker killed mid-sweep frees it after this long."""
         return int(self.visibility_timeout_s)

@@ -153,7 +153,16 @@ def delete_endpoint(
             client = client_for(settings)
             sequence = store.sequence(endpoint_id)
             resumed = sequence is not None
-            guard = Recheck(client, store, settings.policy_file, action, rule, utc_now(), resumed=resumed)
+            guard = Recheck(
+                client,
+                store,
+                settings.policy_file,
+                action,
+                rule,
+                utc_now(),
+                sequence=sequence,
+                dry_run_now=settings.dry_run,
+            )
             result = take_step(client, endpoint_id, action, guard)
             cleared = guard.cleared
             if sequence is not None and sequence.get("hardware"):
@@ -233,10 +242,11 @@ def delete_endpoint(
         hardware=cleared.hardware if cleared else None,
         usd_per_hour=cleared.usd_per_hour if cleared else None,
     )
-    recorded, _ = store.record_outcome(task_id, outcome)
-    if resumed and recorded.status is not OutcomeStatus.FAILED:
-        # Ended one way or another; a failed sequence stays open for the next sweep to resume.
+    if resumed and attempt.status is not OutcomeStatus.FAILED:
+        # Ended one way or another (a failed sequence stays open for the next sweep to resume). Before the
+        # outcome: a crash in between leaves the task unacknowledged, and its redelivery re-checks in full.
         store.end_sequences([endpoint_id])
+    recorded, _ = store.record_outcome(task_id, outcome)
     log.info(
         "delete %s (%s, sweep %s, rule %s): %s after %d attempt(s)%s",
         endpoint_id,
@@ -260,14 +270,12 @@ def delete_endpoint(
     return _as_result(recorded)
 
 
-# A sequence longer than this is not converging (an API that keeps changing the endpoint under us).
-_MAX_RUNS_PER_SEQUENCE = 200
-
-
 def _continue(task: Task, settings: Settings, step: Step, kwargs: dict[str, Any]) -> Attempt:
     """Re-queue the task for the sequence's next step (raises Celery's Retry), or say why the sequence ends."""
-    if task.request.retries >= _MAX_RUNS_PER_SEQUENCE:
-        return Attempt(OutcomeStatus.FAILED, None, f"the delete took more than {_MAX_RUNS_PER_SEQUENCE} steps")
+    # More runs than one wait, every step and every retry could take: not converging (an API that keeps
+    # changing the endpoint under us).
+    if task.request.retries >= settings.v2_max_runs:
+        return Attempt(OutcomeStatus.FAILED, None, f"the delete took more than {settings.v2_max_runs} runs")
     countdown = 0.0
     if step.kind is StepKind.WAIT:
         now = utc_now()

@@ -83,6 +83,8 @@ class Endpoint:
     display_name: str | None = None
     hardware: str | None = None
     updated_at: datetime | None = None  # v2 only
+    # v2 only: (model, hardware) of every deployment; a protect matcher protects if it matches any of them.
+    variants: tuple[tuple[str, str | None], ...] = ()
 
     @field_validator("created_at", "updated_at")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
-from worker.errors import ApiRefusal, MalformedResponse
+from worker.errors import ApiRefusal, MalformedResponse, SequenceRefused
 from worker.together import (
     Endpoint,
     Guard,
@@ -32,6 +32,8 @@ from worker.together import (
 _MAX_PAGE_BYTES = 64 * 1024 * 1024
 _MAX_OBJECT_BYTES = 1024 * 1024
 _MAX_PAGES = 100_000
+# An endpoint's summary lists at most this many deployments (the newest); with that many, more may be hidden.
+SUMMARY_LIMIT = 10
 # 50 is the documented default and 500 an unconfirmed maximum; 100 keeps pages few without testing the limit.
 PAGE_SIZE = 100
 
@@ -128,6 +130,22 @@ def short_state(state: str) -> str:
     return re.sub(r"[^A-Z0-9_]", "_", short.upper()) or "UNKNOWN"
 
 
+def hidden_deployments(endpoint: V2Endpoint) -> str | None:
+    """Why the listed deployments may not be all of them, or None.
+
+    The summary holds the 10 newest; a traffic split naming another deployment, or a full summary, means a
+    deployment the janitor cannot see may be running and serving. Such an endpoint's state is UNKNOWN and its
+    delete is refused before any change.
+    """
+    listed = {d.id for d in endpoint.deployments}
+    unseen = sorted({t.deployment_id for t in endpoint.traffic_split} - listed)
+    if unseen:
+        return f"its traffic split names deployments not listed ({', '.join(unseen[:3])})"
+    if len(endpoint.deployments) >= SUMMARY_LIMIT:
+        return f"it lists {len(endpoint.deployments)} deployments, so more may be hidden"
+    return None
+
+
 def derive_state(deployments: Sequence[Deployment]) -> str:
     """The endpoint's state in v1's words, from its deployments: running wins, then starting, stopping.
 
@@ -171,11 +189,13 @@ def to_facts(endpoint: V2Endpoint) -> Endpoint:
         model=(main.model or "") if main else "",
         type=endpoint_type(endpoint.endpoint_type),
         owner=endpoint.name.split("/", 1)[0] if "/" in endpoint.name else "",
-        state=derive_state(endpoint.deployments),
+        state="UNKNOWN" if hidden_deployments(endpoint) else derive_state(endpoint.deployments),
         created_at=endpoint.created_at,
         display_name=None,
         hardware=main.hardware if main else None,
         updated_at=endpoint.updated_at,
+        # Every deployment's model and hardware: a protect matcher protects if any deployment matches.
+        variants=tuple((d.model or "", d.hardware) for d in endpoint.deployments),
     )
 
 
@@ -186,7 +206,7 @@ def to_facts(endpoint: V2Endpoint) -> Endpoint:
 class NextStep:
     """What the delete (or stop) sequence does next, read from the endpoint as it is now."""
 
-    kind: Literal["scale_down", "wait", "unroute", "delete_deployment", "delete_endpoint", "stopped"]
+    kind: Literal["scale_down", "wait", "unroute", "delete_deployment", "delete_endpoint", "stopped", "refuse"]
     deployment_id: str | None = None
     keep: tuple[TrafficEntry, ...] = ()
     reason: str = ""
@@ -198,6 +218,9 @@ def next_step(endpoint: V2Endpoint, action: str) -> NextStep:
 
     Pure and read from the current state alone, so a sequence interrupted anywhere resumes correctly.
     """
+    hidden = hidden_deployments(endpoint)
+    if hidden is not None:
+        return NextStep("refuse", reason=f"not deleted: {hidden}")
     deployments = endpoint.deployments
     for d in deployments:
         if not d.scaled_to_zero and d.short_state != "STOPPED":
@@ -320,6 +343,9 @@ class TogetherV2Client(HttpApi):
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
         """``totalRequests`` over [start, end) from the endpoint's analytics."""
         path = f"{self._endpoints_path(endpoint_id)}/analytics"
+        # Counted in hour buckets: the start is floored to the hour, so a partly covered first hour counts whole
+        # (an idle rule may then see more requests, never fewer).
+        start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         window = {"startTime": _rfc3339(start), "endTime": _rfc3339(end), "granularity": "GRANULARITY_HOUR"}
         body = self._get_json(path, _MAX_OBJECT_BYTES, window)
         try:
@@ -340,6 +366,11 @@ class TogetherV2Client(HttpApi):
             return Step(StepKind.SPARED, "re-check", reason=reason)
         nxt = next_step(current, action)
         base = self._endpoints_path(endpoint_id)
+        if nxt.kind == "refuse":
+            raise SequenceRefused(nxt.reason)
+        if nxt.kind in ("unroute", "delete_endpoint") and not current.etag:
+            # Without an etag the change could not be made conditional on what was just read.
+            raise SequenceRefused("the endpoint has no etag, so the change cannot be made conditional; not changed")
         if nxt.kind == "wait":
             return Step(StepKind.WAIT, f"wait for deployment {nxt.deployment_id} to stop", reason=nxt.reason)
         if nxt.kind == "stopped":
