@@ -13,7 +13,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.client import Pipeline
 
@@ -82,8 +82,10 @@ class DeleteRequest:
         }
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(NamedTuple):
+    """One endpoint and its decision (a tuple: a sweep makes one per endpoint, and a frozen dataclass's
+    ``__init__`` costs several times more)."""
+
     endpoint: Endpoint
     decision: Decision
 
@@ -107,18 +109,26 @@ def plan(
     exemptions = exemptions or {}
     marks = marks or {}
     planned = []
+    fetching = (Action.NEEDS_DETAIL, Action.NEEDS_ACTIVITY)
     for endpoint in endpoints:
-        endpoint, decision = resolve(
-            policy,
-            endpoint,
-            observations.get(endpoint.id),
-            now,
-            fetch_detail=fetch_detail,
-            count_requests=count_requests,
-            exemption=exemptions.get(endpoint.id),
-            mark=marks.get(endpoint.id),
-            detail_fetched=listed_in_detail,
+        # Most endpoints are decided at once from what the list gave; only the rest go through resolve().
+        exemption, mark = exemptions.get(endpoint.id), marks.get(endpoint.id)
+        observed = observations.get(endpoint.id)
+        decision = decide(
+            policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=listed_in_detail
         )
+        if decision.action in fetching:
+            endpoint, decision = resolve(
+                policy,
+                endpoint,
+                observed,
+                now,
+                fetch_detail=fetch_detail,
+                count_requests=count_requests,
+                exemption=exemption,
+                mark=mark,
+                detail_fetched=listed_in_detail,
+            )
         planned.append(Planned(endpoint, decision))
     return planned
 

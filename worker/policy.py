@@ -395,6 +395,9 @@ class Exemption:
         return now < self.expires_at
 
 
+_KEEP = Decision(Action.KEEP, None, "no rule holds")  # frozen, so one for every kept endpoint
+
+
 def evaluate(
     policy: Policy,
     endpoint: EndpointFacts,
@@ -440,7 +443,7 @@ def evaluate(
             idle = f"no requests for {format_duration(window)}"
             reason = f"{reason}; {idle}" if reason else idle
         return Decision(Action.STOP if rule.action == "stop" else Action.DELETE, rule.name, reason)
-    return Decision(Action.KEEP, None, "no rule holds")
+    return _KEEP
 
 
 def decide(
