@@ -369,7 +369,7 @@ def _sweep_locked(
     planned = _resume_sequences(store, state.sequences, policy, planned, exemptions, now, summary)
     # One pass: most endpoints are kept or out of scope, and only counted; the rest are grouped by action.
     by_action: dict[Action, list[Planned]] = {}
-    worth: list[Planned] = []  # as _worth_recording
+    worth: list[Planned] = []  # what the decision events record: all but rule-less KEEP and OUT_OF_SCOPE
     out_of_scope = 0
     for p in planned:
         action = p.decision.action
@@ -573,10 +573,6 @@ def _update_marks(
     summary.marked = len(newly_marked)
     summary.unmarked = len(unmarked)
     return newly_marked
-
-
-def _worth_recording(p: Planned) -> bool:
-    return p.decision.action not in (Action.KEEP, Action.OUT_OF_SCOPE) or p.decision.rule is not None
 
 
 def _decision_event(sweep_id: str, p: Planned) -> dict[str, Any]:

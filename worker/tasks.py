@@ -151,7 +151,8 @@ def delete_endpoint(
         labels = context(sweep_id=sweep_id, endpoint_id=endpoint_id, rule=rule, action=action, attempts=attempts)
         try:
             client = client_for(settings)
-            sequence = store.sequence(endpoint_id)
+            # v1 deletes in one step: no sequence to look up, no Redis read added to its hot path.
+            sequence = store.sequence(endpoint_id) if client.deletes_in_steps else None
             resumed = sequence is not None
             guard = Recheck(
                 client,

@@ -163,6 +163,8 @@ class EndpointsApi(Protocol):
     version: str
     # True when a listed endpoint already carries every field a rule can match (no detail fetch needed).
     list_is_detailed: bool
+    # True when a delete can take more than one step (so a sequence may be under way and must be looked up).
+    deletes_in_steps: bool
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]: ...
     def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
@@ -268,6 +270,7 @@ class TogetherClient(HttpApi):
 
     version = "v1"
     list_is_detailed = False
+    deletes_in_steps = False
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
         """``GET /endpoints``; with one type the API filters, with several the caller filters locally."""

@@ -247,6 +247,7 @@ class TogetherV2Client(HttpApi):
 
     version = "v2"
     list_is_detailed = True  # a listed endpoint carries its deployments: model, hardware, state
+    deletes_in_steps = True
 
     def __init__(
         self,
