@@ -15,10 +15,14 @@ RUN groupadd --system --gid 10001 janitor \
     && mkdir -p /data \
     && chown janitor:janitor /data
 
-# .dockerignore lets in only pyproject.toml, README.md, worker/ and config/ (never a .env with the API key).
+# .dockerignore lets in only pyproject.toml, README.md, worker/, config/ and docker/janitor-env.sh (never a .env
+# with the API key).
 COPY . /app
+# janitor-env builds JANITOR_REDIS_URL from the password file the compose redis service generates (see
+# docker-compose.yml): the services run under it, and so does `docker compose exec worker janitor-env janitor ...`.
 RUN pip install . \
-    && rm -rf /app/build /app/*.egg-info
+    && install -m 0755 /app/docker/janitor-env.sh /usr/local/bin/janitor-env \
+    && rm -rf /app/build /app/*.egg-info /app/docker
 
 USER janitor
 

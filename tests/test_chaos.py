@@ -9,6 +9,7 @@ Waits poll a condition with a deadline; the only sleeps pace the faults.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -365,6 +366,114 @@ def test_repeated_sigkill_mid_deletes_duplicates_nothing_and_loses_nothing_for_g
     # A redelivery is due after the visibility timeout plus one restore interval; allow for a kill that cut
     # the redelivered task short once more.
     assert max(delays, default=0.0) < 2 * (VISIBILITY_S + restore_interval_s(settings)) + 10
+
+
+def kill_with_children(worker: Proc) -> None:
+    """SIGKILL a worker and its pool processes at once, as the OOM killer or a lost container would."""
+    pid = worker.popen.pid
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in (task / "children").read_text().split()]
+    for target in [pid, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+    worker.popen.wait(10)
+
+
+RECOVER_TICK_S = 2.0
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 4), ("prefork", 16), ("threads", 4), ("threads", 16)])
+def test_lost_delete_messages_are_recovered_within_two_visibility_timeouts_and_a_tick(
+    harness: Harness, capsys: pytest.CaptureFixture[str], tmp_path: Path, pool: str, concurrency: int
+) -> None:
+    """Kills and dropped messages (kombu's BRPOP-then-unacked window, made to happen) while deletes run.
+
+    Every claimed endpoint gets its outcome within 2 x the visibility timeout + one recovery tick of the fault
+    that cut its task short, with exactly one DELETE and one outcome each; the pending TTL is never waited for.
+    """
+    n, kills_wanted, drops_wanted = 150, 3, 3
+    h = chaos_harness(
+        harness,
+        JANITOR_DELETE_MAX_RETRIES="0",
+        JANITOR_RECOVER_INTERVAL_S=f"{RECOVER_TICK_S:g}",
+        JANITOR_SWEEP_SCHEDULE="1h",  # beat only ticks the recovery; the one sweep is sent by the test
+    )
+    ids = [f"endpoint-{i:04d}" for i in range(n)]
+    h.sim.reset([spec(i) for i in range(n)])
+    h.sim.faults(latency_s=LATENCY_S)
+    start_beat(h, tmp_path / "beat-schedule")
+    current = h.worker(concurrency=concurrency, pool=pool)
+    summary = h.sweep().get(timeout=60)
+    assert summary["status"] == "ok" and summary["queued"] == n, summary
+    queue = f"{h.key_prefix}:celery:janitor"
+    faults: list[tuple[float, str, Proc | None, str | None]] = []  # (time, kind, worker killed, task dropped)
+    kills = drops = 0
+    started = time.monotonic()
+    while kills < kills_wanted or drops < drops_wanted:
+        worker = current
+        wait_for(lambda w=worker: busy(w) or quiescent(h, [w]), VISIBILITY_S + 30, what="deletes in flight")
+        if not busy(worker):
+            break
+        time.sleep(0.3)  # pacing: some deletes finish, others are caught mid-request
+        if drops < drops_wanted and (raw := h.redis.rpop(queue)) is not None:
+            faults.append((time.time(), "drop", None, json.loads(raw)["headers"]["id"]))
+            drops += 1
+        if kills < kills_wanted:
+            kill_with_children(current)
+            faults.append((time.time(), "kill", current, None))
+            kills += 1
+            current = h.worker(concurrency=concurrency, pool=pool)
+    workers = [w for _, kind, w, _ in faults if w is not None] + [current]
+    last_fault = max(at for at, *_ in faults)
+    bound_s = 2 * VISIBILITY_S + RECOVER_TICK_S
+    # The queue still has to drain after the last fault (0.3 s a delete over `concurrency` threads).
+    settle(h, ids, bound_s + 60)
+    settled_s = time.monotonic() - started
+
+    # Which tasks each fault cut short, and how long after it their outcome came.
+    cut: dict[str, float] = {}
+    for at, kind, worker, task_id in faults:
+        if kind == "drop" and task_id:
+            cut[task_id] = at
+        elif worker is not None:
+            received, finished = task_ids(worker.output())
+            for tid in set(received) - finished:
+                cut[tid] = max(at, cut.get(tid, 0.0))
+    delays = {}
+    for task_id, at in cut.items():
+        outcome = h.store.outcome_for_task(task_id)
+        if outcome is not None:
+            delays[task_id] = parse_time(outcome.at).timestamp() - at
+    republished = [e for e in h.store.events(5000) if e["kind"] == "republished"]
+    events = outcome_events(h)
+    deletes = Counter(r["path"].rsplit("/", 1)[-1] for r in h.sim.calls("DELETE"))
+    last_outcome = max(parse_time(o.at).timestamp() for i in ids if (o := h.store.latest_outcome(i)))
+    report(
+        capsys,
+        "lost_messages_recovered",
+        pool=pool,
+        concurrency=concurrency,
+        candidates=n,
+        kills=kills,
+        drops=drops,
+        tasks_cut_short=len(cut),
+        republished=len(republished),
+        outcomes=dict(statuses(h, ids)),
+        longest_fault_to_outcome_s=round(max(delays.values(), default=0.0), 2),
+        last_fault_to_last_outcome_s=round(last_outcome - last_fault, 2),
+        bound_s=bound_s,
+        settled_after_s=round(settled_s, 1),
+        workers=len(workers),
+    )
+    assert kills == kills_wanted and drops == drops_wanted, "the work ran out before every fault was injected"
+    assert set(delays) == set(cut), "a task cut short has no outcome"
+    assert max(delays.values()) <= bound_s + 1.0, delays  # 1 s: the outcome's own write after its run
+    assert {e["task_id"] for e in republished} >= {t for _, kind, _, t in faults if kind == "drop"}
+    check_no_duplicates(h, events, ids)
+    assert set(deletes) <= set(ids) and all(c == 1 for c in deletes.values()), "a second DELETE"
+    assert h.sim.endpoint_ids() == set() and not pending_keys(h)
 
 
 # ---------------------------------------------------------------------------------------------------- Redis

@@ -16,7 +16,10 @@ def test_parses_units_and_sums(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "6", "h", "6x", "-1h", "1.5h", "0s", "6 h", "1h 30m", "100000w"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "6", "h", "6x", "-1h", "1.5h", "0s", "6 h", "1h 30m", "100000w", "6M", "1H", "1D", "2W", "30S", "1d12H"],
+)
 def test_refuses_bad_durations_with_the_text_named(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
@@ -40,7 +43,7 @@ def test_schedule_accepts_duration_or_cron() -> None:
     assert not isinstance(cron, timedelta)
 
 
-@pytest.mark.parametrize("text", ["61 * * * *", "* * *", "soon", "0s"])
+@pytest.mark.parametrize("text", ["61 * * * *", "* * *", "soon", "0s", "15M", "1H"])
 def test_schedule_refuses_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         parse_schedule(text)

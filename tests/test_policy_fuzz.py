@@ -218,7 +218,7 @@ VALID_RULE: dict[str, Any] = {"name": "r", "match": {"name": "acme/ci-*"}, "ttl"
 RULE_KEYS = ("name", "match", "ttl", "stale", "action", "grace")
 BAD_VALUES: dict[str, list[Any]] = {
     "name": [5, ["x"], "", " padded ", "a\tb", "x" * 101, None],
-    "ttl": ["1x", 0, "0s", "-1h", "", 5, ["6h"], "3651d", 1.5, None, "9" * 20 + "s"],
+    "ttl": ["1x", 0, "0s", "-1h", "", 5, ["6h"], "3651d", 1.5, None, "9" * 20 + "s", "6M", "1H", "6mo", "1y"],
     "stale": [
         "STOPPED",
         {"states": [], "for": "1d"},
@@ -227,9 +227,13 @@ BAD_VALUES: dict[str, list[Any]] = {
         {"states": ["STOPPED"]},
         {"states": ["STOPPED"], "for": "1d", "since": "x"},
         {"states": "STOPPED", "for": "1d"},
+        None,
+        {"states": ["STOPPED"], "for": None},
+        {"states": ["STOPPED", None], "for": "1d"},
+        {"states": ["STOPPED"], "for": "1D"},
     ],
     "action": ["remove", 1, None, "Delete", ["stop"]],
-    "grace": ["abc", -1, ["1h"], "1h-", True],
+    "grace": ["abc", -1, ["1h"], "1h-", True, None, "1H", "None"],
     "match": [
         {},
         {"nmae": "x"},
@@ -241,6 +245,8 @@ BAD_VALUES: dict[str, list[Any]] = {
         "acme/*",
         {"name": "x" * 501},
         {"state": ["STOPPED", None]},
+        None,  # `match:` followed only by a comment: never "every endpoint"
+        {"name": None},
     ],
 }
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ import yaml
 from celery.result import AsyncResult
 
 from tests.conftest import API_KEY, ROOT, Harness, Proc, Sim, free_port, spec, start_worker, wait_for
-from worker.errors import ApiStatusError, MalformedResponse, TogetherError
+from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import run_sweep
 from worker.settings import load_settings
 from worker.store import Store
@@ -361,6 +362,187 @@ def test_a_200_that_echoes_the_key_does_not_carry_it_into_the_error() -> None:
         assert API_KEY not in str(info.value)
     finally:
         echo.close()
+
+
+# A key as long as a real one, so that a 200-character cut can leave a long piece of it.
+LONG_KEY = f"sk-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+
+
+def pieces_of(secret: str, text: str) -> list[str]:
+    """Every run of 8 characters of ``text`` that is a piece of ``secret`` (8 is worker.redact's unit)."""
+    return [text[i : i + 8] for i in range(len(text) - 7) if text[i : i + 8] in secret]
+
+
+class RawServer:
+    """An HTTP server on a raw loopback socket, to answer what no HTTP library would send.
+
+    ``status-line``: a malformed status line that echoes the request's Authorization header after ``pad``
+    characters (a broken proxy); httpx's protocol error quotes the line. ``status-line-request``: the same with
+    the request line (its path and query) echoed instead. ``text-502`` and ``json-500``: an error
+    body with the header after ``pad`` characters, so the key can be put at every place around a cut.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.pad = 0
+        self.requests = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            self.requests += 1
+            lines = head.split(b"\r\n")
+            filler = b"x" * self.pad
+            if self.mode == "status-line-request":
+                conn.sendall(b"HTTP/1.1 " + filler + b" " + lines[0] + b"\r\n\r\n")
+                return
+            auth = next(line for line in lines if line.lower().startswith(b"authorization:"))
+            if self.mode == "status-line":
+                conn.sendall(b"HTTP/1.1 " + filler + b" " + auth + b"\r\n\r\n")
+                return
+            value = filler + auth.split(b":", 1)[1].strip()
+            status, ctype, body = b"502", b"text/html", b"<html>bad gateway " + value + b"</html>"
+            if self.mode == "json-500":
+                error = {"message": value.decode(), "type": value.decode()}
+                status, ctype, body = b"500", b"application/json", json.dumps({"error": error}).encode()
+            conn.sendall(
+                b"HTTP/1.1 " + status + b" Oops\r\nContent-Type: " + ctype
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            )  # fmt: skip
+
+    def close(self) -> None:
+        self._sock.close()
+        self._thread.join(5)
+
+
+def test_a_malformed_status_line_echoing_the_key_leaves_no_piece_of_it() -> None:
+    server = RawServer("status-line")
+    try:
+        with TogetherClient(server.base_url, LONG_KEY, timeout_s=2) as client:
+            calls = {
+                "list": client.list_endpoints,
+                "get": lambda: client.get_endpoint("endpoint-1"),
+                "delete": lambda: client.delete_endpoint("endpoint-1"),
+            }
+            # The key at every place around the 200-character cut of the error text, and well before it.
+            for pad in range(0, 200):
+                server.pad = pad
+                for name, call in calls.items():
+                    if name != "list" and pad % 10:
+                        continue
+                    with pytest.raises(ApiTransportError) as info:
+                        call()
+                    text = _exception_texts(info.value)
+                    assert "RemoteProtocolError" in text and ("***" in text or pad > 100), text
+                    assert not pieces_of(LONG_KEY, text), (pad, name, str(info.value))
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("mode", ["text-502", "json-500"])
+def test_an_error_body_with_the_key_at_every_offset_around_the_cut_leaves_no_piece(mode: str) -> None:
+    server = RawServer(mode)
+    try:
+        with TogetherClient(server.base_url, LONG_KEY, timeout_s=2) as client:
+            for pad in range(120, 240):
+                server.pad = pad
+                with pytest.raises(ApiStatusError) as info:
+                    client.get_endpoint("endpoint-1")
+                assert info.value.status_code in (500, 502)
+                text = _exception_texts(info.value)
+                assert not pieces_of(LONG_KEY, text), (pad, str(info.value))
+                assert len(info.value.api_message) <= 300
+    finally:
+        server.close()
+
+
+def test_a_webhook_error_quoting_the_url_leaves_no_piece_of_its_token() -> None:
+    from worker.notify import send_notification
+
+    token = f"whsec-{uuid.uuid4().hex}"
+    server = RawServer("status-line-request")
+    url = server.base_url.removesuffix("/v1") + f"/services/T000/B000/{token}?token={token}"
+    try:
+        for pad in (0, 120, 150):
+            server.pad = pad
+            error = send_notification(url, {"text": "hello"})
+            assert error is not None and error.startswith("webhook unreachable: RemoteProtocolError"), error
+            assert not pieces_of(token, error) and not pieces_of(url.split("/", 3)[3], error), error
+    finally:
+        server.close()
+
+
+def _janitor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args], env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=90
+    )
+
+
+def test_doctor_against_a_malformed_server_prints_no_piece_of_the_key(harness: Harness) -> None:
+    server = RawServer("status-line")
+    env = harness.env | {"TOGETHER_API_KEY": LONG_KEY, "JANITOR_TOGETHER_BASE_URL": server.base_url}
+    try:
+        for pad in (0, 100):  # the whole key; the key cut by the 200-character limit (32 characters of it left)
+            server.pad = pad
+            for args in (["doctor", "--check", "api"], ["doctor", "--check", "api", "--json"]):
+                done = _janitor(env, *args)
+                assert done.returncode == 1 and "RemoteProtocolError" in done.stdout, done
+                assert not pieces_of(LONG_KEY, done.stdout + done.stderr), done.stdout
+        assert server.requests >= 4
+    finally:
+        server.close()
+
+
+def test_a_sweep_against_a_malformed_server_stores_no_piece_of_the_key(
+    harness: Harness, spawn: Callable[..., Proc]
+) -> None:
+    server = RawServer("status-line")
+    server.pad = 100  # the old 200-character cut left 32 characters of the key
+    try:
+        harness.configure(TOGETHER_API_KEY=LONG_KEY, JANITOR_TOGETHER_BASE_URL=server.base_url)
+        worker = debug_worker(spawn, harness.env)
+        summary = harness.sweep().get(timeout=30)
+        assert summary["status"] == "error" and "RemoteProtocolError" in summary["error"], summary
+        # What Flower shows: the task's result as the backend keeps it, read back by id.
+        result = AsyncResult(summary["sweep_id"], app=harness.celery()).get(timeout=10)
+        stored = [s.to_dict() for s in harness.store.recent_sweeps()]
+        assert stored and stored[0]["error"] == summary["error"]
+        report = _janitor(harness.env, "report")
+        report_json = _janitor(harness.env, "report", "--json")
+        assert report.returncode == 0 and "RemoteProtocolError" in report.stdout
+        worker.stop()
+    finally:
+        server.close()
+    texts = {
+        "the sweep's summary": json.dumps(summary),
+        "the task result": json.dumps(result),
+        "the recorded sweeps": json.dumps(stored),
+        "janitor report": report.stdout + report.stderr,
+        "janitor report --json": report_json.stdout + report_json.stderr,
+        "the worker log": worker.output(),
+    }
+    texts.update(redis_texts(harness.redis, harness.key_prefix))
+    assert any("celery-task-meta" in name for name in texts)
+    for where, text in texts.items():
+        assert not pieces_of(LONG_KEY, text), f"a piece of the key is in {where}: {pieces_of(LONG_KEY, text)}"
 
 
 def test_reprs_hide_the_key_and_the_webhook(

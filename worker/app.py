@@ -11,11 +11,13 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 
 from worker.errors import SettingsError
 from worker.logs import one_line, use_json
+from worker.redact import scrub_handlers
 from worker.schedule import parse_schedule, schedule_interval
 from worker.settings import Settings, get_settings
 
 SWEEP_TASK = "janitor.sweep"
 DELETE_TASK = "janitor.delete_endpoint"
+RECOVER_TASK = "janitor.recover"
 QUEUE = "janitor"
 
 
@@ -68,7 +70,13 @@ def celery_config(settings: Settings) -> dict[str, object]:
                 "task": SWEEP_TASK,
                 "schedule": schedule,
                 "options": {"expires": expires},
-            }
+            },
+            # Lost delete messages are published again within about two ticks (worker.janitor.recover_lost_tasks).
+            "janitor-recover": {
+                "task": RECOVER_TASK,
+                "schedule": timedelta(seconds=settings.recover_interval_s),
+                "options": {"expires": settings.recover_interval_s},
+            },
         },
     }
 
@@ -85,6 +93,9 @@ def create_app(settings: Settings) -> Celery:
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
         if logger is not None:
+            # Every line is scrubbed of every secret registered in worker.redact (the API key, the webhook's
+            # credential, the Redis password), whole or in pieces, before anything else reads it.
+            scrub_handlers(logger)
             # JSON escapes line breaks by itself; text lines get them escaped by a filter.
             use_json(logger) if settings.log_format == "json" else one_line(logger)
 

@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import getpass
 import json
+import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -23,6 +25,7 @@ import redis
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from worker.errors import JanitorError, PolicyError, TogetherError
+from worker.redact import register_settings_secrets, scrub, scrub_handler, scrub_handlers
 from worker.settings import Settings, get_settings, redact_url
 
 T = TypeVar("T")
@@ -447,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exempt", help="exempt an endpoint from deletion for a while")
     p.add_argument("endpoint_id")
-    p.add_argument("--for", dest="for_", required=True, help="how long, e.g. 7d")
+    p.add_argument(
+        "--for", dest="for_", required=True, help="how long, e.g. 7d or 1d12h (units s, m, h, d, w; lowercase)"
+    )
     p.add_argument("--reason", required=True)
     p.add_argument("--by", help="who asks (default: $USER)")
     p.set_defaults(func=cmd_exempt)
@@ -511,19 +516,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _scrubbed(text: str) -> str:
+    """``text`` without any fragment of a secret: the settings' (if they can be read) and every registered one."""
+    with contextlib.suppress(JanitorError):
+        register_settings_secrets(get_settings())
+    return scrub(text)
+
+
+def _print_error(text: str) -> None:
+    """The one line of a failed command, on stderr, scrubbed: an error can quote a server that echoed the key."""
+    print(f"janitor: {_scrubbed(text)}", file=sys.stderr)
+
+
+def _scrub_logging() -> None:
+    """Log lines (Python's last-resort handler, or any the root logger has) and an unexpected traceback are
+    scrubbed of every secret like the errors the CLI prints."""
+    scrub_handlers(logging.getLogger())
+    if logging.lastResort is not None:
+        scrub_handler(logging.lastResort)
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        sys.stderr.write(_scrubbed("".join(traceback.format_exception(kind, value, tb))))
+
+    sys.excepthook = excepthook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _scrub_logging()
     try:
         return int(args.func(args))
     except (PolicyError, TogetherError, JanitorError) as exc:
-        print(f"janitor: {exc}", file=sys.stderr)
+        _print_error(str(exc))
         return 2
     except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
         settings: Settings | None = None
         with contextlib.suppress(JanitorError):
             settings = get_settings()
         where = redact_url(settings.redis_url) if settings else "Redis"
-        print(f"janitor: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        _print_error(f"cannot reach Redis at {where}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

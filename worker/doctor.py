@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from worker.errors import ApiStatusError, JanitorError
 from worker.policy import load_policy
+from worker.redact import register_settings_secrets, scrub, scrub_line
 from worker.schedule import parse_schedule, schedule_interval
 from worker.settings import Settings, redact_url
 from worker.store import Store, parse_time
@@ -34,7 +35,7 @@ def check_api(settings: Settings, store: Store) -> str:
             raise JanitorError(f"the API key was refused (HTTP {exc.status_code})") from None
         raise
     return (
-        f"the API key is accepted at {settings.together_base_url}, API {settings.together_api} "
+        f"the API key is accepted at {redact_url(settings.together_base_url)}, API {settings.together_api} "
         f"({len(listed)} dedicated endpoint(s))"
     )
 
@@ -86,14 +87,17 @@ CHECKS: dict[str, Callable[..., str]] = {
 
 
 def run_checks(settings: Settings, names: Sequence[str], worker_names: Sequence[str] | None = None) -> list[Check]:
+    """Every named check, each one line scrubbed of every registered secret (an error can quote a server that
+    echoed the API key, whole or in part)."""
+    register_settings_secrets(settings)
     store = Store.from_settings(settings)
     results = []
     for name in names:
         try:
             check = CHECKS[name]
             detail = check(settings, store, worker_names) if name == "worker" else check(settings, store)
-            results.append(Check(name, True, detail))
+            results.append(Check(name, True, scrub(detail)))
         except Exception as exc:  # each check reports its own failure; the others still run
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            results.append(Check(name, False, message[:300]))
+            # Scrubbed before it is cut to 300 characters, so the cut cannot leave half a key unrecognised.
+            results.append(Check(name, False, scrub_line(str(exc), 300) or type(exc).__name__))
     return results

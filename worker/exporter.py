@@ -28,10 +28,9 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -39,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from worker.errors import JanitorError
-from worker.settings import Settings, get_settings, redact_url
+from worker.settings import Settings, get_settings, redact_url, redis_url_secrets
 from worker.store import Store
 
 log = logging.getLogger(__name__)
@@ -165,8 +164,10 @@ def render(snapshot: Snapshot | None, now: float) -> bytes:
     return generate_latest(registry)
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:  # longest first, so a secret that contains another is replaced whole
+        text = text.replace(secret, "***")
+    return text
 
 
 class JanitorCollector(Collector):
@@ -176,12 +177,14 @@ class JanitorCollector(Collector):
         self,
         read: Callable[[], Snapshot],
         where: str,
-        password: str | None = None,
+        secrets: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._read = read
         self._where = where  # already redacted
-        self._password = password  # only to scrub it from error messages, should a driver ever echo it
+        # The URL's credentials (worker.settings.redis_url_secrets), only to scrub them from error messages,
+        # should a driver ever echo one.
+        self._secrets = tuple(secret for secret in secrets if secret)
         self._clock = clock
         self._lock = threading.Lock()
         self._down: str | None = None  # the error of the last failed scrape, while Redis stays unreadable
@@ -190,7 +193,7 @@ class JanitorCollector(Collector):
         try:
             snapshot: Snapshot | None = self._read()
         except Exception as exc:  # Redis gone, auth refused, a malformed counter: report, never fail the scrape
-            self._went_down(f"{type(exc).__name__}: {_scrub(' '.join(str(exc).split()).rstrip('.'), self._password)}")
+            self._went_down(f"{type(exc).__name__}: {_scrub(' '.join(str(exc).split()).rstrip('.'), self._secrets)}")
             snapshot = None
         else:
             self._came_back()
@@ -227,7 +230,7 @@ def build_registry(settings: Settings) -> CollectorRegistry:
     store = _store(settings)
     registry = CollectorRegistry()
     registry.register(
-        JanitorCollector(store.metrics, redact_url(settings.redis_url), urlsplit(settings.redis_url).password)
+        JanitorCollector(store.metrics, redact_url(settings.redis_url), redis_url_secrets(settings.redis_url))
     )
     return registry
 

@@ -43,6 +43,7 @@ from worker.policy import (
     load_policy,
     observe,
 )
+from worker.redact import scrub_line
 from worker.store import (
     Outcome,
     OutcomeStatus,
@@ -245,7 +246,7 @@ def run_sweep(
     except TogetherError as exc:
         summary.status, summary.error = "error", f"listing failed: {exc}"
     except Exception as exc:  # Redis, the broker, a deadline: record it rather than vanish
-        summary.status, summary.error = "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        summary.status, summary.error = "error", f"{type(exc).__name__}: {scrub_line(str(exc), 300)}"
         log.exception("sweep %s failed", summary.sweep_id)
     finally:
         try:
@@ -317,6 +318,7 @@ def _sweep_locked(
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
     summary.listed = len(endpoints)
+    summary.unknown_age = sum(1 for e in endpoints if e.created_at is None)
     now = clock()
     # One round trip: this list's observations (raw), marks, exemptions, and claims that outlived their task.
     ids = [e.id for e in endpoints]
@@ -464,7 +466,12 @@ def _sweep_locked(
         )
         for p in valid
     }
-    claimed = store.claim_pending({eid: r.task_id for eid, r in requests.items()}, pending_ttl_s, listed_at)
+    claimed = store.claim_pending(
+        {eid: r.task_id for eid, r in requests.items()},
+        pending_ttl_s,
+        listed_at,
+        requests={eid: r.task_kwargs() for eid, r in requests.items()},
+    )
     summary.already_pending += len(requests) - len(claimed)
     to_send = [r for eid, r in requests.items() if eid in claimed]
     queued: list[str] = []
@@ -483,6 +490,46 @@ def _sweep_locked(
             store.record_acted(queued)
     summary.status = "ok"
     return newly_marked
+
+
+def recover_lost_tasks(
+    store: Store,
+    publish: Callable[[Sequence[DeleteRequest]], None],
+    *,
+    queue: str,
+    min_age_s: float,
+    confirm_s: float,
+) -> list[str]:
+    """Publish again, with the same task id and arguments, every claimed delete whose message was lost.
+
+    A worker killed between kombu's BRPOP and its write of the unacknowledged entry loses the message: no
+    redelivery will come. The claim (:class:`worker.store.Claim`) holds what the sweep queued, so the task can be
+    sent again as it was. Only claims at least ``min_age_s`` old are looked at, and only a loss seen at two
+    checks ``confirm_s`` apart is acted on (:meth:`Store.find_lost_tasks`, atomic, so two recoverers never both
+    publish one task). Returns the endpoint ids whose task was published again.
+    """
+    claims = store.claims()
+    now = store.server_time()
+    old = {e: c.task_id for e, c in claims.items() if c.request is not None and now - c.claimed_at >= min_age_s}
+    lost = store.find_lost_tasks(old, queue, confirm_s)
+    if not lost:
+        return []
+    requests = []
+    for endpoint_id in lost:
+        claim = claims[endpoint_id]
+        try:
+            requests.append(DeleteRequest(task_id=claim.task_id, **dict(claim.request or {})))
+        except TypeError:
+            log.warning("recovery: the claim of %s is unreadable; left to the pending TTL", endpoint_id[:80])
+    if requests:
+        publish(requests)
+        store.record_events(
+            "republished",
+            ({"endpoint_id": r.endpoint_id, "task_id": r.task_id, "sweep_id": r.sweep_id} for r in requests),
+        )
+        task_ids = [r.task_id for r in requests]
+        log.warning("recovery: published %d lost delete task(s) again: %s", len(requests), task_ids)
+    return [r.endpoint_id for r in requests]
 
 
 def _resume_sequences(
@@ -660,12 +707,17 @@ def _record_invalid_id(
 
 @dataclass(frozen=True)
 class Attempt:
-    """What one DELETE attempt came to. ``retryable`` is true only for a 500."""
+    """What one DELETE attempt came to. ``retryable`` is true only for a 500.
+
+    ``unknown``: a change was requested and its result is not known (a timeout, a dropped connection, a 5xx,
+    an unreadable answer): the API may have made it, so it counts against every limit as if it had.
+    """
 
     status: OutcomeStatus
     http_status: int | None
     error: str | None = None
     retryable: bool = False
+    unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -715,10 +767,12 @@ class Recheck:
     def __call__(self, fresh: Endpoint) -> str | None:
         policy = load_policy(self.policy_file, self.client.version)
         exemption = self.store.exemption(fresh.id, self.now)
-        if self.sequence is not None:
+        reason: str | None = None
+        if self.dry_run_now:
+            # The worker's own setting, read right before the change, wins over whatever the task was told.
+            reason = "JANITOR_DRY_RUN is true on this worker: nothing is changed"
+        elif self.sequence is not None:
             reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
-            if reason is None and self.dry_run_now:
-                reason = "JANITOR_DRY_RUN is now true: the delete under way stops here"
         else:
             observed = observe(self.store.observation(fresh.id), fresh.state, self.now)
             _, decision = resolve(
@@ -732,7 +786,6 @@ class Recheck:
                 detail_fetched=True,
                 ignore_grace=True,
             )
-            reason = None
             if decision.action is not Action(self.action) or decision.rule != self.rule:
                 now_is = f"{decision.action} by rule {decision.rule}" if decision.rule else str(decision.action)
                 reason = f"now {now_is}: {decision.reason}"
@@ -793,9 +846,11 @@ def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Rechec
     except SequenceRefused as exc:
         return Attempt(OutcomeStatus.BLOCKED, None, str(exc))
     except ApiStatusError as exc:
-        return _classify(exc, "" if guard.passed else "re-check: ")
+        return _classify(exc, "" if guard.passed else "re-check: ", requested=guard.passed)
     except TogetherError as exc:
-        return Attempt(OutcomeStatus.FAILED, None, f"{'' if guard.passed else 're-check: '}{exc}")
+        # After the guard passed, the change was sent (or about to be): a timeout or an unreadable answer
+        # leaves its result unknown.
+        return Attempt(OutcomeStatus.FAILED, None, f"{'' if guard.passed else 're-check: '}{exc}", unknown=guard.passed)
     if step.kind is StepKind.SPARED:
         return Attempt(OutcomeStatus.SPARED, None, f"re-check: {step.reason}")
     if step.kind is StepKind.DONE:
@@ -803,12 +858,20 @@ def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Rechec
     return step
 
 
-def _classify(exc: ApiStatusError, prefix: str = "") -> Attempt:
+def _classify(exc: ApiStatusError, prefix: str = "", *, requested: bool = False) -> Attempt:
+    """``requested``: the answer is to a change (not to the re-check's read); a 5xx then leaves it unknown
+    whether the change was made (a gateway's 502/504 says nothing of what the API behind it did)."""
     if exc.status_code == 404:
         return Attempt(OutcomeStatus.ALREADY_GONE, 404)
     if exc.status_code == 403:
         return Attempt(OutcomeStatus.FORBIDDEN, 403, f"{prefix}{exc}")
-    return Attempt(OutcomeStatus.FAILED, exc.status_code, f"{prefix}{exc}", retryable=exc.status_code == 500)
+    return Attempt(
+        OutcomeStatus.FAILED,
+        exc.status_code,
+        f"{prefix}{exc}",
+        retryable=exc.status_code == 500,
+        unknown=requested and exc.status_code >= 500,
+    )
 
 
 def backoff_delay(retries: int, base_s: float, cap_s: float, uniform: Callable[[float, float], float]) -> float:

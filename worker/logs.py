@@ -11,6 +11,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.redact import scrub, scrub_handlers
+
 # The ``extra=`` keys the janitor's own log calls use; a JSON line carries each one that is set.
 CONTEXT_KEYS = ("sweep_id", "endpoint_id", "endpoint_name", "rule", "action", "status", "attempts", "task_id")
 
@@ -26,9 +28,11 @@ class JsonFormatter(logging.Formatter):
         for key in CONTEXT_KEYS:
             value = getattr(record, key, None)
             if value is not None:
-                line[key] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+                line[key] = scrub(value) if isinstance(value, str) else value
+        if record.exc_text:  # ScrubFilter leaves the scrubbed traceback here
+            line["exception"] = record.exc_text
+        elif record.exc_info:
+            line["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 
@@ -44,12 +48,16 @@ class OneLineFilter(logging.Filter):
 
 
 def one_line(logger: logging.Logger) -> None:
+    """Scrub secrets from, then escape line breaks in, every line of every handler of ``logger``."""
+    scrub_handlers(logger)
     for handler in logger.handlers:
         handler.addFilter(OneLineFilter())
 
 
 def use_json(logger: logging.Logger) -> None:
-    """Give every handler of ``logger`` the JSON formatter (Celery has set up its handlers by then)."""
+    """Give every handler of ``logger`` the JSON formatter (Celery has set up its handlers by then), and
+    scrub secrets from every line first."""
+    scrub_handlers(logger)
     for handler in logger.handlers:
         handler.setFormatter(JsonFormatter())
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from worker.redact import Redactor, scrub_line, url_secrets
+
 log = logging.getLogger(__name__)
 
 _OUTCOME_LISTS = ("deleted", "stopped", "spared", "failed", "forbidden", "blocked")
@@ -58,11 +60,16 @@ def build_notification(
 
 
 def send_notification(url: str, payload: Mapping[str, Any]) -> str | None:
-    """POST the payload; return None on a 2xx, else a one-line error (the URL itself is never in it)."""
+    """POST the payload; return None on a 2xx, else a one-line error (the URL itself is never in it).
+
+    The URL carries its own credential (a token in its path or query), so the error is scrubbed of it, and of
+    every secret registered in ``worker.redact``, before it is cut.
+    """
     try:
         response = httpx.post(url, json=payload, timeout=_TIMEOUT_S, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        return f"webhook unreachable: {type(exc).__name__}"
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        detail = scrub_line(str(exc), 200, Redactor(url_secrets(url)), Redactor([url]))
+        return f"webhook unreachable: {type(exc).__name__}" + (f": {detail}" if detail else "")
     if not 200 <= response.status_code < 300:
         return f"webhook answered HTTP {response.status_code}"
     return None

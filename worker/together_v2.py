@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from worker.errors import ApiRefusal, MalformedResponse, SequenceRefused
 from worker.together import (
+    ApiTime,
     Endpoint,
     Guard,
     HttpApi,
@@ -48,12 +49,14 @@ class Autoscaling(_Wire):
 
 
 class Deployment(_Wire):
-    id: str
+    # What a rule reads (model, hardware, state; created_at picks the main deployment) is held to the same
+    # strictness as v1's Endpoint: JSON strings only, and a placeholder time is unknown (None).
+    id: StrictStr
     name: str | None = None
-    model: str | None = None
-    hardware: str | None = None
-    created_at: datetime | None = None
-    state: str = ""
+    model: StrictStr | None = None
+    hardware: StrictStr | None = None
+    created_at: ApiTime = None
+    state: StrictStr = ""
     desired_replicas: int | None = None
     ready_replicas: int | None = None
     autoscaling: Autoscaling | None = None
@@ -70,16 +73,16 @@ class Deployment(_Wire):
 
 
 class TrafficEntry(_Wire):
-    deployment_id: str
+    deployment_id: StrictStr
     weight: float = 0
 
 
 class V2Endpoint(_Wire):
-    id: str
-    name: str
-    endpoint_type: str
-    created_at: datetime
-    updated_at: datetime | None = None
+    id: StrictStr
+    name: StrictStr
+    endpoint_type: StrictStr
+    created_at: ApiTime  # required, but None when unknown (a placeholder): see worker.together.api_time
+    updated_at: ApiTime = None
     project_id: str | None = None
     etag: str | None = None
     traffic_split: list[TrafficEntry] = Field(default_factory=list)
@@ -320,7 +323,7 @@ class TogetherV2Client(HttpApi):
         endpoints = []
         for raw in self.iter_endpoints():
             if raw.id in seen:
-                raise MalformedResponse(self._scrub(f"GET /v2 endpoints: id {raw.id[:80]!r} listed twice"))
+                raise MalformedResponse(self._scrub(f"GET /v2 endpoints: id {self._clip(raw.id)!r} listed twice"))
             seen.add(raw.id)
             facts = to_facts(raw)
             if not wanted or facts.type in wanted:
@@ -335,7 +338,9 @@ class TogetherV2Client(HttpApi):
         except ValidationError as exc:
             raise MalformedResponse(self._scrub(f"GET {path}: {summarise_validation(exc)}")) from None
         if endpoint.id != endpoint_id:
-            raise MalformedResponse(self._scrub(f"GET {path}: answered with another endpoint ({endpoint.id[:80]!r})"))
+            raise MalformedResponse(
+                self._scrub(f"GET {path}: answered with another endpoint ({self._clip(endpoint.id)!r})")
+            )
         return endpoint
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
@@ -368,12 +373,13 @@ class TogetherV2Client(HttpApi):
         nxt = next_step(current, action)
         base = self._endpoints_path(endpoint_id)
         if nxt.kind == "refuse":
-            raise SequenceRefused(nxt.reason)
+            raise SequenceRefused(self._line(nxt.reason, 300))  # it names deployment ids from the API
         if nxt.kind in ("unroute", "delete_endpoint") and not current.etag:
             # Without an etag the change could not be made conditional on what was just read.
             raise SequenceRefused("the endpoint has no etag, so the change cannot be made conditional; not changed")
         if nxt.kind == "wait":
-            return Step(StepKind.WAIT, f"wait for deployment {nxt.deployment_id} to stop", reason=nxt.reason)
+            waiting_for = self._clip(nxt.deployment_id or "")  # an id from the API, not checked as a path segment
+            return Step(StepKind.WAIT, f"wait for deployment {waiting_for} to stop", reason=self._line(nxt.reason, 300))
         if nxt.kind == "stopped":
             return Step(StepKind.DONE, "every deployment scaled to zero", 200)
         if nxt.kind == "scale_down":
