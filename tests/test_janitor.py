@@ -17,7 +17,8 @@ from worker.together import TogetherClient
 
 
 def ep(name: str, i: int, **fields: object) -> dict[str, object]:
-    return {"id": f"endpoint-{i:04d}", "name": name, "model": "m", "owner": "acme", "age_s": 7 * 3600} | fields
+    base = {"id": f"endpoint-{i:04d}", "name": name, "model": "m", "owner": "acme", "age_s": 7 * 3600} | fields
+    return {k: v for k, v in base.items() if v is not None}
 
 
 @pytest.fixture
@@ -342,3 +343,24 @@ def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: Togeth
     assert gone is not None and gone.status == "already_gone" and gone.task_id == lost[1].task_id
     assert store.outcome_for_task(lost[1].task_id) == gone
     assert set(store.stale_claims(0)) == {"endpoint-0001"}  # the new task's claim only
+
+
+def test_placeholder_creation_times_keep_the_endpoint_and_are_counted(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    # Go's zero time, Unix 0 as a number and as a string, a date without a time: the age is unknown, no ttl
+    # holds. Before, each counted as decades old and was deleted by a 6 h TTL.
+    sim.reset(
+        [
+            ep("acme/ci-1", 1),  # a real 7-hour-old candidate, deleted as before
+            ep("acme/ci-2", 2, age_s=None) | {"created_at": "0001-01-01T00:00:00Z"},
+            ep("acme/ci-3", 3, age_s=None) | {"created_at": "2026-11-29", "extra": {"created_at": 0}},
+            ep("acme/ci-4", 4, age_s=None) | {"created_at": "2026-11-29", "extra": {"created_at": "0"}},
+            ep("acme/ci-5", 5, age_s=None) | {"created_at": "2019-06-01T00:00:00Z"},
+        ]
+    )
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, client, policy, queued)
+    assert summary.status == "ok" and summary.listed == 5
+    assert [r.endpoint_id for r in queued] == ["endpoint-0001"]
+    assert summary.unknown_age == 4
