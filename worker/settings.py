@@ -169,9 +169,15 @@ class Settings(BaseSettings):
         return 3 if self.together_api == "v2" else 2
 
     @property
+    def step_budget_s(self) -> float:
+        """What one delete attempt's requests may take. The client bounds each request to about three times the
+        HTTP timeout (connect, first byte, body); the v2 client also holds a whole step (reads, experiments,
+        the change) to this, sending no request that could not end within it."""
+        return 3 * self.requests_per_attempt * self.http_timeout_s
+
+    @property
     def task_soft_time_limit_s(self) -> float:
-        # The client bounds each request to about three times the HTTP timeout (connect, first byte, body).
-        return 3 * self.requests_per_attempt * self.http_timeout_s + self._task_slack_s
+        return self.step_budget_s + self._task_slack_s
 
     @property
     def task_time_limit_s(self) -> float:
