@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     together_base_url: str = "https://api.together.xyz/v1"
     # Which endpoints API the client speaks; nothing above the client depends on it (docs/api-v2.md).
     together_api: Literal["v1", "v2"] = "v1"
-    # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v1/whoami``).
+    # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v3/whoami``).
     together_project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:~-]{1,128}$")] | None = None
     # v2 only: how often a delete waiting for its deployments to stop asks again (no worker is held meanwhile),
     # and how long it waits before it ends as failed (the next sweep resumes the sequence).
