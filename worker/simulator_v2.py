@@ -1591,7 +1591,7 @@ class V2Simulator:
         self.deleted: dict[str, list[Any]] = _no_deletes()
         self.faults = _Faults()
         self.requests: list[JSONDict] = []
-        self.cursors: dict[str, tuple[tuple[str, str, str], SortKey]] = {}
+        self.cursors: dict[str, tuple[tuple[str, str], SortKey]] = {}  # cursor -> ((list, order), last key)
 
     # -- seeding --------------------------------------------------------------------------------
 
@@ -1973,7 +1973,7 @@ class V2Simulator:
         limit = self._limit(params)
         ordered = sorted(items, key=key)
         keys = [key(i) for i in ordered]
-        scope = (kind, "desc" if desc else "asc", "")
+        scope = (kind, "desc" if desc else "asc")  # a cursor is only good for the list and order it came from
         after = params.get("after")
         if after is not None:
             saved = self.cursors.get(after)
