@@ -282,7 +282,9 @@ def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _
         state="UNKNOWN" if hidden_deployments(endpoint) else derive_state(endpoint.deployments),
         created_at=endpoint.created_at,
         display_name=None,
-        hardware=main.hardware if main else None,
+        # No deployment at all: nothing runs on any hardware ("" matches no hardware pattern but "*"); a
+        # deployment whose hardware is not given: None, which a protect on hardware counts as a match.
+        hardware=main.hardware if main else "",
         updated_at=endpoint.updated_at,
         variants=tuple(variants),
     )
@@ -730,6 +732,9 @@ class TogetherV2Client(HttpApi):
 
     def _step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
         current = self._get_raw(endpoint_id)
+        for d in current.deployments:
+            # Every id that a later step puts into a URL is checked before the first change, not at its turn.
+            check_path_segment(d.id, "deployment id")
         self._resolve_models([d.model for d in current.deployments if d.model])
         reason = guard(to_facts(current, self._names.get))
         if reason is not None:

@@ -103,7 +103,7 @@ def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment(
     assert facts.created_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
     assert to_facts(e).model is None  # the name is not known: not the resource name, not ""
     empty = to_facts(endpoint([]))
-    assert (empty.model, empty.hardware, empty.state) == ("", None, "STOPPED")
+    assert (empty.model, empty.hardware, empty.state) == ("", "", "STOPPED")
     assert endpoint_type("ENDPOINT_TYPE_RESERVED") == "reserved"
 
 
