@@ -3,6 +3,8 @@ limits, and a lost delete message is published again: real workers, a real Redis
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import Harness, spec, wait_for
@@ -265,3 +267,86 @@ def test_a_delete_delivered_twice_at_once_sends_one_delete(harness: Harness) -> 
     outcomes = [e for e in harness.store.events_for("endpoint-0001") if e["kind"] == "outcome"]
     assert len(outcomes) == 1
     assert harness.redis.exists(f"{harness.key_prefix}:running:endpoint-0001") == 0  # the lock is let go
+
+
+# ------------------------------------------------------------------ found by a second, adversarial read
+
+
+def test_a_change_sent_by_an_earlier_attempt_stays_counted_whatever_the_retry_finds(harness: Harness) -> None:
+    # Attempt 1 sends its DELETE and gets a 500 (the API may have acted); before the retry the endpoint stops
+    # being a candidate, so attempt 2 is `spared`. The task must still count against max_deletes_per_day.
+    policy(harness, CI_RULE + "limits: {max_deletes_per_day: 5}\n")
+    harness.configure(JANITOR_RETRY_BACKOFF_S="3", JANITOR_RETRY_BACKOFF_MAX_S="3")
+    harness.sim.reset([ep(1)])
+    harness.sim.faults(scripts={"endpoint-0001": {"DELETE": [500]}})
+    harness.worker()
+    sweep_in_process(harness)
+    wait_for(lambda: any(e["kind"] == "retry" for e in harness.store.events(100)), 30, what="the retry")
+    harness.sim.admin.patch("/endpoints/endpoint-0001", json={"name": "acme/kept-1"}).raise_for_status()
+    outcome = harness.outcome("endpoint-0001", timeout=30)
+    assert outcome.status == "spared" and outcome.may_have_changed
+    assert harness.store.acted_last_day() == 1
+
+
+def test_a_live_claim_is_counted_the_moment_it_is_made(harness: Harness) -> None:
+    # Counted in the claim's own script: a sweep killed between publishing and any later write cannot leave a
+    # published delete uncounted. A claim whose task never reached the broker is taken out again.
+    policy(harness, CI_RULE)
+    harness.sim.reset([ep(1), ep(2)])
+    sweep_in_process(harness, publish=False)
+    assert harness.store.acted_last_day() == 2
+    harness.store.release_pending("endpoint-0001", harness.store.claim("endpoint-0001").task_id)  # type: ignore[union-attr]
+    assert harness.store.acted_last_day() == 1
+    sweep_in_process(harness, dry_run=True, publish=False)  # dry-run claims count for nothing
+    assert harness.store.acted_last_day() == 1
+
+
+def test_a_forged_task_id_that_extends_the_real_one_neither_drops_the_claim_nor_takes_the_lock(
+    harness: Harness,
+) -> None:
+    policy(harness, CI_RULE)
+    harness.sim.reset([ep(1)])
+    (queued,) = sweep_in_process(harness, publish=False)
+    claimed_at = int(harness.store.claim("endpoint-0001").claimed_at)  # type: ignore[union-attr]
+    harness.worker()
+    for forged in (f"{queued.task_id}|{claimed_at}", f"{queued.task_id}|"):
+        harness.celery().send_task(DELETE_TASK, kwargs=queued.task_kwargs(), task_id=forged)
+        outcome = wait_for(lambda f=forged: harness.store.outcome_for_task(f), 30, what="the forged outcome")
+        assert outcome.status == "failed" and (outcome.error or "").startswith("no claim")
+        assert harness.store.claim("endpoint-0001") is not None  # the real claim is untouched
+    _enqueue([queued], celery=harness.celery())  # the real task still acts
+    real = wait_for(lambda: harness.store.outcome_for_task(queued.task_id), 30, what="the real task's outcome")
+    assert real.status == "deleted"
+    assert len(harness.sim.calls("DELETE", "endpoint-0001")) == 1
+
+
+def test_the_run_lock_is_kept_while_its_run_lives_and_lapses_when_it_dies(harness: Harness) -> None:
+    policy(harness, CI_RULE)
+    harness.sim.reset([ep(1)])
+    (queued,) = sweep_in_process(harness, publish=False)
+    first = harness.store.task_state(queued.task_id, "endpoint-0001", "run-1", 0.3)
+    assert first.locked
+    lease = harness.store.run_lease("endpoint-0001", "run-1", 0.3)
+    try:
+        deadline = time.monotonic() + 1.5  # five lock lifetimes: the lease renews it
+        while time.monotonic() < deadline:
+            assert not harness.store.task_state(queued.task_id, "endpoint-0001", "run-2", 0.3).locked
+            time.sleep(0.05)
+    finally:
+        lease.release()
+    assert harness.store.task_state(queued.task_id, "endpoint-0001", "run-3", 0.3).locked  # released: free
+    # A run that dies (no lease renews it) loses the lock after its lifetime.
+    wait_for(
+        lambda: harness.store.task_state(queued.task_id, "endpoint-0001", "run-4", 0.3).locked, 5, what="the lapse"
+    )
+
+
+def test_a_sweep_cannot_be_made_live_on_a_worker_in_dry_run(harness: Harness) -> None:
+    policy(harness, CI_RULE)
+    harness.configure(JANITOR_DRY_RUN="true")
+    harness.sim.reset([ep(1)])
+    harness.worker()
+    summary = harness.sweep(dry_run=False).get(timeout=30)
+    assert summary["dry_run"] is True
+    assert harness.outcome("endpoint-0001").status == "would_delete"
+    assert changes(harness) == [] and harness.store.acted_last_day() == 0

@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="override JANITOR_DRY_RUN for this sweep",
+        help="--dry-run forces a dry run; --no-dry-run cannot make a worker in JANITOR_DRY_RUN=true act",
     )
     p.add_argument("--wait", action="store_true", help="wait for the sweep and print its summary")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")

@@ -471,6 +471,7 @@ def _sweep_locked(
         pending_ttl_s,
         listed_at,
         requests={eid: r.task_kwargs() for eid, r in requests.items()},
+        live=not summary.dry_run,
     )
     summary.already_pending += len(requests) - len(claimed)
     to_send = [r for eid, r in requests.items() if eid in claimed]
@@ -486,8 +487,6 @@ def _sweep_locked(
         # A claim whose task never reached the broker must not block the endpoint until its TTL.
         for request in to_send[len(queued) :]:
             store.release_pending(request.endpoint_id, request.task_id)
-        if not summary.dry_run:
-            store.record_acted(queued)
     summary.status = "ok"
     return newly_marked
 
@@ -754,10 +753,12 @@ class Recheck:
         *,
         sequence: Mapping[str, Any] | None = None,
         dry_run_now: bool = False,
+        task_id: str | None = None,
     ) -> None:
         self.client, self.store, self.policy_file = client, store, policy_file
         self.action, self.rule, self.now, self.sequence = action, rule, now, sequence
         self.dry_run_now = dry_run_now
+        self.task_id = task_id
         self.cleared: Cleared | None = None
         self.detach_experiments = False  # what the policy says, as read at the last call
 
@@ -793,6 +794,9 @@ class Recheck:
                 reason = f"now {now_is}: {decision.reason}"
         if reason is None:
             self.cleared = Cleared(fresh.hardware, policy.price_of(fresh.hardware))
+            if self.task_id is not None:
+                # The change is sent next: whatever comes back (or nothing), this task counts for the limits.
+                self.store.mark_sent(self.task_id)
         return reason
 
 

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("names no host")
+        if parts.username and parts.password is None:
+            # Usually a password whose colon was forgotten; Celery's banner would print it as a user name.
+            raise ValueError(
+                "names a user but no password; a password alone goes after a colon: redis://:PASSWORD@host:6379/0"
+            )
         return value
 
     @field_validator("sweep_schedule")

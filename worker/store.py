@@ -30,6 +30,7 @@ key                            type      what
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -260,6 +261,32 @@ class TaskState:
     outcome: Outcome | None  # the task's recorded outcome, if it has one
     claim: Claim | None
     sequence: dict[str, Any] | None  # the endpoint's open delete sequence (v2)
+    sent_before: bool = False  # an earlier run of this task sent a change (its result may be anything)
+
+
+class RunLease:
+    """The endpoint's run lock, kept alive while its run lives: renewed every third of ``hold_s`` by a daemon
+    thread, so a run held up by a slow request (Celery's threads pool enforces no time limit) never loses it to
+    a redelivered copy, and a dead worker's lock lapses after ``hold_s``. :meth:`release` stops and frees it."""
+
+    def __init__(self, client: redis.Redis, key: str, token: str, hold_s: float) -> None:
+        self._client, self._key, self._token = client, key, token
+        self._hold_ms = max(1, int(hold_s * 1000))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="janitor-run-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._hold_ms / 3000):
+            try:
+                if not self._client.eval(_EXTEND_IF_EQUAL, 1, self._key, self._token, self._hold_ms):
+                    return  # lost (it lapsed): nothing more to keep
+            except redis.RedisError:
+                continue  # Redis away for a moment: the next tick tries again, within the lock's TTL
+
+    def release(self) -> None:
+        self._stop.set()
+        self._client.eval(_DEL_IF_EQUAL, 1, self._key, self._token)
 
 
 @dataclass(frozen=True)
@@ -296,7 +323,8 @@ def iso(moment: datetime) -> str:
 # Records a task's outcome only if the task has none yet, and in the same step clears the endpoint's
 # pending key (if it is still this task's), appends the event, clears the mark of a settled endpoint
 # (ARGV[7] '1'), takes a task known to have changed nothing out of the 24 h count ('0'; with 'u', a result
-# that may have changed something, it stays counted) and fills the notify outbox.
+# that may have changed something, now or in an earlier run of the task, it stays counted) and fills the
+# notify outbox.
 # A redelivered or retried task can never leave a second outcome, and a crash cannot leave half of one.
 _RECORD_OUTCOME = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -311,7 +339,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
     redis.call('ZREM', KEYS[8], ARGV[5])
   end
   local claim = redis.call('HGET', KEYS[10], ARGV[4])
-  if claim and string.sub(claim, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then redis.call('HDEL', KEYS[10], ARGV[4]) end
+  if claim and string.match(claim, '^([^|]*)|') == ARGV[5] then redis.call('HDEL', KEYS[10], ARGV[4]) end
   redis.call('HINCRBY', KEYS[9], ARGV[9], 1)
   if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[9], 'spend_removed_usd_per_hour', ARGV[10]) end
   redis.call('RPUSH', KEYS[7], ARGV[1])
@@ -326,23 +354,56 @@ return redis.call('GET', KEYS[1])
 # settled what that listing showed, and must not be queued again.
 _CLAIM_PENDING = """
 local since = tonumber(ARGV[1])
+local live, now = ARGV[3] == '1', tonumber(ARGV[4])
 local t = redis.call('TIME')
 local claimed = {}
-for i = 3, #KEYS do
-  local j = i - 2
-  local endpoint_id, task_id, request = ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2]
+for i = 4, #KEYS do
+  local j = i - 3
+  local endpoint_id, task_id, request = ARGV[3 * j + 2], ARGV[3 * j + 3], ARGV[3 * j + 4]
   local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
   if not (score and tonumber(score) >= since) then
     if redis.call('SET', KEYS[i], task_id, 'NX', 'EX', ARGV[2]) then
       redis.call('HSET', KEYS[2], endpoint_id, task_id .. '|' .. t[1] .. '|' .. request)
+      -- A live claim counts for max_deletes_per_day from this moment: nothing between here and the publish
+      -- (a killed sweep, a failed write) can leave a published delete uncounted. An unpublished one is
+      -- taken out again by release_pending.
+      if live then redis.call('ZADD', KEYS[3], now, task_id) end
       table.insert(claimed, endpoint_id)
     end
   end
 end
+if live and #claimed > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400)
+  redis.call('EXPIRE', KEYS[3], 172800)
+end
 return claimed
 """
 
+_TASK_STATE = """
+local outcome = redis.call('GET', KEYS[1])
+local claim = redis.call('HGET', KEYS[2], ARGV[1])
+local sequence = redis.call('HGET', KEYS[3], ARGV[1])
+local sent = redis.call('EXISTS', KEYS[4])
+local locked = 0
+if not outcome and claim and string.match(claim, '^([^|]*)|') == ARGV[2] then
+  if redis.call('SET', KEYS[5], ARGV[3], 'NX', 'PX', ARGV[4]) then locked = 1 end
+end
+return {outcome, claim, sequence, sent, locked}
+"""
+
+_EXTEND_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _DEL_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_DROP_CLAIM = """
+local claim = redis.call('HGET', KEYS[2], ARGV[2])
+if claim and string.match(claim, '^([^|]*)|') == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -354,7 +415,8 @@ return 0
 
 _RELEASE_IF_OWNER = """
 local claim = redis.call('HGET', KEYS[2], ARGV[2])
-if claim and string.sub(claim, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then redis.call('HDEL', KEYS[2], ARGV[2]) end
+if claim and string.match(claim, '^([^|]*)|') == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -394,7 +456,7 @@ for i = 4, #ARGV, 2 do
   j = j + 1
   local endpoint_id, task_id = ARGV[i], ARGV[i + 1]
   local claim = redis.call('HGET', KEYS[1], endpoint_id)
-  if claim and string.sub(claim, 1, #task_id + 1) == task_id .. '|'
+  if claim and string.match(claim, '^([^|]*)|') == task_id
       and redis.call('EXISTS', KEYS[4 + nq + j]) == 0 and not present[task_id] then
     lost_now[endpoint_id] = true
     local seen = redis.call('HGET', KEYS[3], endpoint_id)
@@ -435,6 +497,8 @@ class Store:
         self.events_max_len = events_max_len
         self._record_outcome = client.register_script(_RECORD_OUTCOME)
         self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
+        self._drop_claim = client.register_script(_DROP_CLAIM)
+        self._task_state = client.register_script(_TASK_STATE)
         self._hdel_if_unchanged = client.register_script(_HDEL_IF_UNCHANGED)
 
     @classmethod
@@ -551,11 +615,14 @@ class Store:
         ttl_s: int,
         listed_at: float = float("inf"),
         requests: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        live: bool = False,
     ) -> set[str]:
         """SET NX each endpoint's pending key to its new task id; return the endpoints claimed now.
 
         ``requests`` holds each task's kwargs, kept in the claim (:class:`Claim`): a delete task acts only if its
-        own id and arguments are the claim's. A claim without them lets no task act.
+        own id and arguments are the claim's. A claim without them lets no task act. A ``live`` claim enters the
+        24 h count of ``max_deletes_per_day`` in the same step (:meth:`release_pending` takes it out again).
 
         An endpoint with an outcome recorded at or after ``listed_at`` (Redis time, taken before the list
         was fetched) is skipped: its state changed since the sweep saw it. One script per 500 endpoints (none
@@ -566,12 +633,13 @@ class Store:
         pipe = self.pipeline()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            args: list[str | float] = [min(listed_at, 1e300), ttl_s]
+            args: list[str | float] = [min(listed_at, 1e300), ttl_s, "1" if live else "0", time.time()]
             for endpoint_id in chunk:
                 request = (requests or {}).get(endpoint_id)
                 payload = json.dumps(request, separators=(",", ":"), sort_keys=True) if request is not None else ""
                 args += [endpoint_id, claims[endpoint_id], payload]
-            keys = [self.key("outcomes"), self.key("claims"), *(self.key("pending", e) for e in chunk)]
+            keys = [self.key("outcomes"), self.key("claims"), self.key("acted")]
+            keys += [self.key("pending", e) for e in chunk]
             pipe.eval(_CLAIM_PENDING, len(keys), *keys, *args)
         claimed: set[str] = set()
         for chunk_claimed in pipe.execute():
@@ -579,7 +647,10 @@ class Store:
         return claimed
 
     def release_pending(self, endpoint_id: str, task_id: str) -> None:
-        self._release_if_owner(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
+        """Undo a claim whose task never reached the broker: its pending key, its claim, its place in the count."""
+        self._release_if_owner(
+            keys=[self.key("pending", endpoint_id), self.key("claims"), self.key("acted")], args=[task_id, endpoint_id]
+        )
 
     def stale_claims(self, older_than_s: float) -> dict[str, str]:
         """Endpoint id -> task id of claims older than ``older_than_s`` whose task recorded no outcome.
@@ -591,7 +662,9 @@ class Store:
         return _stale_claims(cast(dict[str, str], self.redis.hgetall(self.key("claims"))), now, older_than_s)
 
     def drop_claim(self, endpoint_id: str, task_id: str) -> None:
-        self._release_if_owner(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
+        """Forget a claim that outlived its lost task (the sweep queues the endpoint again); the lost task stays
+        counted (it may have acted)."""
+        self._drop_claim(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
 
     def claims(self) -> dict[str, Claim]:
         """Every claim whose task has not recorded its outcome yet (endpoint id -> claim)."""
@@ -625,25 +698,35 @@ class Store:
         return None if found == -1 else list(cast(list[str], found))
 
     def task_state(self, task_id: str, endpoint_id: str, token: str, hold_s: float) -> TaskState:
-        """What a delete task reads before it acts, in one round trip: the endpoint's run lock (taken with
-        ``token`` for ``hold_s`` if free), its recorded outcome (a redelivery after the write), the endpoint's
-        claim, and the endpoint's open delete sequence (v2)."""
-        pipe = self.pipeline()
-        pipe.set(self.key("running", endpoint_id), token, nx=True, px=max(1, int(hold_s * 1000)))
-        pipe.get(self.key("task", task_id))
-        pipe.hget(self.key("claims"), endpoint_id)
-        pipe.hget(self.key("sequences"), endpoint_id)
-        locked, outcome, claim, sequence = pipe.execute()
+        """What a delete task reads before it acts, in one atomic step: its recorded outcome (a redelivery after
+        the write), the endpoint's claim, its open delete sequence (v2), whether an earlier run of this task
+        already sent a change, and the endpoint's run lock, taken with ``token`` for ``hold_s`` only if it is
+        free and the claim names this task (a hand-sent task never holds it)."""
+        outcome, claim, sequence, sent, locked = self._task_state(
+            keys=[
+                self.key("task", task_id),
+                self.key("claims"),
+                self.key("sequences"),
+                self.key("sent", task_id),
+                self.key("running", endpoint_id),
+            ],
+            args=[endpoint_id, task_id, token, max(1, int(hold_s * 1000))],
+        )
         return TaskState(
             locked=bool(locked),
             outcome=Outcome.from_json(outcome) if outcome else None,
-            claim=Claim.parse(claim) if claim is not None else None,
-            sequence=json.loads(sequence) if sequence is not None else None,
+            claim=Claim.parse(claim) if claim else None,
+            sequence=json.loads(sequence) if sequence else None,
+            sent_before=bool(sent),
         )
 
-    def release_run(self, endpoint_id: str, token: str) -> None:
-        """Free the endpoint's run lock if ``token`` still holds it."""
-        self.redis.eval(_DEL_IF_EQUAL, 1, self.key("running", endpoint_id), token)
+    def mark_sent(self, task_id: str) -> None:
+        """Right before a change is sent: from now on this task counts against the limits whatever its outcome."""
+        self.redis.set(self.key("sent", task_id), "1", ex=self.retention_s)
+
+    def run_lease(self, endpoint_id: str, token: str, hold_s: float) -> RunLease:
+        """Keep the run lock taken by :meth:`task_state` while the run lives (see :class:`RunLease`)."""
+        return RunLease(self.redis, self.key("running", endpoint_id), token, hold_s)
 
     def claim(self, endpoint_id: str) -> Claim | None:
         """The endpoint's claim (the one task allowed to act on it), or None."""

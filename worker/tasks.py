@@ -91,7 +91,8 @@ def _sweep(self: Task, settings: Settings, dry_run: bool | None) -> dict[str, An
             store=_store(settings),
             client=lambda: client_for(settings),  # a missing key becomes the sweep's recorded error
             policy_file=settings.policy_file,
-            dry_run=settings.dry_run if dry_run is None else bool(dry_run),
+            # The worker's own JANITOR_DRY_RUN wins: a task can ask for a dry run, never for a live one.
+            dry_run=settings.dry_run or bool(dry_run),
             lock_ttl_s=settings.sweep_lock_ttl_s,
             pending_ttl_s=settings.pending_ttl_s,
             enqueue=_enqueue,
@@ -159,30 +160,36 @@ def delete_endpoint(
     task_id: str = self.request.id
     token = uuid.uuid4().hex
     state = store.task_state(task_id, endpoint_id, token, settings.task_time_limit_s)
+    if state.outcome is not None:
+        # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
+        return _as_result(state.outcome)
+    kwargs = dict(
+        endpoint_id=endpoint_id,
+        endpoint_name=endpoint_name,
+        sweep_id=sweep_id,
+        rule=rule,
+        dry_run=dry_run,
+        action=action,
+        server_errors=server_errors,
+        waiting_since=waiting_since,
+    )
+    queued_as = DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action).task_kwargs()
+    if "|" in task_id or state.claim is None or not state.claim.allows(task_id, queued_as):
+        # Not the task a sweep queued for this endpoint (sent by hand, or a stale copy): no request at all, and
+        # it never held the endpoint's run lock.
+        attempt = Attempt(OutcomeStatus.FAILED, None, "no claim: this task is not the one a sweep queued for it")
+        return _record(store, task_id, kwargs, attempt, attempts=0, cleared=None, resumed=False, state=state)
+    if not state.locked:
+        # Another copy of this delete is running for the endpoint right now (a message delivered twice: a worker
+        # killed between a retry's publish and its acknowledgement, or a redelivery while a slow run lives). That
+        # copy carries the delete on; this one changes nothing and leaves the task's state alone.
+        log.warning("delete %s (sweep %s): another copy is running; this one stops", endpoint_id, sweep_id)
+        raise Ignore()
+    lease = store.run_lease(endpoint_id, token, settings.task_time_limit_s)
     try:
-        if state.outcome is not None:
-            # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
-            return _as_result(state.outcome)
-        if not state.locked:
-            # Another copy of a delete is running for this endpoint right now (a message delivered twice: a
-            # worker killed between a retry's publish and its acknowledgement, or a recovered message). That
-            # copy carries the delete on; this one changes nothing and leaves the task's state alone.
-            log.warning("delete %s (sweep %s): another copy is running; this one stops", endpoint_id, sweep_id)
-            raise Ignore()
-        kwargs = dict(
-            endpoint_id=endpoint_id,
-            endpoint_name=endpoint_name,
-            sweep_id=sweep_id,
-            rule=rule,
-            dry_run=dry_run,
-            action=action,
-            server_errors=server_errors,
-            waiting_since=waiting_since,
-        )
-        return _delete(self, settings, store, state, kwargs, release=lambda: store.release_run(endpoint_id, token))
+        return _delete(self, settings, store, state, kwargs, release=lease.release)
     finally:
-        if state.locked:
-            store.release_run(endpoint_id, token)
+        lease.release()
 
 
 def _delete(
@@ -197,19 +204,15 @@ def _delete(
     """The delete task's body, run while it holds the endpoint's run lock; ``release`` frees it before the task
     is published again (a retry or the next step), so that the next run finds it free."""
     task_id: str = self.request.id
-    endpoint_id, endpoint_name, sweep_id = kwargs["endpoint_id"], kwargs["endpoint_name"], kwargs["sweep_id"]
+    endpoint_id, sweep_id = kwargs["endpoint_id"], kwargs["sweep_id"]
     rule, dry_run, action = kwargs["rule"], kwargs["dry_run"], kwargs["action"]
     server_errors = kwargs["server_errors"]
-    claim, sequence = state.claim, state.sequence
+    sequence = state.sequence
     cleared: Cleared | None = None
     # v1 deletes in one step: a sequence (v2) is never under way for them.
     resumed = sequence is not None
     attempts = 0
-    queued_as = DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action).task_kwargs()
-    if claim is None or not claim.allows(task_id, queued_as):
-        # Not the task a sweep queued for this endpoint (sent by hand, or a stale copy): no request at all.
-        attempt = Attempt(OutcomeStatus.FAILED, None, "no claim: this task is not the one a sweep queued for it")
-    elif action not in ("delete", "stop"):
+    if action not in ("delete", "stop"):
         attempt = Attempt(OutcomeStatus.FAILED, None, f"unknown action {action!r}")
     elif dry_run or (settings.dry_run and not resumed):
         # The worker's own JANITOR_DRY_RUN wins over the task's argument (a delete queued live and retried by
@@ -229,6 +232,7 @@ def _delete(
                 utc_now(),
                 sequence=sequence,
                 dry_run_now=settings.dry_run,
+                task_id=task_id,
             )
             result = take_step(client, endpoint_id, action, guard)
             cleared = guard.cleared
@@ -297,6 +301,23 @@ def _delete(
                 exc=RetryableApiError(scrub(attempt.error or "HTTP 500")),
             )
 
+    return _record(store, task_id, kwargs, attempt, attempts=attempts, cleared=cleared, resumed=resumed, state=state)
+
+
+def _record(
+    store: Store,
+    task_id: str,
+    kwargs: dict[str, Any],
+    attempt: Attempt,
+    *,
+    attempts: int,
+    cleared: Cleared | None,
+    resumed: bool,
+    state: TaskState,
+) -> dict[str, Any]:
+    """Record the task's one outcome (and end a v2 sequence that ended), log it, return the task's result."""
+    endpoint_id, endpoint_name, sweep_id = kwargs["endpoint_id"], kwargs["endpoint_name"], kwargs["sweep_id"]
+    rule, action = kwargs["rule"], kwargs["action"]
     outcome = Outcome(
         endpoint_id=endpoint_id,
         status=attempt.status,
@@ -311,8 +332,9 @@ def _delete(
         action=action,
         hardware=cleared.hardware if cleared else None,
         usd_per_hour=cleared.usd_per_hour if cleared else None,
-        # A sequence under way has changed the endpoint already (scaled down at least): it stays counted.
-        may_have_changed=attempt.unknown or resumed,
+        # A change sent by an earlier run (a v2 step, a v1 DELETE answered 500) or one whose result is unknown
+        # keeps the task in the 24 h count, whatever this run found.
+        may_have_changed=attempt.unknown or resumed or state.sent_before,
     )
     if resumed and attempt.status is not OutcomeStatus.FAILED:
         # Ended one way or another (a failed sequence stays open for the next sweep to resume). Before the
