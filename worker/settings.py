@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("JANITOR_TOGETHER_API_KEY", "TOGETHER_API_KEY"),
     )
-    together_base_url: str = "https://api.together.xyz/v1"
+    together_base_url: str = "https://api.together.ai/v1"
     # Which endpoints API the client speaks; nothing above the client depends on it (docs/api-v2.md).
     together_api: Literal["v1", "v2"] = "v1"
     # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v3/whoami``).
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL such as https://api.together.xyz/v1, got {value!r}")
+            raise ValueError(f"must be an http(s) URL such as https://api.together.ai/v1, got {value!r}")
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
