@@ -159,7 +159,7 @@ class Sim:
 
     @property
     def root_url(self) -> str:
-        """The origin, which is the v2 client's base (``/v1/whoami``, ``/v2/projects/...``)."""
+        """The origin, which is the v2 client's base (``/v3/whoami``, ``/v2/projects/...``)."""
         return str(self.server.root_url)
 
     def v2_reset(

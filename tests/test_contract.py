@@ -1,11 +1,9 @@
-"""Contract tests: third-party tools that know the Together v1 API, pointed at the simulator.
+"""Contract tests: a third-party tool that knows the Together v1 API, pointed at the simulator.
 
-* Schemathesis generates requests from ``tests/spec/together-openapi-endpoints.yaml`` (its examples,
-  coverage and fuzzing phases; valid and invalid data) and checks every answer against that spec.
-* Together's own Python SDK (the pre-2.0 line, which speaks v1) lists, reads and deletes through it.
-
-Both talk real HTTP to an in-process ``SimulatorServer``; nothing is mocked. If the simulator drifts from
-the spec, or from what Together's client expects, these fail before the janitor's own tests are misled.
+Schemathesis generates requests from ``tests/spec/together-openapi-endpoints.yaml`` (its examples, coverage and
+fuzzing phases; valid and invalid data) and checks every answer against that spec. It talks real HTTP to an
+in-process ``SimulatorServer``; nothing is mocked. If the simulator drifts from the spec, these fail before the
+janitor's own tests are misled. (The v2 contract, against Together's own SDK, is ``tests/test_contract_v2.py``.)
 """
 
 from __future__ import annotations
@@ -258,67 +256,3 @@ def test_unknown_body_fields_are_ignored_and_logged(sim: SimulatorServer, admin:
                                          "max_replicas": 1}, "region": "us"})  # fmt: skip
         assert r.status_code == 200 and "region" not in r.json()
     assert [e["ignored_fields"] for e in _request_log(admin)] == [["stat", "zzz"], ["region"]]
-
-
-# -- Together's own SDK (v1 line) -----------------------------------------------------------------
-
-
-@pytest.fixture
-def together_client(sim: SimulatorServer) -> Any:
-    together = pytest.importorskip("together", reason="the Together SDK 1.5.x comes with the dev extra")
-    # The SDK joins base_url + "endpoints" itself (adding the "/"), so it gets the simulator's .../v1 root as is,
-    # just as its default is https://api.together.xyz/v1. No retries: the request log must show single calls.
-    return together.Together(api_key=KEY, base_url=sim.base_url, max_retries=0, timeout=10)
-
-
-def test_together_sdk_lists_gets_and_deletes(together_client: Any, admin: httpx.Client) -> None:
-    from together.error import InvalidRequestError
-    from together.types.endpoints import DedicatedEndpoint, ListEndpoint
-
-    _reset(admin)
-    listed = together_client.endpoints.list(type="dedicated")
-    assert all(isinstance(ep, ListEndpoint) for ep in listed)  # the SDK's pydantic models parse every entry
-    assert {ep.id for ep in listed} == DEDICATED_IDS
-    held = {e["id"]: e for e in admin.get("/endpoints").json()["data"]}
-    assert {ep.id: (ep.state, ep.owner, ep.type) for ep in listed} == {
-        i: (held[i]["state"], held[i]["owner"], held[i]["type"]) for i in DEDICATED_IDS
-    }
-    # The SDK spells a bool query value "True"; the simulator must read it as the real API does.
-    assert {ep.id for ep in together_client.endpoints.list(type="dedicated", mine=True)} == {
-        SPEC_EXAMPLE_ID,
-        STOPPED_ID,
-    }
-
-    detail = together_client.endpoints.get(STOPPED_ID)
-    assert isinstance(detail, DedicatedEndpoint)
-    assert (detail.state, detail.autoscaling.max_replicas) == ("STOPPED", 3)
-
-    assert together_client.endpoints.delete(STOPPED_ID) is None
-    snapshot = admin.get("/endpoints").json()
-    assert STOPPED_ID not in {e["id"] for e in snapshot["data"]}
-    assert snapshot["deleted"] == [STOPPED_ID]
-    with pytest.raises(InvalidRequestError) as gone:
-        together_client.endpoints.get(STOPPED_ID)
-    assert gone.value.http_status == 404
-
-    log = _request_log(admin)
-    assert [(e["method"], e["path"], e["query"], e["status"], e["authorized"]) for e in log] == [
-        ("GET", "/v1/endpoints", "type=dedicated", 200, True),
-        ("GET", "/v1/endpoints", "type=dedicated&mine=True", 200, True),
-        ("GET", f"/v1/endpoints/{STOPPED_ID}", "", 200, True),
-        ("DELETE", f"/v1/endpoints/{STOPPED_ID}", "", 204, True),
-        ("GET", f"/v1/endpoints/{STOPPED_ID}", "", 404, True),
-    ]
-
-
-def test_together_sdk_with_a_wrong_key_gets_403(sim: SimulatorServer, admin: httpx.Client) -> None:
-    together = pytest.importorskip("together", reason="the Together SDK 1.5.x comes with the dev extra")
-    from together.error import InvalidRequestError
-
-    _reset(admin)
-    client = together.Together(api_key="sk-wrong", base_url=sim.base_url, max_retries=0, timeout=10)
-    with pytest.raises(InvalidRequestError) as denied:  # the SDK maps 403 here (401 would be AuthenticationError)
-        client.endpoints.delete(STOPPED_ID)
-    assert denied.value.http_status == 403
-    assert STOPPED_ID in {e["id"] for e in admin.get("/endpoints").json()["data"]}
-    assert [(e["method"], e["status"], e["authorized"]) for e in _request_log(admin)] == [("DELETE", 403, False)]

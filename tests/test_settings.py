@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
 def test_defaults_are_safe() -> None:
     s = load_settings()
     assert s.dry_run is True
-    assert s.together_base_url == "https://api.together.xyz/v1"
+    assert s.together_base_url == "https://api.together.ai/v1"  # the official spec's server; the SDK's origin
     assert s.redis_url == "redis://localhost:6379/0"
     assert s.sweep_schedule == "15m"
     assert s.delete_max_retries == 5

@@ -127,16 +127,25 @@ def test_v1_has_no_request_counts(sim: Sim) -> None:
 # ---------------------------------------------------------------------------------------------- steps, directly
 
 
-def _always(fresh: Endpoint) -> None:
-    return None
+class _Always:
+    """A guard that lets every step through (the policy allows no detaching)."""
+
+    detach_experiments = False
+
+    def __call__(self, fresh: Endpoint, /) -> str | None:
+        return None
+
+
+_always = _Always()
 
 
 class _Pass(Recheck):
     """A guard that lets every step through and can act in the moment between the read and the change."""
 
-    def __init__(self, during: Any = None) -> None:
+    def __init__(self, during: Any = None, detach: bool = False) -> None:
         self.during = during
         self.cleared = None
+        self.detach_experiments = detach
 
     def __call__(self, fresh: Endpoint) -> str | None:
         if self.during is not None:
@@ -154,42 +163,50 @@ def _run_sequence(v2: TogetherV2Client, endpoint_id: str, limit: int = 40) -> li
     raise AssertionError(f"no end after {limit} steps: {[s.did for s in steps]}")
 
 
-def test_the_sequence_scales_down_waits_unroutes_and_deletes_in_order(sim: Sim, v2: TogetherV2Client) -> None:
+def test_the_sequence_follows_together_s_own_delete_order(sim: Sim, v2: TogetherV2Client) -> None:
+    """rm.py (force): unroute; per deployment scale to zero and delete; then the endpoint. Each change carries
+    its etag and updateMask where the SDK puts them."""
     sim.v2_reset([v2_endpoint(1, deployments=2)], stop_delay_s=0)
     steps = _run_sequence(v2, "ep_0001")
     # Both deployments have the same age, so the summaries' order (newest first) decides between them.
-    first = steps[0].did.split()[2]
+    first = steps[1].did.split()[2]
     (second,) = {"dep_1_0", "dep_1_1"} - {first}
     assert [s.did for s in steps] == [
+        "take the endpoint out of live traffic",
         f"scale deployment {first} to zero",
         f"scale deployment {second} to zero",
-        "take the deployments out of the traffic split",
         f"delete deployment {first}",
         f"delete deployment {second}",
         "delete endpoint",
     ]
     assert [s.kind for s in steps] == [StepKind.NEXT] * 5 + [StepKind.DONE]
-    changes = [(r["method"], r["target"]) for r in sim.v2_requests() if r["method"] != "GET"]
-    assert changes == [
-        ("PATCH", "deployment"),
-        ("PATCH", "deployment"),
-        ("PATCH", "endpoint"),
-        ("DELETE", "deployment"),
-        ("DELETE", "deployment"),
-        ("DELETE", "endpoint"),
+    changes = [r for r in sim.v2_requests() if r["method"] != "GET"]
+    assert [(r["method"], r["route"]) for r in changes] == [
+        ("PATCH", "/v2/projects/{project_id}/endpoints/{id}"),
+        ("PATCH", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments/{id}"),
+        ("PATCH", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments/{id}"),
+        ("DELETE", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments/{id}"),
+        ("DELETE", "/v2/projects/{project_id}/endpoints/{endpoint_id}/deployments/{id}"),
+        ("DELETE", "/v2/projects/{project_id}/endpoints/{id}"),
     ]
-    final = next(r for r in sim.v2_requests() if r["method"] == "DELETE" and r["target"] == "endpoint")
-    assert "etag=" in final["query"] and final["status"] in (200, 204)
+    unroute, scale = changes[0], changes[1]
+    assert unroute["params"] == {"updateMask": "trafficSplit"} and unroute["body_keys"] == ["etag", "trafficSplit"]
+    assert unroute["body"]["trafficSplit"] == []
+    assert scale["params"] == {"updateMask": "autoscaling"} and scale["body_keys"] == ["autoscaling", "etag"]
+    assert scale["body"]["autoscaling"] == {"minReplicas": 0, "maxReplicas": 0}
+    assert all("etag" in r["params"] for r in changes[3:])
+    assert all(r["status"] == 200 and not r["unapplied_fields"] and not r["ignored_query"] for r in changes)
     assert sim.v2_endpoint("ep_0001") is None
 
 
 def test_a_stopping_deployment_is_waited_for(sim: Sim, v2: TogetherV2Client) -> None:
     sim.v2_reset([v2_endpoint(1)], stop_delay_s=600)
-    assert v2.step("ep_0001", "delete", _always).kind is StepKind.NEXT
+    assert v2.step("ep_0001", "delete", _always).kind is StepKind.NEXT  # unroute
+    assert v2.step("ep_0001", "delete", _always).kind is StepKind.NEXT  # scale down
     waiting = v2.step("ep_0001", "delete", _always)
     assert waiting.kind is StepKind.WAIT and "STOPPING" in (waiting.reason or "")
     sim.admin.patch("/v2/endpoints/ep_0001/deployments/dep_1_0", json={"state": STOPPED}).raise_for_status()
-    assert v2.step("ep_0001", "delete", _always).kind is StepKind.NEXT  # unroute
+    assert v2.step("ep_0001", "delete", _always).did == "delete deployment dep_1_0"
 
 
 @pytest.mark.parametrize(
@@ -231,7 +248,7 @@ def test_a_stale_etag_is_refused_and_blocked(sim: Sim, v2: TogetherV2Client) -> 
 
 def test_a_500_on_a_step_is_retryable_and_a_404_of_the_endpoint_is_already_gone(sim: Sim, v2: TogetherV2Client) -> None:
     sim.v2_reset([v2_endpoint(1)])
-    sim.v2_faults(scripts={"dep_1_0": {"PATCH": [500]}})
+    sim.v2_faults(scripts={"ep_0001": {"PATCH": [500]}})
     failed = take_step(v2, "ep_0001", "delete", _Pass())
     assert not isinstance(failed, Step) and failed.retryable and failed.http_status == 500
     gone = take_step(v2, "ep_9999", "delete", _Pass())
@@ -272,15 +289,14 @@ def test_a_v2_sweep_runs_the_whole_sequence_and_records_every_step(harness: Harn
     summary = h.sweep().get(timeout=30)
     assert (summary["status"], summary["queued"], summary["candidates"]) == ("ok", 1, 1)
     outcome = h.outcome("ep_0001", timeout=30)
-    assert (outcome.status, outcome.attempts, outcome.http_status) == ("deleted", 1, 204)
+    assert (outcome.status, outcome.attempts, outcome.http_status) == ("deleted", 1, 200)
     assert outcome.hardware == "1x_nvidia_h100_80gb_sxm"
     assert h.sim.v2_endpoint("ep_0001") is None and h.sim.v2_endpoint("ep_0002") is not None
     steps = [e for e in reversed(h.store.events_for("ep_0001")) if e["kind"] == "step"]
     dids = [s["did"] for s in steps]
-    assert dids[:2] == sorted(dids[:2]) or dids[:2] == sorted(dids[:2], reverse=True)
-    assert all(d.startswith("scale deployment") for d in dids[:2])
+    assert dids[0] == "take the endpoint out of live traffic"
+    assert all(d.startswith("scale deployment") for d in dids[1:3])
     assert any(s["result"] == "wait" and s["did"].startswith("wait for deployment") for s in steps)  # 0.5 s to stop
-    assert "take the deployments out of the traffic split" in dids
     assert sum(d.startswith("delete deployment") for d in dids) == 2
     assert _kinds(h, "ep_0001")[-1] == "outcome"
     assert h.store.open_sequences() == {}
@@ -294,7 +310,7 @@ def test_a_v2_sweep_runs_the_whole_sequence_and_records_every_step(harness: Harn
     )
     assert history.returncode == 0
     rows = [line for line in history.stdout.splitlines() if " step " in line]
-    assert len(rows) == len(steps) and any("take the deployments out of the traffic split" in r for r in rows)
+    assert len(rows) == len(steps) and any("take the endpoint out of live traffic" in r for r in rows)
     # Nothing but ep_0001 was ever changed.
     changed = {r.get("endpoint_id") for r in h.sim.v2_requests() if r["method"] in ("PATCH", "DELETE")}
     assert changed == {"ep_0001"}
@@ -608,3 +624,126 @@ def test_switching_to_dry_run_stops_a_sequence_under_way(harness: Harness) -> No
     outcome = h.outcome("ep_0001", timeout=90)
     assert outcome.status == "spared" and "JANITOR_DRY_RUN" in (outcome.error or "")
     assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
+
+
+# ---------------------------------------------------------------------------------------------- as Together's SDK
+
+
+@pytest.fixture(autouse=True)
+def _every_request_is_one_the_sdk_makes(sim: Sim) -> Iterator[None]:
+    """Whatever a test in this file made the janitor send, each request is one an SDK method produces."""
+    yield
+    from tests.sdk_routes import route_mismatches
+
+    wrong = [(e["method"], e["path"], route_mismatches(e)) for e in sim.v2_requests() if route_mismatches(e)]
+    assert wrong == []
+
+
+V1_PROTECTIONS = """
+version: 1
+protect:
+  - model: "meta-llama/*"
+  - hardware: "8x_nvidia_h100_80gb_sxm"
+  - name: "acme/prod-*"
+rules:
+  - name: old
+    ttl: 6h
+"""
+
+
+def test_a_policy_written_for_v1_keeps_every_protection_under_v2(harness: Harness) -> None:
+    """The simulator serves resource names (projects/…/models/…), as the real API does; the janitor resolves them."""
+    h = _v2_harness(harness, V1_PROTECTIONS)
+    llama = v2_endpoint(1)
+    llama["deployments"][0]["model"] = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    canary = v2_endpoint(2, deployments=2)  # the protected model on a canary beside the main deployment
+    canary["deployments"][1]["model"] = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    big = v2_endpoint(3)
+    big["deployments"][0]["hardware"] = "8x_nvidia_h100_80gb_sxm"
+    unresolvable = v2_endpoint(4)
+    unresolvable["deployments"][0]["model_unresolvable"] = True
+    h.sim.v2_reset([llama, canary, big, unresolvable, v2_endpoint(5, name="acme/prod-chat"), v2_endpoint(6)])
+    served = h.sim.v2_endpoint("ep_0001")
+    assert served is not None and served["deployments"][0]["model"].startswith("projects/")
+    h.worker()
+    summary = h.sweep().get(timeout=30)
+    assert (summary["queued"], summary["protected"]) == (1, 5), summary
+    gone = h.outcome("ep_0006", timeout=30)
+    assert gone.status == "deleted", gone.error
+    for i in range(1, 6):
+        assert h.sim.v2_endpoint(f"ep_{i:04d}") is not None
+    models = [r for r in h.sim.v2_requests() if r.get("target") == "model"]
+    assert len({r["path"] for r in models}) == len(models)  # one lookup per distinct model
+
+
+def test_a_rollout_in_flight_is_spared_with_the_reason(harness: Harness) -> None:
+    h = _v2_harness(harness)
+    h.sim.v2_reset([v2_endpoint(1, activeRolloutId="rol_1", rollouts=[{"id": "rol_1"}])], stop_delay_s=0)
+    h.worker()
+    h.sweep().get(timeout=30)
+    outcome = h.outcome("ep_0001", timeout=30)
+    assert outcome.status == "spared" and "rollout" in (outcome.error or "")
+    assert [r for r in h.sim.v2_requests() if r["method"] != "GET"] == []
+
+
+def _with_experiment(n: int) -> dict[str, Any]:
+    e = v2_endpoint(n, deployments=2)
+    d0, d1 = (d["id"] for d in e["deployments"])
+    e["abExperiments"] = [
+        {
+            "id": f"abx_{n}",
+            "name": "ab",
+            "members": [
+                {"deploymentId": d0, "role": "AB_EXPERIMENT_MEMBER_ROLE_CONTROL", "percent": 50},
+                {"deploymentId": d1, "role": "AB_EXPERIMENT_MEMBER_ROLE_VARIANT", "percent": 50},
+            ],
+        }
+    ]
+    return e
+
+
+@pytest.mark.parametrize("policy_says", ["block", "detach"])
+def test_an_endpoint_in_an_experiment_is_blocked_unless_the_policy_says_detach(
+    harness: Harness, policy_says: str
+) -> None:
+    h = _v2_harness(harness, f"version: 1\nexperiments: {policy_says}\nrules:\n  - name: old\n    ttl: 6h\n")
+    h.sim.v2_reset([_with_experiment(1)], stop_delay_s=0)
+    h.worker()
+    h.sweep().get(timeout=30)
+    outcome = h.outcome("ep_0001", timeout=60)
+    if policy_says == "block":
+        assert outcome.status == "blocked" and "abx_1" in (outcome.error or "")
+        assert [r for r in h.sim.v2_requests() if r["method"] != "GET"] == []  # nothing changed at all
+    else:
+        assert outcome.status == "deleted" and h.sim.v2_endpoint("ep_0001") is None
+        changes = [(r["method"], r["target"]) for r in h.sim.v2_requests() if r["method"] != "GET"]
+        assert changes[0] == ("DELETE", "ab_experiment")  # detached first, as Together's CLI does
+
+
+def test_an_organization_key_without_a_project_ends_the_sweep_with_what_to_set(harness: Harness) -> None:
+    h = _v2_harness(harness)
+    h.sim.v2_reset([v2_endpoint(1)], key_type="org_api_key")
+    h.worker()
+    summary = h.sweep().get(timeout=30)
+    assert summary["status"] == "error" and "JANITOR_TOGETHER_PROJECT_ID" in summary["error"]
+    assert [r["target"] for r in h.sim.v2_requests()] == ["whoami"]
+
+
+def test_an_analytics_answer_without_total_requests_keeps_the_endpoint(harness: Harness) -> None:
+    policy = "version: 1\nrules:\n  - name: quiet\n    idle: {no_requests_for: 2h}\n"
+    h = _v2_harness(harness, policy)
+    h.sim.v2_reset([v2_endpoint(1)], analytics_omit="totalRequests")
+    h.worker()
+    summary = h.sweep().get(timeout=30)
+    assert summary["queued"] == 0 and h.sim.v2_endpoint("ep_0001") is not None
+    decision = next(e for e in h.store.events_for("ep_0001") if e["kind"] == "decision")
+    assert decision["action"] == "undecided" and "totalRequests" in decision["reason"]
+
+
+@pytest.mark.parametrize("status", [409, 429])
+def test_the_sdk_s_own_retries_are_off(sim: Sim, v2: TogetherV2Client, status: int) -> None:
+    sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
+    sim.v2_faults(scripts={"ep_0001": {"PATCH endpoint": [status]}})
+    attempt = take_step(v2, "ep_0001", "delete", _Pass())
+    assert not isinstance(attempt, Step) and attempt.http_status == status and not attempt.retryable
+    assert len([r for r in sim.v2_requests() if r["method"] == "PATCH"]) == 1  # sent once

@@ -55,7 +55,7 @@ from worker.store import (
     parse_time,
     utc_now,
 )
-from worker.together import Endpoint, EndpointsApi, Step, StepKind, check_endpoint_id
+from worker.together import SCALED_DOWN_PHASES, Endpoint, EndpointsApi, Step, StepKind, check_endpoint_id
 
 log = logging.getLogger(__name__)
 
@@ -760,6 +760,7 @@ class Recheck:
         self.dry_run_now = dry_run_now
         self.task_id = task_id
         self.cleared: Cleared | None = None
+        self.detach_experiments = False  # what the policy says, as read at the last call
 
     @property
     def passed(self) -> bool:
@@ -767,6 +768,7 @@ class Recheck:
 
     def __call__(self, fresh: Endpoint) -> str | None:
         policy = load_policy(self.policy_file, self.client.version)
+        self.detach_experiments = policy.experiments == "detach"
         exemption = self.store.exemption(fresh.id, self.now)
         reason: str | None = None
         if self.dry_run_now:
@@ -829,7 +831,13 @@ def sequence_hold(
     if now - started > MAX_SEQUENCE_AGE:
         return f"the delete began at {sequence.get('started_at')}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
     last = str(sequence.get("last_step") or "")
-    if endpoint.state in ("STARTED", "STARTING") and not last.startswith("scale deployment"):
+    # A sequence recorded before steps had phases: its old order scaled everything down first.
+    scaled_down = (
+        sequence.get("last_phase") in SCALED_DOWN_PHASES
+        if "last_phase" in sequence
+        else not last.startswith("scale deployment")
+    )
+    if endpoint.state in ("STARTED", "STARTING") and scaled_down:
         return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
     return None
 

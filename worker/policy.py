@@ -50,7 +50,7 @@ class EndpointFacts(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def model(self) -> str: ...
+    def model(self) -> str | None: ...  # None: not known (v2: a model whose name could not be resolved)
     @property
     def type(self) -> str: ...
     @property
@@ -345,6 +345,9 @@ class Policy(_Strict):
     protect: list[MatcherField] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    # v2: an endpoint whose deployments take part in an A/B or shadow experiment is left alone (its delete ends
+    # ``blocked``) unless this says ``detach``: then they are detached first, as Together's own delete does.
+    experiments: Literal["block", "detach"] = "block"
     # Hourly price per hardware type (a glob), in USD, supplied by the user: what a delete or stop saves.
     prices: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
 
@@ -548,7 +551,7 @@ def decide(
 class _Variant:
     """An endpoint seen through one of its other deployments (v2): that deployment's model and hardware."""
 
-    def __init__(self, endpoint: EndpointFacts, model: str, hardware: str | None) -> None:
+    def __init__(self, endpoint: EndpointFacts, model: str | None, hardware: str | None) -> None:
         self._endpoint, self.model, self.hardware = endpoint, model, hardware
 
     def __getattr__(self, name: str) -> Any:

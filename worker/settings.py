@@ -38,10 +38,10 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("JANITOR_TOGETHER_API_KEY", "TOGETHER_API_KEY"),
     )
-    together_base_url: str = "https://api.together.xyz/v1"
+    together_base_url: str = "https://api.together.ai/v1"
     # Which endpoints API the client speaks; nothing above the client depends on it (docs/api-v2.md).
     together_api: Literal["v1", "v2"] = "v1"
-    # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v1/whoami``).
+    # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v3/whoami``).
     together_project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:~-]{1,128}$")] | None = None
     # v2 only: how often a delete waiting for its deployments to stop asks again (no worker is held meanwhile),
     # and how long it waits before it ends as failed (the next sweep resumes the sequence).
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL such as https://api.together.xyz/v1, got {value!r}")
+            raise ValueError(f"must be an http(s) URL such as https://api.together.ai/v1, got {value!r}")
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
@@ -174,9 +174,15 @@ class Settings(BaseSettings):
         return 3 if self.together_api == "v2" else 2
 
     @property
+    def step_budget_s(self) -> float:
+        """What one delete attempt's requests may take. The client bounds each request to about three times the
+        HTTP timeout (connect, first byte, body); the v2 client also holds a whole step (reads, experiments,
+        the change) to this, sending no request that could not end within it."""
+        return 3 * self.requests_per_attempt * self.http_timeout_s
+
+    @property
     def task_soft_time_limit_s(self) -> float:
-        # The client bounds each request to about three times the HTTP timeout (connect, first byte, body).
-        return 3 * self.requests_per_attempt * self.http_timeout_s + self._task_slack_s
+        return self.step_budget_s + self._task_slack_s
 
     @property
     def task_time_limit_s(self) -> float:

@@ -718,7 +718,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._log_entry = None
         self._allow = ""
         raw_path, _, query = self.path.partition("?")
-        is_v2 = is_v2_path(raw_path)  # /v1/whoami and /v2/...: logged and served by simulator_v2
+        is_v2 = is_v2_path(raw_path)  # /v2/... and /v3/whoami: logged and served by simulator_v2
         is_api = not is_v2 and (raw_path == "/v1" or raw_path.startswith("/v1/"))
         if is_v2:
             self._log_entry = self._state.v2.log_request(self.command, raw_path, query, self._conn_id)
@@ -1161,7 +1161,7 @@ class SimulatorServer:
 
     @property
     def root_url(self) -> str:
-        """The origin: the v2 API's base (``/v1/whoami``, ``/v2/projects/...``)."""
+        """The origin: the v2 API's base (``/v3/whoami``, ``/v2/projects/...``)."""
         return self._root
 
     @property

@@ -249,6 +249,7 @@ def _delete(
                     action=action,
                     kind=str(result.kind),
                     did=result.did,
+                    phase=str(result.phase) if result.phase else None,
                     http_status=result.http_status,
                     reason=result.reason,
                     hardware=cleared.hardware if cleared else None,

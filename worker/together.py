@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -126,7 +126,7 @@ class Endpoint:
 
     id: StrictStr
     name: StrictStr
-    model: StrictStr
+    model: StrictStr | None  # v2: None when the model's name could not be resolved
     type: StrictStr
     owner: StrictStr
     state: StrictStr
@@ -136,7 +136,7 @@ class Endpoint:
     hardware: StrictStr | None = None
     updated_at: ApiTime = None  # v2 only
     # v2 only: (model, hardware) of every deployment; a protect matcher protects if it matches any of them.
-    variants: tuple[tuple[str, str | None], ...] = ()
+    variants: tuple[tuple[str | None, str | None], ...] = ()
 
 
 class EndpointList(BaseModel):
@@ -180,6 +180,21 @@ class StepKind(StrEnum):
     SPARED = "spared"  # the guard said no: nothing was changed by this step
 
 
+class StepPhase(StrEnum):
+    """Which part of a delete sequence a step belongs to (v2), so that nothing above the client reads ``did``."""
+
+    DETACH = "detach"  # a deployment taken out of an A/B or shadow experiment
+    UNROUTE = "unroute"  # the endpoint taken out of live traffic
+    SCALE_DOWN = "scale_down"  # a deployment scaled to zero: others may still run
+    WAIT = "wait"  # every deployment scaled to zero, some still stopping
+    DELETE_DEPLOYMENT = "delete_deployment"  # every deployment stopped
+    DELETE_ENDPOINT = "delete_endpoint"
+
+
+# After these phases every deployment is scaled to zero: an endpoint running again was started by someone.
+SCALED_DOWN_PHASES = frozenset({StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
+
+
 @dataclass(frozen=True)
 class Step:
     """What one call of :meth:`EndpointsApi.step` did: at most one change on the API's side."""
@@ -188,10 +203,19 @@ class Step:
     did: str
     http_status: int | None = None
     reason: str | None = None  # why SPARED or WAIT
+    phase: StepPhase | None = None
 
 
-# Reads the endpoint as it is right now and says why it must be left alone, or None to go ahead.
-Guard = Callable[[Endpoint], str | None]
+class Guard(Protocol):
+    """Reads the endpoint as it is right now and says why it must be left alone, or None to go ahead.
+
+    ``detach_experiments``: what the policy it read says of a v2 endpoint whose deployments take part in A/B
+    or shadow experiments (``experiments: detach``); a client reads it only after calling the guard.
+    """
+
+    detach_experiments: bool
+
+    def __call__(self, endpoint: Endpoint, /) -> str | None: ...
 
 
 class EndpointsApi(Protocol):
@@ -434,6 +458,7 @@ def client_for(settings: Settings) -> EndpointsApi:
                 settings.together_api_key,
                 settings.http_timeout_s,
                 project_id=settings.together_project_id,
+                step_budget_s=settings.step_budget_s,
             )
         else:
             client = TogetherClient(settings.together_base_url, settings.together_api_key, settings.http_timeout_s)

@@ -1,23 +1,44 @@
-"""The Together API v2 client: project-scoped endpoints, deployments, analytics, the stepwise delete.
+"""The Together API v2 client, with Together's own SDK (``together`` 3.x) as its wire layer.
 
-The wire format is fixed in ``docs/api-v2.md`` (Together publishes no OpenAPI file for v2). Everything above
-the client sees v2 endpoints as the same :class:`~worker.together.Endpoint` facts as v1: ``model`` and
-``hardware`` of the endpoint's main deployment, a ``state`` derived from all its deployments, the project's
-slug (the part of the name before ``/``) as ``owner``. Unknown fields are ignored and unknown enum values kept.
+Every v2 request is made by an SDK method (``Together.endpoints``, ``.deployments``, ``.ab_experiments``,
+``.shadow_experiments``, ``.models``, ``whoami``): no v2 path, query key or body field is spelled here, so a
+change Together makes reaches the janitor with an SDK upgrade. What the janitor guarantees of its own HTTP is
+kept around the SDK: a body-size cap and a deadline for the whole request (the transport below), the key
+scrubbed from every error text, and no retries but the janitor's own (``max_retries=0``: a 409 or 429 is
+never sent twice). Answers are read raw and validated by the strict models here (JSON strings only, unknown
+enum values kept, placeholder times unknown); ``tests/test_contract_v2.py`` holds their aliases to the SDK's.
+
+Everything above the client sees v2 endpoints as the same :class:`~worker.together.Endpoint` facts as v1:
+``model`` is the model's name as Together shows it (resolved from the deployment's resource name, once per
+distinct model), ``hardware`` that of the main deployment, a ``state`` derived from all deployments, the
+project's slug as ``owner``. See docs/api-v2.md.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import os
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
+from together import APIConnectionError, APIStatusError, APITimeoutError, Together, omit
 
-from worker.errors import ApiRefusal, MalformedResponse, SequenceRefused
+from worker.errors import (
+    ApiRefusal,
+    ApiStatusError,
+    ApiTransportError,
+    MalformedResponse,
+    SequenceRefused,
+    SettingsError,
+)
 from worker.together import (
     ApiTime,
     Endpoint,
@@ -25,6 +46,7 @@ from worker.together import (
     HttpApi,
     Step,
     StepKind,
+    StepPhase,
     check_endpoint_id,
     check_path_segment,
     summarise_validation,
@@ -35,8 +57,14 @@ _MAX_OBJECT_BYTES = 1024 * 1024
 _MAX_PAGES = 100_000
 # An endpoint's summary lists at most this many deployments (the newest); with that many, more may be hidden.
 SUMMARY_LIMIT = 10
-# 50 is the documented default and 500 an unconfirmed maximum; 100 keeps pages few without testing the limit.
+# The SDK states no maximum for an endpoint page (experiment pages: 500, default 50); 100 keeps pages few.
 PAGE_SIZE = 100
+# ``projects/{projectId}/models/{modelId}/revisions/{revisionId}`` (types/endpoint_deployment_summary.py).
+MODEL_RESOURCE = re.compile(r"projects/([^/]+)/models/([^/]+)(?:/revisions/([^/]+))?")
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------- wire models
 
 
 class _Wire(BaseModel):
@@ -53,10 +81,12 @@ class Deployment(_Wire):
     # strictness as v1's Endpoint: JSON strings only, and a placeholder time is unknown (None).
     id: StrictStr
     name: str | None = None
-    model: StrictStr | None = None
+    model: StrictStr | None = None  # a resource name: projects/{p}/models/{m}/revisions/{r}
+    model_id: StrictStr | None = None  # deprecated by the SDK, still served
     hardware: StrictStr | None = None
     created_at: ApiTime = None
     state: StrictStr = ""
+    traffic_mode: StrictStr | None = None
     desired_replicas: int | None = None
     ready_replicas: int | None = None
     autoscaling: Autoscaling | None = None
@@ -85,40 +115,89 @@ class V2Endpoint(_Wire):
     updated_at: ApiTime = None
     project_id: str | None = None
     etag: str | None = None
+    active_rollout_id: str | None = None
     traffic_split: list[TrafficEntry] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list)
+
+
+class FullDeployment(_Wire):
+    """``GET .../deployments/{id}`` (types/endpoint_deployment.py): what a conditional change needs."""
+
+    id: StrictStr
+    etag: StrictStr
 
 
 class _Page(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    object: Literal["list"]
     data: list[V2Endpoint]
     next_cursor: str | None = None
 
 
-class _WhoAmI(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _WhoProject(_Wire):
+    id: StrictStr
+    slug: str | None = None
 
-    project_id: str
+
+class _WhoAmI(_Wire):
+    """``GET /v3/whoami`` (types/whoami_response.py), a union on ``type``; only what the janitor reads."""
+
+    type: StrictStr
+    project: _WhoProject | None = None
 
 
 class _RequestMetrics(_Wire):
-    total_requests: int  # a string on the wire ("42"); pydantic's lax mode reads it as a number
+    total_requests: StrictStr | None = None  # a decimal string on the wire (types/request_metrics.py)
 
 
 class _Metrics(_Wire):
-    request_metrics: _RequestMetrics
+    request_metrics: _RequestMetrics | None = None
 
 
 class _Analytics(_Wire):
-    metrics: _Metrics
+    metrics: _Metrics | None = None
 
 
-_PAGE = TypeAdapter(_Page)
-_ENDPOINT = TypeAdapter(V2Endpoint)
-_WHOAMI = TypeAdapter(_WhoAmI)
-_ANALYTICS = TypeAdapter(_Analytics)
+class _Model(_Wire):
+    name: StrictStr  # ``<project_slug>/<model_name>`` (types/model.py)
+
+
+class _AbMember(_Wire):
+    deployment_id: StrictStr
+    role: StrictStr
+    percent: int
+
+
+class _AbExperiment(_Wire):
+    id: StrictStr
+    etag: str | None = None
+    members: list[_AbMember] = Field(default_factory=list)
+
+
+class _ShadowTarget(_Wire):
+    id: StrictStr
+    target_deployment_id: StrictStr
+    etag: str | None = None
+
+
+class _ShadowExperiment(_Wire):
+    id: StrictStr
+    etag: str | None = None
+    targets: list[_ShadowTarget] = Field(default_factory=list)
+
+
+class _AbPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[_AbExperiment]
+    next_cursor: str | None = None
+
+
+class _ShadowPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[_ShadowExperiment]
+    next_cursor: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -184,21 +263,30 @@ def main_deployment(endpoint: V2Endpoint) -> Deployment | None:
     )
 
 
-def to_facts(endpoint: V2Endpoint) -> Endpoint:
+def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _: None) -> Endpoint:
+    """The endpoint as a policy reads it. ``names`` gives a model resource name's display name, None when it
+    is not known: ``model`` is then None, so a rule on ``model`` does not hold and a protect on it protects."""
     main = main_deployment(endpoint)
+    variants: list[tuple[str | None, str | None]] = []
+    for d in endpoint.deployments:
+        # A protect matcher on model protects if it matches the display name, the resource name or the model
+        # id of any deployment; an unresolved display name is None, which protects.
+        variants.append((names(d.model) if d.model else None, d.hardware))
+        variants += [(text, d.hardware) for text in (d.model, d.model_id) if text]
     return Endpoint(
         id=endpoint.id,
         name=endpoint.name,
-        model=(main.model or "") if main else "",
+        model=(names(main.model) if main.model else None) if main else "",
         type=endpoint_type(endpoint.endpoint_type),
         owner=endpoint.name.split("/", 1)[0] if "/" in endpoint.name else "",
         state="UNKNOWN" if hidden_deployments(endpoint) else derive_state(endpoint.deployments),
         created_at=endpoint.created_at,
         display_name=None,
-        hardware=main.hardware if main else None,
+        # No deployment at all: nothing runs on any hardware ("" matches no hardware pattern but "*"); a
+        # deployment whose hardware is not given: None, which a protect on hardware counts as a match.
+        hardware=main.hardware if main else "",
         updated_at=endpoint.updated_at,
-        # Every deployment's model and hardware: a protect matcher protects if any deployment matches.
-        variants=tuple((d.model or "", d.hardware) for d in endpoint.deployments),
+        variants=tuple(variants),
     )
 
 
@@ -206,47 +294,199 @@ def to_facts(endpoint: V2Endpoint) -> Endpoint:
 
 
 @dataclass(frozen=True)
+class Membership:
+    """One experiment a deployment of the endpoint takes part in, and how detaching it is done."""
+
+    kind: Literal["ab", "shadow"]
+    experiment_id: str
+    deployment_id: str
+    detach: Literal["delete_experiment", "update_members", "delete_target"]
+    etag: str | None = None
+    target_id: str | None = None  # shadow: the target to remove
+    members: tuple[dict[str, Any], ...] = ()  # ab, update_members: the members that stay
+
+    def describe(self) -> str:
+        what = "an A/B experiment" if self.kind == "ab" else "a shadow experiment"
+        return f"deployment {self.deployment_id} takes part in {what} ({self.experiment_id})"
+
+
+def memberships(
+    deployments: Sequence[str], ab: Sequence[_AbExperiment], shadow: Sequence[_ShadowExperiment]
+) -> list[Membership]:
+    """Which experiments hold these deployments, with the detach Together's CLI would do
+    (lib/cli/api/endpoints/_utils/_detach_from_experiments.py): a shadow target is removed, the experiment
+    deleted with its last target; an A/B member is removed, the experiment deleted if fewer than two members
+    would stay or the member is its control."""
+    ours = set(deployments)
+    found: list[Membership] = []
+    for s in shadow:
+        for t in s.targets:
+            if t.target_deployment_id in ours:
+                last = len(s.targets) == 1
+                found.append(
+                    Membership(
+                        "shadow",
+                        s.id,
+                        t.target_deployment_id,
+                        "delete_experiment" if last else "delete_target",
+                        s.etag if last else t.etag,
+                        target_id=t.id,
+                    )
+                )
+                break
+    for a in ab:
+        member = next((m for m in a.members if m.deployment_id in ours), None)
+        if member is None:
+            continue
+        rest = [m for m in a.members if m.deployment_id != member.deployment_id]
+        if len(rest) < 2 or member.role == "AB_EXPERIMENT_MEMBER_ROLE_CONTROL":
+            found.append(Membership("ab", a.id, member.deployment_id, "delete_experiment", a.etag))
+        else:
+            # The removed member's percent goes to the control (lib/cli/.../_ab_experiments.py).
+            kept = tuple(
+                {
+                    "deployment_id": m.deployment_id,
+                    "role": m.role,
+                    "percent": m.percent + (member.percent if m.role == "AB_EXPERIMENT_MEMBER_ROLE_CONTROL" else 0),
+                }
+                for m in rest
+            )
+            found.append(Membership("ab", a.id, member.deployment_id, "update_members", a.etag, members=kept))
+    return found
+
+
+@dataclass(frozen=True)
 class NextStep:
     """What the delete (or stop) sequence does next, read from the endpoint as it is now."""
 
-    kind: Literal["scale_down", "wait", "unroute", "delete_deployment", "delete_endpoint", "stopped", "refuse"]
+    kind: Literal[
+        "rollout",
+        "experiments",
+        "detach",
+        "unroute",
+        "scale_down",
+        "wait",
+        "delete_deployment",
+        "delete_endpoint",
+        "stopped",
+        "refuse",
+    ]
     deployment_id: str | None = None
-    keep: tuple[TrafficEntry, ...] = ()
+    membership: Membership | None = None
     reason: str = ""
 
 
-def next_step(endpoint: V2Endpoint, action: str) -> NextStep:
-    """The documented order: scale every deployment to zero, wait until each is STOPPED, take them out of
-    the traffic split, delete them, then delete the endpoint. A stop ends after the scaling.
+def next_step(
+    endpoint: V2Endpoint, action: str, found: Sequence[Membership] | None = None, *, detach: bool = False
+) -> NextStep:
+    """Together's own order (lib/cli/api/endpoints/rm.py, force): leave an endpoint with a rollout in flight
+    alone; detach its deployments from experiments (only if the policy allows; ``experiments`` asks for them
+    when ``found`` is None); take it out of live traffic (``trafficSplit: []``); scale each deployment to zero,
+    wait until each is STOPPED, delete each; then delete the endpoint. A stop only scales to zero.
 
     Pure and read from the current state alone, so a sequence interrupted anywhere resumes correctly.
     """
     hidden = hidden_deployments(endpoint)
     if hidden is not None:
         return NextStep("refuse", reason=f"not deleted: {hidden}")
+    if endpoint.active_rollout_id:
+        return NextStep("rollout", reason=f"a rollout is in flight ({endpoint.active_rollout_id})")
     deployments = endpoint.deployments
+    if action == "stop":
+        for d in deployments:
+            if not d.scaled_to_zero and d.short_state != "STOPPED":
+                return NextStep("scale_down", d.id)
+        return NextStep("stopped")
+    if deployments:
+        if found is None:
+            return NextStep("experiments")
+        if found:
+            if not detach:
+                listed = "; ".join(m.describe() for m in found[:3])
+                return NextStep("refuse", reason=f"not deleted: {listed} (the policy's experiments: detach allows it)")
+            return NextStep("detach", found[0].deployment_id, found[0])
+    if endpoint.traffic_split:
+        return NextStep("unroute")
     for d in deployments:
         if not d.scaled_to_zero and d.short_state != "STOPPED":
             return NextStep("scale_down", d.id)
-    if action == "stop":
-        return NextStep("stopped")
     for d in deployments:
         # Only a STOPPED deployment may be deleted (a FAILED one too goes STOPPING, STOPPED once scaled down).
         if d.short_state != "STOPPED":
             return NextStep("wait", d.id, reason=f"deployment {d.id} is {d.short_state}")
-    ours = {d.id for d in deployments}
-    if any(t.deployment_id in ours for t in endpoint.traffic_split):
-        return NextStep("unroute", keep=tuple(t for t in endpoint.traffic_split if t.deployment_id not in ours))
     if deployments:
         return NextStep("delete_deployment", deployments[0].id)
     return NextStep("delete_endpoint")
+
+
+# ---------------------------------------------------------------------------------------------- HTTP guard
+
+# The body cap of the request under way (a page may be large, one object is not): read by the transport.
+_CAP: contextvars.ContextVar[int] = contextvars.ContextVar("janitor_v2_body_cap", default=_MAX_OBJECT_BYTES)
+# The end of the step under way (monotonic time), so that all of a step's requests fit the task's time limit.
+_STEP_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("janitor_v2_step_ends", default=None)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _Capped(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, cap: int, deadline: float) -> None:
+        self._inner, self._cap, self._deadline = inner, cap, deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = 0
+        for chunk in self._inner:
+            read += len(chunk)
+            if read > self._cap:
+                raise _BodyTooLarge(f"response body larger than {self._cap // 1024} KiB; refused")
+            if time.monotonic() > self._deadline:
+                raise _TooSlow("timed out (the body took too long)")
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class GuardedTransport(httpx.BaseTransport):
+    """What the janitor's own HTTP layer guarantees, under the SDK: each body is capped, and the whole request
+    (headers and body) has one more timeout's worth of time, however slowly a server trickles bytes."""
+
+    def __init__(self, inner: httpx.BaseTransport, budget_s: float) -> None:
+        self._inner, self._budget_s = inner, budget_s
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        now = time.monotonic()
+        step_ends = _STEP_ENDS.get()
+        # A request may take its connect and first-byte timeouts before the body's deadline is checked: one
+        # that could not end before the step must is not sent at all.
+        if step_ends is not None and now + 2 * self._budget_s > step_ends:
+            raise _TooSlow("the step ran out of time; this request was not sent")
+        deadline = now + self._budget_s
+        response = self._inner.handle_request(request)
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_Capped(response.stream, _CAP.get(), deadline),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 # ---------------------------------------------------------------------------------------------- the client
 
 
 class TogetherV2Client(HttpApi):
-    """``/v2/projects/{projectId}/endpoints``; the project is the key's own unless configured."""
+    """The project's endpoints through the SDK; the project is the key's own unless configured."""
 
     version = "v2"
     list_is_detailed = True  # a listed endpoint carries its deployments: model, hardware, state
@@ -259,61 +499,116 @@ class TogetherV2Client(HttpApi):
         timeout_s: float,
         *,
         project_id: str | None = None,
-        **kwargs: object,
+        step_budget_s: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 100,
     ) -> None:
+        if os.environ.get("TOGETHER_CUSTOM_HEADERS"):
+            # The SDK would add them to every request, behind the settings' back.
+            raise SettingsError("TOGETHER_CUSTOM_HEADERS is set; unset it: the janitor sends only headers it chooses")
         # JANITOR_TOGETHER_BASE_URL names the v1 base (…/v1); v2 lives beside it on the same origin.
         root = base_url.rstrip("/").removesuffix("/v1")
-        super().__init__(root, api_key, timeout_s, **kwargs)  # type: ignore[arg-type]
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        inner = transport or httpx.HTTPTransport(limits=limits)
+        super().__init__(root, api_key, timeout_s, transport=GuardedTransport(inner, timeout_s))  # type: ignore[arg-type]
         self._project_id = check_path_segment(project_id, "project id") if project_id else None
+        # All the requests of one step (its reads, the experiments, the change) fit in this, whatever they are.
+        self._step_budget_s = step_budget_s if step_budget_s is not None else 9 * timeout_s
+        self._names: dict[str, str | None] = {}  # model resource name -> display name (None: not found)
+        # Every value explicit, so TOGETHER_BASE_URL and TOGETHER_PROJECT_ID in the environment change nothing;
+        # the project goes with each call. The SDK's own retries are off: only the janitor retries, only a 500.
+        self._sdk = Together(
+            api_key=self._key,
+            base_url=root,
+            project_id="",
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=self._http,
+        )
+
+    def __repr__(self) -> str:
+        return f"TogetherV2Client(base_url={self.base_url!r}, project_id={self._project_id!r})"
+
+    # -- the SDK call, its errors, its answer
+
+    def _call(self, what: str, call: Callable[[], Any], cap: int = _MAX_OBJECT_BYTES) -> bytes:
+        """Make one SDK call (a ``with_raw_response`` method) and return the JSON body, or raise the janitor's
+        own error: the status and the server's message (scrubbed), a timeout, a body too large or not JSON."""
+        token = _CAP.set(cap)
+        try:
+            raw = call()
+        except APIStatusError as exc:
+            response = exc.response
+            raise self._status_error(
+                response.request.method,
+                response.request.url.path,
+                response.status_code,
+                response.headers.get("content-type", ""),
+                response.content,
+            ) from None
+        except APITimeoutError:
+            raise ApiTransportError(f"{what}: timed out") from None
+        except APIConnectionError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, _BodyTooLarge):
+                raise MalformedResponse(f"{what}: {cause}") from None
+            if isinstance(cause, _TooSlow):
+                raise ApiTransportError(f"{what}: {cause}") from None
+            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+            raise ApiTransportError(self._scrub(f"{what}: {self._line(detail)}")) from None
+        finally:
+            _CAP.reset(token)
+        http = raw.http_response
+        self._require_json(http.request.method, http.request.url.path, http.headers.get("content-type", ""))
+        return bytes(http.content)
+
+    def _parse(self, what: str, body: bytes, adapter: TypeAdapter[T]) -> T:
+        try:
+            return adapter.validate_json(body)
+        except ValidationError as exc:
+            raise MalformedResponse(self._scrub(f"{what}: {summarise_validation(exc)}")) from None
 
     @property
     def project_id(self) -> str:
-        """From ``JANITOR_TOGETHER_PROJECT_ID``, else ``GET /v1/whoami`` (asked once per client)."""
+        """From ``JANITOR_TOGETHER_PROJECT_ID``, else the key's own project (``GET /v3/whoami``, asked once)."""
         if self._project_id is None:
-            body = self._get_json("/v1/whoami", _MAX_OBJECT_BYTES)
-            try:
-                found = _WHOAMI.validate_json(body).project_id
-            except ValidationError as exc:
-                raise MalformedResponse(self._scrub(f"GET /v1/whoami: {summarise_validation(exc)}")) from None
-            self._project_id = check_path_segment(found, "project id")
+            body = self._call("GET /v3/whoami", self._sdk.with_raw_response.whoami)
+            who = self._parse("GET /v3/whoami", body, _WHOAMI)
+            if who.type == "org_api_key":
+                raise SettingsError(
+                    "the API key is an organization key: set JANITOR_TOGETHER_PROJECT_ID to the project to sweep"
+                )
+            if who.project is None:
+                raise SettingsError(
+                    f"GET /v3/whoami names no project for this key (type {self._clip(who.type)!r}); "
+                    "use a project API key or set JANITOR_TOGETHER_PROJECT_ID"
+                )
+            self._project_id = check_path_segment(who.project.id, "project id")
         return self._project_id
-
-    def _endpoints_path(self, endpoint_id: str | None = None) -> str:
-        path = f"/v2/projects/{self.project_id}/endpoints"
-        return f"{path}/{check_endpoint_id(endpoint_id)}" if endpoint_id is not None else path
-
-    def _get_json(self, path: str, max_bytes: int, params: dict[str, str] | None = None) -> bytearray:
-        status, content_type, body = self._request("GET", path, max_bytes, params=params or {})
-        if status != 200:
-            raise self._status_error("GET", path, status, content_type, body)
-        self._require_json("GET", path, content_type)
-        return body
 
     # -- reading
 
-    def iter_endpoints(self) -> Iterator[V2Endpoint]:
+    def iter_pages(self) -> Iterator[list[V2Endpoint]]:
         """Every endpoint of the project, a page at a time: one page's body is held at once, never the list."""
-        path = self._endpoints_path()
-        after: str | None = None
+        list_page = functools.partial(self._sdk.endpoints.with_raw_response.list, project_id=self.project_id)
+        return self._pages("GET /v2 endpoints", lambda after: list_page(limit=PAGE_SIZE, after=after), _PAGE)
+
+    def _pages(
+        self, what: str, call: Callable[[Any], Any], adapter: TypeAdapter[Any], cap: int = _MAX_PAGE_BYTES
+    ) -> Iterator[list[Any]]:
+        """The pages of a cursor listing (``data``, ``next_cursor``: together/pagination.py), one at a time."""
+        after: Any = omit
         cursors: set[str] = set()
         for _ in range(_MAX_PAGES):
-            params = {"limit": str(PAGE_SIZE)}
-            if after is not None:
-                params["after"] = after
-            body = self._get_json(path, _MAX_PAGE_BYTES, params)
-            try:
-                page = _PAGE.validate_json(body)
-            except ValidationError as exc:
-                raise MalformedResponse(self._scrub(f"GET {path}: {summarise_validation(exc)}")) from None
-            del body
-            yield from page.data
+            page = self._parse(what, self._call(what, functools.partial(call, after), cap), adapter)
+            yield page.data
             if not page.next_cursor:
                 return
             if page.next_cursor in cursors:
-                raise MalformedResponse(f"GET {path}: the cursor repeats; the listing would never end")
+                raise MalformedResponse(f"{what}: the cursor repeats; the listing would never end")
             cursors.add(page.next_cursor)
             after = page.next_cursor
-        raise MalformedResponse(f"GET {path}: more than {_MAX_PAGES} pages")
+        raise MalformedResponse(f"{what}: more than {_MAX_PAGES} pages")
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
         """Every page, or nothing: a sweep never acts on half a list. ``mine`` means nothing here: a v2 key
@@ -321,104 +616,278 @@ class TogetherV2Client(HttpApi):
         wanted = set(types)
         seen: set[str] = set()
         endpoints = []
-        for raw in self.iter_endpoints():
-            if raw.id in seen:
-                raise MalformedResponse(self._scrub(f"GET /v2 endpoints: id {self._clip(raw.id)!r} listed twice"))
-            seen.add(raw.id)
-            facts = to_facts(raw)
-            if not wanted or facts.type in wanted:
-                endpoints.append(facts)
+        for page in self.iter_pages():
+            self._resolve_models(d.model for e in page for d in e.deployments if d.model)
+            for raw in page:
+                if raw.id in seen:
+                    raise MalformedResponse(self._scrub(f"GET /v2 endpoints: id {self._clip(raw.id)!r} listed twice"))
+                seen.add(raw.id)
+                facts = to_facts(raw, self._names.get)
+                if not wanted or facts.type in wanted:
+                    endpoints.append(facts)
         return endpoints
 
+    def _resolve_models(self, resources: Iterator[str] | Sequence[str]) -> None:
+        """The display name of each model not yet known: one ``GET /v2/projects/{p}/models/{m}`` per distinct
+        model, kept for the life of the client. Not found: None (kept: such a model is gone); any other
+        failure: not kept, and the name stays unknown for now (a protect on model protects)."""
+        for resource in set(resources) - self._names.keys():
+            match = MODEL_RESOURCE.fullmatch(resource)
+            if match is None:
+                self._names[resource] = None
+                continue
+            owner, model_id = match.group(1), match.group(2)
+            try:
+                check_path_segment(owner, "project id")
+                check_path_segment(model_id, "model id")
+                body = self._call(
+                    "GET /v2 model",
+                    functools.partial(self._sdk.models.with_raw_response.retrieve, model_id, project_id=owner),
+                )
+                self._names[resource] = self._parse("GET /v2 model", body, _MODEL).name
+            except ApiStatusError as exc:
+                if exc.status_code == 404:
+                    self._names[resource] = None
+            except (ApiTransportError, MalformedResponse, ValueError):
+                pass  # unknown for now
+
     def _get_raw(self, endpoint_id: str) -> V2Endpoint:
-        path = self._endpoints_path(endpoint_id)
-        body = self._get_json(path, _MAX_OBJECT_BYTES)
-        try:
-            endpoint = _ENDPOINT.validate_json(body)
-        except ValidationError as exc:
-            raise MalformedResponse(self._scrub(f"GET {path}: {summarise_validation(exc)}")) from None
+        check_endpoint_id(endpoint_id)
+        what = "GET /v2 endpoint"
+        body = self._call(
+            what, lambda: self._sdk.endpoints.with_raw_response.retrieve(endpoint_id, project_id=self.project_id)
+        )
+        endpoint = self._parse(what, body, _ENDPOINT)
         if endpoint.id != endpoint_id:
             raise MalformedResponse(
-                self._scrub(f"GET {path}: answered with another endpoint ({self._clip(endpoint.id)!r})")
+                self._scrub(f"{what}: answered with another endpoint ({self._clip(endpoint.id)!r})")
             )
         return endpoint
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
-        return to_facts(self._get_raw(endpoint_id))
+        raw = self._get_raw(endpoint_id)
+        self._resolve_models([d.model for d in raw.deployments if d.model])
+        return to_facts(raw, self._names.get)
 
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
-        """``totalRequests`` over [start, end) from the endpoint's analytics."""
-        path = f"{self._endpoints_path(endpoint_id)}/analytics"
-        # Counted in hour buckets: the start is floored to the hour, so a partly covered first hour counts whole
-        # (an idle rule may then see more requests, never fewer).
+        """``totalRequests`` over [start, end) from the endpoint's analytics, in hour buckets (``1h``).
+
+        The start is floored to the hour, so a partly covered first hour counts whole (an idle rule may then
+        see more requests, never fewer). An answer without the count (every level of it is optional) is no
+        count: the caller keeps the endpoint.
+        """
+        check_endpoint_id(endpoint_id)
         start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        window = {"startTime": _rfc3339(start), "endTime": _rfc3339(end), "granularity": "GRANULARITY_HOUR"}
-        body = self._get_json(path, _MAX_OBJECT_BYTES, window)
-        try:
-            total = _ANALYTICS.validate_json(body).metrics.request_metrics.total_requests
-        except ValidationError as exc:
-            raise MalformedResponse(self._scrub(f"GET {path}: {summarise_validation(exc)}")) from None
-        if total < 0:
-            raise MalformedResponse(f"GET {path}: a negative request count ({total})")
-        return total
+        what = "GET /v2 analytics"
+        body = self._call(
+            what,
+            lambda: self._sdk.endpoints.with_raw_response.analytics(
+                endpoint_id,
+                project_id=self.project_id,
+                start_time=_rfc3339(start),
+                end_time=_rfc3339(end),
+                granularity="1h",
+            ),
+        )
+        metrics = self._parse(what, body, _ANALYTICS).metrics
+        total = metrics.request_metrics.total_requests if metrics and metrics.request_metrics else None
+        if total is None:
+            raise MalformedResponse(f"{what}: the answer has no totalRequests; the endpoint is kept")
+        if not re.fullmatch(r"[0-9]{1,18}", total):
+            raise MalformedResponse(f"{what}: totalRequests is not a count ({self._clip(total, 30)!r})")
+        return int(total)
+
+    def _experiments(self, endpoint_id: str) -> tuple[list[_AbExperiment], list[_ShadowExperiment]]:
+        """Every A/B and shadow experiment of the endpoint (two listings, a page of up to 500 at a time)."""
+        sdk, pid = self._sdk.endpoints, self.project_id
+        ab = self._all_pages(
+            "GET /v2 abExperiments",
+            lambda after: sdk.ab_experiments.with_raw_response.list(
+                endpoint_id, project_id=pid, limit=500, after=after
+            ),
+            _AB_PAGE,
+        )
+        shadow = self._all_pages(
+            "GET /v2 shadowExperiments",
+            lambda after: sdk.shadow_experiments.with_raw_response.list(
+                endpoint_id, project_id=pid, include_targets=True, limit=500, after=after
+            ),
+            _SHADOW_PAGE,
+        )
+        return ab, shadow
+
+    def _all_pages(self, what: str, call: Callable[[Any], Any], adapter: TypeAdapter[Any]) -> list[Any]:
+        return [item for page in self._pages(what, call, adapter) for item in page]
 
     # -- the sequence
 
     def step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
-        """Read the endpoint, ask ``guard``, make the one change :func:`next_step` names."""
+        """Read the endpoint, ask ``guard``, make the one change :func:`next_step` names: all of it within the
+        step's budget (a request that could not end in time is not sent)."""
+        token = _STEP_ENDS.set(time.monotonic() + self._step_budget_s)
+        try:
+            return self._step(endpoint_id, action, guard)
+        finally:
+            _STEP_ENDS.reset(token)
+
+    def _step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
         current = self._get_raw(endpoint_id)
-        reason = guard(to_facts(current))
+        for d in current.deployments:
+            # Every id that a later step puts into a URL is checked before the first change, not at its turn.
+            check_path_segment(d.id, "deployment id")
+        self._resolve_models([d.model for d in current.deployments if d.model])
+        reason = guard(to_facts(current, self._names.get))
         if reason is not None:
             return Step(StepKind.SPARED, "re-check", reason=reason)
         nxt = next_step(current, action)
-        base = self._endpoints_path(endpoint_id)
+        if nxt.kind == "experiments":
+            ab, shadow = self._experiments(endpoint_id)
+            found = memberships([d.id for d in current.deployments], ab, shadow)
+            nxt = next_step(current, action, found, detach=guard.detach_experiments)
         if nxt.kind == "refuse":
             raise SequenceRefused(self._line(nxt.reason, 300))  # it names deployment ids from the API
+        if nxt.kind == "rollout":
+            return Step(StepKind.SPARED, "re-check", reason=self._line(nxt.reason, 300))
         if nxt.kind in ("unroute", "delete_endpoint") and not current.etag:
             # Without an etag the change could not be made conditional on what was just read.
             raise SequenceRefused("the endpoint has no etag, so the change cannot be made conditional; not changed")
         if nxt.kind == "wait":
             waiting_for = self._clip(nxt.deployment_id or "")  # an id from the API, not checked as a path segment
-            return Step(StepKind.WAIT, f"wait for deployment {waiting_for} to stop", reason=self._line(nxt.reason, 300))
+            return Step(
+                StepKind.WAIT,
+                f"wait for deployment {waiting_for} to stop",
+                reason=self._line(nxt.reason, 300),
+                phase=StepPhase.WAIT,
+            )
         if nxt.kind == "stopped":
             return Step(StepKind.DONE, "every deployment scaled to zero", 200)
-        if nxt.kind == "scale_down":
-            deployment = check_path_segment(nxt.deployment_id, "deployment id")
-            status = self._change(
-                "PATCH",
-                f"{base}/deployments/{deployment}",
-                json={"autoscaling": {"minReplicas": 0, "maxReplicas": 0}},
-            )
-            return Step(StepKind.NEXT, f"scale deployment {deployment} to zero", status)
+        return self._change_step(endpoint_id, current, nxt)
+
+    def _change_step(self, endpoint_id: str, current: V2Endpoint, nxt: NextStep) -> Step:
+        """The one change of this step, through the SDK, as Together's own delete makes it."""
+        pid = self.project_id
+        endpoints = self._sdk.endpoints.with_raw_response
+        deployments = self._sdk.endpoints.deployments.with_raw_response
+        if nxt.kind == "detach" and nxt.membership is not None:
+            return self._detach(endpoint_id, nxt.membership)
         if nxt.kind == "unroute":
-            split = [{"deploymentId": t.deployment_id, "weight": t.weight} for t in nxt.keep]
-            status = self._change("PATCH", base, json={"trafficSplit": split}, params=_etag(current))
-            return Step(StepKind.NEXT, "take the deployments out of the traffic split", status)
-        if nxt.kind == "delete_deployment":
+            etag = current.etag or ""
+            self._change(
+                "PATCH endpoint",
+                lambda: endpoints.update(
+                    endpoint_id, project_id=pid, traffic_split=[], update_mask="trafficSplit", etag=etag
+                ),
+            )
+            return Step(StepKind.NEXT, "take the endpoint out of live traffic", 200, phase=StepPhase.UNROUTE)
+        if nxt.kind in ("scale_down", "delete_deployment"):
             deployment = check_path_segment(nxt.deployment_id, "deployment id")
-            status = self._change("DELETE", f"{base}/deployments/{deployment}")
-            return Step(StepKind.NEXT, f"delete deployment {deployment}", status)
-        status = self._change("DELETE", base, params=_etag(current), gone_is_fine=False)
-        return Step(StepKind.DONE, "delete endpoint", status)
+            etag = self._deployment_etag(endpoint_id, deployment)
+            if nxt.kind == "scale_down":
+                self._change(
+                    "PATCH deployment",
+                    lambda: deployments.update(
+                        deployment,
+                        endpoint_id=endpoint_id,
+                        project_id=pid,
+                        autoscaling={"min_replicas": 0, "max_replicas": 0},
+                        update_mask="autoscaling",
+                        etag=etag,
+                    ),
+                )
+                return Step(StepKind.NEXT, f"scale deployment {deployment} to zero", 200, phase=StepPhase.SCALE_DOWN)
+            self._change(
+                "DELETE deployment",
+                lambda: deployments.delete(deployment, endpoint_id=endpoint_id, project_id=pid, etag=etag),
+            )
+            return Step(StepKind.NEXT, f"delete deployment {deployment}", 200, phase=StepPhase.DELETE_DEPLOYMENT)
+        etag = current.etag or ""
+        self._change(
+            "DELETE endpoint",
+            lambda: endpoints.delete(endpoint_id, project_id=pid, etag=etag),
+            gone_is_fine=False,
+        )
+        return Step(StepKind.DONE, "delete endpoint", 200, phase=StepPhase.DELETE_ENDPOINT)
 
-    def _change(self, method: str, path: str, *, gone_is_fine: bool = True, **kwargs: object) -> int:
-        """One PATCH or DELETE: a 400 or 409 is the API refusing the step (:class:`ApiRefusal`); a 404 of a
-        deployment or a split means the state moved on, and the next step reads it afresh."""
-        status, content_type, body = self._request(method, path, _MAX_OBJECT_BYTES, **kwargs)
-        if 200 <= status < 300 or (status == 404 and gone_is_fine):
-            return status
-        error = self._status_error(method, path, status, content_type, body)
-        if status in (400, 409):
-            raise ApiRefusal(status, error.api_message, error.error_type)
-        raise error
+    def _deployment_etag(self, endpoint_id: str, deployment_id: str) -> str:
+        """The deployment's own etag (the summary in the endpoint carries none), so the change is conditional."""
+        what = "GET /v2 deployment"
+        body = self._call(
+            what,
+            lambda: self._sdk.endpoints.deployments.with_raw_response.retrieve(
+                deployment_id, endpoint_id=endpoint_id, project_id=self.project_id
+            ),
+        )
+        found = self._parse(what, body, _DEPLOYMENT)
+        if found.id != deployment_id:
+            raise MalformedResponse(self._scrub(f"{what}: answered with another deployment ({self._clip(found.id)!r})"))
+        return found.etag
 
-    def __repr__(self) -> str:
-        return f"TogetherV2Client(base_url={self.base_url!r}, project_id={self._project_id!r})"
+    def _detach(self, endpoint_id: str, m: Membership) -> Step:
+        pid = self.project_id
+        sdk = self._sdk.endpoints
+        experiment = check_path_segment(m.experiment_id, "experiment id")
+        etag = m.etag if m.etag else omit
+        if m.kind == "shadow" and m.detach == "delete_target":
+            target = check_path_segment(m.target_id, "shadow target id")
+            self._change(
+                "DELETE shadow target",
+                lambda: sdk.shadow_experiments.targets.with_raw_response.delete(
+                    target, endpoint_id=endpoint_id, experiment_id=experiment, project_id=pid, etag=etag
+                ),
+            )
+            did = f"remove deployment {m.deployment_id} from shadow experiment {experiment}"
+        elif m.detach == "update_members":
+            self._change(
+                "PATCH A/B experiment",
+                lambda: sdk.ab_experiments.with_raw_response.update(
+                    experiment,
+                    endpoint_id=endpoint_id,
+                    project_id=pid,
+                    update_mask="members",
+                    members=cast(Any, list(m.members)),
+                    etag=etag,
+                ),
+            )
+            did = f"remove deployment {m.deployment_id} from A/B experiment {experiment}"
+        else:
+            resource = sdk.shadow_experiments if m.kind == "shadow" else sdk.ab_experiments
+            self._change(
+                f"DELETE {m.kind} experiment",
+                lambda: resource.with_raw_response.delete(
+                    experiment, endpoint_id=endpoint_id, project_id=pid, etag=etag
+                ),
+            )
+            did = f"delete the {'shadow' if m.kind == 'shadow' else 'A/B'} experiment {experiment}"
+        return Step(StepKind.NEXT, self._line(did, 300), 200, phase=StepPhase.DETACH)
 
+    def _change(self, what: str, call: Callable[[], Any], *, gone_is_fine: bool = True) -> None:
+        """One PATCH or DELETE: a 400, 409 or 412 is the API refusing the step (:class:`ApiRefusal`); a 404 of a
+        deployment or an experiment means the state moved on, and the next step reads it afresh."""
+        try:
+            self._call(what, call)
+        except MalformedResponse:
+            raise
+        except ApiStatusError as exc:
+            if exc.status_code == 404 and gone_is_fine:
+                return
+            if exc.status_code in (400, 409, 412):
+                raise ApiRefusal(exc.status_code, exc.api_message, exc.error_type) from None
+            raise
 
-def _etag(endpoint: V2Endpoint) -> dict[str, str]:
-    return {"etag": endpoint.etag} if endpoint.etag else {}
+    def close(self) -> None:
+        self._sdk.close()
+        super().close()
 
 
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+_PAGE = TypeAdapter(_Page)
+_ENDPOINT = TypeAdapter(V2Endpoint)
+_DEPLOYMENT = TypeAdapter(FullDeployment)
+_WHOAMI = TypeAdapter(_WhoAmI)
+_ANALYTICS = TypeAdapter(_Analytics)
+_MODEL = TypeAdapter(_Model)
+_AB_PAGE = TypeAdapter(_AbPage)
+_SHADOW_PAGE = TypeAdapter(_ShadowPage)

@@ -311,3 +311,14 @@ def test_no_age_rule_ever_acts_on_an_unknown_age(condition: str, action: str, st
     ep = replace(Ep(), created_at=None, state=state)
     observed = Observation(state, now - timedelta(days=3650))
     assert evaluate(policy, ep, observed, now, activity=windows).action is Action.KEEP
+
+
+def test_experiments_is_block_by_default_and_only_block_or_detach() -> None:
+    from worker.errors import PolicyError
+    from worker.policy import parse_policy
+
+    assert parse_policy("version: 1\n").experiments == "block"
+    assert parse_policy("version: 1\nexperiments: detach\n").experiments == "detach"
+    for bad in ("experiments: yes", "experiments: Detach", "experiments:", "experiments: [detach]"):
+        with pytest.raises(PolicyError, match="experiments"):
+            parse_policy(f"version: 1\n{bad}\n")

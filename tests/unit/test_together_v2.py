@@ -1,0 +1,463 @@
+"""The v2 client's pure parts (the wire model, the mapping onto the policy's facts, the step planner) and its
+use of Together's SDK, against an in-memory transport (``httpx.MockTransport``: no sockets)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from worker.errors import ApiRefusal, ApiStatusError, ApiTransportError, MalformedResponse, SettingsError
+from worker.policy import Action, evaluate, parse_policy
+from worker.together import Endpoint, StepKind, StepPhase
+from worker.together_v2 import (
+    TogetherV2Client,
+    V2Endpoint,
+    _AbExperiment,
+    _ShadowExperiment,
+    derive_state,
+    endpoint_type,
+    memberships,
+    next_step,
+    to_facts,
+)
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+LLAMA = "projects/proj_public/models/ml_llama/revisions/rev_1"
+
+
+def dep(dep_id: str, state: str = "DEPLOYMENT_STATE_READY", **extra: Any) -> dict[str, Any]:
+    replicas = 0 if state.endswith(("STOPPED", "STOPPING")) else 1
+    return {
+        "id": dep_id,
+        "name": f"acme/demo/{dep_id}",
+        "model": f"projects/proj_public/models/ml_{dep_id}/revisions/rev_1",
+        "modelId": f"ml_{dep_id}",
+        "hardware": f"hw-of-{dep_id}",
+        "state": state,
+        "trafficMode": "TRAFFIC_MODE_LIVE",
+        "createdAt": "2026-11-01T00:00:00Z",
+        "estimatedEffectiveTrafficShare": 0.0,
+        "desiredReplicas": replicas,
+        "autoscaling": {"minReplicas": replicas, "maxReplicas": replicas},
+        **extra,
+    }
+
+
+def wire(deployments: list[dict[str, Any]], split: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "ep_1",
+        "name": "acme/demo",
+        "projectId": "proj_1",
+        "endpointType": "ENDPOINT_TYPE_DEDICATED",
+        "visibility": "VISIBILITY_PRIVATE",
+        "createdAt": "2026-11-01T10:00:00Z",
+        "updatedAt": "2026-11-02T10:00:00Z",
+        "etag": '"3"',
+        "trafficSplit": split
+        if split is not None
+        else [{"deploymentId": d["id"], "weight": 1.0} for d in deployments[:1]],
+        "deployments": deployments,
+        **extra,
+    }
+
+
+def endpoint(deployments: list[dict[str, Any]], split: list[dict[str, Any]] | None = None, **extra: Any) -> V2Endpoint:
+    return V2Endpoint.model_validate(wire(deployments, split, **extra))
+
+
+# ---------------------------------------------------------------------------------------------- mapping
+
+
+@pytest.mark.parametrize(
+    ("states", "derived"),
+    [
+        ([], "STOPPED"),
+        (["DEPLOYMENT_STATE_READY", "DEPLOYMENT_STATE_STOPPED"], "STARTED"),
+        (["DEPLOYMENT_STATE_DEGRADED"], "STARTED"),
+        (["DEPLOYMENT_STATE_PROVISIONING", "DEPLOYMENT_STATE_STOPPED"], "STARTING"),
+        (["DEPLOYMENT_STATE_STOPPING", "DEPLOYMENT_STATE_STOPPED"], "STOPPING"),
+        (["DEPLOYMENT_STATE_STOPPED", "DEPLOYMENT_STATE_STOPPED"], "STOPPED"),
+        (["DEPLOYMENT_STATE_FAILED"], "ERROR"),
+        # An unknown state is never read as stopped: a rule on stopped endpoints must not fire on it.
+        (["DEPLOYMENT_STATE_HIBERNATING", "DEPLOYMENT_STATE_STOPPED"], "HIBERNATING"),
+        (["weird-new state"], "WEIRD_NEW_STATE"),
+    ],
+)
+def test_state_is_derived_from_the_deployments(states: list[str], derived: str) -> None:
+    e = endpoint([dep(f"dep_{i}", s) for i, s in enumerate(states)])
+    assert derive_state(e.deployments) == derived == to_facts(e).state
+
+
+def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment() -> None:
+    e = endpoint([dep("dep_a"), dep("dep_b")], split=[{"deploymentId": "dep_b", "weight": 0.9}])
+    names = {"projects/proj_public/models/ml_dep_b/revisions/rev_1": "meta-llama/Llama-3.3-70B"}
+    facts = to_facts(e, names.get)
+    assert (facts.id, facts.name, facts.owner, facts.type) == ("ep_1", "acme/demo", "acme", "dedicated")
+    assert (facts.model, facts.hardware) == ("meta-llama/Llama-3.3-70B", "hw-of-dep_b")
+    assert facts.created_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    assert to_facts(e).model is None  # the name is not known: not the resource name, not ""
+    empty = to_facts(endpoint([]))
+    assert (empty.model, empty.hardware, empty.state) == ("", "", "STOPPED")
+    assert endpoint_type("ENDPOINT_TYPE_RESERVED") == "reserved"
+
+
+V1_POLICY = """
+version: 1
+protect:
+  - model: "meta-llama/*"
+  - hardware: "secret-hw"
+  - name: "acme/prod-*"
+rules:
+  - name: everything-old
+    ttl: 1h
+  - name: by-model
+    match: {model: "mistralai/*"}
+    ttl: 1h
+"""
+
+
+@pytest.mark.parametrize("resolved", [True, False])
+def test_a_policy_written_for_v1_keeps_every_protection_under_v2(resolved: bool) -> None:
+    policy = parse_policy(V1_POLICY)
+
+    def decide(e: V2Endpoint, names: dict[str, str]) -> Action:
+        facts = to_facts(e, names.get if resolved else (lambda _: None))
+        return evaluate(policy, facts, None, NOW, detail_fetched=True).action
+
+    # The model as people name it, on the main deployment or on a canary beside it.
+    llama = {LLAMA: "meta-llama/Llama-3.3-70B-Instruct-Turbo"}
+    main = endpoint([dep("dep_a", model=LLAMA)])
+    canary = endpoint([dep("dep_a"), dep("dep_b", model=LLAMA)], split=[{"deploymentId": "dep_a", "weight": 1.0}])
+    assert decide(main, llama) is Action.PROTECTED
+    assert decide(canary, llama) is Action.PROTECTED
+    # Hardware and name protect as in v1.
+    assert decide(endpoint([dep("dep_a", hardware="secret-hw")]), {}) is Action.PROTECTED
+    assert decide(endpoint([dep("dep_a")], name="acme/prod-chat"), {}) is Action.PROTECTED
+
+
+def test_a_protect_on_model_matches_the_resource_name_and_the_model_id_too() -> None:
+    facts = to_facts(endpoint([dep("dep_a", model=LLAMA, modelId="ml_llama")]), {LLAMA: "someone/else"}.get)
+    for pattern in ("projects/proj_public/models/ml_llama/*", "ml_llama"):
+        policy = parse_policy(f"version: 1\nprotect:\n  - model: '{pattern}'\nrules:\n  - name: r\n    ttl: 1h\n")
+        assert evaluate(policy, facts, None, NOW, detail_fetched=True).action is Action.PROTECTED, pattern
+
+
+def test_an_unresolved_model_name_protects_and_a_rule_on_model_does_not_hold() -> None:
+    unresolved = to_facts(endpoint([dep("dep_a", model=LLAMA)]))
+    protect = parse_policy("version: 1\nprotect:\n  - model: 'nothing-matches-*'\nrules:\n  - name: r\n    ttl: 1h\n")
+    assert evaluate(protect, unresolved, None, NOW, detail_fetched=True).action is Action.PROTECTED
+    rule = parse_policy("version: 1\nrules:\n  - name: r\n    match: {model: '*'}\n    ttl: 1h\n")
+    assert evaluate(rule, unresolved, None, NOW, detail_fetched=True).action is Action.KEEP
+
+
+# ---------------------------------------------------------------------------------------------- the sequence
+
+
+def test_the_delete_follows_together_s_own_order() -> None:
+    """rm.py (force): unroute, then per deployment scale to zero, (wait,) delete; then the endpoint."""
+    both = [{"deploymentId": "dep_a", "weight": 0.5}, {"deploymentId": "dep_b", "weight": 0.5}]
+    running = endpoint([dep("dep_a"), dep("dep_b")], split=both)
+    assert next_step(running, "delete").kind == "experiments"  # asked first, while deployments are left
+    assert next_step(running, "delete", []).kind == "unroute"
+    unrouted = endpoint([dep("dep_a"), dep("dep_b")], split=[])
+    assert (next_step(unrouted, "delete", []).kind, next_step(unrouted, "delete", []).deployment_id) == (
+        "scale_down",
+        "dep_a",
+    )
+    half = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING"), dep("dep_b")], split=[])
+    assert next_step(half, "delete", []).deployment_id == "dep_b"
+    stopping = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING"), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")], split=[])
+    waiting = next_step(stopping, "delete", [])
+    assert (waiting.kind, waiting.deployment_id) == ("wait", "dep_a") and "STOPPING" in waiting.reason
+    stopped = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[])
+    assert (next_step(stopped, "delete", []).kind, next_step(stopped, "delete", []).deployment_id) == (
+        "delete_deployment",
+        "dep_a",
+    )
+    assert next_step(endpoint([], split=[]), "delete").kind == "delete_endpoint"
+
+
+def test_a_rollout_in_flight_leaves_the_endpoint_alone() -> None:
+    rolling = endpoint([dep("dep_a")], activeRolloutId="rol_1")
+    nxt = next_step(rolling, "delete", [])
+    assert nxt.kind == "rollout" and "rol_1" in nxt.reason
+    assert next_step(rolling, "stop").kind == "rollout"
+
+
+def test_experiments_block_the_delete_unless_the_policy_says_detach() -> None:
+    e = endpoint([dep("dep_a"), dep("dep_b")])
+    ab = _AbExperiment.model_validate(
+        {
+            "id": "abx_1",
+            "etag": "e1",
+            "members": [
+                {"deploymentId": "dep_a", "role": "AB_EXPERIMENT_MEMBER_ROLE_CONTROL", "percent": 80},
+                {"deploymentId": "other", "role": "AB_EXPERIMENT_MEMBER_ROLE_VARIANT", "percent": 20},
+            ],
+        }
+    )
+    found = memberships(["dep_a", "dep_b"], [ab], [])
+    blocked = next_step(e, "delete", found)
+    assert blocked.kind == "refuse" and "abx_1" in blocked.reason and "experiments: detach" in blocked.reason
+    detach = next_step(e, "delete", found, detach=True)
+    assert detach.kind == "detach" and detach.membership is not None
+    assert detach.membership.detach == "delete_experiment"  # dep_a is the control
+
+
+def test_detaching_follows_together_s_cli() -> None:
+    members = [
+        {"deploymentId": "ctl", "role": "AB_EXPERIMENT_MEMBER_ROLE_CONTROL", "percent": 50},
+        {"deploymentId": "dep_a", "role": "AB_EXPERIMENT_MEMBER_ROLE_VARIANT", "percent": 30},
+        {"deploymentId": "v2", "role": "AB_EXPERIMENT_MEMBER_ROLE_VARIANT", "percent": 20},
+    ]
+    ab = _AbExperiment.model_validate({"id": "abx", "etag": "e", "members": members})
+    (m,) = memberships(["dep_a"], [ab], [])
+    assert m.detach == "update_members"
+    assert list(m.members) == [
+        {"deployment_id": "ctl", "role": "AB_EXPERIMENT_MEMBER_ROLE_CONTROL", "percent": 80},  # the control gets 30
+        {"deployment_id": "v2", "role": "AB_EXPERIMENT_MEMBER_ROLE_VARIANT", "percent": 20},
+    ]
+    two = _AbExperiment.model_validate({"id": "abx", "members": members[:2]})
+    assert memberships(["dep_a"], [two], [])[0].detach == "delete_experiment"  # fewer than two would stay
+    shadow = _ShadowExperiment.model_validate(
+        {"id": "exp", "etag": "s", "targets": [{"id": "t1", "targetDeploymentId": "dep_a", "etag": "t"}]}
+    )
+    (last,) = memberships(["dep_a"], [], [shadow])
+    assert (last.detach, last.etag) == ("delete_experiment", "s")
+    shared = _ShadowExperiment.model_validate(
+        {"id": "exp", "targets": [{"id": "t1", "targetDeploymentId": "dep_a"}, {"id": "t2", "targetDeploymentId": "x"}]}
+    )
+    (target,) = memberships(["dep_a"], [], [shared])
+    assert (target.detach, target.target_id) == ("delete_target", "t1")
+
+
+def test_a_stop_only_scales_down() -> None:
+    running = endpoint([dep("dep_a")])
+    assert next_step(running, "stop").kind == "scale_down"
+    assert next_step(endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING")]), "stop").kind == "stopped"
+
+
+def test_deployments_the_summary_may_hide_refuse_the_delete_and_make_the_state_unknown() -> None:
+    foreign = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[{"deploymentId": "dep_x", "weight": 1.0}])
+    assert to_facts(foreign).state == "UNKNOWN"
+    assert next_step(foreign, "delete").kind == "refuse"
+    full = endpoint([dep(f"dep_{i}", "DEPLOYMENT_STATE_STOPPED") for i in range(10)], split=[])
+    assert to_facts(full).state == "UNKNOWN" and next_step(full, "delete").kind == "refuse"
+
+
+# ---------------------------------------------------------------------------------------------- through the SDK
+
+KEY = "sk-test-0123456789abcdefghijklmnop"
+
+
+class FakeApi:
+    """A tiny v2 API behind httpx.MockTransport: records every request the SDK sends."""
+
+    def __init__(self, ep: dict[str, Any], *, who: dict[str, Any] | None = None) -> None:
+        self.ep = ep
+        self.who = who or {
+            "type": "project_api_key",
+            "api_key": {"id": "key_1"},
+            "organization": {"id": "org_1", "name": "Acme"},
+            "project": {"id": "proj_1", "name": "Acme", "slug": "acme"},
+        }
+        self.requests: list[httpx.Request] = []
+        self.script: list[httpx.Response] = []  # answers to give first, whatever the request
+        self.analytics: dict[str, Any] = {"metrics": {"requestMetrics": {"totalRequests": "7"}}}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.script:
+            return self.script.pop(0)
+        path = request.url.path
+        if path == "/v3/whoami":
+            return httpx.Response(200, json=self.who)
+        if path.endswith("/analytics"):
+            return httpx.Response(200, json=self.analytics)
+        if path.endswith(("/abExperiments", "/shadowExperiments")):
+            return httpx.Response(200, json={"data": [], "next_cursor": None})
+        if "/deployments/" in path and request.method == "GET":
+            return httpx.Response(200, json={"id": path.rsplit("/", 1)[1], "etag": '"d7"'})
+        if path.endswith("/endpoints") and request.method == "GET":
+            return httpx.Response(200, json={"data": [self.ep], "next_cursor": None})
+        if request.method == "GET":
+            return httpx.Response(200, json=self.ep)
+        return httpx.Response(200, json={})
+
+    def sent(self, method: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.method == method]
+
+
+class PassingGuard:
+    detach_experiments = False
+
+    def __call__(self, endpoint: Endpoint, /) -> str | None:
+        return None
+
+
+def client(api: Callable[[httpx.Request], httpx.Response], timeout_s: float = 5.0, **kw: Any) -> TogetherV2Client:
+    return TogetherV2Client("http://api.test/v1", KEY, timeout_s, transport=httpx.MockTransport(api), **kw)
+
+
+def test_the_unroute_sends_etag_in_the_body_and_update_mask_in_the_query() -> None:
+    api = FakeApi(wire([dep("dep_a")]))
+    step = client(api).step("ep_1", "delete", PassingGuard())
+    assert (step.kind, step.phase) == (StepKind.NEXT, StepPhase.UNROUTE)
+    (patch,) = api.sent("PATCH")
+    assert patch.url.path == "/v2/projects/proj_1/endpoints/ep_1"
+    assert dict(patch.url.params) == {"updateMask": "trafficSplit"}
+    assert json.loads(patch.content) == {"etag": '"3"', "trafficSplit": []}
+    # The project came from /v3/whoami; the experiments were read before the first change.
+    paths = [r.url.path for r in api.requests]
+    assert paths[0] == "/v3/whoami" and any(p.endswith("/abExperiments") for p in paths)
+
+
+def test_scaling_down_reads_the_deployment_s_etag_and_sends_it_with_the_update_mask() -> None:
+    api = FakeApi(wire([dep("dep_a")], split=[]))
+    step = client(api, project_id="proj_1").step("ep_1", "delete", PassingGuard())
+    assert step.phase is StepPhase.SCALE_DOWN
+    (patch,) = api.sent("PATCH")
+    assert patch.url.path == "/v2/projects/proj_1/endpoints/ep_1/deployments/dep_a"
+    assert dict(patch.url.params) == {"updateMask": "autoscaling"}
+    assert json.loads(patch.content) == {"autoscaling": {"minReplicas": 0, "maxReplicas": 0}, "etag": '"d7"'}
+    assert all(r.url.path != "/v3/whoami" for r in api.requests)  # a configured project asks nobody
+
+
+def test_the_deletes_carry_their_etags_in_the_query() -> None:
+    api = FakeApi(wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[]))
+    c = client(api, project_id="proj_1")
+    assert c.step("ep_1", "delete", PassingGuard()).phase is StepPhase.DELETE_DEPLOYMENT
+    api.ep = wire([], split=[])
+    assert c.step("ep_1", "delete", PassingGuard()).kind is StepKind.DONE
+    deletes = api.sent("DELETE")
+    assert [(d.url.path, dict(d.url.params)) for d in deletes] == [
+        ("/v2/projects/proj_1/endpoints/ep_1/deployments/dep_a", {"etag": '"d7"'}),
+        ("/v2/projects/proj_1/endpoints/ep_1", {"etag": '"3"'}),
+    ]
+
+
+@pytest.mark.parametrize("status", [409, 429, 500, 503])
+def test_the_sdk_never_retries_by_itself(status: int) -> None:
+    api = FakeApi(wire([dep("dep_a")], split=[]))
+    c = client(api, project_id="proj_1")
+    c.step("ep_1", "stop", PassingGuard())  # warm up: nothing scripted
+    api.requests.clear()
+    api.script = [httpx.Response(200, json=api.ep), httpx.Response(200, json={"id": "dep_a", "etag": "x"})]
+    api.script.append(httpx.Response(status, json={"error": {"message": "no", "type": "t"}}))
+    with pytest.raises((ApiRefusal, ApiStatusError)) as caught:
+        c.step("ep_1", "stop", PassingGuard())
+    assert caught.value.status_code == status
+    assert len(api.sent("PATCH")) == 1  # sent once, by the janitor alone
+
+
+def test_an_organization_key_without_a_project_is_refused_with_what_to_set() -> None:
+    org = {"type": "org_api_key", "api_key": {"id": "k"}, "organization": {"id": "org_1", "name": "Acme"}}
+    with pytest.raises(SettingsError, match="JANITOR_TOGETHER_PROJECT_ID"):
+        client(FakeApi(wire([]), who=org)).list_endpoints()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {},
+        {"metrics": {}},
+        {"metrics": {"requestMetrics": {}}},
+        {"metrics": {"requestMetrics": {"totalRequests": None}}},
+    ],
+)
+def test_analytics_without_a_count_give_no_count(answer: dict[str, Any]) -> None:
+    api = FakeApi(wire([]))
+    api.analytics = answer
+    with pytest.raises(MalformedResponse, match="totalRequests"):
+        client(api, project_id="proj_1").count_requests("ep_1", NOW.replace(hour=5, minute=30), NOW)
+
+
+def test_analytics_ask_for_hour_buckets_from_the_floored_hour() -> None:
+    api = FakeApi(wire([]))
+    assert client(api, project_id="proj_1").count_requests("ep_1", NOW.replace(hour=5, minute=30), NOW) == 7
+    (get,) = api.sent("GET")
+    assert dict(get.url.params) == {
+        "startTime": "2026-11-29T05:00:00Z",
+        "endTime": "2026-11-29T00:00:00Z",
+        "granularity": "1h",
+    }
+
+
+def test_a_body_over_the_cap_and_a_trickling_body_are_refused() -> None:
+    huge = b'{"id": "ep_1", "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    api = FakeApi(wire([]))
+    api.script = [httpx.Response(200, content=huge, headers={"content-type": "application/json"})]
+    with pytest.raises(MalformedResponse, match="larger than"):
+        client(api, project_id="proj_1").get_endpoint("ep_1")
+
+    def trickle() -> Iterator[bytes]:
+        for _ in range(8):
+            time.sleep(0.05)
+            yield b" "
+        yield json.dumps(wire([])).encode()
+
+    api.script = [httpx.Response(200, content=trickle(), headers={"content-type": "application/json"})]
+    with pytest.raises(ApiTransportError, match="took too long"):
+        client(api, timeout_s=0.2, project_id="proj_1").get_endpoint("ep_1")
+
+
+def test_an_error_that_echoes_the_key_is_scrubbed() -> None:
+    api = FakeApi(wire([]))
+    api.script = [httpx.Response(403, json={"error": {"message": f"bad key {KEY[:20]}|{KEY[12:]}", "type": "auth"}})]
+    with pytest.raises(ApiStatusError) as caught:
+        client(api, project_id="proj_1").get_endpoint("ep_1")
+    text = str(caught.value)
+    assert all(KEY[i : i + 8] not in text for i in range(len(KEY) - 7)), text
+
+
+def test_the_sdk_s_environment_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOGETHER_BASE_URL", "http://elsewhere.test")
+    monkeypatch.setenv("TOGETHER_PROJECT_ID", "proj_other")
+    api = FakeApi(wire([]))
+    client(api).list_endpoints()
+    assert {r.url.host for r in api.requests} == {"api.test"}
+    assert [r.url.path for r in api.requests] == ["/v3/whoami", "/v2/projects/proj_1/endpoints"]
+    monkeypatch.setenv("TOGETHER_CUSTOM_HEADERS", "X-Injected: 1")
+    with pytest.raises(SettingsError, match="TOGETHER_CUSTOM_HEADERS"):
+        client(api)
+
+
+def test_model_names_are_resolved_once_per_distinct_model() -> None:
+    api = FakeApi(wire([dep("dep_a", model=LLAMA), dep("dep_b", model=LLAMA)]))
+    base = api.__call__
+
+    def with_models(request: httpx.Request) -> httpx.Response:
+        if "/models/" in request.url.path:
+            api.requests.append(request)
+            return httpx.Response(200, json={"id": "ml_llama", "name": "meta-llama/Llama-3.3-70B"})
+        return base(request)
+
+    c = TogetherV2Client(
+        "http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(with_models), project_id="proj_1"
+    )
+    (facts,) = c.list_endpoints()
+    c.list_endpoints()
+    assert facts.model == "meta-llama/Llama-3.3-70B"
+    models = [r.url.path for r in api.requests if "/models/" in r.url.path]
+    assert models == ["/v2/projects/proj_public/models/ml_llama"]
+
+
+def test_a_step_sends_no_request_that_could_not_end_within_its_budget() -> None:
+    api = FakeApi(wire([dep("dep_a")], split=[]))
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.06)
+        return api(request)
+
+    c = TogetherV2Client(
+        "http://api.test/v1", KEY, 0.1, transport=httpx.MockTransport(slow), project_id="proj_1", step_budget_s=0.3
+    )
+    with pytest.raises(ApiTransportError, match="ran out of time"):
+        c.step("ep_1", "delete", PassingGuard())
+    assert api.sent("PATCH") == []  # the reads ate the budget: the change was never sent
