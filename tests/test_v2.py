@@ -18,7 +18,7 @@ from tests.conftest import API_KEY, ROOT, Harness, Sim, spec, wait_for
 from worker.errors import ApiRefusal, ApiStatusError
 from worker.janitor import Recheck, fetch_detail, plan, take_step
 from worker.policy import Action, parse_policy
-from worker.store import OutcomeStatus, utc_now
+from worker.store import OutcomeStatus, parse_time, utc_now
 from worker.together import Endpoint, Step, StepKind, TogetherClient
 from worker.together_v2 import PAGE_SIZE, TogetherV2Client
 
@@ -672,8 +672,9 @@ def test_a_policy_written_for_v1_keeps_every_protection_under_v2(harness: Harnes
     assert gone.status == "deleted", gone.error
     for i in range(1, 6):
         assert h.sim.v2_endpoint(f"ep_{i:04d}") is not None
-    models = [r for r in h.sim.v2_requests() if r.get("target") == "model"]
-    assert len({r["path"] for r in models}) == len(models)  # one lookup per distinct model
+    swept_by = parse_time(summary["finished_at"]).timestamp()
+    models = [r for r in h.sim.v2_requests() if r.get("target") == "model" and r["at"] <= swept_by]
+    assert len({r["path"] for r in models}) == len(models) == 3  # the sweep: one lookup per distinct model
 
 
 def test_a_rollout_in_flight_is_spared_with_the_reason(harness: Harness) -> None:

@@ -55,7 +55,15 @@ from worker.store import (
     parse_time,
     utc_now,
 )
-from worker.together import SCALED_DOWN_PHASES, Endpoint, EndpointsApi, Step, StepKind, check_endpoint_id
+from worker.together import (
+    SCALED_DOWN_PHASES,
+    UNROUTED_PHASES,
+    Endpoint,
+    EndpointsApi,
+    Step,
+    StepKind,
+    check_endpoint_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -837,6 +845,8 @@ def sequence_hold(
         if "last_phase" in sequence
         else not last.startswith("scale deployment")
     )
+    if endpoint.routed and sequence.get("last_phase") in UNROUTED_PHASES:
+        return "the endpoint takes live traffic again since it was taken out of it: a person's answer"
     if endpoint.state in ("STARTED", "STARTING") and scaled_down:
         return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
     return None

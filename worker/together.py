@@ -137,6 +137,8 @@ class Endpoint:
     updated_at: ApiTime = None  # v2 only
     # v2 only: (model, hardware) of every deployment; a protect matcher protects if it matches any of them.
     variants: tuple[tuple[str | None, str | None], ...] = ()
+    # v2 only: whether the endpoint takes live traffic (a non-empty traffic split); None in v1.
+    routed: bool | None = None
 
 
 class EndpointList(BaseModel):
@@ -193,6 +195,8 @@ class StepPhase(StrEnum):
 
 # After these phases every deployment is scaled to zero: an endpoint running again was started by someone.
 SCALED_DOWN_PHASES = frozenset({StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
+# After these phases the endpoint was taken out of live traffic: routed again, a person put it back.
+UNROUTED_PHASES = frozenset({StepPhase.UNROUTE, StepPhase.SCALE_DOWN, StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
 
 
 @dataclass(frozen=True)

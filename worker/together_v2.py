@@ -121,10 +121,19 @@ class V2Endpoint(_Wire):
 
 
 class FullDeployment(_Wire):
-    """``GET .../deployments/{id}`` (types/endpoint_deployment.py): what a conditional change needs."""
+    """``GET .../deployments/{id}`` (types/endpoint_deployment.py): what a conditional change needs, and what
+    shows the deployment is still the one the guard saw."""
 
     id: StrictStr
     etag: StrictStr
+    model: StrictStr | None = None
+
+
+class _DeploymentPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[FullDeployment]
+    next_cursor: str | None = None
 
 
 class _Page(BaseModel):
@@ -287,6 +296,7 @@ def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _
         hardware=main.hardware if main else "",
         updated_at=endpoint.updated_at,
         variants=tuple(variants),
+        routed=bool(endpoint.traffic_split),
     )
 
 
@@ -616,6 +626,7 @@ class TogetherV2Client(HttpApi):
         wanted = set(types)
         seen: set[str] = set()
         endpoints = []
+        self._names.clear()  # a model may have been renamed since the last sweep: names are asked once per sweep
         for page in self.iter_pages():
             self._resolve_models(d.model for e in page for d in e.deployments if d.model)
             for raw in page:
@@ -627,11 +638,13 @@ class TogetherV2Client(HttpApi):
                     endpoints.append(facts)
         return endpoints
 
-    def _resolve_models(self, resources: Iterator[str] | Sequence[str]) -> None:
-        """The display name of each model not yet known: one ``GET /v2/projects/{p}/models/{m}`` per distinct
-        model, kept for the life of the client. Not found: None (kept: such a model is gone); any other
-        failure: not kept, and the name stays unknown for now (a protect on model protects)."""
-        for resource in set(resources) - self._names.keys():
+    def _resolve_models(self, resources: Iterator[str] | Sequence[str], *, fresh: bool = False) -> None:
+        """The display name of each model not yet known (with ``fresh``, of each: a step asks right before its
+        change): one ``GET /v2/projects/{p}/models/{m}`` per distinct model, kept until the next sweep's list.
+        Not found: None; any other failure: unknown for now. Either way a protect on model protects."""
+        wanted = set(resources)
+        for resource in wanted if fresh else wanted - self._names.keys():
+            self._names.pop(resource, None)
             match = MODEL_RESOURCE.fullmatch(resource)
             if match is None:
                 self._names[resource] = None
@@ -735,7 +748,9 @@ class TogetherV2Client(HttpApi):
         for d in current.deployments:
             # Every id that a later step puts into a URL is checked before the first change, not at its turn.
             check_path_segment(d.id, "deployment id")
-        self._resolve_models([d.model for d in current.deployments if d.model])
+        # Asked afresh right before a change: a model renamed since the sweep must meet the protect list by its
+        # name of now.
+        self._resolve_models([d.model for d in current.deployments if d.model], fresh=True)
         reason = guard(to_facts(current, self._names.get))
         if reason is not None:
             return Step(StepKind.SPARED, "re-check", reason=reason)
@@ -761,7 +776,30 @@ class TogetherV2Client(HttpApi):
             )
         if nxt.kind == "stopped":
             return Step(StepKind.DONE, "every deployment scaled to zero", 200)
+        self._check_all_deployments_seen(endpoint_id, current)
         return self._change_step(endpoint_id, current, nxt)
+
+    def _check_all_deployments_seen(self, endpoint_id: str, current: V2Endpoint) -> None:
+        """The endpoint's summary is not promised to list every deployment (the SDK calls it "lightweight"): before
+        any change, the full list must be exactly the deployments the guard saw, with the same models."""
+        pid = self.project_id
+        listed = self._all_pages(
+            "GET /v2 deployments",
+            lambda after: self._sdk.endpoints.deployments.with_raw_response.list(
+                endpoint_id, project_id=pid, limit=100, after=after
+            ),
+            _DEPLOYMENT_PAGE,
+        )
+        seen = {d.id: d.model for d in current.deployments}
+        full = {d.id: d.model for d in listed}
+        if full != seen:
+            raise SequenceRefused(
+                self._line(
+                    f"not changed: the endpoint's deployments are not all the ones its summary showed "
+                    f"(summary {sorted(seen)}, all {sorted(full)}) or their models changed",
+                    300,
+                )
+            )
 
     def _change_step(self, endpoint_id: str, current: V2Endpoint, nxt: NextStep) -> Step:
         """The one change of this step, through the SDK, as Together's own delete makes it."""
@@ -781,7 +819,13 @@ class TogetherV2Client(HttpApi):
             return Step(StepKind.NEXT, "take the endpoint out of live traffic", 200, phase=StepPhase.UNROUTE)
         if nxt.kind in ("scale_down", "delete_deployment"):
             deployment = check_path_segment(nxt.deployment_id, "deployment id")
-            etag = self._deployment_etag(endpoint_id, deployment)
+            seen = next((d for d in current.deployments if d.id == deployment), None)
+            full = self._deployment(endpoint_id, deployment, seen)
+            if seen is None or full.model != seen.model:
+                # Changed between the guard's read and now (another model): the change would be conditional on a
+                # state the guard never saw.
+                raise SequenceRefused(f"not changed: deployment {deployment} changed since the re-check read it")
+            etag = full.etag
             if nxt.kind == "scale_down":
                 self._change(
                     "PATCH deployment",
@@ -808,7 +852,7 @@ class TogetherV2Client(HttpApi):
         )
         return Step(StepKind.DONE, "delete endpoint", 200, phase=StepPhase.DELETE_ENDPOINT)
 
-    def _deployment_etag(self, endpoint_id: str, deployment_id: str) -> str:
+    def _deployment(self, endpoint_id: str, deployment_id: str, seen: Deployment | None) -> FullDeployment:
         """The deployment's own etag (the summary in the endpoint carries none), so the change is conditional."""
         what = "GET /v2 deployment"
         body = self._call(
@@ -820,13 +864,18 @@ class TogetherV2Client(HttpApi):
         found = self._parse(what, body, _DEPLOYMENT)
         if found.id != deployment_id:
             raise MalformedResponse(self._scrub(f"{what}: answered with another deployment ({self._clip(found.id)!r})"))
-        return found.etag
+        return found
 
     def _detach(self, endpoint_id: str, m: Membership) -> Step:
         pid = self.project_id
         sdk = self._sdk.endpoints
         experiment = check_path_segment(m.experiment_id, "experiment id")
-        etag = m.etag if m.etag else omit
+        if not m.etag:
+            # Without an etag the detach could overwrite a change made since the read.
+            raise SequenceRefused(
+                f"experiment {experiment} has no etag, so detaching cannot be conditional; not changed"
+            )
+        etag = m.etag
         if m.kind == "shadow" and m.detach == "delete_target":
             target = check_path_segment(m.target_id, "shadow target id")
             self._change(
@@ -886,6 +935,7 @@ def _rfc3339(moment: datetime) -> str:
 _PAGE = TypeAdapter(_Page)
 _ENDPOINT = TypeAdapter(V2Endpoint)
 _DEPLOYMENT = TypeAdapter(FullDeployment)
+_DEPLOYMENT_PAGE = TypeAdapter(_DeploymentPage)
 _WHOAMI = TypeAdapter(_WhoAmI)
 _ANALYTICS = TypeAdapter(_Analytics)
 _MODEL = TypeAdapter(_Model)

@@ -269,13 +269,20 @@ class FakeApi:
         }
         self.requests: list[httpx.Request] = []
         self.script: list[httpx.Response] = []  # answers to give first, whatever the request
+        self.fail: dict[str, int] = {}  # method -> status, answered once to the first request of that method
         self.analytics: dict[str, Any] = {"metrics": {"requestMetrics": {"totalRequests": "7"}}}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.script:
             return self.script.pop(0)
+        if request.method in self.fail:
+            return httpx.Response(self.fail.pop(request.method), json={"error": {"message": "no", "type": "t"}})
         path = request.url.path
+        deployments = {d["id"]: d for d in self.ep.get("deployments", [])}
+        if path.endswith("/deployments") and request.method == "GET":
+            full = [{"id": i, "etag": '"d7"', "model": d.get("model")} for i, d in deployments.items()]
+            return httpx.Response(200, json={"data": full, "next_cursor": None})
         if path == "/v3/whoami":
             return httpx.Response(200, json=self.who)
         if path.endswith("/analytics"):
@@ -283,7 +290,10 @@ class FakeApi:
         if path.endswith(("/abExperiments", "/shadowExperiments")):
             return httpx.Response(200, json={"data": [], "next_cursor": None})
         if "/deployments/" in path and request.method == "GET":
-            return httpx.Response(200, json={"id": path.rsplit("/", 1)[1], "etag": '"d7"'})
+            dep_id = path.rsplit("/", 1)[1]
+            return httpx.Response(200, json={"id": dep_id, "etag": '"d7"', "model": deployments[dep_id].get("model")})
+        if "/models/" in path:
+            return httpx.Response(404, json={"error": {"message": "no such model", "type": "not_found"}})
         if path.endswith("/endpoints") and request.method == "GET":
             return httpx.Response(200, json={"data": [self.ep], "next_cursor": None})
         if request.method == "GET":
@@ -346,10 +356,7 @@ def test_the_deletes_carry_their_etags_in_the_query() -> None:
 def test_the_sdk_never_retries_by_itself(status: int) -> None:
     api = FakeApi(wire([dep("dep_a")], split=[]))
     c = client(api, project_id="proj_1")
-    c.step("ep_1", "stop", PassingGuard())  # warm up: nothing scripted
-    api.requests.clear()
-    api.script = [httpx.Response(200, json=api.ep), httpx.Response(200, json={"id": "dep_a", "etag": "x"})]
-    api.script.append(httpx.Response(status, json={"error": {"message": "no", "type": "t"}}))
+    api.fail = {"PATCH": status}
     with pytest.raises((ApiRefusal, ApiStatusError)) as caught:
         c.step("ep_1", "stop", PassingGuard())
     assert caught.value.status_code == status
@@ -442,10 +449,11 @@ def test_model_names_are_resolved_once_per_distinct_model() -> None:
         "http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(with_models), project_id="proj_1"
     )
     (facts,) = c.list_endpoints()
-    c.list_endpoints()
     assert facts.model == "meta-llama/Llama-3.3-70B"
     models = [r.url.path for r in api.requests if "/models/" in r.url.path]
-    assert models == ["/v2/projects/proj_public/models/ml_llama"]
+    assert models == ["/v2/projects/proj_public/models/ml_llama"]  # two deployments, one model: one lookup
+    c.list_endpoints()  # names are asked again at each sweep (a model may have been renamed)
+    assert len([r for r in api.requests if "/models/" in r.url.path]) == 2
 
 
 def test_a_step_sends_no_request_that_could_not_end_within_its_budget() -> None:
@@ -461,3 +469,58 @@ def test_a_step_sends_no_request_that_could_not_end_within_its_budget() -> None:
     with pytest.raises(ApiTransportError, match="ran out of time"):
         c.step("ep_1", "delete", PassingGuard())
     assert api.sent("PATCH") == []  # the reads ate the budget: the change was never sent
+
+
+def test_a_model_renamed_since_the_sweep_meets_the_protect_list_by_its_name_of_now() -> None:
+    from worker.janitor import hold_back
+
+    names = iter(["acme/scratch-1", "acme/prod-llama"])
+    api = FakeApi(wire([dep("dep_a", model=LLAMA)], split=[]))
+    base = api.__call__
+
+    def renaming(request: httpx.Request) -> httpx.Response:
+        if "/models/" in request.url.path:
+            api.requests.append(request)
+            return httpx.Response(200, json={"id": "ml_llama", "name": next(names)})
+        return base(request)
+
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(renaming), project_id="p")
+    assert c.list_endpoints()[0].model == "acme/scratch-1"
+    policy = parse_policy("version: 1\nprotect:\n  - model: 'acme/prod-*'\nrules:\n  - name: r\n    ttl: 1h\n")
+
+    class HoldBack(PassingGuard):
+        def __call__(self, endpoint: Endpoint, /) -> str | None:
+            return hold_back(policy, endpoint, NOW)
+
+    assert c.step("ep_1", "delete", HoldBack()).kind is StepKind.SPARED
+    assert api.sent("PATCH") == [] and api.sent("DELETE") == []
+
+
+def test_a_deployment_the_summary_did_not_show_or_that_changed_stops_every_change() -> None:
+    from worker.errors import SequenceRefused
+
+    api = FakeApi(wire([dep("dep_a")], split=[]))
+    base = api.__call__
+
+    def one_more(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/deployments") and request.method == "GET":
+            api.requests.append(request)
+            data = [{"id": "dep_a", "etag": "e", "model": dep("dep_a")["model"]}, {"id": "dep_hidden", "etag": "e"}]
+            return httpx.Response(200, json={"data": data, "next_cursor": None})
+        return base(request)
+
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(one_more), project_id="p")
+    with pytest.raises(SequenceRefused, match="not all the ones"):
+        c.step("ep_1", "delete", PassingGuard())
+    assert api.sent("PATCH") == []
+
+
+@pytest.mark.parametrize(("phase", "held"), [("unroute", True), ("scale_down", True), ("detach", False)])
+def test_a_person_routing_the_endpoint_again_stops_the_sequence(phase: str, held: bool) -> None:
+    from worker.janitor import sequence_hold
+
+    policy = parse_policy("version: 1\nrules:\n  - name: r\n    ttl: 1h\n")
+    routed_again = to_facts(endpoint([dep("dep_a"), dep("dep_b")]))  # a live split, as a person restored it
+    sequence = {"rule": "r", "action": "delete", "started_at": "2026-11-28T23:00:00Z", "last_phase": phase}
+    reason = sequence_hold(policy, routed_again, sequence, NOW)
+    assert (reason is not None and "live traffic again" in reason) is held
