@@ -1580,6 +1580,16 @@ class _Route:
         return keys or [PROJECT_SCRIPT_KEY]
 
 
+_Found = TypeVar("_Found")
+
+
+def _found(item: _Found | None, message: str, param: str) -> _Found:
+    """The item looked up, or the API's 404 naming what was not found."""
+    if item is None:
+        raise V2Error(404, message, param)
+    return item
+
+
 class V2Simulator:
     """All v2 state, behind the v1 simulator's lock (one lock, so request-log entries stay consistent)."""
 
@@ -1860,38 +1870,26 @@ class V2Simulator:
 
     @staticmethod
     def _dep(ep: _Endpoint, dep_id: str) -> _Deployment:
-        dep = ep.deployment(dep_id)
-        if dep is None:
-            raise V2Error(404, f"Deployment {dep_id} not found on endpoint {ep.id}", "deploymentId")
-        return dep
+        return _found(ep.deployment(dep_id), f"Deployment {dep_id} not found on endpoint {ep.id}", "deploymentId")
 
     @staticmethod
     def _ab(ep: _Endpoint, ab_id: str) -> _AbExperiment:
         found = next((x for x in ep.ab_experiments if x.id == ab_id), None)
-        if found is None:
-            raise V2Error(404, f"A/B experiment {ab_id} not found on endpoint {ep.id}", "id")
-        return found
+        return _found(found, f"A/B experiment {ab_id} not found on endpoint {ep.id}", "id")
 
     @staticmethod
     def _shadow(ep: _Endpoint, exp_id: str) -> _ShadowExperiment:
         found = next((x for x in ep.shadow_experiments if x.id == exp_id), None)
-        if found is None:
-            raise V2Error(404, f"Shadow experiment {exp_id} not found on endpoint {ep.id}", "experimentId")
-        return found
+        return _found(found, f"Shadow experiment {exp_id} not found on endpoint {ep.id}", "experimentId")
 
     @staticmethod
     def _target(exp: _ShadowExperiment, target_id: str) -> _ShadowTarget:
-        found = exp.target(target_id)
-        if found is None:
-            raise V2Error(404, f"Shadow target {target_id} not found on experiment {exp.id}", "id")
-        return found
+        return _found(exp.target(target_id), f"Shadow target {target_id} not found on experiment {exp.id}", "id")
 
     @staticmethod
     def _rollout(ep: _Endpoint, rollout_id: str) -> _Rollout:
         found = next((r for r in ep.rollouts if r.id == rollout_id), None)
-        if found is None:
-            raise V2Error(404, f"Rollout {rollout_id} not found on endpoint {ep.id}", "id")
-        return found
+        return _found(found, f"Rollout {rollout_id} not found on endpoint {ep.id}", "id")
 
     def _check_etag(self, current: str, given: str | None, what: str) -> None:
         if given is not None and given != current:

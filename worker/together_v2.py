@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
@@ -65,6 +65,15 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------- wire models
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a cursor listing (together/pagination.py: ``data``, ``next_cursor``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[T]
+    next_cursor: str | None = None
 
 
 class _Wire(BaseModel):
@@ -129,20 +138,6 @@ class FullDeployment(_Wire):
     model: StrictStr | None = None
 
 
-class _DeploymentPage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    data: list[FullDeployment]
-    next_cursor: str | None = None
-
-
-class _Page(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    data: list[V2Endpoint]
-    next_cursor: str | None = None
-
-
 class _WhoProject(_Wire):
     id: StrictStr
     slug: str | None = None
@@ -193,20 +188,6 @@ class _ShadowExperiment(_Wire):
     id: StrictStr
     etag: str | None = None
     targets: list[_ShadowTarget] = Field(default_factory=list)
-
-
-class _AbPage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    data: list[_AbExperiment]
-    next_cursor: str | None = None
-
-
-class _ShadowPage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    data: list[_ShadowExperiment]
-    next_cursor: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -932,12 +913,12 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-_PAGE = TypeAdapter(_Page)
+_PAGE = TypeAdapter(Page[V2Endpoint])
 _ENDPOINT = TypeAdapter(V2Endpoint)
 _DEPLOYMENT = TypeAdapter(FullDeployment)
-_DEPLOYMENT_PAGE = TypeAdapter(_DeploymentPage)
+_DEPLOYMENT_PAGE = TypeAdapter(Page[FullDeployment])
 _WHOAMI = TypeAdapter(_WhoAmI)
 _ANALYTICS = TypeAdapter(_Analytics)
 _MODEL = TypeAdapter(_Model)
-_AB_PAGE = TypeAdapter(_AbPage)
-_SHADOW_PAGE = TypeAdapter(_ShadowPage)
+_AB_PAGE = TypeAdapter(Page[_AbExperiment])
+_SHADOW_PAGE = TypeAdapter(Page[_ShadowExperiment])
