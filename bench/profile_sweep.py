@@ -43,16 +43,15 @@ def _vm_mb(field_name: str) -> float:
 
 @contextlib.contextmanager
 def phase_timers(store: Any, client: Any) -> Iterator[tuple[dict[str, float], list[tuple[str, float, float]]]]:
-    """Wrap the store's and client's methods and ``worker.janitor.plan``.
+    """Wrap the store's and client's methods and ``worker.sweep.plan_sweep``.
 
     Yields seconds per phase, and the order of the phases with this process's VmRSS and VmHWM (MB) after each.
     """
-    import worker.janitor as janitor
+    import worker.sweep as sweep
 
     spent: dict[str, float] = defaultdict(float)
     memory: list[tuple[str, float, float]] = [("start", _vm_mb("VmRSS"), _vm_mb("VmHWM"))]
     patched: list[tuple[Any, str, Any]] = []
-    depth = [0]  # inside a wrapped call: a pipeline it executes is part of its time already
 
     def wrap(owner: Any, name: str, label: str) -> None:
         original = getattr(owner, name)
@@ -60,11 +59,9 @@ def phase_timers(store: Any, client: Any) -> Iterator[tuple[dict[str, float], li
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
-            depth[0] += 1
             try:
                 return original(*args, **kwargs)
             finally:
-                depth[0] -= 1
                 spent[label] += time.perf_counter() - t0
                 memory.append((label, _vm_mb("VmRSS"), _vm_mb("VmHWM")))
 
@@ -72,46 +69,15 @@ def phase_timers(store: Any, client: Any) -> Iterator[tuple[dict[str, float], li
         setattr(owner, name, timed)
 
     wrap(client, "list_endpoints", "list_endpoints (HTTP + pydantic)")
-    wrap(janitor, "load_policy", "load_policy")
-    wrap(janitor, "plan", "plan (decide every endpoint)")
-    for name in (
-        "server_time",
-        "read_sweep_state",
-        "observed_ids",
-        "limit_state",
-        "clear_pause",
-        "claim_pending",
-        "record_acted",
-        "record_sweep",
-    ):
-        wrap(store, name, f"store.{name}" + (" (executes the writes' pipeline too)" if name == "limit_state" else ""))
-    # The sweep's writes (observations, marks, decisions' events) go through one pipeline it executes itself.
-    original_pipeline = store.pipeline
-
-    def pipeline() -> Any:
-        pipe = original_pipeline()
-        original_execute = pipe.execute
-
-        def execute(*args: Any, **kwargs: Any) -> Any:
-            if depth[0]:
-                return original_execute(*args, **kwargs)
-            t0 = time.perf_counter()
-            try:
-                return original_execute(*args, **kwargs)
-            finally:
-                spent["store: the writes' pipeline.execute"] += time.perf_counter() - t0
-                memory.append(("store: the writes' pipeline.execute", _vm_mb("VmRSS"), _vm_mb("VmHWM")))
-
-        pipe.execute = execute
-        return pipe
-
-    store.pipeline = pipeline
-    patched.append((store, "pipeline", original_pipeline))
+    wrap(sweep, "load_policy", "load_policy")
+    wrap(sweep, "plan_sweep", "plan_sweep (decide every endpoint)")
+    for name in ("server_time", "read_sweep_state", "commit_sweep", "clear_pause", "claim_pending", "record_sweep"):
+        wrap(store, name, f"store.{name}")
     try:
         yield spent, memory
     finally:
         for owner, name, original in reversed(patched):
-            if owner is janitor:
+            if owner is sweep:
                 setattr(owner, name, original)
             else:
                 delattr(owner, name)  # the instance attribute goes; the class's method shows again
@@ -125,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracemalloc", action="store_true", help="also measure the sweep's Python allocations")
     args = p.parse_args(argv)
 
-    from worker.janitor import run_sweep
     from worker.store import Store
+    from worker.sweep import run_sweep
     from worker.together import TogetherClient
 
     workdir = Path(tempfile.mkdtemp(prefix="janitor-profile-"))

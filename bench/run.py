@@ -223,8 +223,8 @@ class Bench:
         (one kombu publish batch) through an app on the bench's Redis.
         """
         from worker.errors import ApiStatusError
-        from worker.janitor import run_sweep
         from worker.store import Store
+        from worker.sweep import run_sweep
         from worker.tasks import _enqueue
         from worker.together import TogetherClient
 

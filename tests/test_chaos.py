@@ -30,9 +30,10 @@ import redis
 
 from tests.conftest import Harness, Proc, Sim, free_port, spec, wait_for
 from worker.app import create_app, restore_interval_s
-from worker.janitor import DeleteRequest, run_sweep
+from worker.janitor import DeleteRequest
 from worker.settings import Settings
 from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, parse_time, utc_now
+from worker.sweep import run_sweep
 from worker.together import Endpoint, TogetherClient
 
 pytestmark = pytest.mark.chaos

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import Harness, spec, wait_for
 from worker.app import QUEUE
-from worker.janitor import DeleteRequest, recover_lost_tasks, run_sweep
+from worker.janitor import DeleteRequest, recover_lost_tasks
+from worker.sweep import run_sweep
 from worker.tasks import _enqueue
 from worker.together import TogetherClient
 

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from tests.conftest import BASIC_POLICY, ROOT, Proc, Sim, env_for, start_worker
-from worker.janitor import run_sweep
 from worker.store import Store
+from worker.sweep import run_sweep
 from worker.together import TogetherClient
 
 

@@ -21,6 +21,7 @@ from tests.conftest import ROOT, free_port, wait_for
 from worker.exporter import render
 from worker.policy import Exemption, Mark
 from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso
+from worker.sweep import SweepPlan
 
 EXPECTED = {
     "janitor_up",
@@ -165,7 +166,7 @@ def test_exporter_serves_every_counter_and_gauge(
     store.record_outcome("t1", outcome("e1", OutcomeStatus.DELETED, "ci", 2.5))  # redelivered: counts once
     store.record_event("retry", action="delete", endpoint_id="e1")
     store.record_event("limit", sweep_id="s3", limit="max_deletes_per_sweep")
-    store.save_marks({"e5": Mark("ci", now, now + timedelta(hours=1))}, [])
+    store.commit_sweep(SweepPlan(now=now, new_marks={"e5": Mark("ci", now, now + timedelta(hours=1))}), "s0")
     store.set_exemption(Exemption("e6", "demo", "alice", now, now + timedelta(hours=1)))
     store.set_exemption(Exemption("e7", "old", "bob", now - timedelta(hours=2), now - timedelta(hours=1)))  # expired
     store.set_pause("max_deletes_per_sweep", "s3", 30)

@@ -10,9 +10,10 @@ import pytest
 import redis
 
 from tests.conftest import BASIC_POLICY, Sim, wait_for
-from worker import janitor
-from worker.janitor import Attempt, DeleteRequest, Recheck, backoff_delay, run_sweep, take_step
+from worker import sweep as sweep_module
+from worker.janitor import Attempt, DeleteRequest, Recheck, backoff_delay, take_step
 from worker.store import OutcomeStatus, Store, utc_now
+from worker.sweep import run_sweep
 from worker.together import TogetherClient
 
 
@@ -78,7 +79,7 @@ def test_sweep_queues_expired_and_spares_protected_and_young(
     assert (summary.listed, summary.candidates, summary.queued, summary.protected) == (4, 2, 2, 0)
     assert {r.rule for r in queued} == {"ci-endpoints"} and not any(r.dry_run for r in queued)
     assert store.recent_sweeps()[0].sweep_id == summary.sweep_id
-    assert set(store.load_observations()) == {"endpoint-0001", "endpoint-0002", "endpoint-0003", "endpoint-0005"}
+    assert set(store.redis.hkeys(store.key("observations"))) == {f"endpoint-000{i}" for i in (1, 2, 3, 5)}
     assert sim.calls("DELETE") == []  # the sweep itself never deletes
 
 
@@ -290,7 +291,7 @@ def test_a_broker_failure_releases_every_unsent_claim(
     sim: Sim, store: Store, client: TogetherClient, policy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim.reset([ep(f"acme/ci-{i}", i) for i in range(3)])
-    monkeypatch.setattr(janitor, "PUBLISH_BATCH", 1)  # one task a batch: the first is sent, the second fails
+    monkeypatch.setattr(sweep_module, "PUBLISH_BATCH", 1)  # one task a batch: the first is sent, the second fails
     sent: list[DeleteRequest] = []
 
     def flaky(batch: Sequence[DeleteRequest]) -> None:

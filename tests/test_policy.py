@@ -16,6 +16,8 @@ from worker.policy import (
     Exemption,
     Mark,
     Observation,
+    Verdict,
+    Wanted,
     check_limits,
     decide,
     evaluate,
@@ -62,16 +64,16 @@ limits:
 
 def test_ttl_expired_is_deleted_by_the_first_rule() -> None:
     d = evaluate(POLICY, Ep(), None, NOW)
-    assert (d.action, d.rule) == (Action.DELETE, "ci-endpoints")
+    assert (d.label, d.rule) == ("delete", "ci-endpoints")
     assert "ttl 6h" in d.reason
 
 
 def test_ttl_not_yet_expired_is_kept() -> None:
-    assert evaluate(POLICY, Ep(created_at=NOW - timedelta(hours=5)), None, NOW).action is Action.KEEP
+    assert evaluate(POLICY, Ep(created_at=NOW - timedelta(hours=5)), None, NOW).verdict is Verdict.KEEP
 
 
 def test_future_created_at_is_never_expired() -> None:
-    assert evaluate(POLICY, Ep(created_at=NOW + timedelta(days=400)), None, NOW).action is Action.KEEP
+    assert evaluate(POLICY, Ep(created_at=NOW + timedelta(days=400)), None, NOW).verdict is Verdict.KEEP
 
 
 def test_protect_by_name_and_by_id_wins_over_rules() -> None:
@@ -81,24 +83,24 @@ def test_protect_by_name_and_by_id_wins_over_rules() -> None:
         Observation("STOPPED", NOW - timedelta(days=30)),
         NOW,
     )
-    assert d.action is Action.PROTECTED and "protect[0]" in d.reason
-    assert evaluate(POLICY, Ep(id="endpoint-keep"), None, NOW).action is Action.PROTECTED
+    assert d.verdict is Verdict.PROTECTED and "protect[0]" in d.reason
+    assert evaluate(POLICY, Ep(id="endpoint-keep"), None, NOW).verdict is Verdict.PROTECTED
 
 
 def test_serverless_is_out_of_scope_by_default() -> None:
     d = evaluate(POLICY, Ep(type="serverless", created_at=NOW - timedelta(days=900)), None, NOW)
-    assert d.action is Action.OUT_OF_SCOPE
+    assert d.verdict is Verdict.OUT_OF_SCOPE
     assert parse_policy("version: 1").scope.types == ["dedicated"]
 
 
 def test_stale_needs_the_janitors_own_observation() -> None:
     ep = Ep(name="x/other", state="STOPPED", created_at=NOW - timedelta(days=30))
-    assert evaluate(POLICY, ep, None, NOW).action is Action.KEEP  # never seen: first sighting is now
-    assert evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=6)), NOW).action is Action.KEEP
+    assert evaluate(POLICY, ep, None, NOW).verdict is Verdict.KEEP  # never seen: first sighting is now
+    assert evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=6)), NOW).verdict is Verdict.KEEP
     d = evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=8)), NOW)
-    assert (d.action, d.rule) == (Action.DELETE, "idle-a-week")
+    assert (d.label, d.rule) == ("delete", "idle-a-week")
     # an observation of another state does not count
-    assert evaluate(POLICY, ep, Observation("STARTED", NOW - timedelta(days=8)), NOW).action is Action.KEEP
+    assert evaluate(POLICY, ep, Observation("STARTED", NOW - timedelta(days=8)), NOW).verdict is Verdict.KEEP
 
 
 def test_observe_first_sighting_is_now_and_a_change_resets_the_clock() -> None:
@@ -112,10 +114,12 @@ def test_observe_first_sighting_is_now_and_a_change_resets_the_clock() -> None:
 def test_ttl_and_stale_together_both_must_hold() -> None:
     policy = parse_policy("version: 1\nrules:\n - name: both\n   ttl: 1d\n   stale: {states: [STOPPED], for: 1h}")
     old_stopped = Ep(state="STOPPED", created_at=NOW - timedelta(days=2))
-    assert evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).action is Action.DELETE
-    assert evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(minutes=2)), NOW).action is Action.KEEP
+    assert evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).label == "delete"
+    assert (
+        evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(minutes=2)), NOW).verdict is Verdict.KEEP
+    )
     young = replace(old_stopped, created_at=NOW - timedelta(hours=3))
-    assert evaluate(policy, young, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).action is Action.KEEP
+    assert evaluate(policy, young, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).verdict is Verdict.KEEP
 
 
 def test_rules_are_tried_in_order() -> None:
@@ -128,7 +132,7 @@ def test_rules_are_tried_in_order() -> None:
 
 def test_no_match_means_every_endpoint_in_scope() -> None:
     policy = parse_policy("version: 1\nrules:\n - name: all\n   ttl: 1h")
-    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).action is Action.DELETE
+    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).label == "delete"
 
 
 @pytest.mark.parametrize(
@@ -145,51 +149,51 @@ def test_no_match_means_every_endpoint_in_scope() -> None:
 )
 def test_glob_and_regex(pattern: str, value: str, expected: bool) -> None:
     policy = parse_policy(f"version: 1\nrules:\n - name: r\n   match: {{name: '{pattern}'}}\n   ttl: 1h")
-    assert (evaluate(policy, Ep(name=value), None, NOW).action is Action.DELETE) is expected
+    assert (evaluate(policy, Ep(name=value), None, NOW).label == "delete") is expected
 
 
 def test_a_list_of_patterns_matches_any_and_every_key_must_match() -> None:
     policy = parse_policy(
         "version: 1\nrules:\n - name: r\n   match: {name: ['a/*', 'b/*'], state: [STARTED, ERROR]}\n   ttl: 1h"
     )
-    assert evaluate(policy, Ep(name="b/x"), None, NOW).action is Action.DELETE
-    assert evaluate(policy, Ep(name="b/x", state="STOPPED"), None, NOW).action is Action.KEEP
-    assert evaluate(policy, Ep(name="c/x"), None, NOW).action is Action.KEEP
+    assert evaluate(policy, Ep(name="b/x"), None, NOW).label == "delete"
+    assert evaluate(policy, Ep(name="b/x", state="STOPPED"), None, NOW).verdict is Verdict.KEEP
+    assert evaluate(policy, Ep(name="c/x"), None, NOW).verdict is Verdict.KEEP
 
 
 @pytest.mark.parametrize("key", ["id", "name", "model", "owner", "state", "type"])
 def test_every_list_key_can_be_matched(key: str) -> None:
     ep = Ep()
     policy = parse_policy(f"version: 1\nrules:\n - name: r\n   match: {{{key}: '{getattr(ep, key)}'}}\n   ttl: 1h")
-    assert evaluate(policy, ep, None, NOW).action is Action.DELETE
+    assert evaluate(policy, ep, None, NOW).label == "delete"
 
 
 def test_detail_keys_ask_for_the_detail_only_after_other_keys_pass() -> None:
     policy = parse_policy("version: 1\nrules:\n - name: r\n   match: {name: 'acme/*', hardware: '*h100*'}\n   ttl: 1h")
-    assert evaluate(policy, Ep(name="other/x"), None, NOW).action is Action.KEEP  # no fetch needed
-    assert evaluate(policy, Ep(), None, NOW).action is Action.NEEDS_DETAIL
+    assert evaluate(policy, Ep(name="other/x"), None, NOW).verdict is Verdict.KEEP  # no fetch needed
+    assert evaluate(policy, Ep(), None, NOW).wanted is Wanted.DETAIL
     detailed = Ep(display_name="d", hardware="1x_nvidia_h100_80gb_sxm")
-    assert evaluate(policy, detailed, None, NOW, detail_fetched=True).action is Action.DELETE
+    assert evaluate(policy, detailed, None, NOW, detail_fetched=True).label == "delete"
     other_hw = Ep(display_name="d", hardware="1x_nvidia_a100")
-    assert evaluate(policy, other_hw, None, NOW, detail_fetched=True).action is Action.KEEP
+    assert evaluate(policy, other_hw, None, NOW, detail_fetched=True).verdict is Verdict.KEEP
     # the detail did not carry the field: a rule that cannot be decided does not hold
-    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).action is Action.KEEP
+    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).verdict is Verdict.KEEP
 
 
 def test_protect_on_detail_key_fetches_and_fails_safe() -> None:
     policy = parse_policy("version: 1\nprotect:\n - display_name: 'KEEP*'\nrules:\n - name: r\n   ttl: 1h")
-    assert evaluate(policy, Ep(), None, NOW).action is Action.NEEDS_DETAIL
+    assert evaluate(policy, Ep(), None, NOW).wanted is Wanted.DETAIL
     kept = Ep(display_name="KEEP me", hardware="h")
-    assert evaluate(policy, kept, None, NOW, detail_fetched=True).action is Action.PROTECTED
-    assert evaluate(policy, Ep(display_name="x", hardware="h"), None, NOW, detail_fetched=True).action is Action.DELETE
+    assert evaluate(policy, kept, None, NOW, detail_fetched=True).verdict is Verdict.PROTECTED
+    assert evaluate(policy, Ep(display_name="x", hardware="h"), None, NOW, detail_fetched=True).label == "delete"
     # undecidable protection protects
-    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).action is Action.PROTECTED
+    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).verdict is Verdict.PROTECTED
 
 
 def test_unknown_states_are_tolerated() -> None:
     policy = parse_policy("version: 1\nrules:\n - name: failed\n   stale: {states: [FAILED], for: 1h}")
     ep = Ep(state="FAILED")
-    assert evaluate(policy, ep, Observation("FAILED", NOW - timedelta(hours=2)), NOW).action is Action.DELETE
+    assert evaluate(policy, ep, Observation("FAILED", NOW - timedelta(hours=2)), NOW).label == "delete"
 
 
 # ------------------------------------------------------------------------------ validation errors
@@ -282,12 +286,12 @@ def test_protected_or_out_of_scope_is_never_deleted(
     observed = Observation(ep.state, NOW - timedelta(hours=since_h))
     decision = evaluate(policy, ep, observed, NOW)
     protected = policy.protect[0].matches(ep)
-    if decision.action is Action.DELETE:
+    if decision.label == "delete":
         assert not protected
         assert ep.type == "dedicated"
         assert ep.created_at <= NOW or decision.rule == "b"
     if ep.type != "dedicated":
-        assert decision.action is Action.OUT_OF_SCOPE
+        assert decision.verdict is Verdict.OUT_OF_SCOPE
 
 
 # ------------------------------------------------------------------------------ safety: grace, exemptions, stop, limits
@@ -317,39 +321,39 @@ rules:
 
 def test_grace_marks_first_then_acts_when_due() -> None:
     first = decide(GRACE_POLICY, Ep(), None, NOW)
-    assert first.action is Action.MARKED and first.marked_at == NOW and first.due_at == NOW + timedelta(hours=1)
-    assert first.then is Action.DELETE
+    assert first.verdict is Verdict.MARKED and first.marked_at == NOW and first.due_at == NOW + timedelta(hours=1)
+    assert first.action is Action.DELETE
     mark = Mark("ci", NOW, NOW + timedelta(hours=1))
     waiting = decide(GRACE_POLICY, Ep(), None, NOW + timedelta(minutes=30), mark=mark)
-    assert waiting.action is Action.MARKED and waiting.marked_at is None and waiting.due_at == mark.due_at
+    assert waiting.verdict is Verdict.MARKED and waiting.marked_at is None and waiting.due_at == mark.due_at
     due = decide(GRACE_POLICY, Ep(), None, NOW + timedelta(hours=1), mark=mark)
-    assert (due.action, due.rule) == (Action.DELETE, "ci")
+    assert (due.label, due.rule) == ("delete", "ci")
 
 
 def test_a_mark_of_another_rule_starts_a_new_grace() -> None:
     stale_mark = Mark("delete-stopped", NOW - timedelta(days=2), NOW - timedelta(days=1))
     d = decide(GRACE_POLICY, Ep(), None, NOW, mark=stale_mark)
-    assert d.action is Action.MARKED and d.rule == "ci" and d.marked_at == NOW
+    assert d.verdict is Verdict.MARKED and d.rule == "ci" and d.marked_at == NOW
 
 
 def test_per_rule_grace_overrides_and_zero_disables() -> None:
-    assert decide(GRACE_POLICY, Ep(name="acme/tmp-1"), None, NOW).action is Action.DELETE
+    assert decide(GRACE_POLICY, Ep(name="acme/tmp-1"), None, NOW).label == "delete"
     d = decide(GRACE_POLICY, Ep(name="acme/dev-1"), None, NOW)
-    assert d.action is Action.MARKED and d.due_at == NOW + timedelta(minutes=10) and d.then is Action.STOP
-    assert decide(POLICY, Ep(), None, NOW).action is Action.DELETE  # no grace key: no grace
+    assert d.verdict is Verdict.MARKED and d.due_at == NOW + timedelta(minutes=10) and d.action is Action.STOP
+    assert decide(POLICY, Ep(), None, NOW).label == "delete"  # no grace key: no grace
 
 
 def test_re_check_ignores_grace() -> None:
-    assert decide(GRACE_POLICY, Ep(), None, NOW, ignore_grace=True).action is Action.DELETE
+    assert decide(GRACE_POLICY, Ep(), None, NOW, ignore_grace=True).label == "delete"
 
 
 def test_exemptions_win_until_they_expire() -> None:
     ex = Exemption("endpoint-1", "demo on Friday", "alice", NOW - timedelta(hours=1), NOW + timedelta(hours=1))
     d = decide(POLICY, Ep(), None, NOW, exemption=ex)
-    assert d.action is Action.EXEMPT and "alice" in d.reason and "demo on Friday" in d.reason
-    assert decide(POLICY, Ep(), None, NOW + timedelta(hours=2), exemption=ex).action is Action.DELETE
+    assert d.verdict is Verdict.EXEMPT and "alice" in d.reason and "demo on Friday" in d.reason
+    assert decide(POLICY, Ep(), None, NOW + timedelta(hours=2), exemption=ex).label == "delete"
     # an exemption does not turn a keep into anything else
-    assert decide(POLICY, Ep(created_at=NOW), None, NOW, exemption=ex).action is Action.KEEP
+    assert decide(POLICY, Ep(created_at=NOW), None, NOW, exemption=ex).verdict is Verdict.KEEP
 
 
 def test_stop_rules_skip_endpoints_already_stopped_and_the_next_rule_applies() -> None:
@@ -357,13 +361,13 @@ def test_stop_rules_skip_endpoints_already_stopped_and_the_next_rule_applies() -
         "version: 1\nrules:\n - name: stop-idle\n   ttl: 2h\n   action: stop\n"
         " - name: delete-stopped\n   stale: {states: [STOPPED], for: 1d}\n"
     )
-    assert evaluate(policy, Ep(), None, NOW).action is Action.STOP
+    assert evaluate(policy, Ep(), None, NOW).label == "stop"
     stopping = Ep(state="STOPPING")
-    assert evaluate(policy, stopping, None, NOW).action is Action.KEEP
+    assert evaluate(policy, stopping, None, NOW).verdict is Verdict.KEEP
     stopped = Ep(state="STOPPED")
-    assert evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(hours=1)), NOW).action is Action.KEEP
+    assert evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(hours=1)), NOW).verdict is Verdict.KEEP
     d = evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(days=2)), NOW)
-    assert (d.action, d.rule) == (Action.DELETE, "delete-stopped")
+    assert (d.label, d.rule) == ("delete", "delete-stopped")
 
 
 @pytest.mark.parametrize(
@@ -439,10 +443,10 @@ def test_protected_and_exempt_are_never_acted_on_and_limits_bound_what_is_queued
     for ep, exempt in zip(inventory, exempt_mask, strict=False):
         exemption = Exemption(ep.id, "r", "p", NOW, NOW + timedelta(days=1)) if exempt else None
         d = decide(policy, ep, Observation(ep.state, NOW - timedelta(hours=2)), NOW, exemption=exemption)
-        if d.action in (Action.DELETE, Action.STOP):
+        if d.verdict is Verdict.ACT:
             assert not exempt and not policy.protect[0].matches(ep)
             acting += 1
-        if d.action is not Action.OUT_OF_SCOPE:
+        if d.verdict is not Verdict.OUT_OF_SCOPE:
             in_scope += 1
     queued = acting if check_limits(policy.limits, acting, in_scope, acted_today) is None else 0
     assert queued <= per_sweep
@@ -489,28 +493,28 @@ DAY, HOUR = timedelta(hours=24), timedelta(hours=1)
 def test_idle_asks_for_the_count_only_once_the_rule_s_other_keys_hold() -> None:
     old = Ep(name="acme/demo", created_at=NOW - timedelta(days=3))
     asked = evaluate(IDLE, old, None, NOW)
-    assert (asked.action, asked.rule, asked.window) == (Action.NEEDS_ACTIVITY, "quiet-day", DAY)
+    assert (asked.wanted, asked.rule, asked.window) == (Wanted.ACTIVITY, "quiet-day", DAY)
     # Another project's endpoint fails the match: no count is asked for, nothing to fetch.
-    assert evaluate(IDLE, replace(old, name="other/demo"), None, NOW).action is Action.KEEP
+    assert evaluate(IDLE, replace(old, name="other/demo"), None, NOW).verdict is Verdict.KEEP
     # Protected: decided without the count.
-    assert evaluate(IDLE, replace(old, name="acme/prod-1"), None, NOW).action is Action.PROTECTED
+    assert evaluate(IDLE, replace(old, name="acme/prod-1"), None, NOW).verdict is Verdict.PROTECTED
 
 
 def test_idle_holds_only_with_no_requests_and_an_age_of_at_least_the_window() -> None:
     old = Ep(name="acme/demo", created_at=NOW - timedelta(days=3))
     quiet = evaluate(IDLE, old, None, NOW, activity={DAY: 0})
-    assert (quiet.action, quiet.rule) == (Action.DELETE, "quiet-day") and "no requests for 1d" in quiet.reason
-    assert evaluate(IDLE, old, None, NOW, activity={DAY: 1}).action is Action.KEEP
+    assert (quiet.label, quiet.rule) == ("delete", "quiet-day") and "no requests for 1d" in quiet.reason
+    assert evaluate(IDLE, old, None, NOW, activity={DAY: 1}).verdict is Verdict.KEEP
     young = replace(old, created_at=NOW - timedelta(hours=5))  # cannot have been idle for a whole day
-    assert evaluate(IDLE, young, None, NOW).action is Action.KEEP
+    assert evaluate(IDLE, young, None, NOW).verdict is Verdict.KEEP
 
 
 def test_a_busy_first_rule_falls_through_to_the_next_rule_s_own_window() -> None:
     ci = Ep(name="acme/ci-7", created_at=NOW - timedelta(days=3))
     asked = evaluate(IDLE, ci, None, NOW, activity={DAY: 12})
-    assert (asked.action, asked.rule, asked.window) == (Action.NEEDS_ACTIVITY, "quiet-hour-ci", HOUR)
+    assert (asked.wanted, asked.rule, asked.window) == (Wanted.ACTIVITY, "quiet-hour-ci", HOUR)
     held = evaluate(IDLE, ci, None, NOW, activity={DAY: 12, HOUR: 0})
-    assert (held.action, held.rule) == (Action.DELETE, "quiet-hour-ci")
+    assert (held.label, held.rule) == ("delete", "quiet-hour-ci")
     assert "age" in held.reason and "no requests for 1h" in held.reason
 
 

@@ -21,12 +21,12 @@ from kombu.transport import redis as kombu_redis
 
 from bench.counting import BrokerConnection, StoreConnection, counted_redis
 from tests.conftest import BASIC_POLICY, Sim, spec, wait_for
-from worker import janitor
+from worker import sweep as sweep_module
 from worker.app import create_app
-from worker.janitor import run_sweep
 from worker.policy import Exemption
 from worker.settings import Settings
 from worker.store import Store, utc_now
+from worker.sweep import run_sweep
 from worker.tasks import _enqueue
 from worker.together import TogetherClient
 
@@ -146,8 +146,8 @@ def test_deletes_go_out_in_a_small_first_batch_then_in_large_ones(
     sim: Sim, redis_client: redis.Redis, key_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The first batch is small so workers start deleting while the rest is published; here 2, then 3 at a time.
-    monkeypatch.setattr(janitor, "PUBLISH_FIRST", 2)
-    monkeypatch.setattr(janitor, "PUBLISH_BATCH", 3)
+    monkeypatch.setattr(sweep_module, "PUBLISH_FIRST", 2)
+    monkeypatch.setattr(sweep_module, "PUBLISH_BATCH", 3)
     sim.reset([spec(i) for i in range(7)])
     policy = tmp_path / "policy.yaml"
     policy.write_text(BASIC_POLICY)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Harness, spec, wait_for
-from worker.janitor import run_sweep
+from worker.sweep import run_sweep
 from worker.tasks import _enqueue
 from worker.together import TogetherClient
 

@@ -31,9 +31,9 @@ from celery.result import AsyncResult
 
 from tests.conftest import API_KEY, ROOT, Harness, Proc, Sim, free_port, spec, start_worker, wait_for
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
-from worker.janitor import run_sweep
 from worker.settings import load_settings
 from worker.store import Store
+from worker.sweep import run_sweep
 from worker.together import TogetherClient
 
 pytestmark = pytest.mark.integration

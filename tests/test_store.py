@@ -8,6 +8,7 @@ import redis
 
 from worker.policy import Observation
 from worker.store import Outcome, OutcomeStatus, Store, SweepSummary
+from worker.sweep import SweepPlan
 
 
 def make_store(client: redis.Redis, prefix: str) -> Store:
@@ -21,7 +22,7 @@ def outcome(endpoint_id: str, status: OutcomeStatus = OutcomeStatus.DELETED) -> 
 def test_every_key_starts_with_the_prefix(redis_client: redis.Redis, key_prefix: str) -> None:
     store = make_store(redis_client, key_prefix)
     now = datetime.now(UTC)
-    store.save_observations({"e1": Observation("STARTED", now)}, {})
+    store.commit_sweep(SweepPlan(now=now, observed={"e1": Observation("STARTED", now)}), "s0")
     store.claim_pending({"e1": "t1"}, 60)
     store.record_outcome("t1", outcome("e1"))
     store.record_sweep(SweepSummary("s1", "2026-11-25T12:00:00.000Z", True))
@@ -35,11 +36,18 @@ def test_every_key_starts_with_the_prefix(redis_client: redis.Redis, key_prefix:
 def test_observations_round_trip_and_forget_unlisted(redis_client: redis.Redis, key_prefix: str) -> None:
     store = make_store(redis_client, key_prefix)
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
-    store.save_observations({"a": Observation("STOPPED", t0), "b": Observation("STARTED", t0)}, {})
-    loaded = store.load_observations()
-    assert loaded == {"a": Observation("STOPPED", t0), "b": Observation("STARTED", t0)}
-    store.save_observations({"a": Observation("STOPPED", t0)}, loaded)
-    assert set(store.load_observations()) == {"a"}
+    store.commit_sweep(
+        SweepPlan(now=t0, observed={"a": Observation("STOPPED", t0), "b": Observation("STARTED", t0)}), "s1"
+    )
+    state = store.read_sweep_state(["a", "b", "c"], t0, 3600)
+    assert state.observed == [Observation("STOPPED", t0), Observation("STARTED", t0), None]
+    assert state.forgotten == []
+    # "b" is no longer listed: the read says so, and the commit forgets it.
+    state = store.read_sweep_state(["a", "a"], t0, 3600)
+    assert state.forgotten == ["b"]
+    store.commit_sweep(SweepPlan(now=t0, forgotten=state.forgotten), "s2")
+    assert store.observation("b") is None and store.observation("a") == Observation("STOPPED", t0)
+    assert store.read_sweep_state(["a"], t0, 3600).forgotten == []
 
 
 def test_pending_is_claimed_once(redis_client: redis.Redis, key_prefix: str) -> None:

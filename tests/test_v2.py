@@ -16,9 +16,10 @@ import pytest
 
 from tests.conftest import API_KEY, ROOT, Harness, Sim, spec, wait_for
 from worker.errors import ApiRefusal, ApiStatusError
-from worker.janitor import Recheck, fetch_detail, plan, take_step
-from worker.policy import Action, parse_policy
-from worker.store import OutcomeStatus, parse_time, utc_now
+from worker.janitor import Recheck, fetch_detail, take_step
+from worker.policy import Action, Verdict, parse_policy
+from worker.store import OutcomeStatus, SweepState, parse_time, utc_now
+from worker.sweep import plan_sweep
 from worker.together import Endpoint, Step, StepKind, TogetherClient
 from worker.together_v2 import PAGE_SIZE, TogetherV2Client
 
@@ -526,27 +527,37 @@ def test_the_same_policy_decides_the_same_on_v1_and_v2(
     def decisions(client: Any) -> dict[str, tuple[str, str | None]]:
         listed = client.list_endpoints(types=policy.scope.types)
         seen = {e.id: Observation(e.state, now - timedelta(hours=2)) for e in listed}
-        planned = plan(
+        state = SweepState(
+            observed=[seen[e.id] for e in listed],
+            forgotten=[],
+            marks={},
+            exemptions={},
+            stale_claims={},
+            stale_listed=set(),
+            sequences={},
+        )
+        planned = plan_sweep(
             policy,
             listed,
-            seen,
+            state,
             now,
-            lambda eid: fetch_detail(client, eid),
+            fetch_detail=lambda eid: fetch_detail(client, eid),
             count_requests=client.count_requests,
             listed_in_detail=client.list_is_detailed,
-        )
-        return {p.endpoint.name: (str(p.decision.action), p.decision.rule) for p in planned}
+            every_decision=True,
+        ).noted
+        return {p.endpoint.name: (p.decision.label, p.decision.rule) for p in planned}
 
     with TogetherClient(sim.base_url, API_KEY, 2) as v1:
         on_v1 = decisions(v1)
     on_v2 = decisions(v2)
     assert on_v1 == on_v2
     assert on_v1["acme/ci-1"] == (str(Action.DELETE), "ci")
-    assert on_v1["acme/prod-1"][0] == str(Action.PROTECTED)
+    assert on_v1["acme/prod-1"][0] == str(Verdict.PROTECTED)
     assert on_v1["acme/dev-1"] == (str(Action.DELETE), "stopped")
     assert on_v1["acme/dev-2"] == (str(Action.DELETE), "big-gpus")
-    assert on_v1["acme/dev-3"][0] == str(Action.PROTECTED)
-    assert on_v1["acme/dev-4"] == (str(Action.KEEP), None)
+    assert on_v1["acme/dev-3"][0] == str(Verdict.PROTECTED)
+    assert on_v1["acme/dev-4"] == (str(Verdict.KEEP), None)
 
 
 def test_v1_refuses_an_idle_rule_in_check_policy_and_in_every_sweep(harness: Harness, tmp_path: Path) -> None:

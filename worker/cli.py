@@ -61,20 +61,6 @@ def _show_progress(what: str, done: Callable[[], bool], timeout: float) -> None:
     print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
-def _counting(fetch: Callable[P, T], what: str) -> Callable[P, T]:
-    """Wrap a per-endpoint fetch so a long plan shows how far it got (on a terminal only)."""
-    count = 0
-
-    def counted(*args: P.args, **kwargs: P.kwargs) -> T:
-        nonlocal count
-        count += 1
-        if sys.stderr.isatty():
-            print(f"\r{what}: {count}", end="", file=sys.stderr, flush=True)
-        return fetch(*args, **kwargs)
-
-    return counted
-
-
 def _colour(text: str, colour: str | None) -> str:
     """Colour only on a terminal: piped or captured output stays plain text."""
     if colour is None or not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
@@ -146,49 +132,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from worker.janitor import fetch_detail, plan
-    from worker.policy import ACTING, check_limits, load_policy, observe
-    from worker.store import Store, iso, utc_now
+    from worker.policy import load_policy
+    from worker.store import LimitState, Store, iso, utc_now
+    from worker.sweep import judge_limits, read_and_plan
     from worker.together import client_for
 
     settings = get_settings()
     client = client_for(settings)
     policy = load_policy(settings.policy_file, client.version)
     store = Store.from_settings(settings)
-    endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
-    now = utc_now()
-    # Read-only: the observations a sweep would record now are projected, not written.
-    observations = store.load_observations()
-    projected = {e.id: observe(observations.get(e.id), e.state, now) for e in endpoints}
-    planned = plan(
-        policy,
-        endpoints,
-        projected,
-        now,
-        _counting(lambda eid: fetch_detail(client, eid), "fetching endpoint details"),
-        exemptions=store.exemptions(now),
-        marks=store.load_marks(),
-        count_requests=_counting(client.count_requests, "fetching request counts"),
-        listed_in_detail=client.list_is_detailed,
-    )
+    # The sweep's own read and plan, with nothing written (open sequences and all); lost tasks are not settled.
+    shown: dict[str, int] = {}
+
+    def progress(doing: str) -> None:
+        shown[doing] = shown.get(doing, 0) + 1
+        if sys.stderr.isatty():
+            print(f"\r{doing}: {shown[doing]}", end="", file=sys.stderr, flush=True)
+
+    plan, _ = read_and_plan(store, client, policy, utc_now(), before_fetch=progress, dry=True, every_decision=True)
     rows = [
         {
             "endpoint_id": p.endpoint.id,
             "name": p.endpoint.name,
             "state": p.endpoint.state,
-            "decision": str(p.decision.action),
+            "decision": p.decision.label,
             "rule": p.decision.rule,
             "reason": p.decision.reason,
             "due_at": iso(p.decision.due_at) if p.decision.due_at else None,
         }
-        for p in planned
-        if p.decision.action != "out_of_scope"
+        for p in plan.noted
     ]
     # As a live sweep would count: endpoints whose delete is still queued do not count again.
-    pending = store.pending_among([p.endpoint.id for p in planned if p.decision.action in ACTING])
-    acting = sum(1 for p in planned if p.decision.action in ACTING and p.endpoint.id not in pending)
-    in_scope = len(rows)
-    trip = check_limits(policy.limits, acting, in_scope, store.acted_last_day())
+    limit_state: LimitState = store.limit_state([p.endpoint.id for p in plan.acting])
+    verdict = judge_limits(plan, policy.limits, limit_state, dry_run=False)
+    acting, in_scope, trip = len(verdict.to_queue), plan.in_scope, verdict.trip
     if args.json:
         _print_json({"endpoints": rows, "acting": acting, "in_scope": in_scope, "limit_tripped": trip})
         return 0

@@ -1,59 +1,44 @@
-"""The janitor's two jobs, free of Celery: one sweep, and one delete attempt.
+"""One delete, free of Celery, and the decision it shares with the sweep (:func:`resolve`).
 
-``tasks.py`` wires these to Celery; tests and the CLI call them with a real client and store. A sweep decides
-and queues; a delete attempt acts on one endpoint and says whether a retry is warranted (only after a 500).
+``tasks.py`` wires the delete to Celery and ``sweep.py`` holds the sweep; tests and the CLI call both with a real
+client and store. A delete attempt acts on one endpoint and says whether a retry is warranted (only after a 500).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from redis.client import Pipeline
+from typing import Any
 
 from worker.errors import (
     ApiRefusal,
     ApiStatusError,
     InvalidEndpointId,
-    JanitorError,
     PolicyError,
     SequenceRefused,
-    SettingsError,
     TogetherError,
 )
-from worker.logs import context
-from worker.notify import build_notification, send_notification
 from worker.policy import (
-    ACTING,
     Action,
     Decision,
     Exemption,
     Mark,
     Observation,
     Policy,
-    check_limits,
+    Verdict,
+    Wanted,
     decide,
     hold_back,
     load_policy,
     observe,
 )
-from worker.redact import scrub_line
 from worker.store import (
-    Outcome,
     OutcomeStatus,
     Store,
-    SweepSummary,
-    format_observation,
-    iso,
-    observation_parser,
     parse_time,
-    utc_now,
 )
 from worker.together import (
     SCALED_DOWN_PHASES,
@@ -62,7 +47,6 @@ from worker.together import (
     EndpointsApi,
     Step,
     StepKind,
-    check_endpoint_id,
 )
 
 log = logging.getLogger(__name__)
@@ -91,58 +75,6 @@ class DeleteRequest:
         }
 
 
-class Planned(NamedTuple):
-    """One endpoint and its decision (a tuple: a sweep makes one per endpoint, and a frozen dataclass's
-    ``__init__`` costs several times more)."""
-
-    endpoint: Endpoint
-    decision: Decision
-
-
-def plan(
-    policy: Policy,
-    endpoints: Sequence[Endpoint],
-    observations: Mapping[str, Observation],
-    now: datetime,
-    fetch_detail: Callable[[str], Endpoint | None],
-    *,
-    exemptions: Mapping[str, Exemption] | None = None,
-    marks: Mapping[str, Mark] | None = None,
-    count_requests: RequestCounter | None = None,
-    listed_in_detail: bool = False,
-) -> list[Planned]:
-    """Decide every endpoint; fetch the detail (or the request count) only of those whose decision hangs on it.
-
-    ``fetch_detail`` returns None when the endpoint vanished meanwhile; it raises for anything else.
-    """
-    exemptions = exemptions or {}
-    marks = marks or {}
-    planned = []
-    fetching = (Action.NEEDS_DETAIL, Action.NEEDS_ACTIVITY)
-    for endpoint in endpoints:
-        # Most endpoints are decided at once from what the list gave; only the rest go through resolve().
-        exemption, mark = exemptions.get(endpoint.id), marks.get(endpoint.id)
-        observed = observations.get(endpoint.id)
-        decision = decide(
-            policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=listed_in_detail
-        )
-        if decision.action in fetching:
-            endpoint, decision = resolve(
-                policy,
-                endpoint,
-                observed,
-                now,
-                fetch_detail=fetch_detail,
-                count_requests=count_requests,
-                exemption=exemption,
-                mark=mark,
-                detail_fetched=listed_in_detail,
-            )
-        planned.append(Planned(endpoint, decision))
-    return planned
-
-
-ApiFactory = Callable[[], EndpointsApi]
 # ``count_requests(endpoint_id, start, end)``: the API's request count over a window.
 RequestCounter = Callable[[str, datetime, datetime], int]
 
@@ -168,7 +100,7 @@ def resolve(
     activity: dict[timedelta, int] = {}
     # Each round either fetches the detail once or one rule's request count, so this ends.
     for _ in range(len(policy.rules) + 2):
-        decision = decide(
+        asked = decide(
             policy,
             endpoint,
             observed,
@@ -179,19 +111,21 @@ def resolve(
             ignore_grace=ignore_grace,
             activity=activity,
         )
-        if decision.action is Action.NEEDS_DETAIL and not detail_fetched:
+        if isinstance(asked, Decision):
+            return endpoint, asked
+        if asked.wanted is Wanted.DETAIL and not detail_fetched:
             detailed = _detail_or_reason(endpoint, fetch_detail)
             if not isinstance(detailed, Endpoint):
-                return endpoint, Decision(Action.UNDECIDED, decision.rule, detailed)
+                return endpoint, Decision(Verdict.UNDECIDED, asked.rule, detailed)
             endpoint, detail_fetched = detailed, True
-        elif decision.action is Action.NEEDS_ACTIVITY and decision.window is not None:
-            counted = _count_or_reason(endpoint.id, decision.window, now, count_requests)
+        elif asked.wanted is Wanted.ACTIVITY and asked.window is not None:
+            counted = _count_or_reason(endpoint.id, asked.window, now, count_requests)
             if isinstance(counted, str):
-                return endpoint, Decision(Action.UNDECIDED, decision.rule, counted)
-            activity[decision.window] = counted
-        else:
-            return endpoint, decision
-    return endpoint, Decision(Action.UNDECIDED, None, "kept: the decision did not settle")
+                return endpoint, Decision(Verdict.UNDECIDED, asked.rule, counted)
+            activity[asked.window] = counted
+        else:  # asked for what it was given already: undecidable, so kept
+            return endpoint, Decision(Verdict.UNDECIDED, asked.rule, f"kept: {asked.reason}")
+    return endpoint, Decision(Verdict.UNDECIDED, None, "kept: the decision did not settle")
 
 
 def _detail_or_reason(endpoint: Endpoint, fetch_detail: Callable[[str], Endpoint | None]) -> Endpoint | str:
@@ -216,287 +150,6 @@ def _count_or_reason(
         return count_requests(endpoint_id, now - window, now)
     except TogetherError as exc:
         return f"kept: request count failed: {exc}"
-
-
-def run_sweep(
-    *,
-    store: Store,
-    client: EndpointsApi | ApiFactory,
-    policy_file: Path,
-    dry_run: bool,
-    lock_ttl_s: float,
-    pending_ttl_s: int,
-    enqueue: Callable[[Sequence[DeleteRequest]], None],
-    sweep_id: str | None = None,
-    clock: Callable[[], datetime] = utc_now,
-    notify_url: str | None = None,
-) -> SweepSummary:
-    """One sweep: lock, load the policy, list, observe, decide, check the limits, queue, record, notify.
-
-    ``enqueue`` publishes a batch of delete tasks (at most :data:`PUBLISH_BATCH`) and returns only once all of
-    them reached the broker; if it raises, none of that batch counts as queued and their claims are released.
-    Batches already published stay queued.
-    """
-    summary = SweepSummary(sweep_id=sweep_id or uuid.uuid4().hex, started_at=iso(clock()), dry_run=dry_run)
-    lock = store.sweep_lock(lock_ttl_s)
-    if not lock.acquire(blocking=False):
-        summary.status = "skipped"
-        summary.error = "another sweep is running (the sweep lock is held)"
-        return _finish(store, summary, clock)
-    # The sweep must be done well before its lock expires, or a second one could start beside it.
-    deadline = time.monotonic() + 0.8 * lock_ttl_s
-    newly_marked: list[dict[str, Any]] = []
-    try:
-        api = client() if callable(client) else client
-        newly_marked = _sweep_locked(store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline)
-    except (PolicyError, SettingsError) as exc:
-        summary.status, summary.error = "error", str(exc)
-    except TogetherError as exc:
-        summary.status, summary.error = "error", f"listing failed: {exc}"
-    except Exception as exc:  # Redis, the broker, a deadline: record it rather than vanish
-        summary.status, summary.error = "error", f"{type(exc).__name__}: {scrub_line(str(exc), 300)}"
-        log.exception("sweep %s failed", summary.sweep_id)
-    finally:
-        try:
-            lock.release()
-        except Exception:  # expired meanwhile (LockNotOwnedError) or Redis gone: the TTL frees it
-            log.warning("sweep %s: the sweep lock could not be released", summary.sweep_id)
-    _finish(store, summary, clock)
-    if notify_url:
-        _notify(store, notify_url, summary, newly_marked)
-    return summary
-
-
-def _notify(store: Store, url: str, summary: SweepSummary, marked: list[dict[str, Any]]) -> None:
-    outcomes = store.drain_outbox()
-    error: str | None = "not sent"
-    try:
-        payload = build_notification(summary.to_dict(), marked, outcomes)
-        if payload is None:
-            error = None
-            return
-        error = send_notification(url, payload)
-    finally:
-        if error is not None:
-            # Whatever went wrong, the outcomes it carried go out with the next notification.
-            store.requeue_outbox(outcomes)
-            store.record_event("notify_failed", sweep_id=summary.sweep_id, error=error)
-            log.warning("sweep %s: notification not delivered: %s", summary.sweep_id, error)
-
-
-def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) -> SweepSummary:
-    summary.finished_at = iso(clock())
-    store.record_sweep(summary)
-    log.info(
-        "sweep %s %s: listed=%d candidates=%d queued=%d marked=%d protected=%d exempt=%d dry_run=%s%s",
-        summary.sweep_id,
-        summary.status,
-        summary.listed,
-        summary.candidates,
-        summary.queued,
-        summary.marked,
-        summary.protected,
-        summary.exempt,
-        summary.dry_run,
-        f" error={summary.error}" if summary.error else "",
-        extra=context(sweep_id=summary.sweep_id, status=summary.status),
-    )
-    return summary
-
-
-# Delete tasks go to ``enqueue`` in batches, each one round trip to the broker: first a small one, so the workers
-# start deleting while the rest is published (500 messages take ~0.2 s to build), then batches of PUBLISH_BATCH.
-PUBLISH_FIRST = 32
-PUBLISH_BATCH = 500
-
-
-def _sweep_locked(
-    store: Store,
-    client: EndpointsApi,
-    policy_file: Path,
-    pending_ttl_s: int,
-    enqueue: Callable[[Sequence[DeleteRequest]], None],
-    summary: SweepSummary,
-    clock: Callable[[], datetime],
-    deadline: float,
-) -> list[dict[str, Any]]:
-    """The sweep proper; returns the endpoints it newly marked (for the notification)."""
-    # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
-    policy = load_policy(policy_file, client.version)
-    listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
-    endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
-    summary.listed = len(endpoints)
-    summary.unknown_age = sum(1 for e in endpoints if e.created_at is None)
-    now = clock()
-    # One round trip: this list's observations (raw), marks, exemptions, and claims that outlived their task.
-    ids = [e.id for e in endpoints]
-    state = store.read_sweep_state(ids, now, pending_ttl_s)
-    del ids
-    # policy.observe for each endpoint, sharing one Observation per distinct stored value and per new state.
-    parse = observation_parser()
-    seen_now: dict[str, tuple[Observation, str]] = {}
-    current: dict[str, Observation] = {}
-    changed: dict[str, str] = {}  # endpoint id -> raw observation to write
-    for endpoint, raw in zip(endpoints, state.observed, strict=True):
-        previous = None if raw is None else parse(raw)
-        if previous is not None and previous.state == endpoint.state:
-            current[endpoint.id] = previous
-            continue
-        if endpoint.state not in seen_now:
-            fresh = Observation(endpoint.state, now)
-            seen_now[endpoint.state] = (fresh, format_observation(fresh))
-        current[endpoint.id], changed[endpoint.id] = seen_now[endpoint.state]
-    held_listed = len(state.observed) - state.observed.count(None)
-    if len(current) < len(endpoints):  # an id listed twice: count it once
-        held_listed = len({e.id for e, raw in zip(endpoints, state.observed, strict=True) if raw is not None})
-    state.observed = []  # the raw strings go now; the parsed observations are shared
-    # Entries of endpoints no longer listed are forgotten; their ids are read only when there are some.
-    gone = [eid for eid in store.observed_ids() if eid not in current] if state.observations_held > held_listed else []
-    marks = state.marks
-    for endpoint_id in _settle_lost_tasks(store, state.stale_claims, current, summary, clock):
-        marks.pop(endpoint_id, None)  # its outcome cleared the mark
-    exemptions = state.exemptions
-
-    def detail_within_deadline(endpoint_id: str) -> Endpoint | None:
-        _check_deadline(deadline, "fetching endpoint details")
-        return fetch_detail(client, endpoint_id)
-
-    def count_within_deadline(endpoint_id: str, start: datetime, end: datetime) -> int:
-        _check_deadline(deadline, "fetching request counts")
-        return client.count_requests(endpoint_id, start, end)
-
-    planned = plan(
-        policy,
-        endpoints,
-        current,
-        now,
-        detail_within_deadline,
-        exemptions=exemptions,
-        marks=marks,
-        count_requests=count_within_deadline,
-        listed_in_detail=client.list_is_detailed,
-    )
-    planned = _resume_sequences(store, state.sequences, policy, planned, exemptions, now, summary)
-    # One pass: most endpoints are kept or out of scope, and only counted; the rest are grouped by action.
-    by_action: dict[Action, list[Planned]] = {}
-    worth: list[Planned] = []  # what the decision events record: all but rule-less KEEP and OUT_OF_SCOPE
-    out_of_scope = 0
-    for p in planned:
-        action = p.decision.action
-        if action is Action.KEEP or action is Action.OUT_OF_SCOPE:
-            out_of_scope += action is Action.OUT_OF_SCOPE
-            if p.decision.rule is not None:
-                worth.append(p)
-            continue
-        by_action.setdefault(action, []).append(p)
-        worth.append(p)
-    acting = by_action.get(Action.DELETE, []) + by_action.get(Action.STOP, [])
-    summary.in_scope = len(planned) - out_of_scope
-    # The rest of the sweep needs only the groups; the per-endpoint lists go now, so the memory of 100k
-    # endpoints and decisions is reused for packing the writes (a first sweep writes every observation).
-    del planned, endpoints, current
-    summary.protected = len(by_action.get(Action.PROTECTED, []))
-    summary.exempt = len(by_action.get(Action.EXEMPT, []))
-    summary.candidates = len(acting)
-    for p in acting:
-        rule = p.decision.rule or ""
-        summary.rules[rule] = summary.rules.get(rule, 0) + 1
-
-    # Observations, marks and the decisions' events, then the limit check's reads: one round trip.
-    pipe = store.pipeline()
-    store.save_observed(changed, gone, pipe)
-    del changed
-    marking = [p for a in (Action.MARKED, *ACTING, Action.UNDECIDED) for p in by_action.get(a, [])]
-    newly_marked = _update_marks(store, marking, marks, summary, pipe)
-    store.record_events("decision", (_decision_event(summary.sweep_id, p) for p in worth), pipe)
-    for p in worth:
-        log.info(
-            "sweep %s: %s %s (%s): %s%s",
-            summary.sweep_id,
-            p.decision.action,
-            p.endpoint.id,
-            p.endpoint.name,
-            p.decision.reason,
-            f" [rule {p.decision.rule}]" if p.decision.rule else "",
-            extra=context(
-                sweep_id=summary.sweep_id,
-                endpoint_id=p.endpoint.id,
-                endpoint_name=p.endpoint.name,
-                rule=p.decision.rule,
-                action=str(p.decision.action),
-            ),
-        )
-
-    # Endpoints whose delete or stop is still queued were counted when it was queued; only new ones count.
-    # The pending keys, the 24 h count and whether a pause is recorded, read after the writes above (same pipe).
-    limit_state = store.limit_state([p.endpoint.id for p in acting], pipe=pipe)
-    pending = limit_state.pending
-    acting = [p for p in acting if p.endpoint.id not in pending]
-    summary.already_pending = len(pending)
-    limits = policy.limits
-    summary.limit = limits.max_deletes_per_sweep
-    dry = summary.dry_run
-    trip = check_limits(limits, len(acting), summary.in_scope, 0 if dry else limit_state.acted_last_day)
-    if trip is not None:
-        # A dry run reports the trip but neither pauses live sweeps nor uses a person's approval.
-        approval = None if dry else store.take_resume(len(acting))
-        if approval is None:
-            summary.status = "limit_exceeded"
-            summary.error = f"limit tripped, nothing queued: {trip}"
-            if not dry:
-                store.set_pause(trip, summary.sweep_id, len(acting))
-            store.record_event("limit", sweep_id=summary.sweep_id, limit=trip, dry_run=dry)
-            return newly_marked
-        store.record_event("resumed", sweep_id=summary.sweep_id, limit=trip, by=approval.get("by"))
-        store.clear_pause(f"resumed by {approval.get('by')}")
-    elif not dry and limit_state.pause_or_approval:
-        store.clear_pause("no limit trips any more")
-    _check_deadline(deadline, "queuing")
-
-    valid: list[Planned] = []
-    for p in acting:
-        try:
-            check_endpoint_id(p.endpoint.id)
-            valid.append(p)
-        except InvalidEndpointId as exc:
-            summary.invalid_ids += 1
-            _record_invalid_id(store, p, summary, str(exc), clock)
-
-    requests = {
-        p.endpoint.id: DeleteRequest(
-            task_id=uuid.uuid4().hex,
-            endpoint_id=p.endpoint.id,
-            endpoint_name=p.endpoint.name,
-            sweep_id=summary.sweep_id,
-            rule=p.decision.rule or "",
-            dry_run=summary.dry_run,
-            action=str(p.decision.action),
-        )
-        for p in valid
-    }
-    claimed = store.claim_pending(
-        {eid: r.task_id for eid, r in requests.items()},
-        pending_ttl_s,
-        listed_at,
-        requests={eid: r.task_kwargs() for eid, r in requests.items()},
-        live=not summary.dry_run,
-    )
-    summary.already_pending += len(requests) - len(claimed)
-    to_send = [r for eid, r in requests.items() if eid in claimed]
-    queued: list[str] = []
-    try:
-        while len(queued) < len(to_send):
-            size = min(PUBLISH_FIRST, PUBLISH_BATCH) if not queued else PUBLISH_BATCH
-            batch = to_send[len(queued) : len(queued) + size]
-            enqueue(batch)  # one round trip: the messages and their task-sent events
-            queued += [request.task_id for request in batch]
-            summary.queued += len(batch)
-    finally:
-        # A claim whose task never reached the broker must not block the endpoint until its TTL.
-        for request in to_send[len(queued) :]:
-            store.release_pending(request.endpoint_id, request.task_id)
-    summary.status = "ok"
-    return newly_marked
 
 
 def recover_lost_tasks(
@@ -539,115 +192,6 @@ def recover_lost_tasks(
     return [r.endpoint_id for r in requests]
 
 
-def _resume_sequences(
-    store: Store,
-    sequences: dict[str, dict[str, Any]],
-    policy: Policy,
-    planned: list[Planned],
-    exemptions: Mapping[str, Exemption],
-    now: datetime,
-    summary: SweepSummary,
-) -> list[Planned]:
-    """A delete already under way (a v2 sequence whose task ended before the endpoint was gone) goes on.
-
-    Its rule may no longer hold because of the sequence itself (scaled down, an endpoint is STOPPED), so a
-    KEEP or MARKED decision is replaced by the sequence's own; it is queued and counted against the limits
-    like any candidate. What would stop its next step (:func:`sequence_hold`: a protect, an exemption, the
-    scope, its rule gone, its age, the endpoint running again) or the endpoint being gone ends it instead.
-    """
-    if not sequences:
-        return planned
-    sequences = dict(sequences)
-    ended: list[dict[str, Any]] = []
-    for index, p in enumerate(planned):
-        sequence = sequences.pop(p.endpoint.id, None)
-        if sequence is None:
-            continue
-        held = sequence_hold(policy, p.endpoint, sequence, now, exemption=exemptions.get(p.endpoint.id))
-        if held is not None:
-            ended.append({"sweep_id": summary.sweep_id, "endpoint_id": p.endpoint.id, "reason": held})
-        elif p.decision.action in (Action.KEEP, Action.MARKED) and sequence.get("action") in ("delete", "stop"):
-            reason = (
-                f"resuming the {sequence['action']} begun at {sequence.get('started_at')} "
-                f"({sequence.get('steps', 0)} step(s) done, the last: {sequence.get('last_step')})"
-            )
-            decision = Decision(Action(sequence["action"]), str(sequence.get("rule") or ""), reason)
-            planned[index] = Planned(p.endpoint, decision)
-    # Whatever is left was not listed: gone, or out of scope.
-    ended.extend({"sweep_id": summary.sweep_id, "endpoint_id": e, "reason": "not listed"} for e in sequences)
-    if ended:
-        store.end_sequences(e["endpoint_id"] for e in ended)
-        store.record_events("sequence_ended", ended)
-    return planned
-
-
-def _update_marks(
-    store: Store,
-    planned: Sequence[Planned],
-    marks: Mapping[str, Mark],
-    summary: SweepSummary,
-    pipe: Pipeline | None = None,
-) -> list[dict[str, Any]]:
-    """Write the marks this sweep made and drop those of endpoints that stopped being candidates.
-
-    Only MARKED, acting and UNDECIDED decisions matter here; ``planned`` may hold just those. The writes go into
-    ``pipe`` when given (the caller executes it).
-    """
-    new: dict[str, Mark] = {}
-    still_marked: set[str] = set()
-    newly_marked: list[dict[str, Any]] = []
-    for p in planned:
-        d = p.decision
-        if d.action is Action.MARKED:
-            still_marked.add(p.endpoint.id)
-            if d.marked_at is not None and d.due_at is not None and d.rule is not None:
-                new[p.endpoint.id] = Mark(d.rule, d.marked_at, d.due_at)
-                newly_marked.append(
-                    {
-                        "endpoint_id": p.endpoint.id,
-                        "endpoint_name": p.endpoint.name,
-                        "rule": d.rule,
-                        "action": str(d.then or Action.DELETE),
-                        "marked_at": iso(d.marked_at),
-                        "due_at": iso(d.due_at),
-                    }
-                )
-        elif d.action in ACTING or d.action is Action.UNDECIDED:
-            # Due now (the outcome of its task clears the mark), or not decidable this time (a failed
-            # detail fetch must not restart the grace period).
-            still_marked.add(p.endpoint.id)
-    unmarked = [eid for eid in marks if eid not in still_marked]
-    store.save_marks(new, unmarked, pipe)
-    if unmarked:
-        store.record_events(
-            "unmarked",
-            ({"sweep_id": summary.sweep_id, "endpoint_id": eid, "rule": marks[eid].rule} for eid in unmarked),
-            pipe,
-        )
-    summary.marked = len(newly_marked)
-    summary.unmarked = len(unmarked)
-    return newly_marked
-
-
-def _decision_event(sweep_id: str, p: Planned) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "sweep_id": sweep_id,
-        "endpoint_id": p.endpoint.id,
-        "endpoint_name": p.endpoint.name,
-        "action": str(p.decision.action),
-        "rule": p.decision.rule,
-        "reason": p.decision.reason,
-    }
-    if p.decision.due_at is not None:
-        event["due_at"] = iso(p.decision.due_at)
-    return event
-
-
-def _check_deadline(deadline: float, doing: str) -> None:
-    if time.monotonic() > deadline:
-        raise JanitorError(f"the sweep ran out of time while {doing}; nothing more was queued")
-
-
 def fetch_detail(client: EndpointsApi, endpoint_id: str) -> Endpoint | None:
     try:
         return client.get_endpoint(endpoint_id)
@@ -655,61 +199,6 @@ def fetch_detail(client: EndpointsApi, endpoint_id: str) -> Endpoint | None:
         if exc.status_code == 404:
             return None
         raise
-
-
-def _settle_lost_tasks(
-    store: Store,
-    stale_claims: Mapping[str, str],
-    listed: Container[str],
-    summary: SweepSummary,
-    clock: Callable[[], datetime],
-) -> list[str]:
-    """Give a lost task its one outcome; returns the endpoints whose outcome this wrote (it cleared their marks).
-
-    ``stale_claims`` are the claims older than the pending TTL (:meth:`Store.read_sweep_state`). Such a claim
-    with no outcome belongs to a task whose message was lost (a worker killed between kombu's BRPOP and its
-    unacknowledged write): every retry and redelivery would have ended by now. If the endpoint is still
-    listed, dropping the claim lets this sweep queue it again; if it is gone (the lost task may well have
-    deleted it), the task's outcome is ``already_gone``.
-    """
-    settled: list[str] = []
-    for endpoint_id, task_id in stale_claims.items():
-        if endpoint_id in listed:
-            store.drop_claim(endpoint_id, task_id)
-            continue
-        outcome = Outcome(
-            endpoint_id=endpoint_id,
-            status=OutcomeStatus.ALREADY_GONE,
-            http_status=None,
-            attempts=0,
-            rule=None,
-            sweep_id=summary.sweep_id,
-            at=iso(clock()),
-            error="its delete task was lost with a killed worker; the endpoint is no longer listed",
-            task_id=task_id,
-        )
-        if store.record_outcome(task_id, outcome)[1]:
-            settled.append(endpoint_id)
-        log.warning("sweep %s: %s: %s", summary.sweep_id, endpoint_id, outcome.error)
-    return settled
-
-
-def _record_invalid_id(
-    store: Store, planned: Planned, summary: SweepSummary, error: str, clock: Callable[[], datetime]
-) -> None:
-    outcome = Outcome(
-        endpoint_id=planned.endpoint.id,
-        status=OutcomeStatus.FAILED,
-        http_status=None,
-        attempts=0,
-        rule=planned.decision.rule,
-        sweep_id=summary.sweep_id,
-        at=iso(clock()),
-        error=error,
-        endpoint_name=planned.endpoint.name,
-    )
-    store.record_outcome(f"invalid-id:{summary.sweep_id}:{uuid.uuid4().hex}", outcome)
-    log.warning("sweep %s: not deleting %r: %s", summary.sweep_id, planned.endpoint.id[:80], error)
 
 
 @dataclass(frozen=True)
@@ -797,8 +286,8 @@ class Recheck:
                 detail_fetched=True,
                 ignore_grace=True,
             )
-            if decision.action is not Action(self.action) or decision.rule != self.rule:
-                now_is = f"{decision.action} by rule {decision.rule}" if decision.rule else str(decision.action)
+            if not decision.acts or decision.action is not Action(self.action) or decision.rule != self.rule:
+                now_is = f"{decision.label} by rule {decision.rule}" if decision.rule else decision.label
                 reason = f"now {now_is}: {decision.reason}"
         if reason is None:
             self.cleared = Cleared(fresh.hardware, policy.price_of(fresh.hardware))

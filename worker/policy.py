@@ -1,7 +1,7 @@
 """The policy file (version 1) and its evaluation.
 
 Evaluation is a pure function of (policy, endpoint, observation, now): no I/O, no clock, no Redis. Whatever
-cannot be decided from what is at hand is said so (``NEEDS_DETAIL``) rather than guessed, and every doubt
+cannot be decided from what is at hand is asked for (an :class:`Ask`) rather than guessed, and every doubt
 resolves towards keeping the endpoint: a rule that cannot be decided does not hold, a protect matcher that
 cannot be decided protects.
 """
@@ -408,33 +408,61 @@ def observe(previous: Observation | None, state: str, now: datetime) -> Observat
 
 
 class Action(StrEnum):
+    """What the janitor does to an endpoint: the verb of a rule, a task's argument, a sequence's aim."""
+
     DELETE = "delete"
     STOP = "stop"
-    MARKED = "marked"
+
+
+class Verdict(StrEnum):
+    """What a sweep concluded about one endpoint. Only ``ACT`` leads to a change (``Decision.action`` says which)."""
+
+    ACT = "act"
+    MARKED = "marked"  # a candidate waiting out its grace period
     EXEMPT = "exempt"
     KEEP = "keep"
     # The decision hangs on a detail the API would not give now: act on nothing, unmark nothing.
     UNDECIDED = "undecided"
     PROTECTED = "protected"
     OUT_OF_SCOPE = "out_of_scope"
-    NEEDS_DETAIL = "needs_detail"
-    # A rule's idle condition needs the request count over ``Decision.window``: fetch it and ask again.
-    NEEDS_ACTIVITY = "needs_activity"
 
 
-ACTING = frozenset({Action.DELETE, Action.STOP})
+class Wanted(StrEnum):
+    """What the evaluator must be given before it can decide (it never fetches anything itself)."""
+
+    DETAIL = "detail"  # display_name and hardware: the endpoint's detail
+    ACTIVITY = "activity"  # the request count over ``Ask.window``
+
+
+@dataclass(frozen=True)
+class Ask:
+    """The evaluator's request for more facts: fetch ``wanted`` and ask again."""
+
+    wanted: Wanted
+    rule: str
+    reason: str
+    window: timedelta | None = None  # for ACTIVITY: the window whose request count is wanted
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: Action
+    verdict: Verdict
     rule: str | None
     reason: str
+    # ACT: what to do now. MARKED: what will be done when the mark falls due. Otherwise None.
+    action: Action | None = None
     # For MARKED: when the mark falls due, and whether this decision makes the mark (first sighting).
     due_at: datetime | None = None
     marked_at: datetime | None = None
-    then: Action | None = None  # for MARKED: what will be done when the mark falls due
-    window: timedelta | None = None  # for NEEDS_ACTIVITY: the window whose request count is wanted
+
+    @property
+    def acts(self) -> bool:
+        return self.verdict is Verdict.ACT
+
+    @property
+    def label(self) -> str:
+        """One word for events, logs and ``janitor plan``: the action when acting (delete, stop), else the verdict."""
+        return str(self.action) if self.verdict is Verdict.ACT else str(self.verdict)
 
 
 @dataclass(frozen=True)
@@ -460,7 +488,7 @@ class Exemption:
         return now < self.expires_at
 
 
-_KEEP = Decision(Action.KEEP, None, "no rule holds")  # frozen, so one for every kept endpoint
+_KEEP = Decision(Verdict.KEEP, None, "no rule holds")  # frozen, so one for every kept endpoint
 
 
 def evaluate(
@@ -471,16 +499,17 @@ def evaluate(
     *,
     detail_fetched: bool = False,
     activity: Mapping[timedelta, int] | None = None,
-) -> Decision:
+) -> Decision | Ask:
     """Decide one endpoint. Rules are tried in order and the first that holds names the decision.
 
     ``detail_fetched`` says ``display_name`` and ``hardware`` were asked for already; without it a matcher on
-    them that would decide yields ``NEEDS_DETAIL`` so the caller can fetch and ask again. ``activity`` holds
-    request counts by window; an idle rule whose other keys all hold and whose count is missing yields
-    ``NEEDS_ACTIVITY``, so analytics are fetched only for endpoints that could be candidates.
+    them that would decide yields an :class:`Ask` for the detail so the caller can fetch and ask again.
+    ``activity`` holds request counts by window; an idle rule whose other keys all hold and whose count is
+    missing yields an :class:`Ask` for the activity, so analytics are fetched only for endpoints that could be
+    candidates.
     """
     if endpoint.type not in policy.scope.types:
-        return Decision(Action.OUT_OF_SCOPE, None, f"type {endpoint.type!r} is not in scope")
+        return Decision(Verdict.OUT_OF_SCOPE, None, f"type {endpoint.type!r} is not in scope")
     for rule in policy.rules:
         reason = rule.conditions_hold(endpoint, observed, now)
         if reason is None:
@@ -490,24 +519,24 @@ def evaluate(
             continue
         if matched is None:
             if not detail_fetched:
-                return Decision(Action.NEEDS_DETAIL, rule.name, "rule matches on display_name or hardware")
+                return Ask(Wanted.DETAIL, rule.name, "rule matches on display_name or hardware")
             continue  # the API did not give the field: a rule that cannot be decided does not hold
         for index, matcher in enumerate(policy.protect):
             protected = _protects(matcher, endpoint)
             if protected is None and not detail_fetched:
-                return Decision(Action.NEEDS_DETAIL, rule.name, "protect matches on display_name or hardware")
+                return Ask(Wanted.DETAIL, rule.name, "protect matches on display_name or hardware")
             if protected is not False:
-                return Decision(Action.PROTECTED, rule.name, f"protect[{index}] ({matcher})")
+                return Decision(Verdict.PROTECTED, rule.name, f"protect[{index}] ({matcher})")
         if rule.idle is not None:
             window = rule.idle.no_requests_for
             counted = (activity or {}).get(window)
             if counted is None:
-                return Decision(Action.NEEDS_ACTIVITY, rule.name, "rule needs the request count", window=window)
+                return Ask(Wanted.ACTIVITY, rule.name, "rule needs the request count", window=window)
             if counted > 0:
                 continue
             idle = f"no requests for {format_duration(window)}"
             reason = f"{reason}; {idle}" if reason else idle
-        return Decision(Action.STOP if rule.action == "stop" else Action.DELETE, rule.name, reason)
+        return Decision(Verdict.ACT, rule.name, reason, Action(rule.action))
     return _KEEP
 
 
@@ -522,7 +551,7 @@ def decide(
     detail_fetched: bool = False,
     ignore_grace: bool = False,
     activity: Mapping[timedelta, int] | None = None,
-) -> Decision:
+) -> Decision | Ask:
     """:func:`evaluate`, then a person's exemption, then the grace period.
 
     A candidate under a rule with a grace period is first MARKED (``marked_at`` set: a new mark) and acted
@@ -530,21 +559,21 @@ def decide(
     ``ignore_grace`` is for the re-check right before acting, which the sweep already let through.
     """
     decision = evaluate(policy, endpoint, observed, now, detail_fetched=detail_fetched, activity=activity)
-    if decision.action not in ACTING:
+    if isinstance(decision, Ask) or decision.verdict is not Verdict.ACT:
         return decision
     if exemption is not None and exemption.active(now):
         until = exemption.expires_at.isoformat(timespec="seconds")
-        return Decision(Action.EXEMPT, decision.rule, f"exempted by {exemption.by} until {until}: {exemption.reason}")
+        return Decision(Verdict.EXEMPT, decision.rule, f"exempted by {exemption.by} until {until}: {exemption.reason}")
     grace = policy.grace_for(decision.rule)
     if ignore_grace or grace <= timedelta(0):
         return decision
     if mark is None or mark.rule != decision.rule:
         due = now + grace
         reason = f"{decision.reason}; grace until {due.isoformat()}"
-        return Decision(Action.MARKED, decision.rule, reason, due, now, then=decision.action)
+        return Decision(Verdict.MARKED, decision.rule, reason, decision.action, due, now)
     if now < mark.due_at:
         reason = f"{decision.reason}; grace until {mark.due_at.isoformat()}"
-        return Decision(Action.MARKED, decision.rule, reason, mark.due_at, then=decision.action)
+        return Decision(Verdict.MARKED, decision.rule, reason, decision.action, mark.due_at)
     return decision
 
 

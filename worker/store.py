@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.client import Pipeline
@@ -46,6 +46,9 @@ from redis.lock import Lock
 from worker.policy import Exemption, Mark, Observation
 from worker.redact import scrub_fields
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.sweep import Planned, SweepPlan
 
 _CHUNK = 1000
 # Observations are read for a sweep's listed endpoints with HMGETs of this many ids (all in one round trip).
@@ -198,6 +201,25 @@ def _parse_marks(raw: Mapping[str, str]) -> dict[str, Mark]:
     return marks
 
 
+def _format_mark(mark: Mark) -> str:
+    return json.dumps({"rule": mark.rule, "marked_at": iso(mark.marked_at), "due_at": iso(mark.due_at)})
+
+
+def _decision_event(sweep_id: str, planned: Planned) -> dict[str, Any]:
+    endpoint, decision = planned
+    event: dict[str, Any] = {
+        "sweep_id": sweep_id,
+        "endpoint_id": endpoint.id,
+        "endpoint_name": endpoint.name,
+        "action": decision.label,
+        "rule": decision.rule,
+        "reason": decision.reason,
+    }
+    if decision.due_at is not None:
+        event["due_at"] = iso(decision.due_at)
+    return event
+
+
 @dataclass(frozen=True)
 class Claim:
     """A sweep's claim on one endpoint: the one task allowed to act on it, and that task's arguments.
@@ -245,11 +267,14 @@ def _stale_claims(raw: Mapping[str, str], now: float, older_than_s: float) -> di
 class SweepState:
     """What a sweep reads right after its list, in one round trip (:meth:`Store.read_sweep_state`)."""
 
-    observed: list[str | None]  # each listed endpoint's raw observation (``<since>|<state>``), in list order
-    observations_held: int  # entries in ``P:observations``, listed or not
+    # Each listed endpoint's observation, in list order (None: never seen, or unreadable); equal values are
+    # one shared object.
+    observed: list[Observation | None]
+    forgotten: list[str]  # endpoints with an observation that are no longer listed
     marks: dict[str, Mark]
     exemptions: dict[str, Exemption]  # the active ones
-    stale_claims: dict[str, str]  # endpoint id -> task id, as :meth:`Store.stale_claims`
+    stale_claims: dict[str, str]  # endpoint id -> task id: claims older than the pending TTL
+    stale_listed: set[str]  # those of ``stale_claims`` whose endpoint is still listed
     sequences: dict[str, dict[str, Any]]  # open delete sequences, as :meth:`Store.open_sequences`
 
 
@@ -523,65 +548,36 @@ class Store:
 
     # ------------------------------------------------------------------ observations
 
-    def load_observations(self) -> dict[str, Observation]:
-        raw = cast(dict[str, str], self.redis.hgetall(self.key("observations")))
-        observed = {}
-        for endpoint_id, value in raw.items():
-            parsed = _parse_observation(value)
-            if parsed is not None:
-                observed[endpoint_id] = parsed
-        return observed
-
     def observation(self, endpoint_id: str) -> Observation | None:
         raw = cast(str | None, self.redis.hget(self.key("observations"), endpoint_id))
         return _parse_observation(raw) if raw else None
 
-    def save_observations(self, current: Mapping[str, Observation], previous: Mapping[str, Observation]) -> None:
-        """Write what changed and forget endpoints no longer listed, in one round trip."""
-        changed = {
-            endpoint_id: format_observation(obs)
-            for endpoint_id, obs in current.items()
-            if previous.get(endpoint_id) != obs
-        }
-        gone = [endpoint_id for endpoint_id in previous if endpoint_id not in current]
-        self._update_hash(self.key("observations"), changed, gone)
-
-    def save_observed(self, changed: Mapping[str, str], gone: Iterable[str], pipe: Pipeline | None = None) -> None:
-        """Write raw observations (:func:`format_observation`) and forget ``gone`` endpoints; into ``pipe`` if given."""
-        self._update_hash(self.key("observations"), changed, gone, pipe)
-
-    def observed_ids(self) -> list[str]:
-        """Every endpoint id ``P:observations`` holds (a sweep asks only when some are no longer listed)."""
-        return cast(list[str], self.redis.hkeys(self.key("observations")))
-
-    def pipeline(self) -> Pipeline:
-        """A non-transactional pipeline for the methods that take ``pipe``: their writes go in one round trip."""
+    def _pipeline(self) -> Pipeline:
+        """A non-transactional pipeline: its commands go in one round trip."""
         return self.redis.pipeline(transaction=False)
 
-    def _update_hash(
-        self, key: str, changed: Mapping[str, str], removed: Iterable[str], pipe: Pipeline | None = None
-    ) -> None:
-        """HSET and HDEL in chunks, all in one round trip (or added to ``pipe``, which the caller executes)."""
-        own = pipe is None
-        pipe = self.pipeline() if pipe is None else pipe
+    @staticmethod
+    def _update_hash(pipe: Pipeline, key: str, changed: Mapping[str, str], removed: Sequence[str]) -> None:
+        """HSET and HDEL in chunks, added to ``pipe`` (the caller executes it)."""
         items = list(changed.items())
         for start in range(0, len(items), _CHUNK):
             pipe.hset(key, mapping=dict(items[start : start + _CHUNK]))
-        gone = list(removed)
-        for start in range(0, len(gone), _CHUNK):
-            pipe.hdel(key, *gone[start : start + _CHUNK])
-        if own:
-            pipe.execute()
+        for start in range(0, len(removed), _CHUNK):
+            pipe.hdel(key, *removed[start : start + _CHUNK])
 
-    def read_sweep_state(self, endpoint_ids: Sequence[str], now: datetime, stale_after_s: float) -> SweepState:
-        """A sweep's reads after its list, in one round trip: observations, marks, exemptions, stale claims.
+    def read_sweep_state(
+        self, endpoint_ids: Sequence[str], now: datetime, stale_after_s: float, *, prune: bool = True
+    ) -> SweepState:
+        """A sweep's reads after its list, in one round trip: observations, marks, exemptions, stale claims,
+        open sequences.
 
-        Observations are read for the listed endpoints only, as raw strings (HMGET): the sweep holds no second
-        copy of the endpoint ids, and parses a value only once (:func:`observation_parser`). Expired exemptions
-        are pruned as :meth:`exemptions` prunes them (one more round trip, only when some expired).
+        Observations are read for the listed endpoints only (HMGET), and each distinct stored value is parsed
+        once (:func:`observation_parser`). The ids of observations no longer listed are read only when there are
+        some (one more round trip). With ``prune``, expired exemptions are pruned as :meth:`exemptions` prunes
+        them (one more round trip, only when some expired); ``janitor plan`` reads without it.
         """
         key = self.key("observations")
-        pipe = self.pipeline()
+        pipe = self._pipeline()
         pipe.time()
         pipe.hgetall(self.key("claims"))
         pipe.hgetall(self.key("marks"))
@@ -591,16 +587,59 @@ class Store:
         for start in range(0, len(endpoint_ids), _HMGET_CHUNK):
             pipe.hmget(key, endpoint_ids[start : start + _HMGET_CHUNK])
         (seconds, micros), claims, marks, exemptions, sequences, held, *chunks = pipe.execute()
-        observed: list[str | None] = chunks[0] if len(chunks) == 1 else [v for chunk in chunks for v in chunk]
+        raw: list[str | None] = chunks[0] if len(chunks) == 1 else [v for chunk in chunks for v in chunk]
         del chunks
+        stale = _stale_claims(claims, seconds + micros / 1_000_000, stale_after_s)
+        listed = set(endpoint_ids)
+        parse = observation_parser()
         return SweepState(
-            observed=observed,
-            observations_held=int(held),
+            observed=[None if value is None else parse(value) for value in raw],
+            forgotten=self._forgotten(raw, int(held), endpoint_ids, listed),
             marks=_parse_marks(marks),
-            exemptions=self._active_exemptions(exemptions, now, prune=True),
-            stale_claims=_stale_claims(claims, seconds + micros / 1_000_000, stale_after_s),
+            exemptions=self._active_exemptions(exemptions, now, prune=prune),
+            stale_claims=stale,
+            stale_listed={e for e in stale if e in listed},
             sequences=_parse_sequences(sequences),
         )
+
+    def _forgotten(
+        self, raw: Sequence[str | None], held: int, endpoint_ids: Sequence[str], listed: set[str]
+    ) -> list[str]:
+        """The endpoints ``P:observations`` holds that are no longer listed; their ids are read only if some are."""
+        if len(listed) < len(endpoint_ids):  # an id listed twice: count it once
+            held_listed = len({e for e, value in zip(endpoint_ids, raw, strict=True) if value is not None})
+        else:
+            held_listed = len(raw) - raw.count(None)
+        if held <= held_listed:
+            return []
+        return [e for e in cast(list[str], self.redis.hkeys(self.key("observations"))) if e not in listed]
+
+    def commit_sweep(self, plan: SweepPlan, sweep_id: str) -> LimitState:
+        """Write what a sweep planned and read its limit state, in one round trip.
+
+        The observations and marks it changed, the events of its decisions, of its unmarks and of the sequences
+        it ended; then (after those writes) the pending keys of its acting endpoints, the 24 h count and whether
+        a pause or an approval is recorded.
+        """
+        pipe = self._pipeline()
+        formatted: dict[Observation, str] = {}  # one string per shared observation
+        observed = {
+            e: formatted.get(o) or formatted.setdefault(o, format_observation(o)) for e, o in plan.observed.items()
+        }
+        self._update_hash(pipe, self.key("observations"), observed, plan.forgotten)
+        del observed
+        self._update_hash(
+            pipe, self.key("marks"), {e: _format_mark(m) for e, m in plan.new_marks.items()}, list(plan.unmarked)
+        )
+        if plan.ended:
+            pipe.hdel(self.key("sequences"), *plan.ended)
+        at = iso(utc_now())
+        self._add_events(pipe, at, "decision", (_decision_event(sweep_id, p) for p in plan.noted))
+        unmarked = ({"sweep_id": sweep_id, "endpoint_id": e, "rule": m.rule} for e, m in plan.unmarked.items())
+        self._add_events(pipe, at, "unmarked", unmarked)
+        ended = ({"sweep_id": sweep_id, "endpoint_id": e, "reason": why} for e, why in plan.ended.items())
+        self._add_events(pipe, at, "sequence_ended", ended)
+        return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting])
 
     # ------------------------------------------------------------------ pending deletes
 
@@ -630,7 +669,7 @@ class Store:
         restart pays no NOSCRIPT and SCRIPT LOAD either.
         """
         ids = list(claims)
-        pipe = self.pipeline()
+        pipe = self._pipeline()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             args: list[str | float] = [min(listed_at, 1e300), ttl_s, "1" if live else "0", time.time()]
@@ -793,13 +832,6 @@ class Store:
     def load_marks(self) -> dict[str, Mark]:
         return _parse_marks(cast(dict[str, str], self.redis.hgetall(self.key("marks"))))
 
-    def save_marks(self, new: Mapping[str, Mark], removed: Iterable[str], pipe: Pipeline | None = None) -> None:
-        changed = {
-            eid: json.dumps({"rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)})
-            for eid, m in new.items()
-        }
-        self._update_hash(self.key("marks"), changed, removed, pipe)
-
     # ------------------------------------------------------------------ exemptions
 
     def set_exemption(self, exemption: Exemption) -> None:
@@ -835,7 +867,7 @@ class Store:
                 expired.append((endpoint_id, value))
         if expired:
             # Only if unchanged: an exemption renewed since the read above must survive.
-            pipe = self.pipeline()
+            pipe = self._pipeline()
             for endpoint_id, value in expired:
                 self._hdel_if_unchanged(keys=[self.key("exemptions")], args=[endpoint_id, value], client=pipe)
             pipe.execute()
@@ -903,15 +935,13 @@ class Store:
         values = cast(list[str | None], self.redis.mget([self.key("pending", e) for e in endpoint_ids]))
         return {e for e, v in zip(endpoint_ids, values, strict=True) if v is not None}
 
-    def limit_state(
-        self, endpoint_ids: Sequence[str], now: float | None = None, pipe: Pipeline | None = None
-    ) -> LimitState:
-        """:meth:`pending_among`, :meth:`acted_last_day` and whether a pause or approval exists: one round trip.
+    def limit_state(self, endpoint_ids: Sequence[str]) -> LimitState:
+        """Which of these endpoints have a delete queued, the 24 h count, whether a pause or approval exists."""
+        return self._read_limit_state(self._pipeline(), endpoint_ids)
 
-        With ``pipe``, the reads are added after what it holds (a sweep's writes) and it is executed here.
-        """
+    def _read_limit_state(self, pipe: Pipeline, endpoint_ids: Sequence[str], now: float | None = None) -> LimitState:
+        """Add the limit state's reads after what ``pipe`` holds, execute it, and return them."""
         now = time.time() if now is None else now
-        pipe = self.pipeline() if pipe is None else pipe
         start = len(pipe)
         if endpoint_ids:
             pipe.mget([self.key("pending", e) for e in endpoint_ids])
@@ -1016,16 +1046,16 @@ class Store:
             pipe.hincrby(self.key("metrics"), _metric(kind, str(data.get("action", ""))), 1)
         pipe.execute()
 
-    def record_events(self, kind: str, items: Iterable[Mapping[str, Any]], pipe: Pipeline | None = None) -> None:
-        """Many events of one kind in one round trip (a sweep's decisions), or added to ``pipe``."""
-        at = iso(utc_now())
-        own = pipe is None
-        pipe = self.pipeline() if pipe is None else pipe
+    def record_events(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
+        """Many events of one kind in one round trip."""
+        pipe = self._pipeline()
+        self._add_events(pipe, iso(utc_now()), kind, items)
+        pipe.execute()
+
+    def _add_events(self, pipe: Pipeline, at: str, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
         for item in items:
             payload = json.dumps(scrub_fields({"at": at, **item}), separators=(",", ":"), default=str)
             pipe.xadd(self.key("events"), {"kind": kind, "data": payload}, maxlen=self.events_max_len)
-        if own:
-            pipe.execute()
 
     def events_for(self, endpoint_id: str, batch: int = 1000) -> list[dict[str, Any]]:
         """Every event of one endpoint still in the stream, newest first (reads the stream in batches)."""

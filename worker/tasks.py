@@ -24,13 +24,13 @@ from worker.janitor import (
     Recheck,
     backoff_delay,
     recover_lost_tasks,
-    run_sweep,
     take_step,
 )
 from worker.logs import context
 from worker.redact import scrub, scrub_fields
 from worker.settings import Settings, get_settings
 from worker.store import Outcome, OutcomeStatus, Store, TaskState, iso, parse_time, utc_now
+from worker.sweep import run_sweep
 from worker.together import Step, StepKind, client_for
 
 log = logging.getLogger(__name__)

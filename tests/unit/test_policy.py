@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.errors import PolicyError
-from worker.policy import MATCH_KEYS, Action, Observation, decide, evaluate, parse_policy
+from worker.policy import MATCH_KEYS, Observation, Verdict, decide, evaluate, parse_policy
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -54,7 +54,7 @@ def test_a_match_followed_only_by_a_comment_is_refused_not_every_endpoint() -> N
 def test_an_absent_match_still_means_every_endpoint_in_scope() -> None:
     policy = parse_policy(RULE_PREFIX + "    ttl: 6h\n")
     assert policy.rules[0].match is None
-    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).action is Action.DELETE
+    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).label == "delete"
 
 
 @pytest.mark.parametrize("key", ["max_deletes_per_day", "max_delete_fraction", "max_deletes_per_sweep"])
@@ -279,24 +279,24 @@ def test_a_ttl_rule_does_not_hold_on_an_unknown_age() -> None:
     assert evaluate(AGE_POLICY, Ep(), None, NOW, activity={timedelta(days=1): 0}).rule == "ttl"
     unknown = Ep(created_at=None)
     d = evaluate(AGE_POLICY, unknown, None, NOW, activity={timedelta(days=1): 0})
-    assert d.action is Action.KEEP, d
-    assert decide(AGE_POLICY, unknown, None, NOW, ignore_grace=True).action is Action.KEEP
+    assert d.verdict is Verdict.KEEP, d
+    assert decide(AGE_POLICY, unknown, None, NOW, ignore_grace=True).verdict is Verdict.KEEP
 
 
 def test_an_idle_rule_does_not_hold_on_an_unknown_age() -> None:
     idle_only = parse_policy("version: 1\nrules:\n  - name: idle\n    idle: {no_requests_for: 1d}\n")
-    assert evaluate(idle_only, Ep(), None, NOW, activity={timedelta(days=1): 0}).action is Action.DELETE
+    assert evaluate(idle_only, Ep(), None, NOW, activity={timedelta(days=1): 0}).label == "delete"
     d = evaluate(idle_only, Ep(created_at=None), None, NOW, activity={timedelta(days=1): 0})
-    assert d.action is Action.KEEP  # not even NEEDS_ACTIVITY: no count could make it hold
+    assert d.verdict is Verdict.KEEP  # not even NEEDS_ACTIVITY: no count could make it hold
 
 
 def test_a_stale_rule_reads_the_janitors_observations_not_the_age() -> None:
     stale = parse_policy("version: 1\nrules:\n  - name: s\n    stale: {states: [STOPPED], for: 1d}\n")
     ep = Ep(created_at=None, state="STOPPED")
     d = evaluate(stale, ep, Observation("STOPPED", NOW - timedelta(days=2)), NOW)
-    assert d.action is Action.DELETE
+    assert d.label == "delete"
     both = parse_policy("version: 1\nrules:\n  - name: s\n    ttl: 1h\n    stale: {states: [STOPPED], for: 1d}\n")
-    assert evaluate(both, ep, Observation("STOPPED", NOW - timedelta(days=2)), NOW).action is Action.KEEP
+    assert evaluate(both, ep, Observation("STOPPED", NOW - timedelta(days=2)), NOW).verdict is Verdict.KEEP
 
 
 @given(
@@ -310,7 +310,7 @@ def test_no_age_rule_ever_acts_on_an_unknown_age(condition: str, action: str, st
     windows = {r.idle.no_requests_for: 0 for r in policy.rules if r.idle is not None}
     ep = replace(Ep(), created_at=None, state=state)
     observed = Observation(state, now - timedelta(days=3650))
-    assert evaluate(policy, ep, observed, now, activity=windows).action is Action.KEEP
+    assert evaluate(policy, ep, observed, now, activity=windows).verdict is Verdict.KEEP
 
 
 def test_experiments_is_block_by_default_and_only_block_or_detach() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from worker.errors import MalformedResponse
-from worker.policy import Action, evaluate, parse_policy
+from worker.policy import Verdict, evaluate, parse_policy
 from worker.together import EARLIEST_API_TIME, Endpoint, EndpointList, TogetherClient, api_time
 from worker.together_v2 import TogetherV2Client, V2Endpoint, to_facts
 
@@ -140,8 +140,8 @@ placeholders = st.one_of(
 def test_a_placeholder_or_unreadable_created_at_is_unknown_and_a_ttl_does_not_hold(created: Any) -> None:
     for parsed in (_v1_parsed(created), _v2_parsed(created)):
         assert parsed.created_at is None, (created, parsed.created_at)
-        assert evaluate(TTL, parsed, None, NOW).action is Action.KEEP
-        assert evaluate(IDLE, parsed, None, NOW, activity={timedelta(hours=1): 0}).action is Action.KEEP
+        assert evaluate(TTL, parsed, None, NOW).verdict is Verdict.KEEP
+        assert evaluate(IDLE, parsed, None, NOW, activity={timedelta(hours=1): 0}).verdict is Verdict.KEEP
 
 
 @settings(max_examples=100, deadline=None)
@@ -202,11 +202,11 @@ def test_known_times(text: str, expected: datetime) -> None:
 
 def test_a_sixty_second_old_endpoint_with_a_placeholder_is_not_deleted_but_an_old_one_is() -> None:
     for placeholder in (0, "0", "0001-01-01T00:00:00Z"):
-        assert evaluate(TTL, _v1_parsed(placeholder), None, NOW).action is Action.KEEP
+        assert evaluate(TTL, _v1_parsed(placeholder), None, NOW).verdict is Verdict.KEEP
     old = _v1_parsed("2026-11-01T10:00:00Z")
-    assert evaluate(TTL, old, None, NOW).action is Action.DELETE
+    assert evaluate(TTL, old, None, NOW).label == "delete"
     future = _v1_parsed("2027-11-01T10:00:00Z")
-    assert future.created_at is not None and evaluate(TTL, future, None, NOW).action is Action.KEEP
+    assert future.created_at is not None and evaluate(TTL, future, None, NOW).verdict is Verdict.KEEP
 
 
 def test_a_datetime_built_in_python_follows_the_same_rule() -> None:
@@ -305,6 +305,6 @@ def test_the_v2_list_keeps_an_unknown_age_and_refuses_a_number_for_a_string() ->
     with client_over([v2("0001-01-01T00:00:00Z")]) as client:
         (only,) = client.list_endpoints()
     assert only.created_at is None
-    assert evaluate(TTL, only, None, NOW).action is Action.KEEP
+    assert evaluate(TTL, only, None, NOW).verdict is Verdict.KEEP
     with client_over([v2(deployment={"model": 7})]) as client, pytest.raises(MalformedResponse):
         client.list_endpoints()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from worker.errors import ApiRefusal, ApiStatusError, ApiTransportError, MalformedResponse, SettingsError
-from worker.policy import Action, evaluate, parse_policy
+from worker.policy import Verdict, evaluate, parse_policy
 from worker.together import Endpoint, StepKind, StepPhase
 from worker.together_v2 import (
     TogetherV2Client,
@@ -126,34 +126,34 @@ rules:
 def test_a_policy_written_for_v1_keeps_every_protection_under_v2(resolved: bool) -> None:
     policy = parse_policy(V1_POLICY)
 
-    def decide(e: V2Endpoint, names: dict[str, str]) -> Action:
+    def decide(e: V2Endpoint, names: dict[str, str]) -> Verdict:
         facts = to_facts(e, names.get if resolved else (lambda _: None))
-        return evaluate(policy, facts, None, NOW, detail_fetched=True).action
+        return evaluate(policy, facts, None, NOW, detail_fetched=True).verdict
 
     # The model as people name it, on the main deployment or on a canary beside it.
     llama = {LLAMA: "meta-llama/Llama-3.3-70B-Instruct-Turbo"}
     main = endpoint([dep("dep_a", model=LLAMA)])
     canary = endpoint([dep("dep_a"), dep("dep_b", model=LLAMA)], split=[{"deploymentId": "dep_a", "weight": 1.0}])
-    assert decide(main, llama) is Action.PROTECTED
-    assert decide(canary, llama) is Action.PROTECTED
+    assert decide(main, llama) is Verdict.PROTECTED
+    assert decide(canary, llama) is Verdict.PROTECTED
     # Hardware and name protect as in v1.
-    assert decide(endpoint([dep("dep_a", hardware="secret-hw")]), {}) is Action.PROTECTED
-    assert decide(endpoint([dep("dep_a")], name="acme/prod-chat"), {}) is Action.PROTECTED
+    assert decide(endpoint([dep("dep_a", hardware="secret-hw")]), {}) is Verdict.PROTECTED
+    assert decide(endpoint([dep("dep_a")], name="acme/prod-chat"), {}) is Verdict.PROTECTED
 
 
 def test_a_protect_on_model_matches_the_resource_name_and_the_model_id_too() -> None:
     facts = to_facts(endpoint([dep("dep_a", model=LLAMA, modelId="ml_llama")]), {LLAMA: "someone/else"}.get)
     for pattern in ("projects/proj_public/models/ml_llama/*", "ml_llama"):
         policy = parse_policy(f"version: 1\nprotect:\n  - model: '{pattern}'\nrules:\n  - name: r\n    ttl: 1h\n")
-        assert evaluate(policy, facts, None, NOW, detail_fetched=True).action is Action.PROTECTED, pattern
+        assert evaluate(policy, facts, None, NOW, detail_fetched=True).verdict is Verdict.PROTECTED, pattern
 
 
 def test_an_unresolved_model_name_protects_and_a_rule_on_model_does_not_hold() -> None:
     unresolved = to_facts(endpoint([dep("dep_a", model=LLAMA)]))
     protect = parse_policy("version: 1\nprotect:\n  - model: 'nothing-matches-*'\nrules:\n  - name: r\n    ttl: 1h\n")
-    assert evaluate(protect, unresolved, None, NOW, detail_fetched=True).action is Action.PROTECTED
+    assert evaluate(protect, unresolved, None, NOW, detail_fetched=True).verdict is Verdict.PROTECTED
     rule = parse_policy("version: 1\nrules:\n  - name: r\n    match: {model: '*'}\n    ttl: 1h\n")
-    assert evaluate(rule, unresolved, None, NOW, detail_fetched=True).action is Action.KEEP
+    assert evaluate(rule, unresolved, None, NOW, detail_fetched=True).verdict is Verdict.KEEP
 
 
 # ---------------------------------------------------------------------------------------------- the sequence

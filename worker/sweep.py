@@ -1,0 +1,593 @@
+"""One sweep, free of Celery: read, plan, commit, queue.
+
+- read: the API's list and what Redis holds about it (:meth:`Store.read_sweep_state`, one round trip);
+- plan: :func:`plan_sweep` decides every endpoint and says what to write (observations, marks, events, sequences
+  that end). It writes nothing; the only I/O it does is the read-only API calls a rule asks for (an endpoint's
+  detail, a request count), through the callables it is given;
+- commit: :meth:`Store.commit_sweep` writes the plan and reads the limit state, in one round trip;
+- queue: :func:`judge_limits` (pure) says what may be queued; a claim is taken for each, then the tasks are published.
+
+``janitor plan`` is :func:`read_and_plan` and a print: the same function the sweep runs, with nothing written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
+from worker.janitor import DeleteRequest, RequestCounter, fetch_detail, resolve, sequence_hold
+from worker.logs import context
+from worker.notify import build_notification, send_notification
+from worker.policy import (
+    Action,
+    Decision,
+    Limits,
+    Mark,
+    Observation,
+    Policy,
+    Verdict,
+    check_limits,
+    decide,
+    load_policy,
+)
+from worker.redact import scrub_line
+from worker.store import LimitState, Outcome, OutcomeStatus, Store, SweepState, SweepSummary, iso, utc_now
+from worker.together import Endpoint, EndpointsApi, check_endpoint_id
+
+log = logging.getLogger(__name__)
+
+ApiFactory = Callable[[], EndpointsApi]
+
+# Delete tasks go to ``enqueue`` in batches, each one round trip to the broker: first a small one, so the workers
+# start deleting while the rest is published (500 messages take ~0.2 s to build), then batches of PUBLISH_BATCH.
+PUBLISH_FIRST = 32
+PUBLISH_BATCH = 500
+
+
+class Planned(NamedTuple):
+    """One endpoint and its decision (a tuple: a sweep makes one per endpoint, and a frozen dataclass's
+    ``__init__`` costs several times more)."""
+
+    endpoint: Endpoint
+    decision: Decision
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep decided and what it will write; built by :func:`plan_sweep`, written by
+    :meth:`Store.commit_sweep`. It holds only the decisions worth recording, never one per kept endpoint
+    (unless asked to, for ``janitor plan``)."""
+
+    now: datetime
+    listed: int = 0
+    unknown_age: int = 0
+    out_of_scope: int = 0
+    noted: list[Planned] = field(default_factory=list)  # decision events: all but rule-less KEEP, OUT_OF_SCOPE
+    acting: list[Planned] = field(default_factory=list)  # verdict ACT, resumed sequences included
+    protected: int = 0
+    exempt: int = 0
+    rules: dict[str, int] = field(default_factory=dict)  # candidates per rule
+    observed: dict[str, Observation] = field(default_factory=dict)  # observations to write
+    forgotten: list[str] = field(default_factory=list)  # observations of endpoints no longer listed
+    new_marks: dict[str, Mark] = field(default_factory=dict)
+    newly_marked: list[Planned] = field(default_factory=list)
+    unmarked: dict[str, Mark] = field(default_factory=dict)  # marks dropped: no longer candidates
+    ended: dict[str, str] = field(default_factory=dict)  # endpoint id -> why its open sequence ends
+
+    @property
+    def in_scope(self) -> int:
+        return self.listed - self.out_of_scope
+
+
+@dataclass(frozen=True)
+class LimitVerdict:
+    """What the limits let a sweep queue (:func:`judge_limits`)."""
+
+    to_queue: list[Planned]  # acting endpoints without a delete queued already
+    already_pending: int
+    trip: str | None  # the limit tripped, with its numbers; None if none
+
+
+class _Observer:
+    """:func:`worker.policy.observe`, sharing one Observation per new state (a first sweep of 100k endpoints
+    would otherwise hold 100k equal objects)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._fresh: dict[str, Observation] = {}
+
+    def __call__(self, previous: Observation | None, state: str) -> Observation | None:
+        """The observation now, or None if ``previous`` still holds (nothing to write)."""
+        if previous is not None and previous.state == state:
+            return None
+        fresh = self._fresh.get(state)
+        if fresh is None:
+            fresh = self._fresh[state] = Observation(state, self.now)
+        return fresh
+
+
+def plan_sweep(
+    policy: Policy,
+    endpoints: Sequence[Endpoint],
+    state: SweepState,
+    now: datetime,
+    *,
+    fetch_detail: Callable[[str], Endpoint | None],
+    count_requests: RequestCounter | None,
+    listed_in_detail: bool,
+    every_decision: bool = False,
+) -> SweepPlan:
+    """Decide every listed endpoint and say what the sweep will write; writes nothing.
+
+    ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it and
+    ``count_requests`` are called only for endpoints whose decision hangs on them. ``every_decision`` keeps the
+    decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
+    """
+    plan = SweepPlan(now=now, listed=len(endpoints), forgotten=state.forgotten)
+    observe = _Observer(now)
+    sequences = dict(state.sequences)
+    for endpoint, previous in zip(endpoints, state.observed, strict=True):
+        fresh = observe(previous, endpoint.state)
+        if fresh is not None:
+            plan.observed[endpoint.id] = fresh
+        observed = previous if fresh is None else fresh
+        exemption, mark = state.exemptions.get(endpoint.id), state.marks.get(endpoint.id)
+        decision = decide(
+            policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=listed_in_detail
+        )
+        if not isinstance(decision, Decision):  # the rule asks for a detail or a request count
+            endpoint, decision = resolve(
+                policy,
+                endpoint,
+                observed,
+                now,
+                fetch_detail=fetch_detail,
+                count_requests=count_requests,
+                exemption=exemption,
+                mark=mark,
+                detail_fetched=listed_in_detail,
+            )
+        sequence = sequences.pop(endpoint.id, None)
+        if sequence is not None:
+            decision = _resumed(policy, endpoint, decision, sequence, now, state, plan)
+        _note(plan, Planned(endpoint, decision), every_decision)
+        plan.unknown_age += endpoint.created_at is None
+    # An open sequence whose endpoint was not listed is gone, or out of scope.
+    plan.ended.update(dict.fromkeys(sequences, "not listed"))
+    _plan_unmarks(plan, state.marks)
+    return plan
+
+
+def _resumed(
+    policy: Policy,
+    endpoint: Endpoint,
+    decision: Decision,
+    sequence: Mapping[str, Any],
+    now: datetime,
+    state: SweepState,
+    plan: SweepPlan,
+) -> Decision:
+    """A delete already under way (a v2 sequence whose task ended before the endpoint was gone) goes on.
+
+    Its rule may no longer hold because of the sequence itself (scaled down, an endpoint is STOPPED), so a
+    KEEP or MARKED decision is replaced by the sequence's own; it is queued and counted against the limits
+    like any candidate. What would stop its next step (:func:`sequence_hold`: a protect, an exemption, the
+    scope, its rule gone, its age, the endpoint running again) ends it instead.
+    """
+    held = sequence_hold(policy, endpoint, sequence, now, exemption=state.exemptions.get(endpoint.id))
+    if held is not None:
+        plan.ended[endpoint.id] = held
+        return decision
+    action = sequence.get("action")
+    if decision.verdict not in (Verdict.KEEP, Verdict.MARKED) or action not in tuple(Action):
+        return decision
+    reason = (
+        f"resuming the {action} begun at {sequence.get('started_at')} "
+        f"({sequence.get('steps', 0)} step(s) done, the last: {sequence.get('last_step')})"
+    )
+    return Decision(Verdict.ACT, str(sequence.get("rule") or ""), reason, Action(action))
+
+
+def _note(plan: SweepPlan, planned: Planned, every_decision: bool) -> None:
+    """Count one decision and keep it if it is worth recording (most endpoints are kept and only counted)."""
+    decision = planned.decision
+    verdict = decision.verdict
+    if verdict is Verdict.OUT_OF_SCOPE:
+        plan.out_of_scope += 1
+        return
+    if verdict is Verdict.KEEP and decision.rule is None and not every_decision:
+        return
+    plan.noted.append(planned)
+    if verdict is Verdict.ACT:
+        plan.acting.append(planned)
+        rule = decision.rule or ""
+        plan.rules[rule] = plan.rules.get(rule, 0) + 1
+    elif verdict is Verdict.PROTECTED:
+        plan.protected += 1
+    elif verdict is Verdict.EXEMPT:
+        plan.exempt += 1
+    elif verdict is Verdict.MARKED and decision.marked_at and decision.due_at and decision.rule is not None:
+        # A mark made now (first sighting); a standing mark has no ``marked_at`` here and is kept as it is.
+        plan.new_marks[planned.endpoint.id] = Mark(decision.rule, decision.marked_at, decision.due_at)
+        plan.newly_marked.append(planned)
+
+
+# A mark stays while its endpoint is marked, due now (the outcome of its task clears the mark) or not decidable
+# this time (a failed detail fetch must not restart the grace period).
+_KEEPS_ITS_MARK = frozenset({Verdict.MARKED, Verdict.ACT, Verdict.UNDECIDED})
+
+
+def _plan_unmarks(plan: SweepPlan, marks: Mapping[str, Mark]) -> None:
+    if not marks:
+        return
+    still = {p.endpoint.id for p in plan.noted if p.decision.verdict in _KEEPS_ITS_MARK}
+    plan.unmarked = {eid: mark for eid, mark in marks.items() if eid not in still}
+
+
+def judge_limits(plan: SweepPlan, limits: Limits, limit_state: LimitState, *, dry_run: bool) -> LimitVerdict:
+    """Which of the plan's acting endpoints may be queued, and which limit (if any) the rest would trip.
+
+    Endpoints whose delete or stop is still queued were counted when it was queued; only new ones count. A dry
+    run does not count the last 24 hours' live deletes (it queues nothing that acts).
+    """
+    pending = limit_state.pending
+    to_queue = [p for p in plan.acting if p.endpoint.id not in pending]
+    acted = 0 if dry_run else limit_state.acted_last_day
+    trip = check_limits(limits, len(to_queue), plan.in_scope, acted)
+    return LimitVerdict(to_queue, len(plan.acting) - len(to_queue), trip)
+
+
+def read_and_plan(
+    store: Store,
+    client: EndpointsApi,
+    policy: Policy,
+    now: datetime,
+    *,
+    before_fetch: Callable[[str], None] = lambda doing: None,
+    pending_ttl_s: float = float("inf"),
+    dry: bool = False,
+    every_decision: bool = False,
+) -> tuple[SweepPlan, SweepState]:
+    """List, read the stored state, plan: what a sweep does before it writes, and all ``janitor plan`` does.
+
+    ``dry`` reads without a write (an expired exemption is skipped, not pruned). ``before_fetch(doing)`` runs
+    before each detail or request-count fetch: the sweep checks its deadline there, ``janitor plan`` shows
+    progress.
+    """
+    endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
+    state = store.read_sweep_state([e.id for e in endpoints], now, pending_ttl_s, prune=not dry)
+
+    def detail(endpoint_id: str) -> Endpoint | None:
+        before_fetch("fetching endpoint details")
+        return fetch_detail(client, endpoint_id)
+
+    def count(endpoint_id: str, start: datetime, end: datetime) -> int:
+        before_fetch("fetching request counts")
+        return client.count_requests(endpoint_id, start, end)
+
+    plan = plan_sweep(
+        policy,
+        endpoints,
+        state,
+        now,
+        fetch_detail=detail,
+        count_requests=count,
+        listed_in_detail=client.list_is_detailed,
+        every_decision=every_decision,
+    )
+    state.observed = []  # the raw list goes now; the plan keeps what it needs
+    return plan, state
+
+
+def _deadline_check(deadline: float) -> Callable[[str], None]:
+    def check(doing: str) -> None:
+        if time.monotonic() > deadline:
+            raise JanitorError(f"the sweep ran out of time while {doing}; nothing more was queued")
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(
+    *,
+    store: Store,
+    client: EndpointsApi | ApiFactory,
+    policy_file: Path,
+    dry_run: bool,
+    lock_ttl_s: float,
+    pending_ttl_s: int,
+    enqueue: Callable[[Sequence[DeleteRequest]], None],
+    sweep_id: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    notify_url: str | None = None,
+) -> SweepSummary:
+    """One sweep: lock, load the policy, read, plan, commit, queue, record, notify.
+
+    ``enqueue`` publishes a batch of delete tasks (at most :data:`PUBLISH_BATCH`) and returns only once all of
+    them reached the broker; if it raises, none of that batch counts as queued and their claims are released.
+    Batches already published stay queued.
+    """
+    summary = SweepSummary(sweep_id=sweep_id or uuid.uuid4().hex, started_at=iso(clock()), dry_run=dry_run)
+    lock = store.sweep_lock(lock_ttl_s)
+    if not lock.acquire(blocking=False):
+        summary.status = "skipped"
+        summary.error = "another sweep is running (the sweep lock is held)"
+        return _finish(store, summary, clock)
+    # The sweep must be done well before its lock expires, or a second one could start beside it.
+    deadline = time.monotonic() + 0.8 * lock_ttl_s
+    newly_marked: list[Planned] = []
+    try:
+        api = client() if callable(client) else client
+        newly_marked = _sweep_locked(store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline)
+    except (PolicyError, SettingsError) as exc:
+        summary.status, summary.error = "error", str(exc)
+    except TogetherError as exc:
+        summary.status, summary.error = "error", f"listing failed: {exc}"
+    except Exception as exc:  # Redis, the broker, a deadline: record it rather than vanish
+        summary.status, summary.error = "error", f"{type(exc).__name__}: {scrub_line(str(exc), 300)}"
+        log.exception("sweep %s failed", summary.sweep_id)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired meanwhile (LockNotOwnedError) or Redis gone: the TTL frees it
+            log.warning("sweep %s: the sweep lock could not be released", summary.sweep_id)
+    _finish(store, summary, clock)
+    if notify_url:
+        _notify(store, notify_url, summary, newly_marked)
+    return summary
+
+
+def _sweep_locked(
+    store: Store,
+    client: EndpointsApi,
+    policy_file: Path,
+    pending_ttl_s: int,
+    enqueue: Callable[[Sequence[DeleteRequest]], None],
+    summary: SweepSummary,
+    clock: Callable[[], datetime],
+    deadline: float,
+) -> list[Planned]:
+    """The sweep proper; returns the endpoints it newly marked (for the notification)."""
+    # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
+    policy = load_policy(policy_file, client.version)
+    listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
+    check_deadline = _deadline_check(deadline)
+    plan, state = read_and_plan(
+        store, client, policy, clock(), before_fetch=check_deadline, pending_ttl_s=pending_ttl_s
+    )
+    settled = _settle_lost_tasks(store, state, summary, clock)
+    for endpoint_id in settled:
+        plan.unmarked.pop(endpoint_id, None)  # its outcome cleared the mark
+    _summarise(summary, plan)
+    limit_state = store.commit_sweep(plan, summary.sweep_id)
+    _log_decisions(summary.sweep_id, plan.noted)
+    verdict = judge_limits(plan, policy.limits, limit_state, dry_run=summary.dry_run)
+    summary.already_pending = verdict.already_pending
+    summary.limit = policy.limits.max_deletes_per_sweep
+    if not _limits_allow(store, verdict, limit_state, summary):
+        return plan.newly_marked
+    check_deadline("queuing")
+    _queue(store, verdict.to_queue, summary, enqueue, pending_ttl_s, listed_at, clock)
+    summary.status = "ok"
+    return plan.newly_marked
+
+
+def _summarise(summary: SweepSummary, plan: SweepPlan) -> None:
+    summary.listed = plan.listed
+    summary.unknown_age = plan.unknown_age
+    summary.in_scope = plan.in_scope
+    summary.protected = plan.protected
+    summary.exempt = plan.exempt
+    summary.candidates = len(plan.acting)
+    summary.rules = dict(plan.rules)
+    summary.marked = len(plan.newly_marked)
+    summary.unmarked = len(plan.unmarked)
+
+
+def _log_decisions(sweep_id: str, noted: Sequence[Planned]) -> None:
+    for p in noted:
+        d = p.decision
+        log.info(
+            "sweep %s: %s %s (%s): %s%s",
+            sweep_id,
+            d.label,
+            p.endpoint.id,
+            p.endpoint.name,
+            d.reason,
+            f" [rule {d.rule}]" if d.rule else "",
+            extra=context(
+                sweep_id=sweep_id,
+                endpoint_id=p.endpoint.id,
+                endpoint_name=p.endpoint.name,
+                rule=d.rule,
+                action=d.label,
+            ),
+        )
+
+
+def _limits_allow(store: Store, verdict: LimitVerdict, limit_state: LimitState, summary: SweepSummary) -> bool:
+    """Whether the sweep may queue: no limit trips, or a person approved this many. Records a trip and its pause."""
+    dry, acting = summary.dry_run, len(verdict.to_queue)
+    if verdict.trip is None:
+        if not dry and limit_state.pause_or_approval:
+            store.clear_pause("no limit trips any more")
+        return True
+    # A dry run reports the trip but neither pauses live sweeps nor uses a person's approval.
+    approval = None if dry else store.take_resume(acting)
+    if approval is None:
+        summary.status = "limit_exceeded"
+        summary.error = f"limit tripped, nothing queued: {verdict.trip}"
+        if not dry:
+            store.set_pause(verdict.trip, summary.sweep_id, acting)
+        store.record_event("limit", sweep_id=summary.sweep_id, limit=verdict.trip, dry_run=dry)
+        return False
+    store.record_event("resumed", sweep_id=summary.sweep_id, limit=verdict.trip, by=approval.get("by"))
+    store.clear_pause(f"resumed by {approval.get('by')}")
+    return True
+
+
+def _queue(
+    store: Store,
+    acting: Sequence[Planned],
+    summary: SweepSummary,
+    enqueue: Callable[[Sequence[DeleteRequest]], None],
+    pending_ttl_s: int,
+    listed_at: float,
+    clock: Callable[[], datetime],
+) -> None:
+    """Claim each endpoint for a new task, then publish the tasks of the claims taken, in batches."""
+    requests: dict[str, DeleteRequest] = {}
+    for p in acting:
+        try:
+            check_endpoint_id(p.endpoint.id)
+        except InvalidEndpointId as exc:
+            summary.invalid_ids += 1
+            _record_invalid_id(store, p, summary, str(exc), clock)
+            continue
+        requests[p.endpoint.id] = DeleteRequest(
+            task_id=uuid.uuid4().hex,
+            endpoint_id=p.endpoint.id,
+            endpoint_name=p.endpoint.name,
+            sweep_id=summary.sweep_id,
+            rule=p.decision.rule or "",
+            dry_run=summary.dry_run,
+            action=p.decision.action or Action.DELETE,
+        )
+    claimed = store.claim_pending(
+        {eid: r.task_id for eid, r in requests.items()},
+        pending_ttl_s,
+        listed_at,
+        requests={eid: r.task_kwargs() for eid, r in requests.items()},
+        live=not summary.dry_run,
+    )
+    summary.already_pending += len(requests) - len(claimed)
+    _publish(store, [r for eid, r in requests.items() if eid in claimed], summary, enqueue)
+
+
+def _publish(
+    store: Store,
+    to_send: Sequence[DeleteRequest],
+    summary: SweepSummary,
+    enqueue: Callable[[Sequence[DeleteRequest]], None],
+) -> None:
+    queued = 0
+    try:
+        while queued < len(to_send):
+            size = min(PUBLISH_FIRST, PUBLISH_BATCH) if not queued else PUBLISH_BATCH
+            batch = to_send[queued : queued + size]
+            enqueue(batch)  # one round trip: the messages and their task-sent events
+            queued += len(batch)
+            summary.queued += len(batch)
+    finally:
+        # A claim whose task never reached the broker must not block the endpoint until its TTL.
+        for request in to_send[queued:]:
+            store.release_pending(request.endpoint_id, request.task_id)
+
+
+def _settle_lost_tasks(
+    store: Store, state: SweepState, summary: SweepSummary, clock: Callable[[], datetime]
+) -> list[str]:
+    """Give a lost task its one outcome; returns the endpoints whose outcome this wrote (it cleared their marks).
+
+    ``state.stale_claims`` are the claims older than the pending TTL (:meth:`Store.read_sweep_state`). Such a claim
+    with no outcome belongs to a task whose message was lost (a worker killed between kombu's BRPOP and its
+    unacknowledged write): every retry and redelivery would have ended by now. If the endpoint is still
+    listed, dropping the claim lets this sweep queue it again; if it is gone (the lost task may well have
+    deleted it), the task's outcome is ``already_gone``.
+    """
+    settled: list[str] = []
+    for endpoint_id, task_id in state.stale_claims.items():
+        if endpoint_id in state.stale_listed:
+            store.drop_claim(endpoint_id, task_id)
+            continue
+        outcome = Outcome(
+            endpoint_id=endpoint_id,
+            status=OutcomeStatus.ALREADY_GONE,
+            http_status=None,
+            attempts=0,
+            rule=None,
+            sweep_id=summary.sweep_id,
+            at=iso(clock()),
+            error="its delete task was lost with a killed worker; the endpoint is no longer listed",
+            task_id=task_id,
+        )
+        if store.record_outcome(task_id, outcome)[1]:
+            settled.append(endpoint_id)
+        log.warning("sweep %s: %s: %s", summary.sweep_id, endpoint_id, outcome.error)
+    return settled
+
+
+def _record_invalid_id(
+    store: Store, planned: Planned, summary: SweepSummary, error: str, clock: Callable[[], datetime]
+) -> None:
+    outcome = Outcome(
+        endpoint_id=planned.endpoint.id,
+        status=OutcomeStatus.FAILED,
+        http_status=None,
+        attempts=0,
+        rule=planned.decision.rule,
+        sweep_id=summary.sweep_id,
+        at=iso(clock()),
+        error=error,
+        endpoint_name=planned.endpoint.name,
+    )
+    store.record_outcome(f"invalid-id:{summary.sweep_id}:{uuid.uuid4().hex}", outcome)
+    log.warning("sweep %s: not deleting %r: %s", summary.sweep_id, planned.endpoint.id[:80], error)
+
+
+def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) -> SweepSummary:
+    summary.finished_at = iso(clock())
+    store.record_sweep(summary)
+    log.info(
+        "sweep %s %s: listed=%d candidates=%d queued=%d marked=%d protected=%d exempt=%d dry_run=%s%s",
+        summary.sweep_id,
+        summary.status,
+        summary.listed,
+        summary.candidates,
+        summary.queued,
+        summary.marked,
+        summary.protected,
+        summary.exempt,
+        summary.dry_run,
+        f" error={summary.error}" if summary.error else "",
+        extra=context(sweep_id=summary.sweep_id, status=summary.status),
+    )
+    return summary
+
+
+def _notify(store: Store, url: str, summary: SweepSummary, marked: Sequence[Planned]) -> None:
+    outcomes = store.drain_outbox()
+    error: str | None = "not sent"
+    try:
+        payload = build_notification(summary.to_dict(), [_marked_item(p) for p in marked], outcomes)
+        if payload is None:
+            error = None
+            return
+        error = send_notification(url, payload)
+    finally:
+        if error is not None:
+            # Whatever went wrong, the outcomes it carried go out with the next notification.
+            store.requeue_outbox(outcomes)
+            store.record_event("notify_failed", sweep_id=summary.sweep_id, error=error)
+            log.warning("sweep %s: notification not delivered: %s", summary.sweep_id, error)
+
+
+def _marked_item(p: Planned) -> dict[str, Any]:
+    d = p.decision
+    return {
+        "endpoint_id": p.endpoint.id,
+        "endpoint_name": p.endpoint.name,
+        "rule": d.rule,
+        "action": str(d.action or Action.DELETE),
+        "marked_at": iso(d.marked_at) if d.marked_at else None,
+        "due_at": iso(d.due_at) if d.due_at else None,
+    }
