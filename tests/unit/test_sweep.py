@@ -1,0 +1,152 @@
+"""The sweep's pure plan (worker.sweep.plan_sweep, judge_limits): no Redis, no HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from worker.policy import Action, Exemption, Mark, Observation, Verdict, parse_policy
+from worker.store import LimitState, SweepState
+from worker.sweep import SweepPlan, judge_limits, plan_sweep
+from worker.together import Endpoint
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+POLICY = parse_policy(
+    """
+version: 1
+scope: {types: [dedicated]}
+protect:
+  - name: "acme/prod-*"
+rules:
+  - name: ci
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+  - name: demos
+    match: {name: "acme/demo-*"}
+    ttl: 6h
+    grace: 1h
+  - name: stopped
+    stale: {states: [STOPPED], for: 1d}
+limits:
+  max_deletes_per_sweep: 2
+"""
+)
+
+
+def ep(
+    n: int, name: str, *, state: str = "STARTED", age: timedelta = timedelta(days=1), type: str = "dedicated"
+) -> Endpoint:
+    return Endpoint(f"e{n}", name, "m", type, "acme", state, NOW - age)
+
+
+def state_for(endpoints: list[Endpoint], **kw: object) -> SweepState:
+    fields: dict[str, object] = dict(
+        observed=[None] * len(endpoints),
+        forgotten=[],
+        marks={},
+        exemptions={},
+        stale_claims={},
+        stale_listed=set(),
+        sequences={},
+    )
+    fields.update(kw)
+    return SweepState(**fields)  # type: ignore[arg-type]
+
+
+def plan(endpoints: list[Endpoint], state: SweepState, **kw: object) -> SweepPlan:
+    def no_fetch(endpoint_id: str) -> Endpoint | None:
+        raise AssertionError("the list had every field")
+
+    return plan_sweep(
+        POLICY,
+        endpoints,
+        state,
+        NOW,
+        fetch_detail=no_fetch,
+        count_requests=None,
+        listed_in_detail=True,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_every_verdict_is_counted_and_only_what_is_worth_it_kept() -> None:
+    endpoints = [
+        ep(1, "acme/ci-1"),
+        ep(2, "acme/prod-ci"),  # no rule matches: a plain keep
+        ep(3, "acme/demo-3"),
+        ep(4, "acme/ci-4"),
+        ep(5, "acme/ci-5", type="serverless"),
+        ep(6, "acme/ci-6", age=timedelta(hours=1)),
+    ]
+    exempt = Exemption("e4", "demo", "alice", NOW, NOW + timedelta(days=1))
+    p = plan(endpoints, state_for(endpoints, exemptions={"e4": exempt}))
+    labels = {pl.endpoint.id: pl.decision.label for pl in p.noted}
+    assert labels == {"e1": "delete", "e3": "marked", "e4": "exempt"}
+    assert [pl.endpoint.id for pl in p.acting] == ["e1"] and p.rules == {"ci": 1}
+    assert (p.listed, p.out_of_scope, p.in_scope, p.exempt, p.protected) == (6, 1, 5, 1, 0)
+    assert p.new_marks == {"e3": Mark("demos", NOW, NOW + timedelta(hours=1))}
+    assert [pl.endpoint.id for pl in p.newly_marked] == ["e3"]
+    # A first sighting: every endpoint's observation is written, one shared object per state.
+    assert set(p.observed) == {f"e{i}" for i in range(1, 7)} and len({id(o) for o in p.observed.values()}) == 1
+    every = plan(endpoints, state_for(endpoints), every_decision=True)
+    assert {pl.endpoint.id for pl in every.noted} == {"e1", "e2", "e3", "e4", "e6"}
+
+
+def test_observations_kept_written_and_forgotten() -> None:
+    endpoints = [ep(1, "acme/x-1", state="STOPPED"), ep(2, "acme/x-2", state="STOPPED")]
+    earlier = Observation("STOPPED", NOW - timedelta(days=2))
+    started = Observation("STARTED", NOW - timedelta(days=2))
+    p = plan(endpoints, state_for(endpoints, observed=[earlier, started], forgotten=["gone"]))
+    assert p.observed == {"e2": Observation("STOPPED", NOW)}  # e1's still holds; e2's state changed
+    assert p.forgotten == ["gone"]
+    assert [pl.endpoint.id for pl in p.acting] == ["e1"]  # stale for two days by the janitor's own clock
+
+
+def test_marks_stay_for_marked_acting_and_undecided_and_go_otherwise() -> None:
+    endpoints = [ep(1, "acme/ci-1"), ep(2, "acme/other"), ep(3, "acme/demo-3")]
+    marks = {
+        "e1": Mark("ci", NOW - timedelta(hours=2), NOW - timedelta(hours=1)),
+        "e2": Mark("ci", NOW - timedelta(hours=2), NOW - timedelta(hours=1)),
+        "e3": Mark("demos", NOW - timedelta(minutes=5), NOW + timedelta(minutes=55)),
+        "unlisted": Mark("ci", NOW, NOW),
+    }
+    p = plan(endpoints, state_for(endpoints, marks=marks))
+    assert set(p.unmarked) == {"e2", "unlisted"}
+    assert p.new_marks == {}  # e3's mark stands; it is not made again
+
+
+def _sequence(rule: str = "ci", action: str = "delete", **kw: object) -> dict[str, object]:
+    return {"rule": rule, "action": action, "started_at": "2026-11-30T11:00:00.000Z", "steps": 2} | kw
+
+
+def test_an_open_sequence_resumes_as_its_own_decision_or_ends() -> None:
+    endpoints = [
+        ep(1, "acme/ci-1", state="STOPPED", age=timedelta(hours=1)),  # its rule no longer holds: resumed
+        ep(2, "acme/prod-2"),  # protected now: the sequence ends
+        ep(3, "acme/ci-3"),  # a candidate anyway
+    ]
+    # e3 was only taken out of traffic so far: running is what it should be.
+    unrouted = _sequence(last_phase="unroute")
+    sequences = {"e1": _sequence(), "e2": _sequence(), "e3": unrouted, "gone": _sequence()}
+    p = plan(endpoints, state_for(endpoints, sequences=sequences))
+    decisions = {pl.endpoint.id: pl.decision for pl in p.noted}
+    assert (decisions["e1"].verdict, decisions["e1"].action) == (Verdict.ACT, Action.DELETE)
+    assert "resuming the delete" in decisions["e1"].reason
+    assert [pl.endpoint.id for pl in p.acting] == ["e1", "e3"]
+    assert set(p.ended) == {"e2", "gone"} and p.ended["gone"] == "not listed"
+    assert "protected" in p.ended["e2"]
+
+
+def test_an_unreadable_sequence_action_is_not_resumed() -> None:
+    endpoints = [ep(1, "acme/ci-1", state="STOPPED", age=timedelta(hours=1))]
+    p = plan(endpoints, state_for(endpoints, sequences={"e1": _sequence(action="explode")}))
+    assert p.acting == [] and p.noted == []
+
+
+def test_limits_count_only_what_is_not_queued_already() -> None:
+    endpoints = [ep(i, f"acme/ci-{i}") for i in range(1, 5)]
+    p = plan(endpoints, state_for(endpoints))
+    tripped = judge_limits(p, POLICY.limits, LimitState(set(), 0, False), dry_run=False)
+    assert tripped.trip is not None and "max_deletes_per_sweep: 4" in tripped.trip
+    within = judge_limits(p, POLICY.limits, LimitState({"e1", "e2"}, 0, False), dry_run=False)
+    assert within.trip is None and [pl.endpoint.id for pl in within.to_queue] == ["e3", "e4"]
+    assert within.already_pending == 2
