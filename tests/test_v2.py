@@ -533,7 +533,7 @@ def test_the_same_policy_decides_the_same_on_v1_and_v2(
             now,
             lambda eid: fetch_detail(client, eid),
             count_requests=client.count_requests,
-            listed_in_detail=client.list_is_detailed,
+            listed_in_detail=client.capabilities.list_is_detailed,
         )
         return {p.endpoint.name: (str(p.decision.action), p.decision.rule) for p in planned}
 

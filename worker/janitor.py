@@ -322,7 +322,7 @@ def _sweep_locked(
 ) -> list[dict[str, Any]]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
-    policy = load_policy(policy_file, client.version)
+    policy = load_policy(policy_file, client.capabilities)
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
     summary.listed = len(endpoints)
@@ -374,7 +374,7 @@ def _sweep_locked(
         exemptions=exemptions,
         marks=marks,
         count_requests=count_within_deadline,
-        listed_in_detail=client.list_is_detailed,
+        listed_in_detail=client.capabilities.list_is_detailed,
     )
     planned = _resume_sequences(store, state.sequences, policy, planned, exemptions, now, summary)
     # One pass: most endpoints are kept or out of scope, and only counted; the rest are grouped by action.
@@ -775,7 +775,7 @@ class Recheck:
         return self.cleared is not None
 
     def __call__(self, fresh: Endpoint) -> str | None:
-        policy = load_policy(self.policy_file, self.client.version)
+        policy = load_policy(self.policy_file, self.client.capabilities)
         self.detach_experiments = policy.experiments == "detach"
         exemption = self.store.exemption(fresh.id, self.now)
         reason: str | None = None
