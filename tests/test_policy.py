@@ -25,6 +25,7 @@ from worker.policy import (
     observe,
     parse_policy,
 )
+from worker.together import V1_CAPABILITIES, V2_CAPABILITIES
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ class Ep:
     created_at: datetime = NOW - timedelta(hours=7)
     display_name: str | None = None
     hardware: str | None = None
+    variants: tuple[tuple[str | None, str | None], ...] = ()
 
 
 POLICY = parse_policy(
@@ -237,11 +239,11 @@ def test_errors_are_one_line_and_name_the_place(doc: str, fragments: list[str]) 
 
 def test_load_policy_reports_missing_and_binary_files(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read"):
-        load_policy(tmp_path / "nope.yaml")
+        load_policy(tmp_path / "nope.yaml", V1_CAPABILITIES)
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(PolicyError, match="UTF-8"):
-        load_policy(binary)
+        load_policy(binary, V1_CAPABILITIES)
 
 
 def test_yaml_tags_that_build_objects_are_refused() -> None:
@@ -251,7 +253,7 @@ def test_yaml_tags_that_build_objects_are_refused() -> None:
 
 @pytest.mark.parametrize("name", ["policy.yaml", "policy.example.yaml"])
 def test_shipped_policies_are_valid(name: str) -> None:
-    policy = load_policy(ROOT / "config" / name)
+    policy = load_policy(ROOT / "config" / name, V1_CAPABILITIES)
     assert policy.limits.max_deletes_per_sweep >= 0
 
 
@@ -522,10 +524,10 @@ def test_idle_is_refused_for_v1_with_a_clear_message(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("version: 1\nrules:\n - name: quiet\n   idle: {no_requests_for: 24h}\n")
     with pytest.raises(PolicyError) as info:
-        load_policy(path)
+        load_policy(path, V1_CAPABILITIES)
     message = str(info.value)
     assert "rule 'quiet'" in message and "JANITOR_TOGETHER_API=v2" in message and "\n" not in message
-    assert load_policy(path, "v2").rules[0].idle is not None
+    assert load_policy(path, V2_CAPABILITIES).rules[0].idle is not None
     with pytest.raises(PolicyError, match="no_requests_for"):
         parse_policy("version: 1\nrules:\n - name: q\n   idle: {}\n")
     with pytest.raises(PolicyError, match=r"rule 'q' .*idle: no_requests_for"):
@@ -547,12 +549,12 @@ def test_v2_refuses_what_it_cannot_know_rather_than_lose_a_protection() -> None:
     from worker.policy import check_api_support
 
     owner_protect = parse_policy("version: 1\nprotect:\n  - owner: bob\nrules:\n  - name: r\n    ttl: 1h\n")
-    check_api_support(owner_protect, "v1")
+    check_api_support(owner_protect, V1_CAPABILITIES)
     with pytest.raises(PolicyError, match=r"protect\[0\]: owner is not known in v2"):
-        check_api_support(owner_protect, "v2")
+        check_api_support(owner_protect, V2_CAPABILITIES)
     owner_rule = parse_policy("version: 1\nrules:\n  - name: r\n    match: {owner: bob}\n    ttl: 1h\n")
     with pytest.raises(PolicyError, match="rule 'r': owner"):
-        check_api_support(owner_rule, "v2")
+        check_api_support(owner_rule, V2_CAPABILITIES)
     mine = parse_policy("version: 1\nscope: {mine: true}\nrules:\n  - name: r\n    ttl: 1h\n")
     with pytest.raises(PolicyError, match="mine: true"):
-        check_api_support(mine, "v2")
+        check_api_support(mine, V2_CAPABILITIES)

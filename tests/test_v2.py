@@ -543,7 +543,7 @@ def test_the_same_policy_decides_the_same_on_v1_and_v2(
             now,
             fetch_detail=lambda eid: fetch_detail(client, eid),
             count_requests=client.count_requests,
-            listed_in_detail=client.list_is_detailed,
+            listed_in_detail=client.capabilities.list_is_detailed,
             every_decision=True,
         ).noted
         return {p.endpoint.name: (p.decision.label, p.decision.rule) for p in planned}

@@ -27,6 +27,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from worker.errors import JanitorError, PolicyError, TogetherError
 from worker.redact import register_settings_secrets, scrub, scrub_handler, scrub_handlers
 from worker.settings import Settings, get_settings, redact_url
+from worker.together import API_CAPABILITIES
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -92,7 +93,7 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
     path = Path(args.file) if args.file else get_settings().policy_file
     api = args.api or get_settings().together_api
-    policy = load_policy(path, api)
+    policy = load_policy(path, API_CAPABILITIES[api])
     print(
         f"{path}: ok: {len(policy.rules)} rule(s), {len(policy.protect)} protect matcher(s), "
         f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep "
@@ -139,7 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     client = client_for(settings)
-    policy = load_policy(settings.policy_file, client.version)
+    policy = load_policy(settings.policy_file, client.capabilities)
     store = Store.from_settings(settings)
     # The sweep's own read and plan, with nothing written (open sequences and all); lost tasks are not settled.
     shown: dict[str, int] = {}
@@ -450,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-policy", help="validate a policy file (default: JANITOR_POLICY_FILE)")
     p.add_argument("file", nargs="?")
-    p.add_argument("--api", choices=["v1", "v2"], help="check against this API version (default: JANITOR_TOGETHER_API)")
+    p.add_argument(
+        "--api",
+        choices=sorted(API_CAPABILITIES),
+        help="check against what this API version can do (default: JANITOR_TOGETHER_API)",
+    )
     p.set_defaults(func=cmd_check_policy)
 
     p = sub.add_parser("simulator", help="serve the Together API simulator on loopback")

@@ -41,7 +41,7 @@ def check_api(settings: Settings, store: Store) -> str:
 
 
 def check_policy(settings: Settings, store: Store) -> str:
-    policy = load_policy(settings.policy_file, settings.together_api)
+    policy = load_policy(settings.policy_file, settings.capabilities)
     return f"{settings.policy_file} is valid ({len(policy.rules)} rule(s))"
 
 

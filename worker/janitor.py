@@ -264,7 +264,7 @@ class Recheck:
         return self.cleared is not None
 
     def __call__(self, fresh: Endpoint) -> str | None:
-        policy = load_policy(self.policy_file, self.client.version)
+        policy = load_policy(self.policy_file, self.client.capabilities)
         self.detach_experiments = policy.experiments == "detach"
         exemption = self.store.exemption(fresh.id, self.now)
         reason: str | None = None

@@ -4,6 +4,10 @@ Evaluation is a pure function of (policy, endpoint, observation, now): no I/O, n
 cannot be decided from what is at hand is asked for (an :class:`Ask`) rather than guessed, and every doubt
 resolves towards keeping the endpoint: a rule that cannot be decided does not hold, a protect matcher that
 cannot be decided protects.
+
+Each condition and matcher declares what it needs the API to tell (:class:`Need`); a policy whose needs the
+configured API's capabilities do not cover is refused when it is loaded (:func:`check_api_support`), so it
+never runs with a protection silently lost or a rule silently widened. No API version is named here.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ _MAX_POLICY_BYTES = 1024 * 1024
 
 
 class EndpointFacts(Protocol):
-    """What evaluation reads of an endpoint (``worker.together.Endpoint`` has it)."""
+    """What evaluation reads of an endpoint: every key a matcher can name, and what a rule reads
+    (``worker.together.Endpoint`` has it all, whichever API listed it)."""
 
     @property
     def id(self) -> str: ...
@@ -63,6 +68,30 @@ class EndpointFacts(Protocol):
     def display_name(self) -> str | None: ...
     @property
     def hardware(self) -> str | None: ...
+    # (model, hardware) of each of the endpoint's deployments; a protect matcher protects if it matches any.
+    # Empty where an endpoint has one deployment only (v1).
+    @property
+    def variants(self) -> tuple[tuple[str | None, str | None], ...]: ...
+
+
+class Need(StrEnum):
+    """What a policy condition or matcher needs the API to tell, beyond what every endpoint listing says."""
+
+    REQUEST_COUNTS = "request_counts"  # idle: the API's request analytics
+    OWNER = "owner"  # an owner matcher, scope.mine: the user who made an endpoint
+
+
+class ApiCapabilities(Protocol):
+    """What :func:`check_api_support` reads of an API's capabilities (``worker.together.Capabilities``)."""
+
+    @property
+    def request_counts(self) -> bool: ...
+    @property
+    def owner(self) -> bool: ...
+
+
+# Matcher keys whose value only some APIs give.
+_KEY_NEEDS = {"owner": Need.OWNER}
 
 
 # ---------------------------------------------------------------------------------------------- matchers
@@ -143,6 +172,11 @@ class Matcher:
     @property
     def needs_detail(self) -> bool:
         return any(key in DETAIL_KEYS for key, _ in self.fields)
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """What the API must tell for this matcher to mean what it says."""
+        return frozenset(_KEY_NEEDS[key] for key, _ in self.fields if key in _KEY_NEEDS)
 
     def matches(self, endpoint: EndpointFacts) -> bool | None:
         """True or False; None when a key the endpoint does not yet carry would decide."""
@@ -258,6 +292,11 @@ class Scope(_Strict):
     types: list[str] = Field(default_factory=lambda: ["dedicated"], min_length=1)
     mine: bool = False
 
+    @property
+    def needs(self) -> frozenset[Need]:
+        # "mine" is the API's own filter by the user who made an endpoint.
+        return frozenset({Need.OWNER}) if self.mine else frozenset()
+
 
 class Stale(_Strict):
     states: list[str] = Field(min_length=1)
@@ -299,6 +338,12 @@ class Rule(_Strict):
         if self.ttl is None and self.stale is None and self.idle is None:
             raise ValueError("a rule needs at least one condition: ttl, stale or idle")
         return self
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """What the API must tell for this rule's match and conditions to be evaluated."""
+        needs = self.match.needs if self.match is not None else frozenset()
+        return (needs | {Need.REQUEST_COUNTS}) if self.idle is not None else needs
 
     def conditions_hold(self, endpoint: EndpointFacts, observed: Observation | None, now: datetime) -> str | None:
         """The reason the rule's conditions hold, or None if any does not."""
@@ -593,7 +638,7 @@ def _protects(matcher: Matcher, endpoint: EndpointFacts) -> bool | None:
     result = matcher.matches(endpoint)
     if result is not False:
         return result
-    for model, hardware in getattr(endpoint, "variants", ()):
+    for model, hardware in endpoint.variants:
         result = matcher.matches(_Variant(endpoint, model, hardware))
         if result is not False:
             return result
@@ -619,29 +664,40 @@ def hold_back(
     return None
 
 
-def check_api_support(policy: Policy, api: str) -> None:
-    """Refuse a policy the configured API cannot evaluate, naming the rule (``check-policy`` and every sweep)."""
-    if api == "v2":
-        # What v1 says of an endpoint's owner (the user who made it) v2 does not say: its owner is the project.
-        # A policy that relies on it would silently lose a protection or widen a rule, so it is refused.
-        if policy.scope.mine:
-            raise PolicyError(
-                "scope: mine: true has no meaning in v2 (a key belongs to one project, and the project is swept); "
-                "remove it, or set JANITOR_TOGETHER_PROJECT_ID"
-            )
-        for index, matcher in enumerate(policy.protect):
-            if any(key == "owner" for key, _ in matcher.fields):
-                raise PolicyError(f"protect[{index}]: owner is not known in v2 (an endpoint belongs to a project)")
-        for rule in policy.rules:
-            if rule.match is not None and any(key == "owner" for key, _ in rule.match.fields):
-                raise PolicyError(f"rule {rule.name!r}: owner is not known in v2 (an endpoint belongs to a project)")
-        return
+# Why a need the API cannot meet refuses the policy, in the words of the API that lacks it: v2 says no owner
+# (an endpoint belongs to a project), v1 has no analytics.
+_UNMET = {
+    Need.OWNER: "owner is not known in v2 (an endpoint belongs to a project)",
+    Need.REQUEST_COUNTS: (
+        "idle needs request analytics, which only the v2 API has; set JANITOR_TOGETHER_API=v2 or remove the condition"
+    ),
+}
+
+
+def _provided(capabilities: ApiCapabilities) -> frozenset[Need]:
+    has = {Need.REQUEST_COUNTS: capabilities.request_counts, Need.OWNER: capabilities.owner}
+    return frozenset(need for need, yes in has.items() if yes)
+
+
+def check_api_support(policy: Policy, capabilities: ApiCapabilities) -> None:
+    """Refuse a policy the configured API cannot evaluate, naming the rule (``check-policy`` and every sweep).
+
+    A policy that relies on what the API does not tell (an owner where an endpoint belongs to a project,
+    request counts without analytics) would silently lose a protection or widen a rule, so it is refused.
+    The scope is asked first, then the protect list, then each rule in order.
+    """
+    provided = _provided(capabilities)
+    if policy.scope.needs - provided:
+        raise PolicyError(
+            "scope: mine: true has no meaning in v2 (a key belongs to one project, and the project is swept); "
+            "remove it, or set JANITOR_TOGETHER_PROJECT_ID"
+        )
+    for index, matcher in enumerate(policy.protect):
+        if unmet := sorted(matcher.needs - provided):
+            raise PolicyError(f"protect[{index}]: {_UNMET[unmet[0]]}")
     for rule in policy.rules:
-        if rule.idle is not None:
-            raise PolicyError(
-                f"rule {rule.name!r}: idle needs request analytics, which only the v2 API has; "
-                "set JANITOR_TOGETHER_API=v2 or remove the condition"
-            )
+        if unmet := sorted(rule.needs - provided):
+            raise PolicyError(f"rule {rule.name!r}: {_UNMET[unmet[0]]}")
 
 
 def check_limits(limits: Limits, acting: int, in_scope: int, acted_last_day: int) -> str | None:
@@ -767,10 +823,10 @@ def _parse(text: str, source: str) -> Policy:
         raise PolicyError(f"{source}: {_describe(exc, raw)}") from None
 
 
-def load_policy(path: Path, api: str = "v1") -> Policy:
-    """Read a policy file (the one place here that touches the disk) and check it against the API version."""
+def load_policy(path: Path, capabilities: ApiCapabilities) -> Policy:
+    """Read a policy file (the one place here that touches the disk) and check it against what the API can do."""
     policy = _load(path)
-    check_api_support(policy, api)
+    check_api_support(policy, capabilities)
     return policy
 
 

@@ -18,10 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import SettingsError
 from worker.redact import register_settings_secrets
 from worker.schedule import parse_schedule
+from worker.together import API_CAPABILITIES, Capabilities
 
 ENV_PREFIX = "JANITOR_"
-# A v2 delete makes at most this many changes (scale, unroute, delete for each of 10 deployments, then one).
-_V2_MAX_STEPS = 32
 
 
 class Settings(BaseSettings):
@@ -39,7 +38,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("JANITOR_TOGETHER_API_KEY", "TOGETHER_API_KEY"),
     )
     together_base_url: str = "https://api.together.ai/v1"
-    # Which endpoints API the client speaks; nothing above the client depends on it (docs/api-v2.md).
+    # Which endpoints API the client speaks; nothing above the client reads it, only its ``capabilities``
+    # (docs/api-v2.md). The names are those of worker.together.API_CAPABILITIES.
     together_api: Literal["v1", "v2"] = "v1"
     # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v3/whoami``).
     together_project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:~-]{1,128}$")] | None = None
@@ -146,9 +146,9 @@ class Settings(BaseSettings):
         # delete that runs (or waits for its retry countdown) longer than that would be run twice.
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("JANITOR_RETRY_BACKOFF_MAX_S must not be below JANITOR_RETRY_BACKOFF_S")
-        # A retry (or a v2 delete's wait for its deployments) waits out its countdown unacknowledged and then
-        # runs, so both count together.
-        countdown = max(self.retry_backoff_max_s, self.v2_poll_s if self.together_api == "v2" else 0.0)
+        # A retry (or, where the API makes a delete wait for it, the poll) waits out its countdown unacknowledged
+        # and then runs, so both count together.
+        countdown = max(self.retry_backoff_max_s, self.v2_poll_s if self.capabilities.polls else 0.0)
         worst = countdown + self.task_time_limit_s
         if worst >= self.visibility_timeout_s:
             raise ValueError(
@@ -164,6 +164,11 @@ class Settings(BaseSettings):
             yield name, redact_url(value) if name == "redis_url" and isinstance(value, str) else value
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What the configured API's client can do; every budget below that differs by version reads it."""
+        return API_CAPABILITIES[self.together_api]
+
+    @property
     def _task_slack_s(self) -> float:
         # What a delete task may spend beyond its one HTTP request: Redis writes and bookkeeping.
         return min(10.0, max(1.0, self.http_timeout_s))
@@ -171,7 +176,7 @@ class Settings(BaseSettings):
     @property
     def requests_per_attempt(self) -> int:
         # v1: the re-check GET, then the DELETE or PATCH. v2: the same plus, for an idle rule, the analytics.
-        return 3 if self.together_api == "v2" else 2
+        return self.capabilities.requests_per_attempt
 
     @property
     def step_budget_s(self) -> float:
@@ -194,20 +199,27 @@ class Settings(BaseSettings):
 
         It covers every attempt and every backoff wait, plus one visibility timeout for a redelivery.
         """
+        caps = self.capabilities
         attempts = self.delete_max_retries + 1
         worst = attempts * self.task_time_limit_s + self.delete_max_retries * self.retry_backoff_max_s
-        if self.together_api == "v2":
-            # The wait for deployments to stop, and the steps of the sequence (each a short task run).
-            worst += self.v2_stop_timeout_s + _V2_MAX_STEPS * (self.task_time_limit_s / 3)
+        # The wait for deployments to stop, and the steps of the sequence (each a short task run). Added as one
+        # sum, so a v2 figure is the very float (and so the whole seconds) it has always been.
+        worst += (self.v2_stop_timeout_s if caps.polls else 0.0) + (
+            caps.max_steps * (self.task_time_limit_s / 3) if caps.deletes_in_steps else 0.0
+        )
         return int(worst + self.visibility_timeout_s) + 60
 
     @property
     def v2_max_runs(self) -> int:
-        """How many runs one v2 delete task may take: one wait of polls, every step, every retry after a 500.
+        """How many runs one delete task may take: one wait of polls, every step, every retry after a 500.
 
-        The scaling comes first and the wait once, after it, so one wait is all a sequence has.
+        The scaling comes first and the wait once, after it, so one wait is all a sequence has. Only a delete
+        that takes several steps is ever re-run for its next one, so with v1 (one step, no wait) the number is
+        never reached; it is 2 + the retries + 10 there.
         """
-        return int(self.v2_stop_timeout_s / self.v2_poll_s) + 2 * _V2_MAX_STEPS + self.delete_max_retries + 10
+        caps = self.capabilities
+        polls = int(self.v2_stop_timeout_s / self.v2_poll_s) if caps.polls else 0
+        return polls + 2 * caps.max_steps + self.delete_max_retries + 10
 
     @property
     def recover_confirm_s(self) -> float:

@@ -458,7 +458,7 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
         settings = _effective_settings(overrides)
     try:
         # A bad policy should stop us here, not in every sweep.
-        policy = load_policy(settings.policy_file, settings.together_api)
+        policy = load_policy(settings.policy_file, settings.capabilities)
     except PolicyError as exc:
         if "JANITOR_POLICY_FILE" in overrides:
             raise PolicyError(f"{exc} (run `janitor up` where config/ is, or set JANITOR_POLICY_FILE)") from None

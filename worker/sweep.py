@@ -279,7 +279,7 @@ def read_and_plan(
         now,
         fetch_detail=detail,
         count_requests=count,
-        listed_in_detail=client.list_is_detailed,
+        listed_in_detail=client.capabilities.list_is_detailed,
         every_decision=every_decision,
     )
     state.observed = []  # the raw list goes now; the plan keeps what it needs
@@ -358,7 +358,7 @@ def _sweep_locked(
 ) -> list[Planned]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
-    policy = load_policy(policy_file, client.version)
+    policy = load_policy(policy_file, client.capabilities)
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     check_deadline = _deadline_check(deadline)
     plan, state = read_and_plan(

@@ -2,7 +2,10 @@
 
 :class:`EndpointsApi` is the one interface everything above the client uses; :class:`TogetherClient` speaks
 v1 and ``worker.together_v2.TogetherV2Client`` speaks v2. :func:`client_for` picks one from
-``JANITOR_TOGETHER_API``; nothing else knows which version is in use.
+``JANITOR_TOGETHER_API``. What differs between the versions crosses this seam as :class:`Capabilities`
+(what a client can do), never as a version name: the name is compared only in :func:`client_for` and looked
+up only in :data:`API_CAPABILITIES` (which gives the settings their budgets without a client); a client's
+``version`` is a label for logs and reports.
 
 The spec (``tests/spec/together-openapi-endpoints.yaml``) is the contract, but the live API also returns
 fields and states the spec lacks, so the models ignore unknown fields and keep ``state`` as a plain string.
@@ -17,11 +20,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal, Protocol, Self
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol, Self
 
 import httpx
 from pydantic import (
@@ -44,7 +48,10 @@ from worker.errors import (
     SettingsError,
 )
 from worker.redact import MAX_SCAN, Redactor, register_secret, scrub, scrub_clip, scrub_line
-from worker.settings import Settings
+
+if TYPE_CHECKING:
+    # Only a type here: the settings read API_CAPABILITIES from this module, so this one cannot import them.
+    from worker.settings import Settings
 
 # An id is put into a URL as one path segment, so only characters that need no escaping are allowed.
 # Together's ids look like ``endpoint-<uuid>``; the allow-list is wider than that but admits nothing that a
@@ -222,6 +229,57 @@ class Guard(Protocol):
     def __call__(self, endpoint: Endpoint, /) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What one API version can do: the only version knowledge that crosses the client seam.
+
+    The policy asks it whether a rule can be evaluated at all (``check_api_support``), the sweep whether a list
+    needs detail fetches, and the settings derive the delete task's budgets from it.
+    """
+
+    # ``count_requests`` works (request analytics): a rule's ``idle`` condition can be evaluated.
+    request_counts: bool
+    # ``Endpoint.owner`` names the user who made the endpoint: ``owner`` matchers and ``scope.mine`` need it.
+    owner: bool
+    # A listed endpoint already carries every field a rule can match (no detail fetch needed).
+    list_is_detailed: bool
+    # A delete can take more than one step, so a sequence may be under way and must be looked up.
+    deletes_in_steps: bool
+    # The most changes one delete makes (each step makes one).
+    max_steps: int
+    # A delete may wait for the API between steps (re-queued every JANITOR_V2_POLL_S, for at most
+    # JANITOR_V2_STOP_TIMEOUT_S), so those settings count in the task's budgets.
+    polls: bool
+    # Requests one delete attempt (one step) sends: the re-check GET, then the change, plus what else it reads.
+    requests_per_attempt: int
+
+
+# v1: the re-check GET, then one DELETE or stopping PATCH.
+V1_CAPABILITIES = Capabilities(
+    request_counts=False,
+    owner=True,
+    list_is_detailed=False,
+    deletes_in_steps=False,
+    max_steps=1,
+    polls=False,
+    requests_per_attempt=2,
+)
+# v2: an endpoint belongs to a project (no owner); its list carries the deployments; a delete is one change per
+# step, waiting while deployments stop, at most 32 changes (scale, unroute, delete for each of 10 deployments,
+# then one); a step's re-check may also read the analytics.
+V2_CAPABILITIES = Capabilities(
+    request_counts=True,
+    owner=False,
+    list_is_detailed=True,
+    deletes_in_steps=True,
+    max_steps=32,
+    polls=True,
+    requests_per_attempt=3,
+)
+# JANITOR_TOGETHER_API -> what its client can do, so the settings can derive their budgets without a client.
+API_CAPABILITIES: Mapping[str, Capabilities] = MappingProxyType({"v1": V1_CAPABILITIES, "v2": V2_CAPABILITIES})
+
+
 class EndpointsApi(Protocol):
     """What the janitor needs of the Together API, whatever its version.
 
@@ -230,11 +288,8 @@ class EndpointsApi(Protocol):
     can stop after any step (a crash, a wait) and resume from what the API says, not from what was planned.
     """
 
-    version: str
-    # True when a listed endpoint already carries every field a rule can match (no detail fetch needed).
-    list_is_detailed: bool
-    # True when a delete can take more than one step (so a sequence may be under way and must be looked up).
-    deletes_in_steps: bool
+    version: str  # a label for logs and reports; what the client can do is ``capabilities``
+    capabilities: Capabilities
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]: ...
     def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
@@ -357,8 +412,7 @@ class TogetherClient(HttpApi):
     """The v1 API: ``/endpoints``; deleting is one DELETE after the re-check."""
 
     version = "v1"
-    list_is_detailed = False
-    deletes_in_steps = False
+    capabilities = V1_CAPABILITIES
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
         """``GET /endpoints``; with one type the API filters, with several the caller filters locally."""

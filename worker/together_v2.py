@@ -40,6 +40,7 @@ from worker.errors import (
     SettingsError,
 )
 from worker.together import (
+    V2_CAPABILITIES,
     ApiTime,
     Endpoint,
     Guard,
@@ -480,8 +481,7 @@ class TogetherV2Client(HttpApi):
     """The project's endpoints through the SDK; the project is the key's own unless configured."""
 
     version = "v2"
-    list_is_detailed = True  # a listed endpoint carries its deployments: model, hardware, state
-    deletes_in_steps = True
+    capabilities = V2_CAPABILITIES  # a listed endpoint carries its deployments: model, hardware, state
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import Attempt, take_step
 from worker.store import Claim, OutcomeStatus
-from worker.together import Guard, Step, StepKind
+from worker.together import V1_CAPABILITIES, Guard, Step, StepKind
 
 names = st.text(min_size=1, max_size=40)
 requests = st.fixed_dictionaries(
@@ -67,8 +67,7 @@ class _Client:
     """An EndpointsApi whose step passes the guard (or not) and then raises ``error``."""
 
     version = "v1"
-    list_is_detailed = False
-    deletes_in_steps = False
+    capabilities = V1_CAPABILITIES
 
     def __init__(self, error: Exception | None, guard_passes: bool = True) -> None:
         self.error, self.guard_passes = error, guard_passes

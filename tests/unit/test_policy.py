@@ -5,6 +5,8 @@
   never "no limit". A key left out keeps its documented default.
 * An endpoint whose creation time is unknown (``created_at`` None) is never old enough for a ``ttl`` or an
   ``idle`` rule.
+* A policy that needs what the configured API cannot tell (an owner, request counts) is refused by the API's
+  capabilities, naming the rule, protect matcher or scope; no version name is compared.
 """
 
 from __future__ import annotations
@@ -20,7 +22,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.errors import PolicyError
-from worker.policy import MATCH_KEYS, Observation, Verdict, decide, evaluate, parse_policy
+from worker.policy import (
+    MATCH_KEYS,
+    Action,
+    Need,
+    Observation,
+    Verdict,
+    check_api_support,
+    decide,
+    evaluate,
+    hold_back,
+    parse_policy,
+)
+from worker.together import API_CAPABILITIES, V1_CAPABILITIES, V2_CAPABILITIES
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -36,6 +50,7 @@ class Ep:
     created_at: datetime | None = NOW - timedelta(days=400)
     display_name: str | None = "CI"
     hardware: str | None = "1x_nvidia_h100_80gb_sxm"
+    variants: tuple[tuple[str | None, str | None], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- null keys
@@ -322,3 +337,104 @@ def test_experiments_is_block_by_default_and_only_block_or_detach() -> None:
     for bad in ("experiments: yes", "experiments: Detach", "experiments:", "experiments: [detach]"):
         with pytest.raises(PolicyError, match="experiments"):
             parse_policy(f"version: 1\n{bad}\n")
+
+
+# ---------------------------------------------------------------------------------------------- API needs
+
+# The refusals word for word as they were when check_api_support compared version names.
+OWNER_UNKNOWN = "owner is not known in v2 (an endpoint belongs to a project)"
+NO_ANALYTICS = (
+    "idle needs request analytics, which only the v2 API has; set JANITOR_TOGETHER_API=v2 or remove the condition"
+)
+MINE_MEANINGLESS = (
+    "scope: mine: true has no meaning in v2 (a key belongs to one project, and the project is swept); "
+    "remove it, or set JANITOR_TOGETHER_PROJECT_ID"
+)
+
+
+def _refusal(text: str, capabilities: Any) -> str | None:
+    try:
+        check_api_support(parse_policy(text), capabilities)
+    except PolicyError as exc:
+        return str(exc)
+    return None
+
+
+def test_conditions_and_matchers_declare_what_they_need() -> None:
+    policy = parse_policy(
+        "version: 1\nscope: {mine: true}\nprotect:\n  - owner: bob\n  - name: x\nrules:\n"
+        "  - name: o\n    match: {owner: bob, name: y}\n    ttl: 1h\n"
+        "  - name: i\n    idle: {no_requests_for: 1d}\n"
+        "  - name: both\n    match: {owner: [bob, 're:a.*']}\n    idle: {no_requests_for: 1d}\n"
+        "  - name: none\n    match: {name: z}\n    ttl: 1h\n    stale: {states: [STOPPED], for: 1d}\n"
+    )
+    assert policy.scope.needs == {Need.OWNER}
+    assert parse_policy("version: 1\n").scope.needs == frozenset()
+    assert [m.needs for m in policy.protect] == [{Need.OWNER}, frozenset()]
+    assert [r.needs for r in policy.rules] == [
+        {Need.OWNER},
+        {Need.REQUEST_COUNTS},
+        {Need.OWNER, Need.REQUEST_COUNTS},
+        frozenset(),
+    ]
+
+
+def test_an_owner_protect_is_refused_under_v2_naming_it_and_accepted_under_v1() -> None:
+    text = (
+        "version: 1\nprotect:\n  - name: x\n  - owner: [bob, 're:a.*']\n    name: y\nrules:\n  - name: r\n    ttl: 1h\n"
+    )
+    assert _refusal(text, V1_CAPABILITIES) is None
+    assert _refusal(text, V2_CAPABILITIES) == f"protect[1]: {OWNER_UNKNOWN}"
+
+
+def test_an_owner_rule_is_refused_under_v2_naming_it_and_accepted_under_v1() -> None:
+    text = "version: 1\nrules:\n  - name: first\n    ttl: 1h\n  - name: r\n    match: {owner: bob}\n    ttl: 1h\n"
+    assert _refusal(text, V1_CAPABILITIES) is None
+    assert _refusal(text, V2_CAPABILITIES) == f"rule 'r': {OWNER_UNKNOWN}"
+
+
+def test_scope_mine_is_refused_under_v2_before_anything_else_and_accepted_under_v1() -> None:
+    text = "version: 1\nscope: {mine: true}\nprotect:\n  - owner: bob\nrules:\n  - name: r\n    ttl: 1h\n"
+    assert _refusal(text, V1_CAPABILITIES) is None
+    assert _refusal(text, V2_CAPABILITIES) == MINE_MEANINGLESS
+
+
+def test_idle_is_refused_under_v1_naming_the_rule_and_accepted_under_v2() -> None:
+    text = "version: 1\nrules:\n  - name: a\n    ttl: 1h\n  - name: quiet\n    idle: {no_requests_for: 1d}\n"
+    assert _refusal(text, V2_CAPABILITIES) is None
+    assert _refusal(text, V1_CAPABILITIES) == f"rule 'quiet': {NO_ANALYTICS}"
+
+
+def test_the_first_rule_in_order_that_needs_too_much_is_named() -> None:
+    # As before: v1 names the first idle rule, v2 the first owner rule, each ignoring what the other lacks.
+    text = (
+        "version: 1\nrules:\n  - name: first\n    ttl: 1h\n  - name: r\n    match: {owner: bob}\n    ttl: 1h\n"
+        "  - name: q\n    idle: {no_requests_for: 1d}\n"
+    )
+    assert _refusal(text, V1_CAPABILITIES) == f"rule 'q': {NO_ANALYTICS}"
+    assert _refusal(text, V2_CAPABILITIES) == f"rule 'r': {OWNER_UNKNOWN}"
+    # An API without either: the rule that needs both is named once, for the owner.
+    both = "version: 1\nrules:\n  - name: quiet\n    match: {owner: bob}\n    idle: {no_requests_for: 1d}\n"
+    assert _refusal(both, replace(V1_CAPABILITIES, owner=False)) == f"rule 'quiet': {OWNER_UNKNOWN}"
+    assert _refusal(both, replace(V2_CAPABILITIES, owner=True)) is None
+
+
+@pytest.mark.parametrize("api", sorted(API_CAPABILITIES))
+def test_a_policy_that_needs_nothing_special_is_accepted_by_every_api(api: str) -> None:
+    text = (
+        "version: 1\nprotect:\n  - name: 'acme/prod-*'\n  - hardware: '*h100*'\nrules:\n"
+        "  - name: r\n    match: {model: 're:meta-.*', state: STARTED}\n    ttl: 1h\n"
+        "  - name: s\n    stale: {states: [STOPPED], for: 1d}\n"
+    )
+    assert _refusal(text, API_CAPABILITIES[api]) is None
+
+
+def test_a_protect_matcher_protects_through_a_declared_variant() -> None:
+    policy = parse_policy("version: 1\nprotect:\n  - model: 'acme/protected-*'\nrules:\n  - name: r\n    ttl: 1h\n")
+    plain = Ep()
+    assert evaluate(policy, plain, None, NOW).action is Action.DELETE
+    canary = replace(plain, variants=(("acme/protected-1", None),))
+    d = evaluate(policy, canary, None, NOW)
+    assert (d.verdict, d.reason) == (Verdict.PROTECTED, "protect[0] (model=acme/protected-*)")
+    assert hold_back(policy, canary, NOW) == "protected now: protect[0] (model=acme/protected-*)"
+    assert hold_back(policy, plain, NOW) is None
