@@ -81,7 +81,6 @@ def phase_timers(store: Any, client: Any) -> Iterator[tuple[dict[str, float], li
         "limit_state",
         "clear_pause",
         "claim_pending",
-        "record_acted",
         "record_sweep",
     ):
         wrap(store, name, f"store.{name}" + (" (executes the writes' pipeline too)" if name == "limit_state" else ""))

@@ -18,9 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.conftest import ROOT, free_port, wait_for
+from worker.clock import iso
 from worker.exporter import render
+from worker.models import Outcome, OutcomeStatus, SweepSummary
 from worker.policy import Exemption, Mark
-from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso
+from worker.store import Store
 
 EXPECTED = {
     "janitor_up",

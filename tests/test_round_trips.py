@@ -23,10 +23,11 @@ from bench.counting import BrokerConnection, StoreConnection, counted_redis
 from tests.conftest import BASIC_POLICY, Sim, spec, wait_for
 from worker import janitor
 from worker.app import create_app
+from worker.clock import utc_now
 from worker.janitor import run_sweep
 from worker.policy import Exemption
 from worker.settings import Settings
-from worker.store import Store, utc_now
+from worker.store import Store
 from worker.tasks import _enqueue
 from worker.together import TogetherClient
 

@@ -29,6 +29,7 @@ import redis
 import yaml
 from celery.result import AsyncResult
 
+from tests import store_reads as reads
 from tests.conftest import API_KEY, ROOT, Harness, Proc, Sim, free_port, spec, start_worker, wait_for
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import run_sweep
@@ -228,7 +229,7 @@ def test_api_key_and_webhook_token_never_leak(harness: Harness, redis_url: str, 
         receiver.status = 500
         sweeps.append(harness.sweep(dry_run=True).get(timeout=30))
         assert harness.outcome("endpoint-0004").status == "would_delete"
-        wait_for(lambda: any(e["kind"] == "notify_failed" for e in harness.store.events(500)), 10)
+        wait_for(lambda: any(e["kind"] == "notify_failed" for e in reads.events(harness.store, 500)), 10)
         receiver.status = 200
         sweeps.append(harness.sweep(dry_run=True).get(timeout=30))
         wait_for(lambda: len(receiver.bodies) >= 2, 10, what="a delivered notification")
@@ -618,7 +619,7 @@ def test_hostile_endpoint_ids_never_reach_a_url(harness: Harness) -> None:
     assert summary["invalid_ids"] == len(HOSTILE_IDS) and summary["queued"] == 1
     assert harness.outcome("endpoint-0001").status == "deleted"
     for hostile in HOSTILE_IDS:
-        outcome = harness.store.latest_outcome(hostile)
+        outcome = reads.latest_outcome(harness.store, hostile)
         assert outcome is not None, hostile[:40]
         assert (outcome.status, outcome.attempts) == ("failed", 0) and "invalid endpoint id" in (outcome.error or "")
         assert len(outcome.error or "") < 400  # a 10 KB id is cut short in the message

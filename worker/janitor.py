@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from redis.client import Pipeline
 
+from worker.clock import iso, parse_time, utc_now
 from worker.errors import (
     ApiRefusal,
     ApiStatusError,
@@ -28,6 +29,7 @@ from worker.errors import (
     TogetherError,
 )
 from worker.logs import context
+from worker.models import Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
 from worker.policy import (
     ACTING,
@@ -44,17 +46,7 @@ from worker.policy import (
     observe,
 )
 from worker.redact import scrub_line
-from worker.store import (
-    Outcome,
-    OutcomeStatus,
-    Store,
-    SweepSummary,
-    format_observation,
-    iso,
-    observation_parser,
-    parse_time,
-    utc_now,
-)
+from worker.store import Store, format_observation, observation_parser
 from worker.together import (
     SCALED_DOWN_PHASES,
     UNROUTED_PHASES,
@@ -494,7 +486,7 @@ def _sweep_locked(
     finally:
         # A claim whose task never reached the broker must not block the endpoint until its TTL.
         for request in to_send[len(queued) :]:
-            store.release_pending(request.endpoint_id, request.task_id)
+            store.drop_claim(request.endpoint_id, request.task_id, keep_counted=False)
     summary.status = "ok"
     return newly_marked
 
@@ -510,7 +502,7 @@ def recover_lost_tasks(
     """Publish again, with the same task id and arguments, every claimed delete whose message was lost.
 
     A worker killed between kombu's BRPOP and its write of the unacknowledged entry loses the message: no
-    redelivery will come. The claim (:class:`worker.store.Claim`) holds what the sweep queued, so the task can be
+    redelivery will come. The claim (:class:`worker.models.Claim`) holds what the sweep queued, so the task can be
     sent again as it was. Only claims at least ``min_age_s`` old are looked at, and only a loss seen at two
     checks ``confirm_s`` apart is acted on (:meth:`Store.find_lost_tasks`, atomic, so two recoverers never both
     publish one task). Returns the endpoint ids whose task was published again.
@@ -675,7 +667,7 @@ def _settle_lost_tasks(
     settled: list[str] = []
     for endpoint_id, task_id in stale_claims.items():
         if endpoint_id in listed:
-            store.drop_claim(endpoint_id, task_id)
+            store.drop_claim(endpoint_id, task_id, keep_counted=True)
             continue
         outcome = Outcome(
             endpoint_id=endpoint_id,

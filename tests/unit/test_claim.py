@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import Attempt, take_step
-from worker.store import Claim, OutcomeStatus
+from worker.models import Claim, OutcomeStatus
 from worker.together import Guard, Step, StepKind
 
 names = st.text(min_size=1, max_size=40)
