@@ -13,7 +13,7 @@ from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Sim, wait_for
 from worker import janitor
 from worker.clock import utc_now
-from worker.janitor import Attempt, DeleteRequest, Recheck, backoff_delay, run_sweep, take_step
+from worker.janitor import Attempt, DeleteRequest, Recheck, run_sweep, take_step
 from worker.models import OutcomeStatus
 from worker.store import Store
 from worker.together import TogetherClient
@@ -228,14 +228,6 @@ def test_attempt_classifies_answers(
     attempt = take_step(client, "endpoint-0001", "delete", guard)
     assert isinstance(attempt, Attempt) and guard.passed
     assert (attempt.status, attempt.retryable) == (status, retryable)
-
-
-def test_backoff_grows_is_capped_and_jittered() -> None:
-    low = [backoff_delay(r, 2.0, 300.0, lambda a, b: a) for r in range(12)]
-    high = [backoff_delay(r, 2.0, 300.0, lambda a, b: b) for r in range(12)]
-    assert low[:4] == [1.0, 2.0, 4.0, 8.0] and high[:4] == [2.0, 4.0, 8.0, 16.0]
-    assert max(high) == 300.0 and all(lo <= hi for lo, hi in zip(low, high, strict=True))
-    assert backoff_delay(0, 0.25, 1.0, lambda a, b: b) == 0.25  # fractions allowed
 
 
 def test_a_dry_run_neither_pauses_nor_uses_an_approval(
