@@ -24,10 +24,12 @@ from celery import Celery
 from celery.result import AsyncResult
 from hypothesis import settings
 
+from tests import store_reads as reads
 from worker.app import create_app
+from worker.models import Outcome
 from worker.settings import Settings
 from worker.stack import free_port
-from worker.store import Outcome, Store
+from worker.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -370,7 +372,9 @@ class Harness:
         return self.celery().send_task("janitor.sweep", kwargs={"dry_run": dry_run})
 
     def outcome(self, endpoint_id: str, timeout: float = 30) -> Outcome:
-        return wait_for(lambda: self.store.latest_outcome(endpoint_id), timeout, what=f"an outcome for {endpoint_id}")
+        return wait_for(
+            lambda: reads.latest_outcome(self.store, endpoint_id), timeout, what=f"an outcome for {endpoint_id}"
+        )
 
     def close(self) -> None:
         if self.app is not None:

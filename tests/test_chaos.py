@@ -28,11 +28,14 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from tests import store_reads as reads
 from tests.conftest import Harness, Proc, Sim, free_port, spec, wait_for
 from worker.app import create_app, restore_interval_s
+from worker.clock import iso, parse_time, utc_now
 from worker.janitor import DeleteRequest
+from worker.models import Outcome, OutcomeStatus, SweepSummary
 from worker.settings import Settings
-from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso, parse_time, utc_now
+from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import Endpoint, TogetherClient
 
@@ -195,7 +198,7 @@ def task_ids(log: str) -> tuple[list[str], set[str]]:
 
 
 def statuses(harness: Harness, ids: list[str]) -> Counter[str]:
-    return Counter(str(o.status) if (o := harness.store.latest_outcome(i)) else "none" for i in ids)
+    return Counter(str(o.status) if (o := reads.latest_outcome(harness.store, i)) else "none" for i in ids)
 
 
 # ---------------------------------------------------------------------------------------------------- SIGKILL
@@ -267,7 +270,7 @@ def test_repeated_sigkill_mid_deletes_duplicates_nothing_and_loses_nothing_for_g
         what="the redeliveries to run",
     )
     settled_s = time.monotonic() - started
-    missing = [i for i in ids if h.store.latest_outcome(i) is None]
+    missing = [i for i in ids if reads.latest_outcome(h.store, i) is None]
     # A message kombu popped (BRPOP) but had not yet written to its unacked hash when the worker died is gone
     # from the broker: no redelivery. The janitor's pending key then blocks the endpoint until it expires, and
     # the next sweep queues it again.
@@ -290,7 +293,7 @@ def test_repeated_sigkill_mid_deletes_duplicates_nothing_and_loses_nothing_for_g
         assert all(e["broker_holds"] is None for e in evidence.values()), evidence
         wait_for(
             lambda: (
-                set(missing) <= set(h.store.stale_claims(settings.pending_ttl_s))
+                set(missing) <= set(reads.stale_claims(h.store, settings.pending_ttl_s))
                 and not h.redis.exists(*[f"{h.key_prefix}:pending:{i}" for i in missing])
             ),
             settings.pending_ttl_s + 30,
@@ -313,7 +316,7 @@ def test_repeated_sigkill_mid_deletes_duplicates_nothing_and_loses_nothing_for_g
             lost_by_kill[task_id] = max(killed_at, lost_by_kill.get(task_id, 0.0))
     delays, written_before_kill, never_redelivered = [], 0, 0
     for task_id, killed_at in lost_by_kill.items():
-        outcome = h.store.outcome_for_task(task_id)
+        outcome = reads.outcome_for_task(h.store, task_id)
         if outcome is None or "lost with a killed worker" in (outcome.error or ""):
             never_redelivered += 1  # one of the broker's losses above; its endpoint was queued again
             continue
@@ -328,7 +331,7 @@ def test_repeated_sigkill_mid_deletes_duplicates_nothing_and_loses_nothing_for_g
     deletes = h.sim.calls("DELETE")
     gets_404 = [r for r in h.sim.calls("GET") if r["status"] == 404 and r["path"].count("/") == 3]
     delete_statuses = Counter(r["status"] for r in deletes)
-    lost = [i for i in ids if h.store.latest_outcome(i) is None]
+    lost = [i for i in ids if reads.latest_outcome(h.store, i) is None]
     duplicates = {i: c for i, c in events.items() if c != 1}
     report(
         capsys,
@@ -354,7 +357,7 @@ def test_repeated_sigkill_mid_deletes_duplicates_nothing_and_loses_nothing_for_g
         visibility_timeout_s=VISIBILITY_S,
         restore_interval_s=restore_interval_s(settings),
         left_in_simulator=len(h.sim.endpoint_ids()),
-        failed=[o.error for i in ids if (o := h.store.latest_outcome(i)) and o.status == "failed"],
+        failed=[o.error for i in ids if (o := reads.latest_outcome(h.store, i)) and o.status == "failed"],
     )
     assert len(kills) >= kills_wanted, f"the work ran out after {len(kills)} kills"
     assert not lost
@@ -444,13 +447,13 @@ def test_lost_delete_messages_are_recovered_within_two_visibility_timeouts_and_a
                 cut[tid] = max(at, cut.get(tid, 0.0))
     delays = {}
     for task_id, at in cut.items():
-        outcome = h.store.outcome_for_task(task_id)
+        outcome = reads.outcome_for_task(h.store, task_id)
         if outcome is not None:
             delays[task_id] = parse_time(outcome.at).timestamp() - at
-    republished = [e for e in h.store.events(5000) if e["kind"] == "republished"]
+    republished = [e for e in reads.events(h.store, 5000) if e["kind"] == "republished"]
     events = outcome_events(h)
     deletes = Counter(r["path"].rsplit("/", 1)[-1] for r in h.sim.calls("DELETE"))
-    last_outcome = max(parse_time(o.at).timestamp() for i in ids if (o := h.store.latest_outcome(i)))
+    last_outcome = max(parse_time(o.at).timestamp() for i in ids if (o := reads.latest_outcome(h.store, i)))
     report(
         capsys,
         "lost_messages_recovered",
@@ -467,7 +470,7 @@ def test_lost_delete_messages_are_recovered_within_two_visibility_timeouts_and_a
         bound_s=bound_s,
         settled_after_s=round(settled_s, 1),
         workers=len(workers),
-        failed=[o.error for i in ids if (o := h.store.latest_outcome(i)) and o.status == "failed"],
+        failed=[o.error for i in ids if (o := reads.latest_outcome(h.store, i)) and o.status == "failed"],
     )
     assert kills == kills_wanted and drops == drops_wanted, "the work ran out before every fault was injected"
     assert set(delays) == set(cut), "a task cut short has no outcome"
@@ -478,7 +481,7 @@ def test_lost_delete_messages_are_recovered_within_two_visibility_timeouts_and_a
     # On a loaded 2-core runner with 16 threads a request can outlast the 1 s HTTP timeout: such a delete ends
     # `failed` (its result unknown, counted against the limits) and the endpoint waits for the next sweep. That
     # is an outcome too; nothing else may be left, and nothing but a timeout may fail.
-    failed = {i: o.error or "" for i in ids if (o := h.store.latest_outcome(i)) and o.status == "failed"}
+    failed = {i: o.error or "" for i in ids if (o := reads.latest_outcome(h.store, i)) and o.status == "failed"}
     assert all("timed out" in e for e in failed.values()), failed
     assert h.sim.endpoint_ids() <= set(failed) and not pending_keys(h)
 
@@ -595,7 +598,7 @@ def test_redis_restart_mid_run_keeps_outcomes_and_every_process_reconnects(
             outcomes_kept_after_restart=len(set(before) & set(kept or {})),
             outcomes=dict(counts),
             duplicates=sum(1 for c in events.values() if c != 1),
-            lost=sum(1 for i in ids if h.store.latest_outcome(i) is None),
+            lost=sum(1 for i in ids if reads.latest_outcome(h.store, i) is None),
             deliveries=len(received),
             redelivered=sum(1 for c in Counter(received).values() if c > 1),
             delete_requests=len(deletes),

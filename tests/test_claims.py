@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests import store_reads as reads
 from tests.conftest import Harness, spec, wait_for
 from worker.app import QUEUE
 from worker.janitor import DeleteRequest, recover_lost_tasks
@@ -94,7 +95,7 @@ def test_a_hand_sent_delete_is_refused_without_a_request(harness: Harness, forge
             kwargs["rule"] = "some-other-rule"
     harness.worker()
     harness.celery().send_task(DELETE_TASK, kwargs=kwargs, task_id=task_id)
-    outcome = wait_for(lambda: harness.store.outcome_for_task(task_id), 30, what="the forged task's outcome")
+    outcome = wait_for(lambda: reads.outcome_for_task(harness.store, task_id), 30, what="the forged task's outcome")
     assert outcome.status == "failed" and (outcome.error or "").startswith("no claim")
     assert [r for r in harness.sim.requests() if r["path"].endswith("/endpoint-0001")] == []  # not even a GET
     assert "endpoint-0001" in harness.sim.endpoint_ids()
@@ -104,10 +105,10 @@ def test_the_claimed_task_itself_still_deletes(harness: Harness) -> None:
     policy(harness, CI_RULE)
     harness.sim.reset([ep(1)])
     (queued,) = sweep_in_process(harness)
-    assert harness.store.claim("endpoint-0001").allows(queued.task_id, queued.task_kwargs())  # type: ignore[union-attr]
+    assert reads.claim(harness.store, "endpoint-0001").allows(queued.task_id, queued.task_kwargs())  # type: ignore[union-attr]
     harness.worker()
     assert harness.outcome("endpoint-0001").status == "deleted"
-    assert harness.store.claim("endpoint-0001") is None  # the outcome cleared it
+    assert reads.claim(harness.store, "endpoint-0001") is None  # the outcome cleared it
 
 
 # ------------------------------------------------------------------ the worker's dry run wins
@@ -133,7 +134,7 @@ def test_a_live_delete_retried_after_a_500_is_not_sent_by_a_worker_restarted_in_
     harness.sim.faults(scripts={"endpoint-0001": {"DELETE": [500, 204]}})
     live = harness.worker()
     sweep_in_process(harness)
-    wait_for(lambda: any(e["kind"] == "retry" for e in harness.store.events(100)), 30, what="the retry")
+    wait_for(lambda: any(e["kind"] == "retry" for e in reads.events(harness.store, 100)), 30, what="the retry")
     live.stop()  # a warm shutdown puts the waiting retry back on the queue
     harness.configure(JANITOR_DRY_RUN="true")
     harness.worker()
@@ -209,7 +210,7 @@ def test_a_dropped_delete_message_is_published_again_once_and_deleted_once(harne
         assert outcome.status == "deleted" and outcome.task_id == r.task_id
     for r in queued:
         assert len(harness.sim.calls("DELETE", r.endpoint_id)) == 1
-    republished = [e for e in harness.store.events(200) if e["kind"] == "republished"]
+    republished = [e for e in reads.events(harness.store, 200) if e["kind"] == "republished"]
     assert [e["task_id"] for e in republished] == [queued[0].task_id]
 
 
@@ -282,7 +283,7 @@ def test_a_change_sent_by_an_earlier_attempt_stays_counted_whatever_the_retry_fi
     harness.sim.faults(scripts={"endpoint-0001": {"DELETE": [500]}})
     harness.worker()
     sweep_in_process(harness)
-    wait_for(lambda: any(e["kind"] == "retry" for e in harness.store.events(100)), 30, what="the retry")
+    wait_for(lambda: any(e["kind"] == "retry" for e in reads.events(harness.store, 100)), 30, what="the retry")
     harness.sim.admin.patch("/endpoints/endpoint-0001", json={"name": "acme/kept-1"}).raise_for_status()
     outcome = harness.outcome("endpoint-0001", timeout=30)
     assert outcome.status == "spared" and outcome.may_have_changed
@@ -296,7 +297,8 @@ def test_a_live_claim_is_counted_the_moment_it_is_made(harness: Harness) -> None
     harness.sim.reset([ep(1), ep(2)])
     sweep_in_process(harness, publish=False)
     assert harness.store.acted_last_day() == 2
-    harness.store.release_pending("endpoint-0001", harness.store.claim("endpoint-0001").task_id)  # type: ignore[union-attr]
+    unpublished = reads.claim(harness.store, "endpoint-0001").task_id  # type: ignore[union-attr]
+    harness.store.drop_claim("endpoint-0001", unpublished, keep_counted=False)
     assert harness.store.acted_last_day() == 1
     sweep_in_process(harness, dry_run=True, publish=False)  # dry-run claims count for nothing
     assert harness.store.acted_last_day() == 1
@@ -308,15 +310,15 @@ def test_a_forged_task_id_that_extends_the_real_one_neither_drops_the_claim_nor_
     policy(harness, CI_RULE)
     harness.sim.reset([ep(1)])
     (queued,) = sweep_in_process(harness, publish=False)
-    claimed_at = int(harness.store.claim("endpoint-0001").claimed_at)  # type: ignore[union-attr]
+    claimed_at = int(reads.claim(harness.store, "endpoint-0001").claimed_at)  # type: ignore[union-attr]
     harness.worker()
     for forged in (f"{queued.task_id}|{claimed_at}", f"{queued.task_id}|"):
         harness.celery().send_task(DELETE_TASK, kwargs=queued.task_kwargs(), task_id=forged)
-        outcome = wait_for(lambda f=forged: harness.store.outcome_for_task(f), 30, what="the forged outcome")
+        outcome = wait_for(lambda f=forged: reads.outcome_for_task(harness.store, f), 30, what="the forged outcome")
         assert outcome.status == "failed" and (outcome.error or "").startswith("no claim")
-        assert harness.store.claim("endpoint-0001") is not None  # the real claim is untouched
+        assert reads.claim(harness.store, "endpoint-0001") is not None  # the real claim is untouched
     _enqueue([queued], celery=harness.celery())  # the real task still acts
-    real = wait_for(lambda: harness.store.outcome_for_task(queued.task_id), 30, what="the real task's outcome")
+    real = wait_for(lambda: reads.outcome_for_task(harness.store, queued.task_id), 30, what="the real task's outcome")
     assert real.status == "deleted"
     assert len(harness.sim.calls("DELETE", "endpoint-0001")) == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -147,3 +148,84 @@ def test_sweep_wait_without_a_worker_times_out_clearly(env: dict[str, str]) -> N
     result = janitor(["sweep", "--wait", "--timeout", "1"], env)
     assert result.returncode == 2
     assert "did not finish within 1 s" in result.stderr and "Traceback" not in result.stderr
+
+
+def _janitor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_", "CELERY_"))}
+    script = Path(sys.executable).parent / "janitor"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"version: 1\nrules:\n  - name: ci\n    ttl: 6 hours\n",
+        b"version: 1\nrules:\n  - name: ci\n    ttl: 6h\n    match: {name: 're:(?=a)b'}\n",
+        b"\xff\xfe\x00junk\x80\x81",
+        b"version: 1\nrules: [\n",
+    ],
+    ids=["bad-duration", "lookaround-regex", "binary", "broken-yaml"],
+)
+def test_check_policy_cli_exits_2_with_one_line(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    done = _janitor("check-policy", str(bad), cwd=tmp_path)
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"janitor: {bad}: "), done.stderr
+
+
+def test_check_policy_cli_on_an_unhashable_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\n? [a]\n: 1\n")
+    done = _janitor("check-policy", str(bad), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_worker_refuses_to_start_with_one_line(tmp_path: object) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_"))}
+    env["JANITOR_DELETE_MAX_RETRIES"] = "lots"
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--help"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and "JANITOR_DELETE_MAX_RETRIES" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:9/0?password=hunter2",
+        "redis://:hunter2@127.0.0.1:9/0?socket_connect_timeout=2",
+        "redis://127.0.0.1:9/0?pass%77ord=hunter2",
+        "unix:///nonexistent/redis.sock?password=hunter2",
+    ],
+)
+def test_cli_errors_never_print_the_redis_password(url: str) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_"))}
+    env["JANITOR_REDIS_URL"] = url
+    for command in (["report"], ["doctor", "--check", "redis"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker.cli", *command],
+            env=env,
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0, (command, proc.stdout, proc.stderr)
+        assert "hunter2" not in proc.stdout + proc.stderr, (command, proc.stdout, proc.stderr)
+    assert "cannot reach Redis at" in proc.stderr or "redis" in proc.stdout.lower()

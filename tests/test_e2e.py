@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Proc, Sim, env_for, start_worker, wait_for
 from worker.store import Store
 
@@ -37,7 +38,7 @@ def test_beat_schedules_a_sweep_that_deletes_an_expired_endpoint(
     )
     store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
 
-    outcome = wait_for(lambda: store.latest_outcome("endpoint-expired"), 60, what="a scheduled sweep's delete")
+    outcome = wait_for(lambda: reads.latest_outcome(store, "endpoint-expired"), 60, what="a scheduled sweep's delete")
     assert outcome.status == "deleted" and outcome.rule == "ci-endpoints"
     assert sim.endpoint_ids() == {"endpoint-young", "endpoint-prod"}
     wait_for(lambda: len(store.recent_sweeps()) >= 2, 30, what="a second scheduled sweep")

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,29 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.conftest import ROOT, free_port, wait_for
-from worker.exporter import render
+from tests.exposition import EXPECTED, by_labels, samples, types, value
+from worker.clock import iso
+from worker.models import Outcome, OutcomeStatus, SweepSummary
 from worker.policy import Exemption, Mark
-from worker.store import Outcome, OutcomeStatus, Store, SweepSummary, iso
+from worker.store import Store
 from worker.sweep import SweepPlan
-
-EXPECTED = {
-    "janitor_up",
-    "janitor_sweeps",
-    "janitor_candidates",
-    "janitor_outcomes",
-    "janitor_retries",
-    "janitor_limit_trips",
-    "janitor_hourly_spend_removed_usd",
-    "janitor_marked_endpoints",
-    "janitor_exempt_endpoints",
-    "janitor_deletes_paused",
-    "janitor_last_sweep_timestamp_seconds",
-    "janitor_seconds_since_last_sweep",
-}
 
 
 def exporter_env(redis_url: str, key_prefix: str) -> dict[str, str]:
@@ -105,23 +90,6 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[[str, str], Exporter]]:
         if exporter.proc.poll() is None:
             exporter.proc.kill()
             exporter.proc.wait(5)
-
-
-def samples(body: str) -> dict[str, list[Sample]]:
-    return {family.name: family.samples for family in text_string_to_metric_families(body)}
-
-
-def types(body: str) -> dict[str, str]:
-    return {family.name: family.type for family in text_string_to_metric_families(body)}
-
-
-def value(found: dict[str, list[Sample]], name: str) -> float:
-    (sample,) = found[name]
-    return sample.value
-
-
-def by_labels(found: dict[str, list[Sample]], name: str, *keys: str) -> dict[tuple[str, ...], float]:
-    return {tuple(s.labels[k] for k in keys): s.value for s in found[name]}
 
 
 def outcome(endpoint_id: str, status: OutcomeStatus, rule: str, price: float | None, action: str = "delete") -> Outcome:
@@ -256,31 +224,3 @@ def test_port_in_use_is_refused_with_one_line(redis_url: str, key_prefix: str, t
         f"janitor: cannot serve metrics on 127.0.0.1:{port}: the port is already in use"
     ]
     assert done.stdout == ""
-
-
-def test_render_without_a_server() -> None:
-    snapshot = {
-        "sweeps": {},
-        "candidates": 0,
-        "outcomes": {("failed", "delete", ""): 2},
-        "retries": {},
-        "limit_trips": 0,
-        "spend_removed_usd_per_hour": 0.0,
-        "marked": 0,
-        "exempt": 0,
-        "paused": 0,
-        "last_sweep_finished": None,
-    }
-    found = samples(render(snapshot, now=time.time()).decode())
-    # No sweep on record: both sweep-time gauges are absent (not NaN, not 0).
-    assert set(found) == EXPECTED - {"janitor_last_sweep_timestamp_seconds", "janitor_seconds_since_last_sweep"}
-    assert found["janitor_sweeps"] == [] and found["janitor_retries"] == []
-    assert by_labels(found, "janitor_outcomes", "status", "action", "rule") == {("failed", "delete", ""): 2}
-
-    later = samples(render(snapshot | {"last_sweep_finished": 1000.0}, now=1600.5).decode())
-    assert value(later, "janitor_last_sweep_timestamp_seconds") == 1000.0
-    assert value(later, "janitor_seconds_since_last_sweep") == 600.5
-    skewed = samples(render(snapshot | {"last_sweep_finished": 2000.0}, now=1600.0).decode())
-    assert value(skewed, "janitor_seconds_since_last_sweep") == 0  # a worker clock ahead of ours: never negative
-
-    assert samples(render(None, now=0).decode()) == {"janitor_up": [Sample("janitor_up", {}, 0.0)]}

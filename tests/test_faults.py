@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Harness, free_port, spec, wait_for
-from worker.store import Outcome
+from worker.models import Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ def _row(fault: str, injected: str, count: int | str, outcomes: str, retries: in
 
 
 def _retries(h: Harness) -> list[dict[str, Any]]:
-    return [e for e in h.store.events(100_000) if e["kind"] == "retry"]
+    return [e for e in reads.events(h.store, 100_000) if e["kind"] == "retry"]
 
 
 def _api_calls(h: Harness) -> list[dict[str, Any]]:
@@ -62,7 +63,7 @@ def _per_endpoint(h: Harness) -> dict[str, list[tuple[str, int | None]]]:
 
 def _all_outcomes(h: Harness, ids: list[str], timeout: float = 45) -> dict[str, Outcome]:
     def done() -> dict[str, Outcome]:
-        found = {i: o for i in ids if (o := h.store.latest_outcome(i)) is not None}
+        found = {i: o for i in ids if (o := reads.latest_outcome(h.store, i)) is not None}
         return found if len(found) == len(ids) else {}
 
     return wait_for(done, timeout, interval=0.2, what=f"outcomes for {len(ids)} endpoints")
@@ -167,8 +168,8 @@ def test_latency_beyond_the_timeout(harness: Harness) -> None:
     wait_for(lambda: "endpoint-0001" not in harness.sim.endpoint_ids(), 10, what="the hung DELETE to land")
     assert "endpoint-0002" in harness.sim.endpoint_ids()
     assert harness.sweep().get(timeout=30)["queued"] == 1
-    wait_for(lambda: harness.store.latest_outcome("endpoint-0002").status == "deleted", 20)  # type: ignore[union-attr]
-    assert harness.store.latest_outcome("endpoint-0001").status == "failed"  # type: ignore[union-attr]
+    wait_for(lambda: reads.latest_outcome(harness.store, "endpoint-0002").status == "deleted", 20)  # type: ignore[union-attr]
+    assert reads.latest_outcome(harness.store, "endpoint-0001").status == "failed"  # type: ignore[union-attr]
     _row("hang past the timeout", "DELETE hang 3 s, timeout 1 s", 1, "failed, 1 attempt; deleted server-side", 0, 0)
     _row("hang past the timeout", "re-check GET hang 3 s", 1, "failed; next sweep deleted it", 0, 0)
 

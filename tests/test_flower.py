@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import Harness, Proc, free_port, spec, wait_for
-from worker.store import SweepSummary
+from worker.models import SweepSummary
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Sim, wait_for
 from worker import sweep as sweep_module
-from worker.janitor import Attempt, DeleteRequest, Recheck, backoff_delay, take_step
-from worker.store import OutcomeStatus, Store, utc_now
+from worker.clock import utc_now
+from worker.janitor import Attempt, DeleteRequest, Recheck, take_step
+from worker.models import OutcomeStatus
+from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import TogetherClient
 
@@ -100,7 +103,7 @@ def test_no_second_delete_while_one_is_pending(sim: Sim, store: Store, client: T
     summary = sweep(store, client, policy, second)
     assert len(first) == 1 and second == []
     assert summary.already_pending == 1
-    assert store.pending_task("endpoint-0001") == first[0].task_id
+    assert reads.pending_task(store, "endpoint-0001") == first[0].task_id
 
 
 def test_overlapping_sweep_is_skipped_and_recorded(
@@ -184,7 +187,7 @@ def test_invalid_ids_from_the_api_are_failed_and_never_requested(
     summary = sweep(store, client, policy, queued)
     assert [r.endpoint_id for r in queued] == ["endpoint-0001"]
     assert summary.invalid_ids == 1
-    recorded = store.latest_outcome("../../v1/endpoints")
+    recorded = reads.latest_outcome(store, "../../v1/endpoints")
     assert recorded is not None and recorded.status is OutcomeStatus.FAILED and "invalid endpoint id" in recorded.error
     assert all(r["method"] == "GET" and r["path"] == "/v1/endpoints" for r in sim.requests())
 
@@ -228,14 +231,6 @@ def test_attempt_classifies_answers(
     assert (attempt.status, attempt.retryable) == (status, retryable)
 
 
-def test_backoff_grows_is_capped_and_jittered() -> None:
-    low = [backoff_delay(r, 2.0, 300.0, lambda a, b: a) for r in range(12)]
-    high = [backoff_delay(r, 2.0, 300.0, lambda a, b: b) for r in range(12)]
-    assert low[:4] == [1.0, 2.0, 4.0, 8.0] and high[:4] == [2.0, 4.0, 8.0, 16.0]
-    assert max(high) == 300.0 and all(lo <= hi for lo, hi in zip(low, high, strict=True))
-    assert backoff_delay(0, 0.25, 1.0, lambda a, b: b) == 0.25  # fractions allowed
-
-
 def test_a_dry_run_neither_pauses_nor_uses_an_approval(
     sim: Sim, store: Store, client: TogetherClient, tmp_path: Path
 ) -> None:
@@ -275,7 +270,7 @@ def test_a_failed_detail_fetch_keeps_the_mark(sim: Sim, store: Store, client: To
     sim.faults(scripts={"endpoint-0001": {"GET": [502]}})
     second = sweep(store, client, policy, queued)
     assert second.unmarked == 0 and store.load_marks()["endpoint-0001"].marked_at == marked_at
-    assert any(e["kind"] == "decision" and e["action"] == "undecided" for e in store.events(50))
+    assert any(e["kind"] == "decision" and e["action"] == "undecided" for e in reads.events(store, 50))
 
 
 def test_a_sweep_out_of_time_queues_nothing(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:
@@ -284,7 +279,7 @@ def test_a_sweep_out_of_time_queues_nothing(sim: Sim, store: Store, client: Toge
     queued: list[DeleteRequest] = []
     summary = sweep(store, client, policy, queued, lock_ttl_s=1)
     assert summary.status == "error" and "ran out of time" in (summary.error or "") and queued == []
-    assert store.pending_task("endpoint-0001") is None
+    assert reads.pending_task(store, "endpoint-0001") is None
 
 
 def test_a_broker_failure_releases_every_unsent_claim(
@@ -303,7 +298,7 @@ def test_a_broker_failure_releases_every_unsent_claim(
         store=store, client=client, policy_file=policy, dry_run=False, lock_ttl_s=60, pending_ttl_s=60, enqueue=flaky
     )
     assert summary.status == "error" and "broker went away" in (summary.error or "") and summary.queued == 1
-    pending = {f"endpoint-{i:04d}": store.pending_task(f"endpoint-{i:04d}") for i in range(3)}
+    pending = {f"endpoint-{i:04d}": reads.pending_task(store, f"endpoint-{i:04d}") for i in range(3)}
     assert [eid for eid, task in pending.items() if task] == [sent[0].endpoint_id]
     assert store.acted_last_day() == 1
     assert store.recent_sweeps()[0].status == "error"
@@ -325,8 +320,8 @@ def test_a_failed_publish_batch_counts_none_of_its_tasks(
     )
     assert batches == [["endpoint-0000", "endpoint-0001", "endpoint-0002"]]
     assert summary.status == "error" and summary.queued == 0
-    assert [store.pending_task(f"endpoint-{i:04d}") for i in range(3)] == [None, None, None]
-    assert store.stale_claims(0) == {} and store.acted_last_day() == 0
+    assert [reads.pending_task(store, f"endpoint-{i:04d}") for i in range(3)] == [None, None, None]
+    assert reads.stale_claims(store, 0) == {} and store.acted_last_day() == 0
 
 
 def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:
@@ -336,14 +331,14 @@ def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: Togeth
     sweep(store, client, policy, lost, pending_ttl_s=1)
     assert len(lost) == 2
     sim.admin.delete("/endpoints/endpoint-0002").raise_for_status()  # the lost task had deleted this one
-    wait_for(lambda: len(store.stale_claims(1)) == 2, 10, what="the claims to outlive the pending TTL")
+    wait_for(lambda: len(reads.stale_claims(store, 1)) == 2, 10, what="the claims to outlive the pending TTL")
     again: list[DeleteRequest] = []
     sweep(store, client, policy, again, pending_ttl_s=1)
     assert [r.endpoint_id for r in again] == ["endpoint-0001"]  # still listed: queued again
-    gone = store.latest_outcome("endpoint-0002")
+    gone = reads.latest_outcome(store, "endpoint-0002")
     assert gone is not None and gone.status == "already_gone" and gone.task_id == lost[1].task_id
-    assert store.outcome_for_task(lost[1].task_id) == gone
-    assert set(store.stale_claims(0)) == {"endpoint-0001"}  # the new task's claim only
+    assert reads.outcome_for_task(store, lost[1].task_id) == gone
+    assert set(reads.stale_claims(store, 0)) == {"endpoint-0001"}  # the new task's claim only
 
 
 def test_placeholder_creation_times_keep_the_endpoint_and_are_counted(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import store_reads as reads
 from tests.conftest import ROOT, Harness, spec, wait_for
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def test_doctor_fails_each_check_on_its_own(harness: Harness, tmp_path: Path) ->
 
 
 def test_doctor_flags_a_stale_beat(harness: Harness) -> None:
-    from worker.store import SweepSummary
+    from worker.models import SweepSummary
 
     harness.store.record_sweep(SweepSummary("old", "2026-01-01T00:00:00.000Z", False, status="ok"))
     harness.store.redis.zadd(f"{harness.key_prefix}:sweeps", {"old": 4102444800})  # keep it listed
@@ -136,5 +137,5 @@ def test_sigterm_lets_a_running_delete_finish(harness: Harness) -> None:
     wait_for(lambda: harness.sim.calls("DELETE", "endpoint-0001"), 20, what="the DELETE to be on the wire")
     worker.popen.send_signal(signal.SIGTERM)  # warm shutdown
     assert worker.popen.wait(30) == 0
-    outcome = harness.store.latest_outcome("endpoint-0001")
+    outcome = reads.latest_outcome(harness.store, "endpoint-0001")
     assert outcome is not None and outcome.status == "deleted"

@@ -23,9 +23,10 @@ from bench.counting import BrokerConnection, StoreConnection, counted_redis
 from tests.conftest import BASIC_POLICY, Sim, spec, wait_for
 from worker import sweep as sweep_module
 from worker.app import create_app
+from worker.clock import utc_now
 from worker.policy import Exemption
 from worker.settings import Settings
-from worker.store import Store, utc_now
+from worker.store import Store
 from worker.sweep import run_sweep
 from worker.tasks import _enqueue
 from worker.together import TogetherClient

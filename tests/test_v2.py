@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 
+from tests import store_reads as reads
 from tests.conftest import API_KEY, ROOT, Harness, Sim, spec, wait_for
+from worker.clock import parse_time, utc_now
 from worker.errors import ApiRefusal, ApiStatusError
 from worker.janitor import Recheck, fetch_detail, take_step
+from worker.models import OutcomeStatus
 from worker.policy import Action, Verdict, parse_policy
-from worker.store import OutcomeStatus, SweepState, parse_time, utc_now
+from worker.store import SweepState
 from worker.sweep import plan_sweep
 from worker.together import Endpoint, Step, StepKind, TogetherClient
 from worker.together_v2 import PAGE_SIZE, TogetherV2Client
@@ -326,10 +329,10 @@ def test_waiting_for_a_deployment_holds_no_worker(harness: Harness) -> None:
     assert h.sweep().get(timeout=30)["queued"] == 2
     quick = h.outcome("ep_0002", timeout=20)
     # One worker thread: ep_0002 was deleted while ep_0001 waited for its deployment to stop.
-    assert quick.status == "deleted" and h.store.latest_outcome("ep_0001") is None
+    assert quick.status == "deleted" and reads.latest_outcome(h.store, "ep_0001") is None
     assert "ep_0001" in h.store.open_sequences()
     assert h.outcome("ep_0001", timeout=30).status == "deleted"
-    assert quick.at < h.store.latest_outcome("ep_0001").at  # type: ignore[union-attr]
+    assert quick.at < reads.latest_outcome(h.store, "ep_0001").at  # type: ignore[union-attr]
 
 
 def test_a_refusal_ends_the_sequence_as_blocked_and_is_not_retried(harness: Harness) -> None:
@@ -389,7 +392,7 @@ def test_a_sequence_left_failed_is_resumed_by_the_next_sweep_although_its_rule_n
     assert second["queued"] == 1
     decision = next(e for e in h.store.events_for("ep_0001") if e["kind"] == "decision")
     assert decision["action"] == "delete" and "resuming the delete" in decision["reason"]
-    wait_for(lambda: h.store.latest_outcome("ep_0001").status == "deleted", 30, what="the resumed delete")  # type: ignore[union-attr]
+    wait_for(lambda: reads.latest_outcome(h.store, "ep_0001").status == "deleted", 30, what="the resumed delete")  # type: ignore[union-attr]
     assert h.sim.v2_endpoint("ep_0001") is None and h.store.open_sequences() == {}
 
 

@@ -133,8 +133,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from worker.clock import iso, utc_now
     from worker.policy import load_policy
-    from worker.store import LimitState, Store, iso, utc_now
+    from worker.store import LimitState, Store
     from worker.sweep import judge_limits, read_and_plan
     from worker.together import client_for
 
@@ -178,7 +179,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from worker.store import Store, iso
+    from worker.clock import iso
+    from worker.exporter import snapshot
+    from worker.store import Store
 
     store = Store.from_settings(get_settings())
     sweeps = [s.to_dict() for s in store.recent_sweeps(args.limit)]
@@ -188,7 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for eid, m in sorted(store.load_marks().items(), key=lambda item: item[1].due_at)
     ]
     pause = store.pause()
-    spend = store.metrics()["spend_removed_usd_per_hour"]
+    spend = snapshot(store.metrics())["spend_removed_usd_per_hour"]
     if args.json:
         _print_json(
             {
@@ -261,9 +264,10 @@ def _who(given: str | None) -> str:
 
 
 def cmd_exempt(args: argparse.Namespace) -> int:
+    from worker.clock import iso, utc_now
     from worker.durations import parse_duration
     from worker.policy import Exemption
-    from worker.store import Store, iso, utc_now
+    from worker.store import Store
     from worker.together import check_endpoint_id
 
     endpoint_id = check_endpoint_id(args.endpoint_id)
@@ -292,7 +296,8 @@ def cmd_unexempt(args: argparse.Namespace) -> int:
 
 
 def cmd_exemptions(args: argparse.Namespace) -> int:
-    from worker.store import Store, iso
+    from worker.clock import iso
+    from worker.store import Store
 
     active = Store.from_settings(get_settings()).exemptions()
     rows = [

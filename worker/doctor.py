@@ -6,12 +6,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from worker.clock import parse_time
 from worker.errors import ApiStatusError, JanitorError
 from worker.policy import load_policy
 from worker.redact import register_settings_secrets, scrub, scrub_line
 from worker.schedule import parse_schedule, schedule_interval
 from worker.settings import Settings, redact_url
-from worker.store import Store, parse_time
+from worker.store import Store
 from worker.together import client_for
 
 

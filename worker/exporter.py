@@ -1,7 +1,8 @@
 """Prometheus metrics from the counters the worker keeps in Redis (``janitor exporter``).
 
-The exporter holds no state of its own: every scrape reads :meth:`Store.metrics`, so it can be restarted,
-or run twice, without losing or doubling a count. Counters live in Redis, so they survive worker restarts
+The exporter holds no state of its own: every scrape reads :meth:`Store.metrics` (and reads the labels out of
+its counter fields here, :func:`snapshot`), so it can be restarted, or run twice, without losing or doubling a
+count. Counters live in Redis, so they survive worker restarts
 and only reset if the Redis data is lost (``rate()`` and ``increase()`` handle that like any counter reset).
 
 Choices worth knowing when writing alerts:
@@ -39,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from worker.errors import JanitorError
 from worker.settings import Settings, get_settings, redact_url, redis_url_secrets
-from worker.store import Store
+from worker.store import METRIC_LABEL_SEP, MetricsReading, Store
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,45 @@ _REDIS_TIMEOUT_S = 5.0
 Snapshot = Mapping[str, Any]
 
 
+def snapshot(reading: MetricsReading) -> dict[str, Any]:
+    """The counters of :meth:`Store.metrics` by name and labels, with its gauges: what :func:`families` renders.
+
+    Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule): n},
+    ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum).
+    Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``last_sweep_finished`` (epoch seconds or None).
+    A malformed counter raises (ValueError, IndexError): the scrape then reports ``janitor_up 0``.
+    """
+    result: dict[str, Any] = {
+        "sweeps": {},
+        "candidates": 0,
+        "outcomes": {},
+        "retries": {},
+        "limit_trips": 0,
+        "spend_removed_usd_per_hour": 0.0,
+        "marked": reading.marked,
+        "exempt": reading.exempt,
+        "paused": reading.paused,
+        "last_sweep_finished": reading.last_sweep_finished,
+    }
+    for field_name, value in reading.counters.items():
+        name, *labels = field_name.split(METRIC_LABEL_SEP)
+        if name == "sweeps":
+            result["sweeps"][labels[0]] = int(value)
+        elif name == "outcomes":
+            result["outcomes"][tuple(labels)] = int(value)
+        elif name == "retry":
+            result["retries"][labels[0] if labels else ""] = int(value)
+        elif name == "limit":
+            result["limit_trips"] += int(value)
+        elif name == "candidates":
+            result["candidates"] = int(value)
+        elif name == "spend_removed_usd_per_hour":
+            result["spend_removed_usd_per_hour"] = float(value)
+    return result
+
+
 def families(snapshot: Snapshot | None, now: float) -> list[Metric]:
-    """The metric families for one snapshot of :meth:`Store.metrics`; ``None`` means Redis could not be read."""
+    """The metric families for one :func:`snapshot`; ``None`` means Redis could not be read."""
     up = GaugeMetricFamily(
         "janitor_up",
         "1 if this scrape could read the janitor's counters from Redis, 0 if not (then no other janitor_ metric "
@@ -230,7 +268,9 @@ def build_registry(settings: Settings) -> CollectorRegistry:
     store = _store(settings)
     registry = CollectorRegistry()
     registry.register(
-        JanitorCollector(store.metrics, redact_url(settings.redis_url), redis_url_secrets(settings.redis_url))
+        JanitorCollector(
+            lambda: snapshot(store.metrics()), redact_url(settings.redis_url), redis_url_secrets(settings.redis_url)
+        )
     )
     return registry
 

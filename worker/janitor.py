@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from worker.clock import parse_time
 from worker.errors import (
     ApiRefusal,
     ApiStatusError,
@@ -21,6 +22,7 @@ from worker.errors import (
     SequenceRefused,
     TogetherError,
 )
+from worker.models import OutcomeStatus
 from worker.policy import (
     Action,
     Decision,
@@ -35,11 +37,7 @@ from worker.policy import (
     load_policy,
     observe,
 )
-from worker.store import (
-    OutcomeStatus,
-    Store,
-    parse_time,
-)
+from worker.store import Store
 from worker.together import (
     SCALED_DOWN_PHASES,
     UNROUTED_PHASES,
@@ -163,7 +161,7 @@ def recover_lost_tasks(
     """Publish again, with the same task id and arguments, every claimed delete whose message was lost.
 
     A worker killed between kombu's BRPOP and its write of the unacknowledged entry loses the message: no
-    redelivery will come. The claim (:class:`worker.store.Claim`) holds what the sweep queued, so the task can be
+    redelivery will come. The claim (:class:`worker.models.Claim`) holds what the sweep queued, so the task can be
     sent again as it was. Only claims at least ``min_age_s`` old are looked at, and only a loss seen at two
     checks ``confirm_s`` apart is acted on (:meth:`Store.find_lost_tasks`, atomic, so two recoverers never both
     publish one task). Returns the endpoint ids whose task was published again.

@@ -1,5 +1,8 @@
 """Everything the janitor keeps in Redis. No other module builds a Redis key.
 
+The records are :mod:`worker.models`; the Lua scripts that change several keys at once are
+:mod:`worker.store_scripts`, the sweep lock and the run lease :mod:`worker.store_locks`.
+
 Keys (``P`` is ``JANITOR_KEY_PREFIX``):
 
 =============================  ========  ===================================================================
@@ -30,22 +33,23 @@ key                            type      what
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.client import Pipeline
-from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
+from worker import store_scripts as lua
+from worker.clock import iso, parse_time, utc_now
+from worker.models import SETTLED, Claim, Outcome, OutcomeStatus, SweepSummary
 from worker.policy import Exemption, Mark, Observation
 from worker.redact import scrub_fields
 from worker.settings import Settings
+from worker.store_locks import RunLease, SweepLock
 
 if TYPE_CHECKING:
     from worker.sweep import Planned, SweepPlan
@@ -54,102 +58,16 @@ _CHUNK = 1000
 # Observations are read for a sweep's listed endpoints with HMGETs of this many ids (all in one round trip).
 _HMGET_CHUNK = 10_000
 # Counter fields in ``P:metrics`` join their labels with a tab, which no rule name can hold (names are printable).
-_SEP = "\t"
+METRIC_LABEL_SEP = "\t"
 _COUNTED_EVENTS = frozenset({"retry", "limit"})
 
 
 def _metric(name: str, *labels: str) -> str:
-    return _SEP.join((name, *labels))
+    return METRIC_LABEL_SEP.join((name, *labels))
 
 
 _OUTBOX_MAX = 1000
 _DAY_S = 86400
-
-
-class OutcomeStatus(StrEnum):
-    DELETED = "deleted"
-    ALREADY_GONE = "already_gone"
-    FORBIDDEN = "forbidden"
-    FAILED = "failed"
-    WOULD_DELETE = "would_delete"
-    STOPPED = "stopped"
-    WOULD_STOP = "would_stop"
-    SPARED = "spared"
-    BLOCKED = "blocked"  # the API refused a step of the delete (v2: deployments left, traffic split, etag)
-
-
-# After these the endpoint needs no more action: its mark (if any) goes with the outcome.
-SETTLED = frozenset({OutcomeStatus.DELETED, OutcomeStatus.ALREADY_GONE, OutcomeStatus.STOPPED})
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The final word on one delete task."""
-
-    endpoint_id: str
-    status: OutcomeStatus
-    http_status: int | None
-    attempts: int
-    rule: str | None
-    sweep_id: str | None
-    at: str
-    error: str | None = None
-    endpoint_name: str | None = None
-    task_id: str | None = None
-    action: str = "delete"
-    hardware: str | None = None
-    usd_per_hour: float | None = None  # from the policy's price table, when it knows the hardware
-    # True unless the API is known to have changed nothing: the change was made, its result is unknown (a
-    # timeout, a 5xx, a crash after the request) or an earlier step of a v2 sequence changed something. Such
-    # an outcome keeps its place in the 24 h count of ``max_deletes_per_day``.
-    may_have_changed: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(scrub_fields(asdict(self)), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> Outcome:
-        data = json.loads(text)
-        data["status"] = OutcomeStatus(data["status"])
-        return cls(**data)
-
-
-@dataclass
-class SweepSummary:
-    """What one sweep saw and did; it is also the sweep task's result, so Flower shows it."""
-
-    sweep_id: str
-    started_at: str
-    dry_run: bool
-    finished_at: str | None = None
-    listed: int = 0
-    in_scope: int = 0
-    candidates: int = 0
-    queued: int = 0
-    protected: int = 0
-    exempt: int = 0
-    marked: int = 0
-    unmarked: int = 0
-    already_pending: int = 0
-    invalid_ids: int = 0
-    # Listed endpoints whose creation time is a placeholder or unreadable: their age is unknown, no ttl holds.
-    unknown_age: int = 0
-    status: str = "running"
-    error: str | None = None
-    limit: int | None = None
-    rules: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SweepSummary:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _spend(outcome: Outcome) -> str:
@@ -220,40 +138,6 @@ def _decision_event(sweep_id: str, planned: Planned) -> dict[str, Any]:
     return event
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A sweep's claim on one endpoint: the one task allowed to act on it, and that task's arguments.
-
-    Kept in ``P:claims`` as ``<task id>|<claimed at>|<request JSON>`` until the task's outcome. A delete task
-    acts only if its id and arguments are the claim's (a hand-sent task has no claim), and a lost task is
-    published again from it.
-    """
-
-    task_id: str
-    claimed_at: float  # Redis time; 0 when unreadable (so the claim counts as old)
-    request: Mapping[str, Any] | None  # the task's kwargs as the sweep queued them; None if unreadable
-
-    @classmethod
-    def parse(cls, value: str) -> Claim:
-        task_id, _, rest = value.partition("|")
-        claimed_at, _, payload = rest.partition("|")
-        try:
-            at = float(claimed_at)
-        except ValueError:
-            at = 0.0
-        try:
-            request = json.loads(payload) if payload else None
-        except ValueError:
-            request = None
-        return cls(task_id, at, request if isinstance(request, dict) else None)
-
-    def allows(self, task_id: str, request: Mapping[str, Any]) -> bool:
-        """Whether a task with this id and these arguments is the one the sweep queued."""
-        if self.request is None or task_id != self.task_id:
-            return False
-        return all(request.get(key) == value for key, value in self.request.items())
-
-
 def _stale_claims(raw: Mapping[str, str], now: float, older_than_s: float) -> dict[str, str]:
     stale = {}
     for endpoint_id, value in raw.items():
@@ -289,29 +173,15 @@ class TaskState:
     sent_before: bool = False  # an earlier run of this task sent a change (its result may be anything)
 
 
-class RunLease:
-    """The endpoint's run lock, kept alive while its run lives: renewed every third of ``hold_s`` by a daemon
-    thread, so a run held up by a slow request (Celery's threads pool enforces no time limit) never loses it to
-    a redelivered copy, and a dead worker's lock lapses after ``hold_s``. :meth:`release` stops and frees it."""
+@dataclass(frozen=True)
+class MetricsReading:
+    """What :meth:`Store.metrics` reads for the exporter."""
 
-    def __init__(self, client: redis.Redis, key: str, token: str, hold_s: float) -> None:
-        self._client, self._key, self._token = client, key, token
-        self._hold_ms = max(1, int(hold_s * 1000))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name="janitor-run-lease", daemon=True)
-        self._thread.start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self._hold_ms / 3000):
-            try:
-                if not self._client.eval(_EXTEND_IF_EQUAL, 1, self._key, self._token, self._hold_ms):
-                    return  # lost (it lapsed): nothing more to keep
-            except redis.RedisError:
-                continue  # Redis away for a moment: the next tick tries again, within the lock's TTL
-
-    def release(self) -> None:
-        self._stop.set()
-        self._client.eval(_DEL_IF_EQUAL, 1, self._key, self._token)
+    counters: dict[str, str]  # ``P:metrics`` as held: field (name and labels, see METRIC_LABEL_SEP) -> count
+    marked: int
+    exempt: int
+    paused: int  # 0 or 1
+    last_sweep_finished: float | None  # epoch seconds; None while no finished sweep is on record
 
 
 @dataclass(frozen=True)
@@ -337,179 +207,6 @@ def _parse_exemption(raw: str) -> Exemption | None:
         return None
 
 
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# Records a task's outcome only if the task has none yet, and in the same step clears the endpoint's
-# pending key (if it is still this task's), appends the event, clears the mark of a settled endpoint
-# (ARGV[7] '1'), takes a task known to have changed nothing out of the 24 h count ('0'; with 'u', a result
-# that may have changed something, now or in an earlier run of the task, it stays counted) and fills the
-# notify outbox.
-# A redelivered or retried task can never leave a second outcome, and a crash cannot leave half of one.
-_RECORD_OUTCOME = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-  local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[3], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[4])
-  if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'outcome', 'data', ARGV[1])
-  if ARGV[7] == '1' then
-    redis.call('HDEL', KEYS[6], ARGV[4])
-  elseif ARGV[7] == '0' then
-    redis.call('ZREM', KEYS[8], ARGV[5])
-  end
-  local claim = redis.call('HGET', KEYS[10], ARGV[4])
-  if claim and string.match(claim, '^([^|]*)|') == ARGV[5] then redis.call('HDEL', KEYS[10], ARGV[4]) end
-  redis.call('HINCRBY', KEYS[9], ARGV[9], 1)
-  if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[9], 'spend_removed_usd_per_hour', ARGV[10]) end
-  redis.call('RPUSH', KEYS[7], ARGV[1])
-  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[8]), -1)
-  return false
-end
-return redis.call('GET', KEYS[1])
-"""
-
-# Claims each endpoint's pending key (SET NX with expiry) unless an outcome was recorded for the endpoint at
-# or after ARGV[1] (Redis time): a delete that finished between the sweep's listing and this claim has
-# settled what that listing showed, and must not be queued again.
-_CLAIM_PENDING = """
-local since = tonumber(ARGV[1])
-local live, now = ARGV[3] == '1', tonumber(ARGV[4])
-local t = redis.call('TIME')
-local claimed = {}
-for i = 4, #KEYS do
-  local j = i - 3
-  local endpoint_id, task_id, request = ARGV[3 * j + 2], ARGV[3 * j + 3], ARGV[3 * j + 4]
-  local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
-  if not (score and tonumber(score) >= since) then
-    if redis.call('SET', KEYS[i], task_id, 'NX', 'EX', ARGV[2]) then
-      redis.call('HSET', KEYS[2], endpoint_id, task_id .. '|' .. t[1] .. '|' .. request)
-      -- A live claim counts for max_deletes_per_day from this moment: nothing between here and the publish
-      -- (a killed sweep, a failed write) can leave a published delete uncounted. An unpublished one is
-      -- taken out again by release_pending.
-      if live then redis.call('ZADD', KEYS[3], now, task_id) end
-      table.insert(claimed, endpoint_id)
-    end
-  end
-end
-if live and #claimed > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400)
-  redis.call('EXPIRE', KEYS[3], 172800)
-end
-return claimed
-"""
-
-_TASK_STATE = """
-local outcome = redis.call('GET', KEYS[1])
-local claim = redis.call('HGET', KEYS[2], ARGV[1])
-local sequence = redis.call('HGET', KEYS[3], ARGV[1])
-local sent = redis.call('EXISTS', KEYS[4])
-local locked = 0
-if not outcome and claim and string.match(claim, '^([^|]*)|') == ARGV[2] then
-  if redis.call('SET', KEYS[5], ARGV[3], 'NX', 'PX', ARGV[4]) then locked = 1 end
-end
-return {outcome, claim, sequence, sent, locked}
-"""
-
-_EXTEND_IF_EQUAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_DEL_IF_EQUAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_DROP_CLAIM = """
-local claim = redis.call('HGET', KEYS[2], ARGV[2])
-if claim and string.match(claim, '^([^|]*)|') == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_HDEL_IF_UNCHANGED = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-_RELEASE_IF_OWNER = """
-local claim = redis.call('HGET', KEYS[2], ARGV[2])
-if claim and string.match(claim, '^([^|]*)|') == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
-redis.call('ZREM', KEYS[3], ARGV[1])
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-# The lost-task check (:meth:`Store.find_lost_tasks`), in one atomic step so that no task can be seen in between
-# two places. KEYS: claims, unacked (kombu), suspects, then the queue lists (kombu: one per priority), then one
-# ``P:task:<id>`` per candidate; the sweep lock is KEYS[4] and the queues start at KEYS[5]. ARGV: number of
-# queues, the confirmation delay (s), the largest queue it scans,
-# then (endpoint id, task id) per candidate. A candidate whose claim is unchanged, whose task has no outcome and
-# whose message is in no queue and not unacknowledged is lost *now*; it is reported only if it was already so
-# at an earlier check at least the delay ago (its entry in the suspects hash), and that entry is taken here, so
-# two recoverers never both publish it. Suspects no longer lost are forgotten. Returns the confirmed endpoint
-# ids, or -1 while a sweep holds its lock (it may have claimed and not yet published) or when a queue is
-# longer than the scan limit: nothing is decided then.
-_FIND_LOST = """
-local nq = tonumber(ARGV[1])
-local confirm = tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-for q = 5, 4 + nq do
-  if redis.call('LLEN', KEYS[q]) > tonumber(ARGV[3]) then return -1 end
-end
-local present = {}
-local function scan(message)
-  for id in string.gmatch(message, '"id":%s*"([^"]+)"') do present[id] = true end
-end
-for q = 5, 4 + nq do
-  for _, message in ipairs(redis.call('LRANGE', KEYS[q], 0, -1)) do scan(message) end
-end
-for _, message in ipairs(redis.call('HVALS', KEYS[2])) do scan(message) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lost_now = {}
-local confirmed = {}
-local j = 0
-for i = 4, #ARGV, 2 do
-  j = j + 1
-  local endpoint_id, task_id = ARGV[i], ARGV[i + 1]
-  local claim = redis.call('HGET', KEYS[1], endpoint_id)
-  if claim and string.match(claim, '^([^|]*)|') == task_id
-      and redis.call('EXISTS', KEYS[4 + nq + j]) == 0 and not present[task_id] then
-    lost_now[endpoint_id] = true
-    local seen = redis.call('HGET', KEYS[3], endpoint_id)
-    local first = seen and string.sub(seen, 1, #task_id + 1) == task_id .. '|'
-      and tonumber(string.sub(seen, #task_id + 2))
-    if first and now - first >= confirm then
-      redis.call('HDEL', KEYS[3], endpoint_id)
-      table.insert(confirmed, endpoint_id)
-    elseif not first then
-      redis.call('HSET', KEYS[3], endpoint_id, task_id .. '|' .. now)
-    end
-  end
-end
-for _, endpoint_id in ipairs(redis.call('HKEYS', KEYS[3])) do
-  if not lost_now[endpoint_id] then redis.call('HDEL', KEYS[3], endpoint_id) end
-end
-return confirmed
-"""
-
-
-class _SweepLock(Lock):
-    """redis-py's lock, released with EVAL: one round trip even right after a Redis restart (no NOSCRIPT)."""
-
-    def do_release(self, expected_token: str) -> None:
-        if not self.redis.eval(self.LUA_RELEASE_SCRIPT, 1, self.name, expected_token):
-            raise LockNotOwnedError("Cannot release a lock that's no longer owned", lock_name=self.name)
-
-
 def _parse_sequences(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return {endpoint_id: json.loads(value) for endpoint_id, value in raw.items()}
 
@@ -520,11 +217,10 @@ class Store:
         self.prefix = prefix
         self.retention_s = retention_s
         self.events_max_len = events_max_len
-        self._record_outcome = client.register_script(_RECORD_OUTCOME)
-        self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
-        self._drop_claim = client.register_script(_DROP_CLAIM)
-        self._task_state = client.register_script(_TASK_STATE)
-        self._hdel_if_unchanged = client.register_script(_HDEL_IF_UNCHANGED)
+        self._record_outcome = client.register_script(lua.RECORD_OUTCOME)
+        self._drop_claim = client.register_script(lua.DROP_CLAIM)
+        self._task_state = client.register_script(lua.TASK_STATE)
+        self._hdel_if_unchanged = client.register_script(lua.HDEL_IF_UNCHANGED)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -543,7 +239,7 @@ class Store:
     # ------------------------------------------------------------------ sweep lock
 
     def sweep_lock(self, ttl_s: float) -> Lock:
-        lock: Lock = self.redis.lock(self.key("sweep", "lock"), timeout=ttl_s, blocking=False, lock_class=_SweepLock)
+        lock: Lock = self.redis.lock(self.key("sweep", "lock"), timeout=ttl_s, blocking=False, lock_class=SweepLock)
         return lock
 
     # ------------------------------------------------------------------ observations
@@ -661,7 +357,7 @@ class Store:
 
         ``requests`` holds each task's kwargs, kept in the claim (:class:`Claim`): a delete task acts only if its
         own id and arguments are the claim's. A claim without them lets no task act. A ``live`` claim enters the
-        24 h count of ``max_deletes_per_day`` in the same step (:meth:`release_pending` takes it out again).
+        24 h count of ``max_deletes_per_day`` in the same step (:meth:`drop_claim` takes it out again).
 
         An endpoint with an outcome recorded at or after ``listed_at`` (Redis time, taken before the list
         was fetched) is skipped: its state changed since the sweep saw it. One script per 500 endpoints (none
@@ -679,31 +375,24 @@ class Store:
                 args += [endpoint_id, claims[endpoint_id], payload]
             keys = [self.key("outcomes"), self.key("claims"), self.key("acted")]
             keys += [self.key("pending", e) for e in chunk]
-            pipe.eval(_CLAIM_PENDING, len(keys), *keys, *args)
+            pipe.eval(lua.CLAIM_PENDING, len(keys), *keys, *args)
         claimed: set[str] = set()
         for chunk_claimed in pipe.execute():
             claimed.update(cast(list[str], chunk_claimed))
         return claimed
 
-    def release_pending(self, endpoint_id: str, task_id: str) -> None:
-        """Undo a claim whose task never reached the broker: its pending key, its claim, its place in the count."""
-        self._release_if_owner(
-            keys=[self.key("pending", endpoint_id), self.key("claims"), self.key("acted")], args=[task_id, endpoint_id]
-        )
+    def drop_claim(self, endpoint_id: str, task_id: str, *, keep_counted: bool) -> None:
+        """Drop the endpoint's claim and its pending key, each only if it still names ``task_id``.
 
-    def stale_claims(self, older_than_s: float) -> dict[str, str]:
-        """Endpoint id -> task id of claims older than ``older_than_s`` whose task recorded no outcome.
-
-        A claim outlives its task only if the task's message was lost: Redis drops no acknowledged work, but a
-        worker killed between kombu's BRPOP and its write to the unacknowledged set loses the message.
+        ``keep_counted=False`` for a task that never reached the broker: it also leaves the 24 h count of
+        ``max_deletes_per_day``, and the endpoint is not blocked until the pending key's TTL. ``True`` for a claim
+        that outlived its lost task (the sweep queues the endpoint again): that task may have acted, so it stays
+        counted.
         """
-        now = self.server_time()
-        return _stale_claims(cast(dict[str, str], self.redis.hgetall(self.key("claims"))), now, older_than_s)
-
-    def drop_claim(self, endpoint_id: str, task_id: str) -> None:
-        """Forget a claim that outlived its lost task (the sweep queues the endpoint again); the lost task stays
-        counted (it may have acted)."""
-        self._drop_claim(keys=[self.key("pending", endpoint_id), self.key("claims")], args=[task_id, endpoint_id])
+        self._drop_claim(
+            keys=[self.key("pending", endpoint_id), self.key("claims"), self.key("acted")],
+            args=[task_id, endpoint_id, "0" if keep_counted else "1"],
+        )
 
     def claims(self) -> dict[str, Claim]:
         """Every claim whose task has not recorded its outcome yet (endpoint id -> claim)."""
@@ -733,7 +422,7 @@ class Store:
         args: list[str | float] = [len(queues), confirm_s, max_scan]
         for endpoint_id in ids:
             args += [endpoint_id, candidates[endpoint_id]]
-        found = self.redis.eval(_FIND_LOST, len(keys), *keys, *args)
+        found = self.redis.eval(lua.FIND_LOST, len(keys), *keys, *args)
         return None if found == -1 else list(cast(list[str], found))
 
     def task_state(self, task_id: str, endpoint_id: str, token: str, hold_s: float) -> TaskState:
@@ -766,14 +455,6 @@ class Store:
     def run_lease(self, endpoint_id: str, token: str, hold_s: float) -> RunLease:
         """Keep the run lock taken by :meth:`task_state` while the run lives (see :class:`RunLease`)."""
         return RunLease(self.redis, self.key("running", endpoint_id), token, hold_s)
-
-    def claim(self, endpoint_id: str) -> Claim | None:
-        """The endpoint's claim (the one task allowed to act on it), or None."""
-        raw = cast(str | None, self.redis.hget(self.key("claims"), endpoint_id))
-        return Claim.parse(raw) if raw is not None else None
-
-    def pending_task(self, endpoint_id: str) -> str | None:
-        return cast(str | None, self.redis.get(self.key("pending", endpoint_id)))
 
     # ------------------------------------------------------------------ outcomes
 
@@ -809,10 +490,6 @@ class Store:
             return outcome, True
         return Outcome.from_json(cast(str, existing)), False
 
-    def outcome_for_task(self, task_id: str) -> Outcome | None:
-        raw = cast(str | None, self.redis.get(self.key("task", task_id)))
-        return Outcome.from_json(raw) if raw else None
-
     def latest_outcomes(self, limit: int = 100) -> list[Outcome]:
         ids = cast(list[str], self.redis.zrevrange(self.key("outcomes"), 0, max(limit, 1) - 1))
         if not ids:
@@ -822,10 +499,6 @@ class Store:
         if expired:
             self.redis.zrem(self.key("outcomes"), *expired)
         return [Outcome.from_json(v) for v in values if v is not None]
-
-    def latest_outcome(self, endpoint_id: str) -> Outcome | None:
-        raw = cast(str | None, self.redis.get(self.key("outcome", endpoint_id)))
-        return Outcome.from_json(raw) if raw else None
 
     # ------------------------------------------------------------------ marks (grace period)
 
@@ -883,15 +556,6 @@ class Store:
     def acted_last_day(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         return int(self.redis.zcount(self.key("acted"), now - _DAY_S, "+inf"))
-
-    def record_acted(self, task_ids: Iterable[str], now: float | None = None) -> None:
-        members = {task_id: time.time() if now is None else now for task_id in task_ids}
-        if members:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zadd(self.key("acted"), members)
-            pipe.zremrangebyscore(self.key("acted"), "-inf", time.time() - _DAY_S)
-            pipe.expire(self.key("acted"), 2 * _DAY_S)
-            pipe.execute()
 
     def set_pause(self, limit: str, sweep_id: str, acting: int) -> None:
         """Record the tripped limit and how many endpoints the refused sweep would have acted on."""
@@ -970,12 +634,11 @@ class Store:
 
     # ------------------------------------------------------------------ metrics
 
-    def metrics(self, now: datetime | None = None) -> dict[str, Any]:
-        """Counters and gauges for the exporter, in a few round trips.
+    def metrics(self, now: datetime | None = None) -> MetricsReading:
+        """The exporter's counters as ``P:metrics`` holds them, and its gauges, in a few round trips.
 
-        Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule): n},
-        ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum).
-        Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``last_sweep_finished`` (epoch seconds or None).
+        The counters are returned raw (field -> count, labels joined by :data:`METRIC_LABEL_SEP`): what they
+        mean is the exporter's concern (:func:`worker.exporter.snapshot`).
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.key("metrics"))
@@ -983,38 +646,19 @@ class Store:
         pipe.exists(self.key("pause"))
         pipe.zrevrange(self.key("sweeps"), 0, 0)
         raw, marked, paused, newest = pipe.execute()
-        snapshot: dict[str, Any] = {
-            "sweeps": {},
-            "candidates": 0,
-            "outcomes": {},
-            "retries": {},
-            "limit_trips": 0,
-            "spend_removed_usd_per_hour": 0.0,
-            "marked": int(marked),
-            "exempt": len(self.exemptions(now)),
-            "paused": int(paused),
-            "last_sweep_finished": None,
-        }
-        for field_name, value in cast(dict[str, str], raw).items():
-            name, *labels = field_name.split(_SEP)
-            if name == "sweeps":
-                snapshot["sweeps"][labels[0]] = int(value)
-            elif name == "outcomes":
-                snapshot["outcomes"][tuple(labels)] = int(value)
-            elif name == "retry":
-                snapshot["retries"][labels[0] if labels else ""] = int(value)
-            elif name == "limit":
-                snapshot["limit_trips"] += int(value)
-            elif name == "candidates":
-                snapshot["candidates"] = int(value)
-            elif name == "spend_removed_usd_per_hour":
-                snapshot["spend_removed_usd_per_hour"] = float(value)
+        last_sweep_finished = None
         if newest:
             summary = self.redis.get(self.key("sweep", newest[0]))
             finished = json.loads(summary).get("finished_at") if summary else None
             if finished:
-                snapshot["last_sweep_finished"] = parse_time(finished).timestamp()
-        return snapshot
+                last_sweep_finished = parse_time(finished).timestamp()
+        return MetricsReading(
+            counters=cast(dict[str, str], raw),
+            marked=int(marked),
+            exempt=len(self.exemptions(now)),
+            paused=int(paused),
+            last_sweep_finished=last_sweep_finished,
+        )
 
     # ------------------------------------------------------------------ sweeps and events
 
@@ -1072,11 +716,6 @@ class Store:
             if len(entries) < batch:
                 return found
             end = "(" + entries[-1][0]
-
-    def events(self, count: int = 100) -> list[dict[str, Any]]:
-        """The newest events, newest first, each as ``{"id", "kind", **data}``."""
-        entries = cast(list[tuple[str, dict[str, str]]], self.redis.xrevrange(self.key("events"), count=count))
-        return [{"id": entry_id, "kind": f.get("kind"), **json.loads(f.get("data", "{}"))} for entry_id, f in entries]
 
     # ------------------------------------------------------------------ delete sequences (v2)
     # A delete that takes several steps (scale down, wait, unroute, delete deployments, delete) is "open" from

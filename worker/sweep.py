@@ -21,9 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from worker.clock import iso, utc_now
 from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
 from worker.janitor import DeleteRequest, RequestCounter, fetch_detail, resolve, sequence_hold
 from worker.logs import context
+from worker.models import Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
 from worker.policy import (
     Action,
@@ -38,7 +40,7 @@ from worker.policy import (
     load_policy,
 )
 from worker.redact import scrub_line
-from worker.store import LimitState, Outcome, OutcomeStatus, Store, SweepState, SweepSummary, iso, utc_now
+from worker.store import LimitState, Store, SweepState
 from worker.together import Endpoint, EndpointsApi, check_endpoint_id
 
 log = logging.getLogger(__name__)
@@ -490,7 +492,7 @@ def _publish(
     finally:
         # A claim whose task never reached the broker must not block the endpoint until its TTL.
         for request in to_send[queued:]:
-            store.release_pending(request.endpoint_id, request.task_id)
+            store.drop_claim(request.endpoint_id, request.task_id, keep_counted=False)
 
 
 def _settle_lost_tasks(
@@ -507,7 +509,7 @@ def _settle_lost_tasks(
     settled: list[str] = []
     for endpoint_id, task_id in state.stale_claims.items():
         if endpoint_id in state.stale_listed:
-            store.drop_claim(endpoint_id, task_id)
+            store.drop_claim(endpoint_id, task_id, keep_counted=True)
             continue
         outcome = Outcome(
             endpoint_id=endpoint_id,

@@ -16,6 +16,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
 from worker.app import DELETE_TASK, QUEUE, RECOVER_TASK, SWEEP_TASK, app
+from worker.clock import iso, parse_time, utc_now
 from worker.errors import RetryableApiError, SequenceContinues, SettingsError
 from worker.janitor import (
     Attempt,
@@ -27,9 +28,10 @@ from worker.janitor import (
     take_step,
 )
 from worker.logs import context
+from worker.models import Outcome, OutcomeStatus
 from worker.redact import scrub, scrub_fields
 from worker.settings import Settings, get_settings
-from worker.store import Outcome, OutcomeStatus, Store, TaskState, iso, parse_time, utc_now
+from worker.store import Store, TaskState
 from worker.sweep import run_sweep
 from worker.together import Step, StepKind, client_for
 

@@ -1,4 +1,5 @@
-"""The policy's null keys and unknown ages: every doubt resolves towards keeping the endpoint.
+"""worker.policy: the model and its evaluation (pure functions, so most behaviour is pinned here), and its null
+keys and unknown ages, where every doubt resolves towards keeping the endpoint:
 
 * A key written with an empty value (YAML null: ``match:`` followed only by a commented-out line, ``~``,
   ``null``) is a :class:`PolicyError` naming the rule and the key, anywhere in the document. Never "no filter",
@@ -14,6 +15,7 @@ from __future__ import annotations
 from copy import deepcopy
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,13 +27,19 @@ from worker.errors import PolicyError
 from worker.policy import (
     MATCH_KEYS,
     Action,
+    Exemption,
+    Mark,
     Need,
     Observation,
     Verdict,
+    Wanted,
     check_api_support,
+    check_limits,
     decide,
     evaluate,
     hold_back,
+    load_policy,
+    observe,
     parse_policy,
 )
 from worker.together import API_CAPABILITIES, V1_CAPABILITIES, V2_CAPABILITIES
@@ -40,7 +48,9 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
-class Ep:
+class FullEp:
+    """An endpoint with every field a rule can read (detail included); its age may be unknown."""
+
     id: str = "endpoint-1"
     name: str = "acme/ci-run-1"
     model: str = "meta-llama/Llama-3-8b"
@@ -69,7 +79,7 @@ def test_a_match_followed_only_by_a_comment_is_refused_not_every_endpoint() -> N
 def test_an_absent_match_still_means_every_endpoint_in_scope() -> None:
     policy = parse_policy(RULE_PREFIX + "    ttl: 6h\n")
     assert policy.rules[0].match is None
-    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).label == "delete"
+    assert evaluate(policy, FullEp(name="anything/at-all"), None, NOW).label == "delete"
 
 
 @pytest.mark.parametrize("key", ["max_deletes_per_day", "max_delete_fraction", "max_deletes_per_sweep"])
@@ -133,7 +143,7 @@ def test_null_at_the_top_names_the_key(text: str, where: str) -> None:
 
 
 # Valid policies, built from the policy's own keys; then each path in turn set to null.
-names = st.from_regex(r"[a-z][a-z0-9-]{0,11}", fullmatch=True)
+rule_name_texts = st.from_regex(r"[a-z][a-z0-9-]{0,11}", fullmatch=True)
 durations = st.sampled_from(["30s", "15m", "6h", "7d", "2w", "1d12h"])
 patterns = st.sampled_from(["acme/ci-*", "re:acme/.*", "*", "STOPPED", "endpoint-?", "1x_*"])
 matchers = st.dictionaries(
@@ -170,7 +180,7 @@ def rule_docs(draw: st.DrawFn, name: str) -> dict[str, Any]:
 
 @st.composite
 def policy_docs(draw: st.DrawFn) -> dict[str, Any]:
-    rule_names = draw(st.lists(names, max_size=3, unique=True))
+    rule_names = draw(st.lists(rule_name_texts, max_size=3, unique=True))
     doc: dict[str, Any] = {"version": 1}
     optional = draw(
         st.fixed_dictionaries(
@@ -291,8 +301,8 @@ rules:
 
 
 def test_a_ttl_rule_does_not_hold_on_an_unknown_age() -> None:
-    assert evaluate(AGE_POLICY, Ep(), None, NOW, activity={timedelta(days=1): 0}).rule == "ttl"
-    unknown = Ep(created_at=None)
+    assert evaluate(AGE_POLICY, FullEp(), None, NOW, activity={timedelta(days=1): 0}).rule == "ttl"
+    unknown = FullEp(created_at=None)
     d = evaluate(AGE_POLICY, unknown, None, NOW, activity={timedelta(days=1): 0})
     assert d.verdict is Verdict.KEEP, d
     assert decide(AGE_POLICY, unknown, None, NOW, ignore_grace=True).verdict is Verdict.KEEP
@@ -300,14 +310,14 @@ def test_a_ttl_rule_does_not_hold_on_an_unknown_age() -> None:
 
 def test_an_idle_rule_does_not_hold_on_an_unknown_age() -> None:
     idle_only = parse_policy("version: 1\nrules:\n  - name: idle\n    idle: {no_requests_for: 1d}\n")
-    assert evaluate(idle_only, Ep(), None, NOW, activity={timedelta(days=1): 0}).label == "delete"
-    d = evaluate(idle_only, Ep(created_at=None), None, NOW, activity={timedelta(days=1): 0})
+    assert evaluate(idle_only, FullEp(), None, NOW, activity={timedelta(days=1): 0}).label == "delete"
+    d = evaluate(idle_only, FullEp(created_at=None), None, NOW, activity={timedelta(days=1): 0})
     assert d.verdict is Verdict.KEEP  # not even NEEDS_ACTIVITY: no count could make it hold
 
 
 def test_a_stale_rule_reads_the_janitors_observations_not_the_age() -> None:
     stale = parse_policy("version: 1\nrules:\n  - name: s\n    stale: {states: [STOPPED], for: 1d}\n")
-    ep = Ep(created_at=None, state="STOPPED")
+    ep = FullEp(created_at=None, state="STOPPED")
     d = evaluate(stale, ep, Observation("STOPPED", NOW - timedelta(days=2)), NOW)
     assert d.label == "delete"
     both = parse_policy("version: 1\nrules:\n  - name: s\n    ttl: 1h\n    stale: {states: [STOPPED], for: 1d}\n")
@@ -323,7 +333,7 @@ def test_a_stale_rule_reads_the_janitors_observations_not_the_age() -> None:
 def test_no_age_rule_ever_acts_on_an_unknown_age(condition: str, action: str, state: str, now: datetime) -> None:
     policy = parse_policy(f"version: 1\nrules:\n  - name: r\n    {condition}\n    action: {action}\n")
     windows = {r.idle.no_requests_for: 0 for r in policy.rules if r.idle is not None}
-    ep = replace(Ep(), created_at=None, state=state)
+    ep = replace(FullEp(), created_at=None, state=state)
     observed = Observation(state, now - timedelta(days=3650))
     assert evaluate(policy, ep, observed, now, activity=windows).verdict is Verdict.KEEP
 
@@ -438,3 +448,530 @@ def test_a_protect_matcher_protects_through_a_declared_variant() -> None:
     assert (d.verdict, d.reason) == (Verdict.PROTECTED, "protect[0] (model=acme/protected-*)")
     assert hold_back(policy, canary, NOW) == "protected now: protect[0] (model=acme/protected-*)"
     assert hold_back(policy, plain, NOW) is None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Ep:
+    id: str = "endpoint-1"
+    name: str = "acme/ci-run-1"
+    model: str = "meta-llama/Llama-3-8b"
+    type: str = "dedicated"
+    owner: str = "acme"
+    state: str = "STARTED"
+    created_at: datetime = NOW - timedelta(hours=7)
+    display_name: str | None = None
+    hardware: str | None = None
+    variants: tuple[tuple[str | None, str | None], ...] = ()
+
+
+POLICY = parse_policy(
+    """
+version: 1
+scope: {types: [dedicated], mine: false}
+protect:
+  - name: "acme/prod-*"
+  - id: endpoint-keep
+rules:
+  - name: ci-endpoints
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+  - name: idle-a-week
+    stale: {states: [STOPPED, ERROR], for: 7d}
+limits:
+  max_deletes_per_sweep: 25
+"""
+)
+
+
+def test_ttl_expired_is_deleted_by_the_first_rule() -> None:
+    d = evaluate(POLICY, Ep(), None, NOW)
+    assert (d.label, d.rule) == ("delete", "ci-endpoints")
+    assert "ttl 6h" in d.reason
+
+
+def test_ttl_not_yet_expired_is_kept() -> None:
+    assert evaluate(POLICY, Ep(created_at=NOW - timedelta(hours=5)), None, NOW).verdict is Verdict.KEEP
+
+
+def test_future_created_at_is_never_expired() -> None:
+    assert evaluate(POLICY, Ep(created_at=NOW + timedelta(days=400)), None, NOW).verdict is Verdict.KEEP
+
+
+def test_protect_by_name_and_by_id_wins_over_rules() -> None:
+    d = evaluate(
+        POLICY,
+        Ep(name="acme/prod-chat", created_at=NOW - timedelta(days=90), state="STOPPED"),
+        Observation("STOPPED", NOW - timedelta(days=30)),
+        NOW,
+    )
+    assert d.verdict is Verdict.PROTECTED and "protect[0]" in d.reason
+    assert evaluate(POLICY, Ep(id="endpoint-keep"), None, NOW).verdict is Verdict.PROTECTED
+
+
+def test_serverless_is_out_of_scope_by_default() -> None:
+    d = evaluate(POLICY, Ep(type="serverless", created_at=NOW - timedelta(days=900)), None, NOW)
+    assert d.verdict is Verdict.OUT_OF_SCOPE
+    assert parse_policy("version: 1").scope.types == ["dedicated"]
+
+
+def test_stale_needs_the_janitors_own_observation() -> None:
+    ep = Ep(name="x/other", state="STOPPED", created_at=NOW - timedelta(days=30))
+    assert evaluate(POLICY, ep, None, NOW).verdict is Verdict.KEEP  # never seen: first sighting is now
+    assert evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=6)), NOW).verdict is Verdict.KEEP
+    d = evaluate(POLICY, ep, Observation("STOPPED", NOW - timedelta(days=8)), NOW)
+    assert (d.label, d.rule) == ("delete", "idle-a-week")
+    # an observation of another state does not count
+    assert evaluate(POLICY, ep, Observation("STARTED", NOW - timedelta(days=8)), NOW).verdict is Verdict.KEEP
+
+
+def test_observe_first_sighting_is_now_and_a_change_resets_the_clock() -> None:
+    first = observe(None, "STOPPED", NOW)
+    assert first == Observation("STOPPED", NOW)
+    later = NOW + timedelta(days=1)
+    assert observe(first, "STOPPED", later) == first
+    assert observe(first, "STARTED", later) == Observation("STARTED", later)
+
+
+def test_ttl_and_stale_together_both_must_hold() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: both\n   ttl: 1d\n   stale: {states: [STOPPED], for: 1h}")
+    old_stopped = Ep(state="STOPPED", created_at=NOW - timedelta(days=2))
+    assert evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).label == "delete"
+    assert (
+        evaluate(policy, old_stopped, Observation("STOPPED", NOW - timedelta(minutes=2)), NOW).verdict is Verdict.KEEP
+    )
+    young = replace(old_stopped, created_at=NOW - timedelta(hours=3))
+    assert evaluate(policy, young, Observation("STOPPED", NOW - timedelta(hours=2)), NOW).verdict is Verdict.KEEP
+
+
+def test_rules_are_tried_in_order() -> None:
+    policy = parse_policy(
+        "version: 1\nrules:\n - name: first\n   match: {owner: acme}\n   ttl: 1h\n - name: second\n   ttl: 1h"
+    )
+    assert evaluate(policy, Ep(), None, NOW).rule == "first"
+    assert evaluate(policy, Ep(owner="bob"), None, NOW).rule == "second"
+
+
+def test_no_match_means_every_endpoint_in_scope() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: all\n   ttl: 1h")
+    assert evaluate(policy, Ep(name="anything/at-all"), None, NOW).label == "delete"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("acme/ci-*", "acme/ci-42", True),
+        ("acme/ci-*", "ACME/ci-42", False),  # globs are case-sensitive
+        ("acme/ci-?", "acme/ci-4", True),
+        ("acme/ci-[0-9]", "acme/ci-x", False),
+        ("re:acme/ci-\\d+", "acme/ci-42", True),
+        ("re:acme/ci-\\d+", "acme/ci-42-extra", False),  # regexes must match the whole value
+        ("re:.*-tmp", "x-tmp", True),
+    ],
+)
+def test_glob_and_regex(pattern: str, value: str, expected: bool) -> None:
+    policy = parse_policy(f"version: 1\nrules:\n - name: r\n   match: {{name: '{pattern}'}}\n   ttl: 1h")
+    assert (evaluate(policy, Ep(name=value), None, NOW).label == "delete") is expected
+
+
+def test_a_list_of_patterns_matches_any_and_every_key_must_match() -> None:
+    policy = parse_policy(
+        "version: 1\nrules:\n - name: r\n   match: {name: ['a/*', 'b/*'], state: [STARTED, ERROR]}\n   ttl: 1h"
+    )
+    assert evaluate(policy, Ep(name="b/x"), None, NOW).label == "delete"
+    assert evaluate(policy, Ep(name="b/x", state="STOPPED"), None, NOW).verdict is Verdict.KEEP
+    assert evaluate(policy, Ep(name="c/x"), None, NOW).verdict is Verdict.KEEP
+
+
+@pytest.mark.parametrize("key", ["id", "name", "model", "owner", "state", "type"])
+def test_every_list_key_can_be_matched(key: str) -> None:
+    ep = Ep()
+    policy = parse_policy(f"version: 1\nrules:\n - name: r\n   match: {{{key}: '{getattr(ep, key)}'}}\n   ttl: 1h")
+    assert evaluate(policy, ep, None, NOW).label == "delete"
+
+
+def test_detail_keys_ask_for_the_detail_only_after_other_keys_pass() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: r\n   match: {name: 'acme/*', hardware: '*h100*'}\n   ttl: 1h")
+    assert evaluate(policy, Ep(name="other/x"), None, NOW).verdict is Verdict.KEEP  # no fetch needed
+    assert evaluate(policy, Ep(), None, NOW).wanted is Wanted.DETAIL
+    detailed = Ep(display_name="d", hardware="1x_nvidia_h100_80gb_sxm")
+    assert evaluate(policy, detailed, None, NOW, detail_fetched=True).label == "delete"
+    other_hw = Ep(display_name="d", hardware="1x_nvidia_a100")
+    assert evaluate(policy, other_hw, None, NOW, detail_fetched=True).verdict is Verdict.KEEP
+    # the detail did not carry the field: a rule that cannot be decided does not hold
+    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).verdict is Verdict.KEEP
+
+
+def test_protect_on_detail_key_fetches_and_fails_safe() -> None:
+    policy = parse_policy("version: 1\nprotect:\n - display_name: 'KEEP*'\nrules:\n - name: r\n   ttl: 1h")
+    assert evaluate(policy, Ep(), None, NOW).wanted is Wanted.DETAIL
+    kept = Ep(display_name="KEEP me", hardware="h")
+    assert evaluate(policy, kept, None, NOW, detail_fetched=True).verdict is Verdict.PROTECTED
+    assert evaluate(policy, Ep(display_name="x", hardware="h"), None, NOW, detail_fetched=True).label == "delete"
+    # undecidable protection protects
+    assert evaluate(policy, Ep(), None, NOW, detail_fetched=True).verdict is Verdict.PROTECTED
+
+
+def test_unknown_states_are_tolerated() -> None:
+    policy = parse_policy("version: 1\nrules:\n - name: failed\n   stale: {states: [FAILED], for: 1h}")
+    ep = Ep(state="FAILED")
+    assert evaluate(policy, ep, Observation("FAILED", NOW - timedelta(hours=2)), NOW).label == "delete"
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragments"),
+    [
+        ("version: 2", ["version", "version: 1"]),
+        ("rules: []", ["version", "missing"]),
+        ("version: 1\nrules:\n - name: ci\n   ttl: 6x", ["rule 'ci'", "ttl", "6x"]),
+        ("version: 1\nrules:\n - name: ci\n   match: {nmae: x}\n   ttl: 1h", ["rule 'ci'", "match", "nmae"]),
+        ("version: 1\nrules:\n - name: ci", ["rule 'ci'", "ttl, stale or idle"]),
+        ("version: 1\nrules:\n - name: ci\n   stale: {states: [STOPPED]}", ["rule 'ci'", "stale", "for"]),
+        ("version: 1\nrules:\n - name: ci\n   stale: {states: [], for: 1d}", ["rule 'ci'", "states"]),
+        ("version: 1\nrules:\n - name: ci\n   ttl: 1h\n   ttl: 2h", ["line", "twice"]),
+        ("version: 1\nrules:\n - name: a\n   ttl: 1h\n - name: a\n   ttl: 2h", ["'a'", "unique"]),
+        ("version: 1\nrules:\n - name: a\n   tll: 1h", ["rule 'a'", "tll", "unknown key"]),
+        ("version: 1\nprotect:\n - name: 're:('", ["protect[0]", "regular expression"]),
+        ("version: 1\nprotect:\n - {}", ["protect[0]", "matcher"]),
+        ("version: 1\nlimits: {max_deletes_per_sweep: -1}", ["limits", "max_deletes_per_sweep"]),
+        ("version: 1\nlimits: {max_deletes_per_sweep: '5'}", ["limits", "max_deletes_per_sweep"]),
+        ("version: 1\nscope: {types: []}", ["scope", "types"]),
+        ("version: 1\nscope: {mine: 'yes'}", ["scope", "mine"]),
+        ("version: 1\nsurprise: 1", ["surprise", "unknown key"]),
+        ("- just a list", ["mapping"]),
+        ("version: [1", ["YAML", "line 1"]),
+        ("", ["mapping"]),
+        ("version: 1\nrules:\n - 42", ["rules[0]"]),
+    ],
+)
+def test_errors_are_one_line_and_name_the_place(doc: str, fragments: list[str]) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(doc, "policy.yaml")
+    message = str(info.value)
+    assert message.startswith("policy.yaml: ")
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_load_policy_reports_missing_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "nope.yaml", V1_CAPABILITIES)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(PolicyError, match="UTF-8"):
+        load_policy(binary, V1_CAPABILITIES)
+
+
+def test_yaml_tags_that_build_objects_are_refused() -> None:
+    with pytest.raises(PolicyError, match="YAML"):
+        parse_policy("version: !!python/object/apply:os.system ['true']")
+
+
+@pytest.mark.parametrize("name", ["policy.yaml", "policy.example.yaml"])
+def test_shipped_policies_are_valid(name: str) -> None:
+    policy = load_policy(ROOT / "config" / name, V1_CAPABILITIES)
+    assert policy.limits.max_deletes_per_sweep >= 0
+
+
+names = st.text(alphabet="abcdefghij/-*", min_size=1, max_size=12)
+
+
+endpoints = st.builds(
+    Ep,
+    name=st.text(alphabet="abcdefghij/-", min_size=1, max_size=12),
+    state=st.sampled_from(["STARTED", "STOPPED", "ERROR", "FAILED", "PENDING"]),
+    type=st.sampled_from(["dedicated", "serverless"]),
+    created_at=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ep=endpoints,
+    protect=names,
+    rule_glob=names,
+    ttl_h=st.integers(1, 1000),
+    stale_h=st.integers(1, 1000),
+    since_h=st.integers(-10, 2000),
+)
+def test_protected_or_out_of_scope_is_never_deleted(
+    ep: Ep, protect: str, rule_glob: str, ttl_h: int, stale_h: int, since_h: int
+) -> None:
+    policy = parse_policy(
+        f"version: 1\nprotect:\n - name: '{protect}'\nrules:\n - name: a\n   match: {{name: '{rule_glob}'}}\n"
+        f"   ttl: {ttl_h}h\n - name: b\n   stale: {{states: [STOPPED, FAILED], for: {stale_h}h}}\n"
+    )
+    observed = Observation(ep.state, NOW - timedelta(hours=since_h))
+    decision = evaluate(policy, ep, observed, NOW)
+    protected = policy.protect[0].matches(ep)
+    if decision.label == "delete":
+        assert not protected
+        assert ep.type == "dedicated"
+        assert ep.created_at <= NOW or decision.rule == "b"
+    if ep.type != "dedicated":
+        assert decision.verdict is Verdict.OUT_OF_SCOPE
+
+
+GRACE_POLICY = parse_policy(
+    """
+version: 1
+grace: 1h
+rules:
+  - name: ci
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+  - name: quick
+    match: {name: "acme/tmp-*"}
+    ttl: 1h
+    grace: 0s
+  - name: stop-idle
+    match: {name: "acme/dev-*"}
+    ttl: 2h
+    action: stop
+    grace: 10m
+  - name: delete-stopped
+    stale: {states: [STOPPED], for: 1d}
+"""
+)
+
+
+def test_grace_marks_first_then_acts_when_due() -> None:
+    first = decide(GRACE_POLICY, Ep(), None, NOW)
+    assert first.verdict is Verdict.MARKED and first.marked_at == NOW and first.due_at == NOW + timedelta(hours=1)
+    assert first.action is Action.DELETE
+    mark = Mark("ci", NOW, NOW + timedelta(hours=1))
+    waiting = decide(GRACE_POLICY, Ep(), None, NOW + timedelta(minutes=30), mark=mark)
+    assert waiting.verdict is Verdict.MARKED and waiting.marked_at is None and waiting.due_at == mark.due_at
+    due = decide(GRACE_POLICY, Ep(), None, NOW + timedelta(hours=1), mark=mark)
+    assert (due.label, due.rule) == ("delete", "ci")
+
+
+def test_a_mark_of_another_rule_starts_a_new_grace() -> None:
+    stale_mark = Mark("delete-stopped", NOW - timedelta(days=2), NOW - timedelta(days=1))
+    d = decide(GRACE_POLICY, Ep(), None, NOW, mark=stale_mark)
+    assert d.verdict is Verdict.MARKED and d.rule == "ci" and d.marked_at == NOW
+
+
+def test_per_rule_grace_overrides_and_zero_disables() -> None:
+    assert decide(GRACE_POLICY, Ep(name="acme/tmp-1"), None, NOW).label == "delete"
+    d = decide(GRACE_POLICY, Ep(name="acme/dev-1"), None, NOW)
+    assert d.verdict is Verdict.MARKED and d.due_at == NOW + timedelta(minutes=10) and d.action is Action.STOP
+    assert decide(POLICY, Ep(), None, NOW).label == "delete"  # no grace key: no grace
+
+
+def test_re_check_ignores_grace() -> None:
+    assert decide(GRACE_POLICY, Ep(), None, NOW, ignore_grace=True).label == "delete"
+
+
+def test_exemptions_win_until_they_expire() -> None:
+    ex = Exemption("endpoint-1", "demo on Friday", "alice", NOW - timedelta(hours=1), NOW + timedelta(hours=1))
+    d = decide(POLICY, Ep(), None, NOW, exemption=ex)
+    assert d.verdict is Verdict.EXEMPT and "alice" in d.reason and "demo on Friday" in d.reason
+    assert decide(POLICY, Ep(), None, NOW + timedelta(hours=2), exemption=ex).label == "delete"
+    # an exemption does not turn a keep into anything else
+    assert decide(POLICY, Ep(created_at=NOW), None, NOW, exemption=ex).verdict is Verdict.KEEP
+
+
+def test_stop_rules_skip_endpoints_already_stopped_and_the_next_rule_applies() -> None:
+    policy = parse_policy(
+        "version: 1\nrules:\n - name: stop-idle\n   ttl: 2h\n   action: stop\n"
+        " - name: delete-stopped\n   stale: {states: [STOPPED], for: 1d}\n"
+    )
+    assert evaluate(policy, Ep(), None, NOW).label == "stop"
+    stopping = Ep(state="STOPPING")
+    assert evaluate(policy, stopping, None, NOW).verdict is Verdict.KEEP
+    stopped = Ep(state="STOPPED")
+    assert evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(hours=1)), NOW).verdict is Verdict.KEEP
+    d = evaluate(policy, stopped, Observation("STOPPED", NOW - timedelta(days=2)), NOW)
+    assert (d.label, d.rule) == ("delete", "delete-stopped")
+
+
+@pytest.mark.parametrize(
+    ("limits", "acting", "in_scope", "day", "expected"),
+    [
+        ("{max_deletes_per_sweep: 5}", 5, 100, 0, None),
+        ("{max_deletes_per_sweep: 0, max_deletes_per_day: 5}", 0, 100, 9, None),  # acting on nothing never trips
+        ("{max_delete_fraction: 0.29, max_deletes_per_sweep: 100}", 29, 100, 0, None),  # no float surprise
+        ("{max_delete_fraction: 0.29, max_deletes_per_sweep: 100}", 30, 100, 0, "max_delete_fraction: 30 of 100"),
+        ("{max_deletes_per_sweep: 5}", 6, 100, 0, "max_deletes_per_sweep: 6 candidates > 5"),
+        ("{max_delete_fraction: 0.5}", 5, 10, 0, None),
+        ("{max_delete_fraction: 0.5}", 6, 10, 0, "max_delete_fraction: 6 of 10"),
+        ("{max_delete_fraction: 0}", 0, 10, 0, None),
+        ("{max_deletes_per_day: 10}", 4, 100, 6, None),
+        ("{max_deletes_per_day: 10}", 5, 100, 6, "max_deletes_per_day: 6 in the last 24 h + 5 now > 10"),
+    ],
+)
+def test_limits_name_the_limit_and_the_numbers(
+    limits: str, acting: int, in_scope: int, day: int, expected: str | None
+) -> None:
+    policy = parse_policy(f"version: 1\nlimits: {limits}")
+    trip = check_limits(policy.limits, acting, in_scope, day)
+    assert trip == expected or (expected is not None and trip is not None and trip.startswith(expected))
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragments"),
+    [
+        ("version: 1\nrules:\n - name: a\n   ttl: 1h\n   action: nuke", ["rule 'a'", "action"]),
+        ("version: 1\nrules:\n - name: a\n   ttl: 1h\n   grace: soon", ["rule 'a'", "grace"]),
+        ("version: 1\ngrace: -1h", ["grace"]),
+        ("version: 1\nlimits: {max_delete_fraction: 1.5}", ["limits", "max_delete_fraction"]),
+        ("version: 1\nlimits: {max_deletes_per_day: -1}", ["limits", "max_deletes_per_day"]),
+    ],
+)
+def test_safety_keys_are_validated(doc: str, fragments: list[str]) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(doc, "policy.yaml")
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    inventory=st.lists(endpoints, min_size=0, max_size=30),
+    protect=names,
+    exempt_mask=st.lists(st.booleans(), min_size=30, max_size=30),
+    per_sweep=st.integers(0, 10),
+    fraction=st.floats(0, 1),
+    per_day=st.integers(0, 20),
+    acted_today=st.integers(0, 20),
+    grace_h=st.sampled_from([0, 1]),
+)
+def test_protected_and_exempt_are_never_acted_on_and_limits_bound_what_is_queued(
+    inventory: list[Ep],
+    protect: str,
+    exempt_mask: list[bool],
+    per_sweep: int,
+    fraction: float,
+    per_day: int,
+    acted_today: int,
+    grace_h: int,
+) -> None:
+    policy = parse_policy(
+        f"version: 1\ngrace: {grace_h}h\nprotect:\n - name: '{protect}'\n"
+        "rules:\n - name: all\n   ttl: 1h\n - name: stopper\n   stale: {states: [STARTED], for: 1h}\n   action: stop\n"
+        f"limits: {{max_deletes_per_sweep: {per_sweep}, max_delete_fraction: {fraction:.4f}, "
+        f"max_deletes_per_day: {per_day}}}\n"
+    )
+    inventory = [replace(ep, id=f"endpoint-{i}") for i, ep in enumerate(inventory)]
+    acting = 0
+    in_scope = 0
+    for ep, exempt in zip(inventory, exempt_mask, strict=False):
+        exemption = Exemption(ep.id, "r", "p", NOW, NOW + timedelta(days=1)) if exempt else None
+        d = decide(policy, ep, Observation(ep.state, NOW - timedelta(hours=2)), NOW, exemption=exemption)
+        if d.verdict is Verdict.ACT:
+            assert not exempt and not policy.protect[0].matches(ep)
+            acting += 1
+        if d.verdict is not Verdict.OUT_OF_SCOPE:
+            in_scope += 1
+    queued = acting if check_limits(policy.limits, acting, in_scope, acted_today) is None else 0
+    assert queued <= per_sweep
+    assert queued <= float(f"{fraction:.4f}") * in_scope or queued == 0
+    assert acted_today + queued <= per_day or queued == 0
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a*)*b", r"(\w+\s?)*$", r"((a+))+", r"(aa?)+$"])
+def test_regexes_run_in_linear_time_so_backtracking_shapes_are_harmless(pattern: str) -> None:
+    policy = parse_policy(f"version: 1\nprotect:\n - name: 're:{pattern}'\n", "p.yaml")
+    assert policy.protect[0].matches(Ep(name="a" * 5000 + "!")) in (True, False)  # completes (RE2)
+
+
+def test_regex_syntax_re2_lacks_is_refused_clearly() -> None:
+    with pytest.raises(PolicyError, match="RE2 syntax"):
+        parse_policy("version: 1\nprotect:\n - name: 're:(?=a)b'\n", "p.yaml")
+
+
+@pytest.mark.parametrize("pattern", [r"acme/ci-\d+", r"(ab|cd)+", r"(a{1,3})+", r".*-tmp", r"(?:acme|corp)/.*"])
+def test_ordinary_regexes_are_accepted(pattern: str) -> None:
+    parse_policy(f"version: 1\nprotect:\n - name: 're:{pattern}'\n")
+
+
+IDLE = parse_policy(
+    """
+version: 1
+protect:
+  - name: "acme/prod-*"
+rules:
+  - name: quiet-day
+    match: {name: "acme/*"}
+    idle: {no_requests_for: 24h}
+  - name: quiet-hour-ci
+    match: {name: "acme/ci-*"}
+    ttl: 2h
+    idle: {no_requests_for: 1h}
+"""
+)
+
+
+DAY, HOUR = timedelta(hours=24), timedelta(hours=1)
+
+
+def test_idle_asks_for_the_count_only_once_the_rule_s_other_keys_hold() -> None:
+    old = Ep(name="acme/demo", created_at=NOW - timedelta(days=3))
+    asked = evaluate(IDLE, old, None, NOW)
+    assert (asked.wanted, asked.rule, asked.window) == (Wanted.ACTIVITY, "quiet-day", DAY)
+    # Another project's endpoint fails the match: no count is asked for, nothing to fetch.
+    assert evaluate(IDLE, replace(old, name="other/demo"), None, NOW).verdict is Verdict.KEEP
+    # Protected: decided without the count.
+    assert evaluate(IDLE, replace(old, name="acme/prod-1"), None, NOW).verdict is Verdict.PROTECTED
+
+
+def test_idle_holds_only_with_no_requests_and_an_age_of_at_least_the_window() -> None:
+    old = Ep(name="acme/demo", created_at=NOW - timedelta(days=3))
+    quiet = evaluate(IDLE, old, None, NOW, activity={DAY: 0})
+    assert (quiet.label, quiet.rule) == ("delete", "quiet-day") and "no requests for 1d" in quiet.reason
+    assert evaluate(IDLE, old, None, NOW, activity={DAY: 1}).verdict is Verdict.KEEP
+    young = replace(old, created_at=NOW - timedelta(hours=5))  # cannot have been idle for a whole day
+    assert evaluate(IDLE, young, None, NOW).verdict is Verdict.KEEP
+
+
+def test_a_busy_first_rule_falls_through_to_the_next_rule_s_own_window() -> None:
+    ci = Ep(name="acme/ci-7", created_at=NOW - timedelta(days=3))
+    asked = evaluate(IDLE, ci, None, NOW, activity={DAY: 12})
+    assert (asked.wanted, asked.rule, asked.window) == (Wanted.ACTIVITY, "quiet-hour-ci", HOUR)
+    held = evaluate(IDLE, ci, None, NOW, activity={DAY: 12, HOUR: 0})
+    assert (held.label, held.rule) == ("delete", "quiet-hour-ci")
+    assert "age" in held.reason and "no requests for 1h" in held.reason
+
+
+def test_idle_is_refused_for_v1_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nrules:\n - name: quiet\n   idle: {no_requests_for: 24h}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path, V1_CAPABILITIES)
+    message = str(info.value)
+    assert "rule 'quiet'" in message and "JANITOR_TOGETHER_API=v2" in message and "\n" not in message
+    assert load_policy(path, V2_CAPABILITIES).rules[0].idle is not None
+    with pytest.raises(PolicyError, match="no_requests_for"):
+        parse_policy("version: 1\nrules:\n - name: q\n   idle: {}\n")
+    with pytest.raises(PolicyError, match=r"rule 'q' .*idle: no_requests_for"):
+        parse_policy("version: 1\nrules:\n - name: q\n   idle: {no_requests_for: soon}\n")
+
+
+def test_hold_back_asks_scope_protect_and_exemption_but_not_the_rule() -> None:
+    from worker.policy import hold_back
+
+    stopped = Ep(name="acme/demo", state="STOPPED", created_at=NOW)  # no rule holds for it now
+    assert hold_back(IDLE, stopped, NOW) is None
+    assert "protect" in (hold_back(IDLE, replace(stopped, name="acme/prod-9"), NOW) or "")
+    assert "in scope" in (hold_back(IDLE, replace(stopped, type="serverless"), NOW) or "")
+    exemption = Exemption(stopped.id, "demo friday", "ana", NOW - HOUR, NOW + HOUR)
+    assert "ana" in (hold_back(IDLE, stopped, NOW, exemption=exemption) or "")
+
+
+def test_v2_refuses_what_it_cannot_know_rather_than_lose_a_protection() -> None:
+    from worker.policy import check_api_support
+
+    owner_protect = parse_policy("version: 1\nprotect:\n  - owner: bob\nrules:\n  - name: r\n    ttl: 1h\n")
+    check_api_support(owner_protect, V1_CAPABILITIES)
+    with pytest.raises(PolicyError, match=r"protect\[0\]: owner is not known in v2"):
+        check_api_support(owner_protect, V2_CAPABILITIES)
+    owner_rule = parse_policy("version: 1\nrules:\n  - name: r\n    match: {owner: bob}\n    ttl: 1h\n")
+    with pytest.raises(PolicyError, match="rule 'r': owner"):
+        check_api_support(owner_rule, V2_CAPABILITIES)
+    mine = parse_policy("version: 1\nscope: {mine: true}\nrules:\n  - name: r\n    ttl: 1h\n")
+    with pytest.raises(PolicyError, match="mine: true"):
+        check_api_support(mine, V2_CAPABILITIES)

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from worker.errors import MalformedResponse
+from worker.errors import ApiStatusError, MalformedResponse, SettingsError
 from worker.policy import Verdict, evaluate, parse_policy
-from worker.together import EARLIEST_API_TIME, Endpoint, EndpointList, TogetherClient, api_time
+from worker.together import EARLIEST_API_TIME, Endpoint, EndpointList, TogetherClient, api_time, check_endpoint_id
 from worker.together_v2 import TogetherV2Client, V2Endpoint, to_facts
 
 NOW = datetime(2026, 11, 29, 10, 1, tzinfo=UTC)
@@ -308,3 +308,38 @@ def test_the_v2_list_keeps_an_unknown_age_and_refuses_a_number_for_a_string() ->
     assert evaluate(TTL, only, None, NOW).verdict is Verdict.KEEP
     with client_over([v2(deployment={"model": 7})]) as client, pytest.raises(MalformedResponse):
         client.list_endpoints()
+
+
+def test_an_undecodable_body_is_a_malformed_response() -> None:
+    # Unit test of the error mapping only: a corrupt gzip body cannot be produced by the simulator.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    with (
+        TogetherClient("http://api.invalid/v1", "k", 1, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(MalformedResponse, match="undecodable"),
+    ):
+        c.delete_endpoint("endpoint-1")
+
+
+def test_missing_key_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="TOGETHER_API_KEY"):
+        TogetherClient("http://127.0.0.1:1/v1", "", timeout_s=1)
+
+
+@pytest.mark.parametrize("good", ["endpoint-d23901de-ef8f-44bf-b3e7-de9c1ca8f2d7", "ep_abc123", "a.b:c~d"])
+def test_good_ids(good: str) -> None:
+    assert check_endpoint_id(good) == good
+
+
+def test_an_error_body_echoing_the_key_is_scrubbed() -> None:
+    # Unit test of the scrubbing only: a proxy that echoes headers into its error page.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text=f"bad gateway for {request.headers['Authorization']}")
+
+    with (
+        TogetherClient("http://api.invalid/v1", "sk-secret-9", 1, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ApiStatusError) as info,
+    ):
+        c.delete_endpoint("endpoint-1")
+    assert "sk-secret-9" not in str(info.value) and "***" in str(info.value)

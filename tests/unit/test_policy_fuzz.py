@@ -11,10 +11,7 @@ integers, huge repeat counts, keys with line breaks), so they stay fixed.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,10 @@ from hypothesis import strategies as st
 from worker.errors import PolicyError
 from worker.policy import MATCH_KEYS, Policy, ValuePattern, parse_policy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "p.yaml"
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 100 examples a fuzzer (was 250): the three fuzzers were a third of the fast tier's time; CI runs them derandomized.
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -392,37 +390,3 @@ def test_version_true_is_not_version_one() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
-
-
-def _janitor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "TOGETHER_", "CELERY_"))}
-    script = Path(sys.executable).parent / "janitor"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"version: 1\nrules:\n  - name: ci\n    ttl: 6 hours\n",
-        b"version: 1\nrules:\n  - name: ci\n    ttl: 6h\n    match: {name: 're:(?=a)b'}\n",
-        b"\xff\xfe\x00junk\x80\x81",
-        b"version: 1\nrules: [\n",
-    ],
-    ids=["bad-duration", "lookaround-regex", "binary", "broken-yaml"],
-)
-def test_check_policy_cli_exits_2_with_one_line(tmp_path: Path, content: bytes) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_bytes(content)
-    done = _janitor("check-policy", str(bad), cwd=tmp_path)
-    assert done.returncode == 2, done
-    assert "Traceback" not in done.stderr and done.stdout == ""
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"janitor: {bad}: "), done.stderr
-
-
-def test_check_policy_cli_on_an_unhashable_key(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\n? [a]\n: 1\n")
-    done = _janitor("check-policy", str(bad), cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1

@@ -1,64 +1,15 @@
-"""The claim a delete task must match (worker.store.Claim) and what counts as an unknown result
-(worker.janitor.take_step): pure, no Redis."""
+"""worker.janitor's pure parts: what counts as an unknown result of a step (take_step), and the retry backoff.
+
+No Redis: the client and the guard are stand-ins."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
-from worker.janitor import Attempt, take_step
-from worker.store import Claim, OutcomeStatus
+from worker.janitor import Attempt, backoff_delay, take_step
+from worker.models import OutcomeStatus
 from worker.together import V1_CAPABILITIES, Guard, Step, StepKind
-
-names = st.text(min_size=1, max_size=40)
-requests = st.fixed_dictionaries(
-    {
-        "endpoint_id": names,
-        "endpoint_name": names,
-        "sweep_id": names,
-        "rule": names,
-        "dry_run": st.booleans(),
-        "action": st.sampled_from(["delete", "stop"]),
-    }
-)
-
-
-def stored(task_id: str, at: float, request: dict[str, Any]) -> str:
-    """As the claim script writes it: ``<task id>|<Redis time>|<request JSON>``."""
-    return f"{task_id}|{at:.0f}|{json.dumps(request, separators=(',', ':'), sort_keys=True)}"
-
-
-@given(task_id=st.uuids().map(lambda u: u.hex), request=requests)
-def test_a_claim_allows_exactly_its_own_task(task_id: str, request: dict[str, Any]) -> None:
-    claim = Claim.parse(stored(task_id, 1764460000, request))
-    assert claim.task_id == task_id and claim.claimed_at == 1764460000 and claim.request == request
-    assert claim.allows(task_id, request)
-    # The retry state a task carries in its kwargs is not part of the claim.
-    assert claim.allows(task_id, {**request, "server_errors": 3, "waiting_since": None})
-    assert not claim.allows(task_id + "0", request)
-    for key, value in request.items():
-        other = (not value) if isinstance(value, bool) else ("stop" if value == "delete" else "delete")
-        if key not in ("dry_run", "action"):
-            other = value + "x"
-        assert not claim.allows(task_id, {**request, key: other}), key
-        assert not claim.allows(task_id, {k: v for k, v in request.items() if k != key}), key
-
-
-@pytest.mark.parametrize("value", ["t1|1764460000", "t1|1764460000|", "t1|x|{not json", "t1|1|[1,2]", "t1", ""])
-def test_a_claim_without_a_readable_request_allows_nothing(value: str) -> None:
-    claim = Claim.parse(value)
-    assert claim.request is None
-    assert not claim.allows(claim.task_id, {"endpoint_id": "e"})
-
-
-def test_an_unreadable_claim_time_counts_as_old() -> None:
-    assert Claim.parse("t1|soon|{}").claimed_at == 0.0
-
 
 # ------------------------------------------------------------------ unknown results
 
@@ -132,3 +83,11 @@ def test_a_failed_re_check_read_changed_nothing(error: Exception) -> None:
 def test_a_completed_change_is_settled_not_unknown() -> None:
     result = attempt(None)
     assert result.status is OutcomeStatus.DELETED and not result.unknown
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    low = [backoff_delay(r, 2.0, 300.0, lambda a, b: a) for r in range(12)]
+    high = [backoff_delay(r, 2.0, 300.0, lambda a, b: b) for r in range(12)]
+    assert low[:4] == [1.0, 2.0, 4.0, 8.0] and high[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert max(high) == 300.0 and all(lo <= hi for lo, hi in zip(low, high, strict=True))
+    assert backoff_delay(0, 0.25, 1.0, lambda a, b: b) == 0.25  # fractions allowed

@@ -1,0 +1,88 @@
+"""worker.exporter's pure parts: the counters read by name and labels, and the text a scrape serves."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client.samples import Sample
+
+from tests.exposition import EXPECTED, by_labels, samples, value
+from worker.exporter import render, snapshot
+from worker.store import METRIC_LABEL_SEP, MetricsReading
+
+
+def test_render_without_a_server() -> None:
+    snapshot = {
+        "sweeps": {},
+        "candidates": 0,
+        "outcomes": {("failed", "delete", ""): 2},
+        "retries": {},
+        "limit_trips": 0,
+        "spend_removed_usd_per_hour": 0.0,
+        "marked": 0,
+        "exempt": 0,
+        "paused": 0,
+        "last_sweep_finished": None,
+    }
+    found = samples(render(snapshot, now=time.time()).decode())
+    # No sweep on record: both sweep-time gauges are absent (not NaN, not 0).
+    assert set(found) == EXPECTED - {"janitor_last_sweep_timestamp_seconds", "janitor_seconds_since_last_sweep"}
+    assert found["janitor_sweeps"] == [] and found["janitor_retries"] == []
+    assert by_labels(found, "janitor_outcomes", "status", "action", "rule") == {("failed", "delete", ""): 2}
+
+    later = samples(render(snapshot | {"last_sweep_finished": 1000.0}, now=1600.5).decode())
+    assert value(later, "janitor_last_sweep_timestamp_seconds") == 1000.0
+    assert value(later, "janitor_seconds_since_last_sweep") == 600.5
+    skewed = samples(render(snapshot | {"last_sweep_finished": 2000.0}, now=1600.0).decode())
+    assert value(skewed, "janitor_seconds_since_last_sweep") == 0  # a worker clock ahead of ours: never negative
+
+    assert samples(render(None, now=0).decode()) == {"janitor_up": [Sample("janitor_up", {}, 0.0)]}
+
+
+def _reading(counters: dict[str, str]) -> MetricsReading:
+    return MetricsReading(counters=counters, marked=1, exempt=2, paused=0, last_sweep_finished=None)
+
+
+def test_counter_fields_are_read_by_name_and_labels() -> None:
+    sep = METRIC_LABEL_SEP
+    found = snapshot(
+        _reading(
+            {
+                f"sweeps{sep}ok": "2",
+                f"sweeps{sep}limit_exceeded": "1",
+                "candidates": "32",
+                f"outcomes{sep}deleted{sep}delete{sep}ci": "3",
+                f"outcomes{sep}failed{sep}stop{sep}": "1",
+                f"retry{sep}delete": "4",
+                "retry": "1",  # written before retries had an action
+                f"limit{sep}delete": "1",
+                f"limit{sep}": "2",
+                "spend_removed_usd_per_hour": "3.5",
+                "a_counter_from_a_later_version": "9",
+            }
+        )
+    )
+    assert found == {
+        "sweeps": {"ok": 2, "limit_exceeded": 1},
+        "candidates": 32,
+        "outcomes": {("deleted", "delete", "ci"): 3, ("failed", "stop", ""): 1},
+        "retries": {"delete": 4, "": 1},
+        "limit_trips": 3,
+        "spend_removed_usd_per_hour": 3.5,
+        "marked": 1,
+        "exempt": 2,
+        "paused": 0,
+        "last_sweep_finished": None,
+    }
+
+
+def test_no_counters_yet_is_all_zeros() -> None:
+    found = snapshot(_reading({}))
+    assert found["sweeps"] == {} and found["candidates"] == 0 and found["spend_removed_usd_per_hour"] == 0.0
+
+
+@pytest.mark.parametrize("counters", [{"candidates": "many"}, {"sweeps": "1"}])
+def test_a_malformed_counter_raises_so_the_scrape_reports_down(counters: dict[str, str]) -> None:
+    with pytest.raises((ValueError, IndexError)):
+        snapshot(_reading(counters))

@@ -1,0 +1,20 @@
+"""Moments as the janitor records them: aware UTC datetimes, written as ISO 8601 with milliseconds and ``Z``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utc_now() -> datetime:
+    """Now, aware and in UTC: every recorded moment is compared with it, never with a naive local time."""
+    return datetime.now(UTC)
+
+
+def parse_time(text: str) -> datetime:
+    """A moment :func:`iso` wrote (or any ISO 8601 text with a zone; ``Z`` is read as UTC)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def iso(moment: datetime) -> str:
+    """The moment in UTC to the millisecond, ``Z``-suffixed: one spelling, so stored times sort as text."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
