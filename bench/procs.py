@@ -162,6 +162,7 @@ class Simulator:
         self.api_key = api_key
         self.port = free_port()
         argv = [sys.executable, "-m", "worker.simulator", "--port", str(self.port), "--api-key", api_key]
+        argv += ["--no-demo", "--no-verbose"]  # the bench seeds its own endpoints; a log line per call costs CPU
         self.proc = procs.start("simulator", argv)
         self.root = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root}/v1"

@@ -157,7 +157,7 @@ class Sim:
             if r["method"] == method and (endpoint_id is None or r["path"].endswith(f"/endpoints/{endpoint_id}"))
         ]
 
-    # -- the v2 API (docs/api-v2.md; control API under /_sim/v2, see worker/simulator_v2.py) --------------------
+    # -- the v2 API (docs/api-v2.md; control API under /_sim/v2, see worker/simulator/v2.py) --------------------
 
     @property
     def root_url(self) -> str:

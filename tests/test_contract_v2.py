@@ -4,7 +4,7 @@
   loopback HTTP to an in-process simulator, and every raw JSON body is validated with the SDK's own response
   model (``model_validate``: required fields, types, enums) and checked for keys the model does not declare,
   recursively through nested models.
-* :data:`worker.simulator_v2.V2_ROUTES` is compared with what the SDK sends (``tests/sdk_routes.py``, recorded
+* :data:`worker.simulator.v2.V2_ROUTES` is compared with what the SDK sends (``tests/sdk_routes.py``, recorded
   from the SDK through an ``httpx.MockTransport``): the same templates, query keys and body keys.
 * Together's own delete flows (``tg endpoints rm --force`` and the detach from experiments) run against it.
 * Every request of this file is one the SDK produces (:func:`tests.sdk_routes.matches_sdk_route`).

@@ -1,4 +1,4 @@
-"""Tests for the simulator's v2 API (worker/simulator_v2.py): real HTTP over loopback with httpx, the wire format
+"""Tests for the simulator's v2 API (worker/simulator/v2.py): real HTTP over loopback with httpx, the wire format
 exactly as Together's SDK sends it (``updateMask`` in the query, ``etag`` in a PATCH body and a DELETE query).
 
 These pin the simulator's behaviour: paging, etags, the delete order and each of its refusals, experiments and

@@ -338,17 +338,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from worker.simulator import DEMO_OWNER, SimulatorServer
+    from worker.simulator.entry import serve, server_from_args
 
-    owner = DEMO_OWNER if args.demo else "devuser"
     try:
-        server = SimulatorServer(
-            host=args.host, port=args.port, api_key=args.api_key, owner=owner, demo=args.demo, verbose=True
-        )
+        server = server_from_args(args)
     except (ValueError, OSError) as exc:
         raise JanitorError(f"simulator: {exc}") from None
-    print(f"simulator serving {server.base_url} (API key: the one you passed with --api-key)", flush=True)
-    server.serve_forever()
+    serve(server)
     return 0
 
 
@@ -463,16 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_check_policy)
 
-    p = sub.add_parser("simulator", help="serve the Together API simulator on loopback")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8808)
-    p.add_argument("--api-key", default="sim-key")
-    p.add_argument(
-        "--demo",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="seed the demo endpoints (default on)",
-    )
+    from worker.simulator.entry import add_arguments as simulator_arguments  # stdlib only, but only here
+
+    p = sub.add_parser("simulator", help="serve the Together API simulator on loopback (as python -m worker.simulator)")
+    simulator_arguments(p)
     p.set_defaults(func=cmd_simulator)
 
     p = sub.add_parser("doctor", help="check Redis, the API key, the policy, workers, beat and limits")

@@ -433,18 +433,87 @@ def run_stack(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
 
 
+@dataclass
+class _Plan:
+    """What ``janitor up`` settled before it starts anything: the settings it runs with and what it overrides."""
+
+    settings: Settings
+    dotenv: dict[str, str | None]
+    overrides: dict[str, str]
+    sim_key: str  # "" against the real API
+    policy_rules: int
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.sim_key)
+
+
+@dataclass
+class _Started:
+    """Where the started services are, for the banner."""
+
+    redis_url: str
+    private_redis: bool
+    sim_base_url: str
+    flower_auth: str
+    generated_auth: bool
+
+
 def _run(args: argparse.Namespace, stack: _Stack) -> int:
     concurrency = int(args.concurrency)
     flower_port = int(args.flower_port)
     if concurrency < 1:
         raise SettingsError("--concurrency must be at least 1")
-    dotenv: dict[str, str | None] = dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+    plan = _plan()
+    if not port_is_free(flower_port):
+        raise SettingsError(f"port {flower_port} on 127.0.0.1 is taken; pass --flower-port with a free one")
 
+    state_dir = private_dir(STATE_DIR)
+    env = dict(os.environ)
+    env.update(plan.overrides)
+    env["PYTHONUNBUFFERED"] = "1"
+    redis = _redis_for(stack, plan.settings.redis_url, state_dir, env)
+    if redis is None:
+        return 2
+    redis_url, private_redis = redis
+    env["JANITOR_REDIS_URL"] = redis_url
+    stack.check_stop()
+
+    sim_base_url = ""
+    if plan.simulated:
+        # The simulator needs no Redis, so it does not get the URL with the password.
+        sim_env = {k: v for k, v in env.items() if k != "JANITOR_REDIS_URL"}
+        sim_base_url = _start_simulator(stack, plan.sim_key, sim_env)
+        env["JANITOR_TOGETHER_BASE_URL"] = sim_base_url
+
+    flower_auth, generated_auth = _flower_auth(plan.dotenv)
+    _start_celery(stack, env, concurrency, flower_port, state_dir, flower_auth)
+    if plan.simulated:
+        # Beat's first tick comes one interval after it starts; a sweep now shows the demo at once.
+        stack.spawn("first-sweep", [sys.executable, "-m", "worker.cli", "sweep"], env, tier=3, service=False)
+
+    _announce(
+        stack,
+        plan,
+        _Started(redis_url, private_redis, sim_base_url, flower_auth, generated_auth),
+        flower_port,
+        state_dir,
+    )
+    while not stack.stop.wait(0.5):
+        dead = stack.dead_service()
+        if dead is not None:
+            raise _ChildFailed(f"{dead.name} exited unexpectedly ({_how_it_ended(dead.proc.returncode)})")
+    return 0
+
+
+def _plan() -> _Plan:
+    """The settings to run with: without an API key, the simulator's (a throwaway key, the demo schedule and
+    policy where the user did not choose); and the policy, checked now."""
+    dotenv: dict[str, str | None] = dict(dotenv_values(".env")) if Path(".env").is_file() else {}
     settings = load_settings()
-    simulated = settings.together_api_key is None
     overrides: dict[str, str] = {}
     sim_key = ""
-    if simulated:
+    if settings.together_api_key is None:
         sim_key = "sim-" + secrets.token_urlsafe(24)
         for name, value in SIMULATOR_DEFAULTS.items():
             if not _user_set(name, dotenv):
@@ -463,43 +532,35 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
         if "JANITOR_POLICY_FILE" in overrides:
             raise PolicyError(f"{exc} (run `janitor up` where config/ is, or set JANITOR_POLICY_FILE)") from None
         raise
+    return _Plan(settings, dotenv, overrides, sim_key, len(policy.rules))
 
-    if not port_is_free(flower_port):
-        raise SettingsError(f"port {flower_port} on 127.0.0.1 is taken; pass --flower-port with a free one")
 
-    state_dir = private_dir(STATE_DIR)
-    env = dict(os.environ)
-    env.update(overrides)
-    env["PYTHONUNBUFFERED"] = "1"
+def _redis_for(stack: _Stack, redis_url: str, state_dir: Path, env: Mapping[str, str]) -> tuple[str, bool] | None:
+    """The Redis URL to use and whether it is a private one started now; None when none answers and no
+    redis-server can be found (the hint is printed)."""
+    if redis_answers(redis_url):
+        return redis_url, False
+    binary = find_redis_server()
+    if binary is None:
+        stack.say(_NO_REDIS_HINT.format(url=redact_url(redis_url)), error=True)
+        return None
+    stack.say(f"[up] no Redis answers at {redact_url(redis_url)}; starting a private one ({binary})")
+    # Redis needs none of the API keys in its environment.
+    redis_env = {k: v for k, v in env.items() if k not in ("TOGETHER_API_KEY", "JANITOR_TOGETHER_API_KEY")}
+    return _start_private_redis(stack, binary, state_dir, redis_env), True
 
-    # ------------------------------------------------------------------ Redis
-    redis_url = settings.redis_url
-    private_redis = False
-    if not redis_answers(redis_url):
-        binary = find_redis_server()
-        if binary is None:
-            stack.say(_NO_REDIS_HINT.format(url=redact_url(redis_url)), error=True)
-            return 2
-        stack.say(f"[up] no Redis answers at {redact_url(redis_url)}; starting a private one ({binary})")
-        # Redis needs none of the API keys in its environment.
-        redis_env = {k: v for k, v in env.items() if k not in ("TOGETHER_API_KEY", "JANITOR_TOGETHER_API_KEY")}
-        redis_url = _start_private_redis(stack, binary, state_dir, redis_env)
-        private_redis = True
-    env["JANITOR_REDIS_URL"] = redis_url
-    stack.check_stop()
 
-    # ------------------------------------------------------------------ the simulator
-    sim_base_url = ""
-    if simulated:
-        # The simulator needs no Redis, so it does not get the URL with the password.
-        sim_base_url = _start_simulator(stack, sim_key, {k: v for k, v in env.items() if k != "JANITOR_REDIS_URL"})
-        env["JANITOR_TOGETHER_BASE_URL"] = sim_base_url
-
-    # ------------------------------------------------------------------ Celery and Flower
+def _flower_auth(dotenv: Mapping[str, str | None]) -> tuple[str, bool]:
+    """Flower's ``user:password`` (FLOWER_BASIC_AUTH, else one generated for this run) and whether it was made."""
     flower_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip() or (dotenv.get("FLOWER_BASIC_AUTH") or "").strip()
-    generated_auth = not flower_auth
-    if generated_auth:
-        flower_auth = f"janitor:{secrets.token_urlsafe(12)}"
+    if flower_auth:
+        return flower_auth, False
+    return f"janitor:{secrets.token_urlsafe(12)}", True
+
+
+def _start_celery(
+    stack: _Stack, env: dict[str, str], concurrency: int, flower_port: int, state_dir: Path, flower_auth: str
+) -> None:
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
     worker = stack.spawn(
         "worker",
@@ -523,35 +584,28 @@ def _run(args: argparse.Namespace, stack: _Stack) -> int:
     )
     for child in (worker, beat, flower):
         stack.say(f"[up] started {child.name} (pid {child.proc.pid})")
-    if simulated:
-        # Beat's first tick comes one interval after it starts; a sweep now shows the demo at once.
-        stack.spawn("first-sweep", [sys.executable, "-m", "worker.cli", "sweep"], env, tier=3, service=False)
 
+
+def _announce(stack: _Stack, plan: _Plan, started: _Started, flower_port: int, state_dir: Path) -> None:
     # Shell-ready values without a secret: the private URL (with its password) is read from its 0600 file.
-    url_file = (state_dir / REDIS_URL_FILE).resolve() if private_redis else None
+    url_file = (state_dir / REDIS_URL_FILE).resolve() if started.private_redis else None
     exports = {"JANITOR_REDIS_URL": f'"$(cat {shlex.quote(str(url_file))})"'} if url_file else {}
-    if "JANITOR_KEY_PREFIX" in overrides:
-        exports["JANITOR_KEY_PREFIX"] = settings.key_prefix
+    if "JANITOR_KEY_PREFIX" in plan.overrides:
+        exports["JANITOR_KEY_PREFIX"] = plan.settings.key_prefix
     stack.say(
         _banner(
-            settings,
-            policy_rules=len(policy.rules),
-            sim_base_url=sim_base_url,
-            redis_url=redis_url,
-            private_redis=private_redis,
+            plan.settings,
+            policy_rules=plan.policy_rules,
+            sim_base_url=started.sim_base_url,
+            redis_url=started.redis_url,
+            private_redis=started.private_redis,
             redis_url_file=url_file,
             flower_port=flower_port,
-            flower_auth=flower_auth,
-            generated_auth=generated_auth,
+            flower_auth=started.flower_auth,
+            generated_auth=started.generated_auth,
             exports=exports,
         )
     )
-
-    while not stack.stop.wait(0.5):
-        dead = stack.dead_service()
-        if dead is not None:
-            raise _ChildFailed(f"{dead.name} exited unexpectedly ({_how_it_ended(dead.proc.returncode)})")
-    return 0
 
 
 def _banner(
@@ -573,46 +627,22 @@ def _banner(
     mistaken. No Redis password is printed: the URL shows ``***`` in its place, and the full URL of a private
     Redis is in ``JANITOR_REDIS_URL_FILE`` (0600).
     """
-    dry = f"JANITOR_DRY_RUN={str(settings.dry_run).lower()}"
-    if sim_base_url:
-        api = [
-            f"  Together API : SIMULATOR at {sim_base_url} with demo data; nothing real is touched",
-            "                 (set TOGETHER_API_KEY to work against the real API)",
-            f"  Deletes      : {'dry run, nothing is deleted' if settings.dry_run else 'on, in the simulator'} ({dry})",
-        ]
-    else:
-        api = [
-            f"  Together API : REAL, {settings.together_base_url}",
-            "  Deletes      : "
-            + (
-                f"DRY RUN, would-be deletes are only recorded ({dry})"
-                if settings.dry_run
-                else f"LIVE: endpoints the policy selects WILL BE DELETED ({dry})"
-            ),
-        ]
     user, _, password = flower_auth.partition(":")
     shown_password = (
         f"password {password!r} (generated for this run)" if generated_auth else "password from FLOWER_BASIC_AUTH"
     )
-    hints = ["  In another shell:"]
-    if exports:
-        hints.append("    export " + " ".join(f"{k}={v}" for k, v in exports.items()))
-    hints += [
-        "    janitor report          # recent sweeps and the latest outcome per endpoint",
-        "    janitor sweep --wait    # sweep now and print its summary",
-    ]
     rule = "=" * 100
     return "\n".join(
         [
             "",
             rule,
             "endpoint-janitor is up. Ctrl-C stops everything it started.",
-            *api,
+            *_api_lines(settings, sim_base_url),
             f"  Policy       : {settings.policy_file} ({policy_rules} rule(s)), schedule {settings.sweep_schedule}",
             f"  Redis        : {redact_url(redis_url)}" + (" (private, started for this run)" if private_redis else ""),
             f"  Key prefix   : {settings.key_prefix}",
             f"  Flower       : http://127.0.0.1:{flower_port}/  user {user!r}, {shown_password}",
-            *hints,
+            *_hint_lines(exports),
             rule,
             f"JANITOR_REDIS_URL={redact_url(redis_url)}",
             *([f"JANITOR_REDIS_URL_FILE={redis_url_file}"] if redis_url_file else []),
@@ -620,6 +650,37 @@ def _banner(
             "",
         ]
     )
+
+
+def _api_lines(settings: Settings, sim_base_url: str) -> list[str]:
+    """The banner's first lines: which API, and whether deletes are real."""
+    dry = f"JANITOR_DRY_RUN={str(settings.dry_run).lower()}"
+    if sim_base_url:
+        return [
+            f"  Together API : SIMULATOR at {sim_base_url} with demo data; nothing real is touched",
+            "                 (set TOGETHER_API_KEY to work against the real API)",
+            f"  Deletes      : {'dry run, nothing is deleted' if settings.dry_run else 'on, in the simulator'} ({dry})",
+        ]
+    return [
+        f"  Together API : REAL, {settings.together_base_url}",
+        "  Deletes      : "
+        + (
+            f"DRY RUN, would-be deletes are only recorded ({dry})"
+            if settings.dry_run
+            else f"LIVE: endpoints the policy selects WILL BE DELETED ({dry})"
+        ),
+    ]
+
+
+def _hint_lines(exports: Mapping[str, str]) -> list[str]:
+    hints = ["  In another shell:"]
+    if exports:
+        hints.append("    export " + " ".join(f"{k}={v}" for k, v in exports.items()))
+    return [
+        *hints,
+        "    janitor report          # recent sweeps and the latest outcome per endpoint",
+        "    janitor sweep --wait    # sweep now and print its summary",
+    ]
 
 
 def _start_private_redis(stack: _Stack, binary: Path, state_dir: Path, env: Mapping[str, str]) -> str:
@@ -660,8 +721,9 @@ def _start_private_redis(stack: _Stack, binary: Path, state_dir: Path, env: Mapp
 def _start_simulator(stack: _Stack, api_key: str, env: Mapping[str, str]) -> str:
     for attempt in range(1, _START_TRIES + 1):
         port = free_port()
-        argv = [sys.executable, "-m", "worker.cli", "simulator", "--host", "127.0.0.1", "--port", str(port)]
-        child = stack.spawn("simulator", [*argv, "--api-key", api_key, "--demo"], env, tier=1)
+        # The entry point's defaults (loopback, the demo data) are what the stack wants; only the port and key vary.
+        argv = [sys.executable, "-m", "worker.simulator", "--port", str(port), "--api-key", api_key]
+        child = stack.spawn("simulator", argv, env, tier=1)
         stack.say(f"[up] started simulator (pid {child.proc.pid}) on 127.0.0.1:{port}")
         health = f"http://127.0.0.1:{port}/_sim/health"
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.sdk_routes import matches_sdk_route, route_mismatches, sdk_routes
-from worker.simulator_v2 import V2_ROUTES
+from worker.simulator.v2 import V2_ROUTES
 
 pytest.importorskip("together", minversion="3.1")
 

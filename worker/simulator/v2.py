@@ -1,10 +1,10 @@
 """The Together v2 API for the simulator, shaped exactly as Together's official SDK (``together`` 3.1.1) defines it.
 
-This module holds state and handlers only: ``worker/simulator.py`` owns the HTTP server, the bearer key check and
-the loopback guard of the control API, and sends the :class:`V2Reply` these handlers return. It is standard
-library only; ``tests/test_contract_v2.py`` ties it to the SDK (every served body validates against the SDK's own
-response model with no undeclared key, and :data:`V2_ROUTES` accepts exactly the query and body keys the SDK
-sends).
+This module holds state and transport-free handlers only: ``server.py`` owns the HTTP server, the bearer key check
+and the loopback guard of the control API, and sends the :class:`~worker.simulator.common.Reply` these handlers
+return; fault scripts are the package's one dialect (``faults.py``). It is standard library only;
+``tests/test_contract_v2.py`` ties it to the SDK (every served body validates against the SDK's own response model
+with no undeclared key, and :data:`V2_ROUTES` accepts exactly the query and body keys the SDK sends).
 
 Served (``{p}`` the key's project, ``{e}`` an endpoint; every route is in :data:`V2_ROUTES`):
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -58,21 +59,41 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote
 
+from worker.simulator.common import (
+    DEFAULT_HARDWARE,
+    DEFAULT_MODEL,
+    INT32_MAX,
+    JSONDict,
+    Reply,
+    Request,
+    SimError,
+    answer,
+    append_log,
+    check_keys,
+    found,
+    is_int,
+    is_number,
+    iso,
+    json_object,
+    query_params,
+    replica_range,
+    require_method,
+    utc_now,
+)
+from worker.simulator.faults import PROJECT_SCRIPT_KEY, Faults, ScriptedApi
+
 __all__ = [
     "DEFAULT_PROJECT_ID",
     "DEFAULT_PROJECT_SLUG",
-    "PROJECT_SCRIPT_KEY",
     "PUBLIC_PROJECT_ID",
     "V2_ROUTES",
     "RouteSpec",
-    "V2Reply",
     "V2Simulator",
     "demo_v2_specs",
     "is_v2_path",
     "match_route",
 ]
 
-JSONDict = dict[str, Any]
 SortKey = tuple[datetime, str]
 T = TypeVar("T")
 
@@ -85,8 +106,6 @@ DEFAULT_API_KEY_ID: Final = "key_sim0001"
 PUBLIC_PROJECT_ID: Final = "proj_public"  # owns the registry's public models
 PUBLIC_ORG_ID: Final = "org_together"
 _PRINCIPAL: Final = "usr_sim0001"  # createdBy of seeded experiments
-# Scripts for calls that name no resource (the list, whoami) are filed under this pseudo id.
-PROJECT_SCRIPT_KEY: Final = "_project"
 
 STATE_READY: Final = "DEPLOYMENT_STATE_READY"
 STATE_STOPPING: Final = "DEPLOYMENT_STATE_STOPPING"
@@ -95,8 +114,6 @@ _DEFAULT_ENDPOINT_TYPE: Final = "ENDPOINT_TYPE_DEDICATED"
 _VISIBILITIES: Final = ("VISIBILITY_PRIVATE", "VISIBILITY_INTERNAL")
 _DEFAULT_VISIBILITY: Final = "VISIBILITY_PRIVATE"
 _DEFAULT_TRAFFIC_MODE: Final = "TRAFFIC_MODE_LIVE"
-_DEFAULT_MODEL: Final = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-_DEFAULT_HARDWARE: Final = "1x_nvidia_h100_80gb_sxm"
 _ROLE_CONTROL: Final = "AB_EXPERIMENT_MEMBER_ROLE_CONTROL"
 _ROLE_VARIANT: Final = "AB_EXPERIMENT_MEMBER_ROLE_VARIANT"
 _ROLLOUT_IN_FLIGHT: Final = frozenset(
@@ -134,13 +151,8 @@ _GRANULARITIES: Final[dict[str, timedelta]] = {
 }
 _MAX_BUCKETS: Final = 10_000
 _ANALYTICS_OMIT: Final = ("totalRequests", "requestMetrics", "metrics")
-_MAX_LOG: Final = 10_000
 _MAX_CURSORS: Final = 100_000
 _MAX_GENERATE: Final = 100_000
-_INT32_MAX: Final = 2**31 - 1
-
-_SCRIPT_WORDS: Final = frozenset({"hang", "drop", "drop_after"})
-_METHODS: Final = frozenset({"GET", "POST", "PATCH", "DELETE", "PUT", "HEAD", "OPTIONS"})
 
 
 # -- routes ------------------------------------------------------------------------------------------------------
@@ -208,7 +220,7 @@ V2_ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec(_SUB + "/rollouts/{id}", "rollout", {"GET": _m()}),
     RouteSpec("/v2/projects/{project_id}/models/{id}", "model", {"GET": _m()}),
 )
-_SCRIPT_TARGETS: Final = frozenset(r.target for r in V2_ROUTES)
+SCRIPT_TARGETS: Final = frozenset(r.target for r in V2_ROUTES)
 _SPLIT_ROUTES: Final = [(r, r.template.split("/")) for r in V2_ROUTES]
 # The autoscaling keys the SDK's DeploymentAutoscalingParam declares (only min/max have an effect here).
 _AUTOSCALING_KEYS: Final = frozenset(
@@ -252,55 +264,10 @@ def is_v2_path(path: str) -> bool:
 # -- errors and small parsers ------------------------------------------------------------------------------------
 
 
-class V2Error(Exception):
-    """Bad input or a refusal, turned into an error body by the handler entry points."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, allow: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.allow = allow
-
-
-@dataclass
-class V2Reply:
-    """What simulator.py sends: a JSON body (or none, e.g. 204), or nothing at all when ``drop`` is set."""
-
-    status: int
-    body: JSONDict | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
-
-
-_ERROR_TYPES: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
 _RFC3339: Final = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _LIMIT: Final = re.compile(r"^[0-9]{1,9}$")
 _MODEL_PATH: Final = re.compile(r"^projects/([^/]+)/models/([^/]+)(?:/revisions/([^/]+))?$")
 _DIGITS: Final = re.compile(r"^[0-9]{1,18}$")
-
-
-def error_body(status: int, message: str, param: str | None = None) -> JSONDict:
-    err_type = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
-    return {"error": {"message": message, "type": err_type, "code": None, "param": param}}
-
-
-def _iso(ts: datetime) -> str:
-    ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _hash(*parts: str, n: int = 12) -> str:
@@ -310,14 +277,6 @@ def _hash(*parts: str, n: int = 12) -> str:
 def _etag(kind: str, ident: str, version: int) -> str:
     """Opaque, quoted, and different for every resource and version (so one resource's etag never fits another)."""
     return f'"{_hash(kind, ident, str(version), n=16)}"'
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _parse_rfc3339(value: str) -> datetime | None:
@@ -333,48 +292,48 @@ def _parse_rfc3339(value: str) -> datetime | None:
 def _parse_seed_time(value: object, param: str) -> tuple[str, datetime]:
     """A seeded timestamp: kept verbatim for output, parsed (naive = UTC) for ordering and windows."""
     if not isinstance(value, str):
-        raise V2Error(400, f"'{param}' must be an ISO 8601 string", param)
+        raise SimError(400, f"'{param}' must be an ISO 8601 string", param)
     try:
         parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError:
-        raise V2Error(400, f"'{param}' is not an ISO 8601 timestamp: {value!r}", param) from None
+        raise SimError(400, f"'{param}' is not an ISO 8601 timestamp: {value!r}", param) from None
     return value, parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _time_from(spec: JSONDict, key: str, now: datetime, default: tuple[str, datetime] | None) -> tuple[str, datetime]:
     if key in spec and "age_s" in spec:
-        raise V2Error(400, f"give either '{key}' or 'age_s', not both", "age_s")
+        raise SimError(400, f"give either '{key}' or 'age_s', not both", "age_s")
     if "age_s" in spec:
         age = spec["age_s"]
-        if not _is_number(age):
-            raise V2Error(400, "'age_s' must be a number of seconds", "age_s")
+        if not is_number(age):
+            raise SimError(400, "'age_s' must be a number of seconds", "age_s")
         ts = now - timedelta(seconds=float(age))
-        return _iso(ts), ts
+        return iso(ts), ts
     if key in spec:
         return _parse_seed_time(spec[key], key)
     if default is not None:
         return default
-    return _iso(now), now
+    return iso(now), now
 
 
 def _opt_str(spec: JSONDict, key: str, default: str) -> str:
     value = spec.get(key, default)
     if not isinstance(value, str):
-        raise V2Error(400, f"'{key}' must be a string", key)
+        raise SimError(400, f"'{key}' must be a string", key)
     return value
 
 
 def _opt_choice(spec: JSONDict, key: str, default: str, choices: Sequence[str] | frozenset[str]) -> str:
     value = _opt_str(spec, key, default)
     if value not in choices:
-        raise V2Error(400, f"'{key}' must be one of {', '.join(sorted(choices))}", key)
+        raise SimError(400, f"'{key}' must be one of {', '.join(sorted(choices))}", key)
     return value
 
 
 def _opt_int(spec: JSONDict, key: str, default: int) -> int:
     value = spec.get(key, default)
-    if not _is_int(value) or not 0 <= value <= _INT32_MAX:
-        raise V2Error(400, f"'{key}' must be a non-negative integer", key)
+    if not is_int(value) or not 0 <= value <= INT32_MAX:
+        raise SimError(400, f"'{key}' must be a non-negative integer", key)
     assert isinstance(value, int)
     return value
 
@@ -383,38 +342,29 @@ def _opt_delay(spec: JSONDict, key: str) -> float | None:
     value = spec.get(key)
     if value is None:
         return None
-    if not _is_number(value) or value < 0:
-        raise V2Error(400, f"'{key}' must be a non-negative number of seconds or null", key)
+    if not is_number(value) or value < 0:
+        raise SimError(400, f"'{key}' must be a non-negative number of seconds or null", key)
     return float(value)
 
 
 def _opt_extra(spec: JSONDict) -> JSONDict:
     extra = spec.get("extra", {})
     if not isinstance(extra, dict):
-        raise V2Error(400, "'extra' must be an object", "extra")
+        raise SimError(400, "'extra' must be an object", "extra")
     return dict(extra)
 
 
 def _opt_omit(spec: JSONDict, key: str) -> str | None:
     value = spec.get(key)
     if value is not None and value not in _ANALYTICS_OMIT:
-        raise V2Error(400, f"'{key}' must be null or one of {', '.join(_ANALYTICS_OMIT)}", key)
+        raise SimError(400, f"'{key}' must be null or one of {', '.join(_ANALYTICS_OMIT)}", key)
     return value
-
-
-def _check_keys(spec: object, allowed: frozenset[str], what: str) -> JSONDict:
-    if not isinstance(spec, dict):
-        raise V2Error(400, f"{what} must be a JSON object", what)
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise V2Error(400, f"unknown {what} keys: {', '.join(unknown)}", unknown[0])
-    return spec
 
 
 def _list_of(spec: JSONDict, key: str) -> list[object]:
     value = spec.get(key, [])
     if not isinstance(value, list):
-        raise V2Error(400, f"'{key}' must be a list", key)
+        raise SimError(400, f"'{key}' must be a list", key)
     return value
 
 
@@ -422,19 +372,19 @@ def _parse_split(value: object) -> list[JSONDict]:
     """A trafficSplit: ``[{"deploymentId": str, "weight": number >= 0}]``, each deployment at most once; weights
     are floats on the wire (the SDK's ``weight: float``)."""
     if not isinstance(value, list):
-        raise V2Error(400, "'trafficSplit' must be a list", "trafficSplit")
+        raise SimError(400, "'trafficSplit' must be a list", "trafficSplit")
     out: list[JSONDict] = []
     seen: set[str] = set()
     for entry in value:
         if not isinstance(entry, dict) or set(entry) - {"deploymentId", "weight"}:
-            raise V2Error(400, "each trafficSplit entry is an object of deploymentId and weight", "trafficSplit")
+            raise SimError(400, "each trafficSplit entry is an object of deploymentId and weight", "trafficSplit")
         dep_id, weight = entry.get("deploymentId"), entry.get("weight")
         if not isinstance(dep_id, str) or not dep_id:
-            raise V2Error(400, "each trafficSplit entry needs a string deploymentId", "trafficSplit")
+            raise SimError(400, "each trafficSplit entry needs a string deploymentId", "trafficSplit")
         if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
-            raise V2Error(400, "each trafficSplit entry needs a finite weight >= 0", "trafficSplit")
+            raise SimError(400, "each trafficSplit entry needs a finite weight >= 0", "trafficSplit")
         if dep_id in seen:
-            raise V2Error(400, f"deployment {dep_id} appears twice in trafficSplit", "trafficSplit")
+            raise SimError(400, f"deployment {dep_id} appears twice in trafficSplit", "trafficSplit")
         seen.add(dep_id)
         out.append({"deploymentId": dep_id, "weight": float(weight)})
     return out
@@ -443,37 +393,19 @@ def _parse_split(value: object) -> list[JSONDict]:
 def _parse_members(value: object) -> list[JSONDict]:
     """A/B members as the SDK's AbMember: ``{deploymentId, percent: int, role}`` (types only; rules elsewhere)."""
     if not isinstance(value, list):
-        raise V2Error(400, "'members' must be a list", "members")
+        raise SimError(400, "'members' must be a list", "members")
     out: list[JSONDict] = []
     for entry in value:
-        data = _check_keys(entry, frozenset({"deploymentId", "percent", "role"}), "members entry")
+        data = check_keys(entry, frozenset({"deploymentId", "percent", "role"}), "members entry")
         dep_id, percent, role = data.get("deploymentId"), data.get("percent"), data.get("role")
         if not isinstance(dep_id, str) or not dep_id:
-            raise V2Error(400, "each member needs a string deploymentId", "members")
-        if not _is_int(percent):
-            raise V2Error(400, "each member needs an integer percent", "members")
+            raise SimError(400, "each member needs a string deploymentId", "members")
+        if not is_int(percent):
+            raise SimError(400, "each member needs an integer percent", "members")
         if role not in (_ROLE_CONTROL, _ROLE_VARIANT):
-            raise V2Error(400, f"each member's role is {_ROLE_CONTROL} or {_ROLE_VARIANT}", "members")
+            raise SimError(400, f"each member's role is {_ROLE_CONTROL} or {_ROLE_VARIANT}", "members")
         out.append({"deploymentId": dep_id, "percent": percent, "role": role})
     return out
-
-
-def _json_object(body: bytes, *, required: bool) -> JSONDict:
-    if not body.strip():
-        if required:
-            raise V2Error(400, "a JSON request body is required")
-        return {}
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise V2Error(400, "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise V2Error(400, "request body must be a JSON object")
-    return data
-
-
-def _params(query: str) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
 
 
 def _mask(params: dict[str, str], allowed: frozenset[str]) -> frozenset[str] | None:
@@ -483,10 +415,10 @@ def _mask(params: dict[str, str], allowed: frozenset[str]) -> frozenset[str] | N
         return None
     paths = frozenset(p.strip() for p in raw.split(",") if p.strip())
     if not paths:
-        raise V2Error(400, "'updateMask' names no field", "updateMask")
+        raise SimError(400, "'updateMask' names no field", "updateMask")
     unknown = sorted(paths - allowed)
     if unknown:
-        raise V2Error(
+        raise SimError(
             400, f"'updateMask' names unsupported field(s): {', '.join(unknown)} (known: {', '.join(sorted(allowed))})",
             "updateMask",
         )  # fmt: skip
@@ -496,7 +428,7 @@ def _mask(params: dict[str, str], allowed: frozenset[str]) -> frozenset[str] | N
 def _opt_etag(body: JSONDict) -> str | None:
     etag = body.get("etag")
     if etag is not None and not isinstance(etag, str):
-        raise V2Error(400, "'etag' must be a string", "etag")
+        raise SimError(400, "'etag' must be a string", "etag")
     return etag
 
 
@@ -553,14 +485,14 @@ def _model_for(name: str, public_project: str) -> _Model:
 
 
 def _model_from_spec(spec: object, public_project: str) -> _Model:
-    data = _check_keys(spec, _MODEL_SPEC_KEYS, "model spec")
+    data = check_keys(spec, _MODEL_SPEC_KEYS, "model spec")
     name = _opt_str(data, "name", "")
     if not name:
-        raise V2Error(400, "a model spec needs a 'name'", "name")
+        raise SimError(400, "a model spec needs a 'name'", "name")
     base = _model_for(name, public_project)
     description = data.get("description")
     if description is not None and not isinstance(description, str):
-        raise V2Error(400, "'description' must be a string", "description")
+        raise SimError(400, "'description' must be a string", "description")
     model = _Model(
         id=_opt_str(data, "id", base.id),
         name=name,
@@ -571,7 +503,7 @@ def _model_from_spec(spec: object, public_project: str) -> _Model:
         description=description,
     )
     if not model.id or "/" in model.id or not model.project_id or "/" in model.project_id or "/" in model.revision:
-        raise V2Error(400, "model id, projectId and revision must be non-empty and without '/'", "id")
+        raise SimError(400, "model id, projectId and revision must be non-empty and without '/'", "id")
     return model
 
 
@@ -657,8 +589,8 @@ class _Deployment:
 
     def touch(self) -> None:
         self.version += 1
-        now = _now()
-        self.updated_at, self.updated_key = _iso(now), now
+        now = utc_now()
+        self.updated_at, self.updated_key = iso(now), now
 
     def summary(self, ep: _Endpoint) -> JSONDict:
         """The SDK's ``EndpointDeploymentSummary``."""
@@ -756,7 +688,7 @@ class _AbExperiment:
 
     def touch(self) -> None:
         self.version += 1
-        self.updated_at = _iso(_now())
+        self.updated_at = iso(utc_now())
 
     def view(self, ep: _Endpoint, project_id: str) -> JSONDict:
         """The SDK's ``AbExperiment``."""
@@ -941,8 +873,8 @@ class _Endpoint:
     def touch(self) -> None:
         """Every change made through the API: a new etag and updatedAt."""
         self.version += 1
-        now = _now()
-        self.updated_at, self.updated_key = _iso(now), now
+        now = utc_now()
+        self.updated_at, self.updated_key = iso(now), now
 
     def deployment(self, dep_id: str) -> _Deployment | None:
         return next((d for d in self.deployments if d.id == dep_id), None)
@@ -989,7 +921,7 @@ class _Endpoint:
             "shadowExperiments": [x.view(self, project_id) for x in self.shadow_experiments],
             "rollouts": [r.view(self) for r in self.rollouts],
             "requests": [
-                {"at": _iso(at), "count": n} | ({"deploymentId": d} if d else {}) for at, n, d in self.requests
+                {"at": iso(at), "count": n} | ({"deploymentId": d} if d else {}) for at, n, d in self.requests
             ],
             "analytics_omit": self.analytics_omit,
             "extra": dict(self.extra),
@@ -1043,7 +975,7 @@ class _Settings:
         return {k: getattr(self, k) for k in sorted(_SETTINGS_KEYS)}
 
     def updated(self, body: JSONDict) -> _Settings:
-        _check_keys(body, _SETTINGS_KEYS, "settings")
+        check_keys(body, _SETTINGS_KEYS, "settings")
         out = copy.copy(self)
         for key in (
             "project_id",
@@ -1057,94 +989,38 @@ class _Settings:
             if key in body:
                 value = body[key]
                 if not isinstance(value, str) or not value or "/" in value:
-                    raise V2Error(400, f"'{key}' must be a non-empty string without '/'", key)
+                    raise SimError(400, f"'{key}' must be a non-empty string without '/'", key)
                 setattr(out, key, value)
         if "key_type" in body:
             out.key_type = _opt_choice(body, "key_type", "", ("project_api_key", "org_api_key"))
         if "stop_delay_s" in body:
             delay = _opt_delay(body, "stop_delay_s")
             if delay is None:
-                raise V2Error(400, "'stop_delay_s' must be a non-negative number", "stop_delay_s")
+                raise SimError(400, "'stop_delay_s' must be a non-negative number", "stop_delay_s")
             out.stop_delay_s = delay
         for key in ("max_page_size", "default_page_size"):
             if key in body:
                 value = body[key]
-                if not _is_int(value) or not 1 <= value <= _MAX_GENERATE:
-                    raise V2Error(400, f"'{key}' must be a positive integer", key)
+                if not is_int(value) or not 1 <= value <= _MAX_GENERATE:
+                    raise SimError(400, f"'{key}' must be a positive integer", key)
                 setattr(out, key, value)
         if out.default_page_size > out.max_page_size:
-            raise V2Error(400, "'default_page_size' must not exceed 'max_page_size'", "default_page_size")
+            raise SimError(400, "'default_page_size' must not exceed 'max_page_size'", "default_page_size")
         if "summary_limit" in body:
             out.summary_limit = _opt_int(body, "summary_limit", 0)
         for key in ("bump_etag_on_stop", "endpoint_etag_covers_deployments"):
             if key in body:
                 if not isinstance(body[key], bool):
-                    raise V2Error(400, f"'{key}' must be a boolean", key)
+                    raise SimError(400, f"'{key}' must be a boolean", key)
                 setattr(out, key, body[key])
         if "analytics_omit" in body:
             out.analytics_omit = _opt_omit(body, "analytics_omit")
         for key in ("stale_etag_status", "precondition_status"):
             if key in body:
                 if body[key] not in (400, 409, 412, 422):
-                    raise V2Error(400, f"'{key}' must be 400, 409, 412 or 422", key)
+                    raise SimError(400, f"'{key}' must be 400, 409, 412 or 422", key)
                 setattr(out, key, body[key])
         return out
-
-
-Scripts = dict[str, dict[str, list[int | str]]]
-
-
-@dataclass
-class _Faults:
-    scripts: Scripts = field(default_factory=dict)
-    hang_s: float = 5.0
-    latency_s: float = 0.0
-
-    def view(self) -> JSONDict:
-        return {
-            "scripts": {k: {m: list(q) for m, q in by.items()} for k, by in self.scripts.items()},
-            "hang_s": self.hang_s,
-            "latency_s": self.latency_s,
-        }
-
-
-def _script_name(raw: object, key: str) -> str:
-    """``"DELETE deployment"`` (method and target) or a bare method matching any target on that id."""
-    if not isinstance(raw, str) or not raw.strip():
-        raise V2Error(400, f"scripts[{key!r}]: names are 'METHOD' or 'METHOD target'", "scripts")
-    words = raw.split()
-    method = words[0].upper()
-    if method not in _METHODS or len(words) > 2 or (len(words) == 2 and words[1].lower() not in _SCRIPT_TARGETS):
-        raise V2Error(
-            400,
-            f"scripts[{key!r}]: {raw!r} is not 'METHOD' or 'METHOD target' "
-            f"(targets: {', '.join(sorted(_SCRIPT_TARGETS))})",
-            "scripts",
-        )
-    return method if len(words) == 1 else f"{method} {words[1].lower()}"
-
-
-def _parse_scripts(value: object) -> Scripts:
-    if not isinstance(value, dict):
-        raise V2Error(400, "'scripts' must map ids to {'METHOD target': [actions]}", "scripts")
-    out: Scripts = {}
-    for key, by_name in value.items():
-        if not isinstance(by_name, dict):
-            raise V2Error(400, f"scripts[{key!r}] must map 'METHOD target' to a list of actions", "scripts")
-        out[key] = {}
-        for raw, actions in by_name.items():
-            name = _script_name(raw, key)
-            if not isinstance(actions, list):
-                raise V2Error(400, f"scripts[{key!r}][{raw!r}] must be a list of actions", "scripts")
-            for action in actions:
-                if not (_is_int(action) and 200 <= action <= 599) and action not in _SCRIPT_WORDS:
-                    raise V2Error(
-                        400,
-                        f"script action {action!r}: use a status 200-599, 'hang', 'drop' or 'drop_after'",
-                        "scripts",
-                    )
-            out[key][name] = list(actions)
-    return out
 
 
 # -- seeding -----------------------------------------------------------------------------------------------------
@@ -1234,27 +1110,14 @@ _ADMIN_DEPLOYMENT_PATCH_KEYS: Final = frozenset(
         "bump",
     }
 )
-_FAULT_KEYS: Final = frozenset({"clear", "scripts", "hang_s", "latency_s"})
 _RESET_KEYS: Final = frozenset({"endpoints", "generate", "settings", "demo", "models"})
 
 
 def _opt_description(data: JSONDict) -> str | None:
     value = data.get("description")
     if value is not None and not isinstance(value, str):
-        raise V2Error(400, "'description' must be a string", "description")
+        raise SimError(400, "'description' must be a string", "description")
     return value
-
-
-def _parse_autoscaling_seed(value: object) -> tuple[int, int]:
-    if not isinstance(value, dict):
-        raise V2Error(400, "'autoscaling' must be an object", "autoscaling")
-    lo, hi = value.get("minReplicas"), value.get("maxReplicas")
-    if not _is_int(lo) or not _is_int(hi):
-        raise V2Error(400, "'autoscaling' needs integer minReplicas and maxReplicas", "autoscaling")
-    assert isinstance(lo, int) and isinstance(hi, int)
-    if lo < 0 or hi < lo or hi > _INT32_MAX:
-        raise V2Error(400, "'autoscaling' needs 0 <= minReplicas <= maxReplicas", "autoscaling")
-    return lo, hi
 
 
 def _short_name(value: str) -> str:
@@ -1264,12 +1127,12 @@ def _short_name(value: str) -> str:
 def _deployment_from_spec(
     spec: object, index: int, ep_created: tuple[str, datetime], now: datetime, registry: _Registry
 ) -> _Deployment:
-    data = _check_keys(spec, _DEPLOYMENT_SPEC_KEYS, "deployment spec")
+    data = check_keys(spec, _DEPLOYMENT_SPEC_KEYS, "deployment spec")
     # Any state string: clients must keep unknown states (a state outside the SDK's enum is out of contract).
     state = _opt_str(data, "state", STATE_READY)
     stopped = state == STATE_STOPPED
     if data.get("autoscaling") is not None:
-        lo, hi = _parse_autoscaling_seed(data["autoscaling"])
+        lo, hi = replica_range(data["autoscaling"], "minReplicas", "maxReplicas")
     else:
         lo, hi = (0, 0) if stopped else (1, 1)
     desired = _opt_int(data, "desiredReplicas", 0 if stopped else lo)
@@ -1277,20 +1140,20 @@ def _deployment_from_spec(
     dep_id = _opt_str(data, "id", f"dep_{uuid.uuid4().hex[:12]}")
     unresolvable = data.get("model_unresolvable", False)
     if not isinstance(unresolvable, bool):
-        raise V2Error(400, "'model_unresolvable' must be a boolean", "model_unresolvable")
+        raise SimError(400, "'model_unresolvable' must be a boolean", "model_unresolvable")
     resource, model_id, revision = registry.resolve(
-        _opt_str(data, "model", _DEFAULT_MODEL), unresolvable=unresolvable, salt=dep_id
+        _opt_str(data, "model", DEFAULT_MODEL), unresolvable=unresolvable, salt=dep_id
     )
     inactive = data.get("inactiveTimeout")
-    if inactive is not None and not _is_int(inactive):
-        raise V2Error(400, "'inactiveTimeout' must be an integer", "inactiveTimeout")
+    if inactive is not None and not is_int(inactive):
+        raise SimError(400, "'inactiveTimeout' must be an integer", "inactiveTimeout")
     return _Deployment(
         id=dep_id,
         name=_short_name(_opt_str(data, "name", "main" if index == 0 else f"deployment-{index + 1}")),
         model=resource,
         model_id=model_id,
         revision_id=revision,
-        hardware=_opt_str(data, "hardware", _DEFAULT_HARDWARE),
+        hardware=_opt_str(data, "hardware", DEFAULT_HARDWARE),
         created_at=created[0],
         created_key=created[1],
         updated_at=created[0],
@@ -1311,16 +1174,16 @@ def _deployment_from_spec(
 def _requests_from(value: object, now: datetime) -> list[tuple[datetime, int, str | None]]:
     """Seeded traffic: ``[{"at": iso | "age_s": s, "count": n, "deploymentId"?: id}]``."""
     if not isinstance(value, list):
-        raise V2Error(400, "'requests' must be a list of {at|age_s, count, deploymentId?}", "requests")
+        raise SimError(400, "'requests' must be a list of {at|age_s, count, deploymentId?}", "requests")
     out: list[tuple[datetime, int, str | None]] = []
     for item in value:
-        data = _check_keys(item, frozenset({"at", "age_s", "count", "deploymentId"}), "requests entry")
+        data = check_keys(item, frozenset({"at", "age_s", "count", "deploymentId"}), "requests entry")
         if "at" not in data and "age_s" not in data:
-            raise V2Error(400, "each requests entry needs 'at' or 'age_s'", "requests")
+            raise SimError(400, "each requests entry needs 'at' or 'age_s'", "requests")
         at = _time_from(data, "at", now, None)[1]
         dep = data.get("deploymentId")
         if dep is not None and not isinstance(dep, str):
-            raise V2Error(400, "'deploymentId' must be a string", "requests")
+            raise SimError(400, "'deploymentId' must be a string", "requests")
         out.append((at, _opt_int(data, "count", 1), dep))
     return out
 
@@ -1333,7 +1196,7 @@ def _even_split(deployments: list[_Deployment]) -> list[JSONDict]:
 
 
 def _ab_from_spec(spec: object, deployments: list[_Deployment], now: datetime) -> _AbExperiment:
-    data = _check_keys(spec, _AB_SPEC_KEYS, "abExperiment spec")
+    data = check_keys(spec, _AB_SPEC_KEYS, "abExperiment spec")
     if "members" in data:
         members = _parse_members(data["members"])
     elif len(deployments) >= 2:
@@ -1342,7 +1205,7 @@ def _ab_from_spec(spec: object, deployments: list[_Deployment], now: datetime) -
             {"deploymentId": deployments[1].id, "percent": 50, "role": _ROLE_VARIANT},
         ]
     else:
-        raise V2Error(400, "an abExperiment spec needs 'members' (or an endpoint with two deployments)", "members")
+        raise SimError(400, "an abExperiment spec needs 'members' (or an endpoint with two deployments)", "members")
     created = _time_from(data, "createdAt", now, None)
     ab_id = _opt_str(data, "id", f"abx_{uuid.uuid4().hex[:12]}")
     return _AbExperiment(
@@ -1358,20 +1221,20 @@ def _ab_from_spec(spec: object, deployments: list[_Deployment], now: datetime) -
 
 
 def _shadow_from_spec(spec: object, deployments: list[_Deployment], now: datetime) -> _ShadowExperiment:
-    data = _check_keys(spec, _SHADOW_SPEC_KEYS, "shadowExperiment spec")
+    data = check_keys(spec, _SHADOW_SPEC_KEYS, "shadowExperiment spec")
     created = _time_from(data, "createdAt", now, None)
     exp_id = _opt_str(data, "id", f"exp_{uuid.uuid4().hex[:12]}")
     raw_targets = data.get("targets")
     if raw_targets is None:
         raw_targets = [{"targetDeploymentId": deployments[-1].id}] if deployments else []
     if not isinstance(raw_targets, list):
-        raise V2Error(400, "'targets' must be a list", "targets")
+        raise SimError(400, "'targets' must be a list", "targets")
     targets: list[_ShadowTarget] = []
     for i, raw in enumerate(raw_targets):
-        t = _check_keys(raw, _TARGET_SPEC_KEYS, "shadow target spec")
+        t = check_keys(raw, _TARGET_SPEC_KEYS, "shadow target spec")
         dep = _opt_str(t, "targetDeploymentId", "")
         if not dep:
-            raise V2Error(400, "each shadow target needs a targetDeploymentId", "targets")
+            raise SimError(400, "each shadow target needs a targetDeploymentId", "targets")
         targets.append(
             _ShadowTarget(
                 id=_opt_str(t, "id", f"tgt_{uuid.uuid4().hex[:12]}"),
@@ -1384,7 +1247,7 @@ def _shadow_from_spec(spec: object, deployments: list[_Deployment], now: datetim
         )
     source = data.get("source", _DEFAULT_SOURCE)
     if not isinstance(source, dict):
-        raise V2Error(400, "'source' must be an object", "source")
+        raise SimError(400, "'source' must be an object", "source")
     return _ShadowExperiment(
         id=exp_id,
         name=_opt_str(data, "name", f"shadow-{exp_id}"),
@@ -1399,21 +1262,21 @@ def _shadow_from_spec(spec: object, deployments: list[_Deployment], now: datetim
 
 
 def _rollout_from_spec(spec: object, deployments: list[_Deployment], now: datetime) -> _Rollout:
-    data = _check_keys(spec, _ROLLOUT_SPEC_KEYS, "rollout spec")
+    data = check_keys(spec, _ROLLOUT_SPEC_KEYS, "rollout spec")
     created = _time_from(data, "createdAt", now, None)
     first = deployments[0].id if deployments else ""
     last = deployments[-1].id if deployments else ""
     source = _opt_str(data, "sourceDeploymentId", first)
     target = _opt_str(data, "targetDeploymentId", last)
     if not source or not target:
-        raise V2Error(400, "a rollout needs sourceDeploymentId and targetDeploymentId", "rollouts")
+        raise SimError(400, "a rollout needs sourceDeploymentId and targetDeploymentId", "rollouts")
     state = _opt_choice(data, "state", "ROLLOUT_STATE_RUNNING", _ROLLOUT_STATES)
     total = _opt_int(data, "totalSteps", 3)
     if total < 1:
-        raise V2Error(400, "'totalSteps' must be at least 1", "totalSteps")
+        raise SimError(400, "'totalSteps' must be at least 1", "totalSteps")
     step = _opt_int(data, "currentStep", 0)
     if step >= total:
-        raise V2Error(400, "'currentStep' must be below 'totalSteps'", "currentStep")
+        raise SimError(400, "'currentStep' must be below 'totalSteps'", "currentStep")
     return _Rollout(
         id=_opt_str(data, "id", f"rol_{uuid.uuid4().hex[:12]}"),
         source_deployment_id=source,
@@ -1424,7 +1287,7 @@ def _rollout_from_spec(spec: object, deployments: list[_Deployment], now: dateti
         created_key=created[1],
         current_step=step,
         total_steps=total,
-        completed_at=None if state in _ROLLOUT_IN_FLIGHT else _iso(now),
+        completed_at=None if state in _ROLLOUT_IN_FLIGHT else iso(now),
     )
 
 
@@ -1433,11 +1296,11 @@ def _set_active_rollout(ep: _Endpoint, rollout_id: str | None, now: datetime) ->
     active = ep.active_rollout
     if rollout_id is None:
         if active is not None:
-            active.state, active.completed_at = "ROLLOUT_STATE_COMPLETED", _iso(now)
+            active.state, active.completed_at = "ROLLOUT_STATE_COMPLETED", iso(now)
             active.version += 1
         return
     if active is not None and active.id != rollout_id:
-        raise V2Error(409, f"rollout {active.id} is already in flight", "activeRolloutId")
+        raise SimError(409, f"rollout {active.id} is already in flight", "activeRolloutId")
     existing = next((r for r in ep.rollouts if r.id == rollout_id), None)
     if existing is None:
         ep.rollouts.append(_rollout_from_spec({"id": rollout_id}, ep.deployments, now))
@@ -1447,17 +1310,17 @@ def _set_active_rollout(ep: _Endpoint, rollout_id: str | None, now: datetime) ->
 
 
 def _endpoint_from_spec(spec: object, index: int, slug: str, now: datetime, registry: _Registry) -> _Endpoint:
-    data = _check_keys(spec, _ENDPOINT_SPEC_KEYS, "endpoint spec")
+    data = check_keys(spec, _ENDPOINT_SPEC_KEYS, "endpoint spec")
     created = _time_from(data, "createdAt", now, None)
     updated = _parse_seed_time(data["updatedAt"], "updatedAt") if "updatedAt" in data else created
     dep_specs = _list_of(data, "deployments")
     deployments = [_deployment_from_spec(d, i, created, now, registry) for i, d in enumerate(dep_specs)]
     ids = [d.id for d in deployments]
     if len(set(ids)) != len(ids):
-        raise V2Error(409, "duplicate deployment id within an endpoint spec", "deployments")
+        raise SimError(409, "duplicate deployment id within an endpoint spec", "deployments")
     rollout = data.get("activeRolloutId")
     if rollout is not None and not isinstance(rollout, str):
-        raise V2Error(400, "'activeRolloutId' must be a string or null", "activeRolloutId")
+        raise SimError(400, "'activeRolloutId' must be a string or null", "activeRolloutId")
     name = _opt_str(data, "name", f"{slug}/endpoint-{index + 1}")
     ep = _Endpoint(
         id=_opt_str(data, "id", f"ep_{uuid.uuid4().hex[:12]}"),
@@ -1479,13 +1342,13 @@ def _endpoint_from_spec(spec: object, index: int, slug: str, now: datetime, regi
     ep.shadow_experiments = [_shadow_from_spec(x, deployments, now) for x in _list_of(data, "shadowExperiments")]
     ep.rollouts = [_rollout_from_spec(x, deployments, now) for x in _list_of(data, "rollouts")]
     if sum(r.in_flight for r in ep.rollouts) > 1:
-        raise V2Error(400, "at most one rollout may be in flight", "rollouts")
+        raise SimError(400, "at most one rollout may be in flight", "rollouts")
     if rollout is not None:
         _set_active_rollout(ep, rollout, now)
     sub_ids = [x.id for x in ep.ab_experiments] + [x.id for x in ep.shadow_experiments] + [r.id for r in ep.rollouts]
     sub_ids += [t.id for x in ep.shadow_experiments for t in x.targets]
     if len(set(sub_ids)) != len(sub_ids):
-        raise V2Error(409, "duplicate experiment, target or rollout id within an endpoint spec", "id")
+        raise SimError(409, "duplicate experiment, target or rollout id within an endpoint spec", "id")
     return ep
 
 
@@ -1494,12 +1357,12 @@ def _generated_specs(value: object, slug: str) -> list[JSONDict]:
     count: object = value
     age: object = 3600.0
     if isinstance(value, dict):
-        _check_keys(value, frozenset({"count", "age_s"}), "generate")
+        check_keys(value, frozenset({"count", "age_s"}), "generate")
         count, age = value.get("count"), value.get("age_s", 3600.0)
     if not isinstance(age, int | float) or isinstance(age, bool):
-        raise V2Error(400, "'generate.age_s' must be a number", "generate")
+        raise SimError(400, "'generate.age_s' must be a number", "generate")
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= _MAX_GENERATE:
-        raise V2Error(400, f"'generate' must be a count from 0 to {_MAX_GENERATE} or {{count, age_s}}", "generate")
+        raise SimError(400, f"'generate' must be a count from 0 to {_MAX_GENERATE} or {{count, age_s}}", "generate")
     return [
         {
             "id": f"ep_gen_{i:06d}",
@@ -1580,55 +1443,45 @@ class _Route:
         return keys or [PROJECT_SCRIPT_KEY]
 
 
-_Found = TypeVar("_Found")
+class V2Simulator(ScriptedApi[Faults]):
+    """All v2 state, behind the simulator's one lock (shared with v1, so request-log entries stay consistent)."""
 
-
-def _found(item: _Found | None, message: str, param: str) -> _Found:
-    """The item looked up, or the API's 404 naming what was not found."""
-    if item is None:
-        raise V2Error(404, message, param)
-    return item
-
-
-class V2Simulator:
-    """All v2 state, behind the v1 simulator's lock (one lock, so request-log entries stay consistent)."""
+    SCRIPT_TARGETS = SCRIPT_TARGETS
 
     def __init__(self, lock: threading.Lock) -> None:
-        self.lock = lock
+        super().__init__(lock, Faults())
         self.settings = _Settings()
         self.models = _default_registry(PUBLIC_PROJECT_ID)
         self.endpoints: dict[str, _Endpoint] = {}
         self.deleted: dict[str, list[Any]] = _no_deletes()
-        self.faults = _Faults()
-        self.requests: list[JSONDict] = []
         self.cursors: dict[str, tuple[tuple[str, str], SortKey]] = {}  # cursor -> ((list, order), last key)
 
     # -- seeding --------------------------------------------------------------------------------
 
     @staticmethod
     def _build(specs: list[object], slug: str, existing: dict[str, _Endpoint], registry: _Registry) -> list[_Endpoint]:
-        now = _now()
+        now = utc_now()
         dep_ids = {d.id for ep in existing.values() for d in ep.deployments}
         ep_ids = set(existing)
         built: list[_Endpoint] = []
         for i, spec in enumerate(specs):
             ep = _endpoint_from_spec(spec, len(existing) + i, slug, now, registry)
             if ep.id in ep_ids:
-                raise V2Error(409, f"duplicate endpoint id {ep.id!r}", "id")
+                raise SimError(409, f"duplicate endpoint id {ep.id!r}", "id")
             ep_ids.add(ep.id)
             for dep in ep.deployments:
                 if dep.id in dep_ids:
-                    raise V2Error(409, f"duplicate deployment id {dep.id!r}", "deployments")
+                    raise SimError(409, f"duplicate deployment id {dep.id!r}", "deployments")
                 dep_ids.add(dep.id)
             built.append(ep)
         return built
 
     def reset(self, data: JSONDict) -> JSONDict:
-        _check_keys(data, _RESET_KEYS, "reset")
+        check_keys(data, _RESET_KEYS, "reset")
         settings = _Settings().updated(data.get("settings") or {})
         specs = _list_of(data, "endpoints")
         if not isinstance(data.get("demo", False), bool):
-            raise V2Error(400, "'demo' must be a boolean", "demo")
+            raise SimError(400, "'demo' must be a boolean", "demo")
         registry = _default_registry(settings.public_project_id)
         for model_spec in _list_of(data, "models"):
             registry.add(_model_from_spec(model_spec, settings.public_project_id))
@@ -1641,7 +1494,7 @@ class V2Simulator:
             self.models = registry
             self.endpoints = {ep.id: ep for ep in built}
             self.deleted = _no_deletes()
-            self.faults = _Faults()
+            self.faults = Faults()
             self.requests = []
             self.cursors = {}
         return self.snapshot()
@@ -1663,15 +1516,16 @@ class V2Simulator:
 
     # -- request log ----------------------------------------------------------------------------
 
-    def log_request(self, method: str, path: str, query: str, conn: int) -> JSONDict:
+    def _log_request(self, req: Request) -> JSONDict:
         """The entry for one API request; the route, parameters and body are added as it is handled."""
+        params = parse_qs(req.query, keep_blank_values=True)
         entry: JSONDict = {
-            "method": method,
-            "path": path,
-            "query": query,
+            "method": req.method,
+            "path": req.path,
+            "query": req.query,
             "route": None,  # the template, e.g. /v2/projects/{project_id}/endpoints/{id}
-            "params": {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()},
-            "query_keys": sorted(parse_qs(query, keep_blank_values=True)),
+            "params": {k: v[-1] for k, v in params.items()},
+            "query_keys": sorted(params),
             "body": None,
             "body_keys": [],
             "status": None,
@@ -1680,120 +1534,74 @@ class V2Simulator:
             "endpoint_id": None,
             "deployment_id": None,
             "at": time.time(),
-            "conn": conn,
+            "conn": req.conn,
             "ignored_fields": [],  # body keys the route does not know (ignored)
             "ignored_query": [],  # query keys the route does not know (ignored)
             "unapplied_fields": [],  # known body fields that changed nothing (not populated, no updateMask)
         }
-        with self.lock:
-            self.requests.append(entry)
-            if len(self.requests) > _MAX_LOG:
-                del self.requests[:-_MAX_LOG]
-        return entry
+        return append_log(self.lock, self.requests, entry)
 
     # -- the API ------------------------------------------------------------------------------
 
-    def handle_api(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        body: bytes,
-        *,
-        authorized: bool,
-        entry: JSONDict | None,
-        pause: Callable[[float], None],
-    ) -> V2Reply:
-        try:
-            return self._api(method, path, query, body, authorized, entry if entry is not None else {}, pause)
-        except V2Error as exc:
-            headers = {"Allow": exc.allow} if exc.status == 405 and exc.allow else {}
-            return V2Reply(exc.status, error_body(exc.status, exc.message, exc.param), headers)
+    def handle_api(self, req: Request) -> Reply:
+        """``/v2/...`` and ``/v3/...``: logged, then answered."""
+        entry = self._log_request(req)
+        return answer(self.lock, entry, lambda: self._api(req, entry))
 
-    def _api(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        body: bytes,
-        authorized: bool,
-        entry: JSONDict,
-        pause: Callable[[float], None],
-    ) -> V2Reply:
-        matched = match_route(path)
+    def _note_route(self, req: Request, matched: tuple[RouteSpec, dict[str, str]] | None, entry: JSONDict) -> None:
+        """What the request log says of the request's body and route (the SDK check reads it)."""
         parsed_body: object = None
-        if body.strip():
+        if req.body.strip():
             try:
-                parsed_body = json.loads(body)
+                parsed_body = json.loads(req.body)
             except (ValueError, UnicodeDecodeError):
                 parsed_body = None
         with self.lock:
             entry["body"] = parsed_body
             entry["body_keys"] = sorted(parsed_body) if isinstance(parsed_body, dict) else []
-            if matched is not None:
-                route = _Route(*matched)
-                entry.update(
-                    route=route.spec.template,
-                    target=route.target,
-                    endpoint_id=route.endpoint_id,
-                    deployment_id=route.leaf_id if route.target == "deployment" else None,
-                )
-                known = route.spec.methods.get(method)
-                if known is not None:
-                    entry["ignored_query"] = sorted(set(entry.get("query_keys", [])) - known[0])
-                    entry["ignored_fields"] = sorted(set(entry["body_keys"]) - known[1])
-            latency = self.faults.latency_s
-        pause(latency)
-        with self.lock:
-            entry["authorized"] = authorized
-        if not authorized:
-            raise V2Error(
-                401,
-                "Invalid API key provided. You can find your API key at https://api.together.ai/settings/api-keys.",
+            if matched is None:
+                return
+            route = _Route(*matched)
+            entry.update(
+                route=route.spec.template,
+                target=route.target,
+                endpoint_id=route.endpoint_id,
+                deployment_id=route.leaf_id if route.target == "deployment" else None,
             )
+            known = route.spec.methods.get(req.method)
+            if known is not None:
+                entry["ignored_query"] = sorted(set(entry.get("query_keys", [])) - known[0])
+                entry["ignored_fields"] = sorted(set(entry["body_keys"]) - known[1])
+
+    def _api(self, req: Request, entry: JSONDict) -> Reply:
+        if req.body_error is not None:
+            raise req.body_error
+        matched = match_route(req.path)
+        self._note_route(req, matched, entry)
+        self._admit(req, entry, 401)
         if matched is None:
-            raise V2Error(404, f"Unknown path {path}")
+            raise SimError(404, f"Unknown path {req.path}")
         route = _Route(*matched)
-        if method not in route.spec.methods:
-            raise V2Error(405, f"Method {method} not allowed on {path}", allow=route.spec.allow)
+        require_method(req.method, route.spec.allow, f"on {req.path}")
         with self.lock:
             project_id = self.settings.project_id
         if route.target != "model" and route.project_id is not None and route.project_id != project_id:
-            raise V2Error(404, f"Project {route.project_id} not found", "projectId")
-        action = self._next_action(method, route)
-        if action == "drop":
-            return V2Reply(0, drop=True)
-        if action == "hang":
-            with self.lock:
-                hang_s = self.faults.hang_s
-            pause(hang_s)
-        elif isinstance(action, int) and not 200 <= action < 300:
-            raise V2Error(action, f"Scripted failure ({action}) for {method} {route.target}")
-        reply = self._serve(method, route, _params(query), body, entry)
-        reply.drop = action == "drop_after"  # the change is made; the answer is lost
-        return reply
+            raise SimError(404, f"Project {route.project_id} not found", "projectId")
+        params = query_params(req.query)
+        serve = functools.partial(self._serve, req.method, route, params, req.body, entry)
+        return self._scripted(req, route.script_keys(), route.target, route.target, serve)
 
-    def _next_action(self, method: str, route: _Route) -> int | str | None:
-        with self.lock:
-            for key in route.script_keys():
-                by_name = self.faults.scripts.get(key, {})
-                for name in (f"{method} {route.target}", method):
-                    queue = by_name.get(name)
-                    if queue:
-                        return queue.pop(0)
-        return None
-
-    def _serve(self, method: str, route: _Route, params: dict[str, str], body: bytes, entry: JSONDict) -> V2Reply:
+    def _serve(self, method: str, route: _Route, params: dict[str, str], body: bytes, entry: JSONDict) -> Reply:
         target, leaf = route.target, route.leaf_id
         if target == "whoami":
-            return V2Reply(200, self._whoami())
+            return Reply(200, self._whoami())
         if target == "list":
             return self._list_endpoints(params)
         if target == "model":
             return self._get_model(route.project_id or "", leaf)
         ep_id = route.endpoint_id
         assert ep_id is not None
-        data = _json_object(body, required=True) if method == "PATCH" else {}
+        data = json_object(body, required=True) if method == "PATCH" else {}
         if target == "endpoint":
             if method == "GET":
                 return self._read(ep_id, lambda ep, pid: ep.view(pid, self.settings.summary_limit))
@@ -1864,43 +1672,43 @@ class V2Simulator:
     def _endpoint(self, endpoint_id: str) -> _Endpoint:
         ep = self.endpoints.get(endpoint_id)
         if ep is None:
-            raise V2Error(404, f"Endpoint {endpoint_id} not found", "endpointId")
+            raise SimError(404, f"Endpoint {endpoint_id} not found", "endpointId")
         self._advance(ep, time.monotonic())
         return ep
 
     @staticmethod
     def _dep(ep: _Endpoint, dep_id: str) -> _Deployment:
-        return _found(ep.deployment(dep_id), f"Deployment {dep_id} not found on endpoint {ep.id}", "deploymentId")
+        return found(ep.deployment(dep_id), f"Deployment {dep_id} not found on endpoint {ep.id}", "deploymentId")
 
     @staticmethod
     def _ab(ep: _Endpoint, ab_id: str) -> _AbExperiment:
-        found = next((x for x in ep.ab_experiments if x.id == ab_id), None)
-        return _found(found, f"A/B experiment {ab_id} not found on endpoint {ep.id}", "id")
+        match = next((x for x in ep.ab_experiments if x.id == ab_id), None)
+        return found(match, f"A/B experiment {ab_id} not found on endpoint {ep.id}", "id")
 
     @staticmethod
     def _shadow(ep: _Endpoint, exp_id: str) -> _ShadowExperiment:
-        found = next((x for x in ep.shadow_experiments if x.id == exp_id), None)
-        return _found(found, f"Shadow experiment {exp_id} not found on endpoint {ep.id}", "experimentId")
+        match = next((x for x in ep.shadow_experiments if x.id == exp_id), None)
+        return found(match, f"Shadow experiment {exp_id} not found on endpoint {ep.id}", "experimentId")
 
     @staticmethod
     def _target(exp: _ShadowExperiment, target_id: str) -> _ShadowTarget:
-        return _found(exp.target(target_id), f"Shadow target {target_id} not found on experiment {exp.id}", "id")
+        return found(exp.target(target_id), f"Shadow target {target_id} not found on experiment {exp.id}", "id")
 
     @staticmethod
     def _rollout(ep: _Endpoint, rollout_id: str) -> _Rollout:
-        found = next((r for r in ep.rollouts if r.id == rollout_id), None)
-        return _found(found, f"Rollout {rollout_id} not found on endpoint {ep.id}", "id")
+        match = next((r for r in ep.rollouts if r.id == rollout_id), None)
+        return found(match, f"Rollout {rollout_id} not found on endpoint {ep.id}", "id")
 
     def _check_etag(self, current: str, given: str | None, what: str) -> None:
         if given is not None and given != current:
-            raise V2Error(
+            raise SimError(
                 self.settings.stale_etag_status,
                 f"etag mismatch: the {what} has changed (given {given}, current {current})",
                 "etag",
             )
 
-    def _refuse(self, message: str, param: str) -> V2Error:
-        return V2Error(self.settings.precondition_status, message, param)
+    def _refuse(self, message: str, param: str) -> SimError:
+        return SimError(self.settings.precondition_status, message, param)
 
     @staticmethod
     def _bool_param(params: dict[str, str], key: str) -> bool:
@@ -1908,12 +1716,12 @@ class V2Simulator:
         if raw is None:
             return False
         if raw not in ("true", "false"):
-            raise V2Error(400, f"'{key}' must be true or false", key)
+            raise SimError(400, f"'{key}' must be true or false", key)
         return raw == "true"
 
-    def _read(self, endpoint_id: str, view: Callable[[_Endpoint, str], JSONDict]) -> V2Reply:
+    def _read(self, endpoint_id: str, view: Callable[[_Endpoint, str], JSONDict]) -> Reply:
         with self.lock:
-            return V2Reply(200, view(self._endpoint(endpoint_id), self.settings.project_id))
+            return Reply(200, view(self._endpoint(endpoint_id), self.settings.project_id))
 
     # -- identity and models --------------------------------------------------------------------
 
@@ -1929,12 +1737,12 @@ class V2Simulator:
             out["project"] = {"id": s.project_id, "name": s.project_name, "slug": s.project_slug}
         return out
 
-    def _get_model(self, project_id: str, model_id: str) -> V2Reply:
+    def _get_model(self, project_id: str, model_id: str) -> Reply:
         with self.lock:
             model = self.models.by_id.get(model_id)
             if model is None or model.project_id != project_id:
-                raise V2Error(404, f"Model {model_id} not found in project {project_id}", "id")
-            return V2Reply(200, model.view())
+                raise SimError(404, f"Model {model_id} not found in project {project_id}", "id")
+            return Reply(200, model.view())
 
     # -- lists ----------------------------------------------------------------------------------
 
@@ -1943,7 +1751,7 @@ class V2Simulator:
         if raw is None:
             return self.settings.default_page_size
         if not _LIMIT.match(raw) or not 1 <= int(raw) <= self.settings.max_page_size:
-            raise V2Error(400, f"'limit' must be an integer from 1 to {self.settings.max_page_size}", "limit")
+            raise SimError(400, f"'limit' must be an integer from 1 to {self.settings.max_page_size}", "limit")
         return int(raw)
 
     @staticmethod
@@ -1954,7 +1762,7 @@ class V2Simulator:
         if not 1 <= len(words) <= 2 or words[0] not in ("created_at", "updated_at") or words[1:] not in (
             [], ["asc"], ["desc"],
         ):  # fmt: skip
-            raise V2Error(400, "'orderBy' is created_at or updated_at, optionally followed by asc or desc", "orderBy")
+            raise SimError(400, "'orderBy' is created_at or updated_at, optionally followed by asc or desc", "orderBy")
         return words[0], words[1:] == ["desc"]
 
     def _page(
@@ -1967,7 +1775,7 @@ class V2Simulator:
     ) -> tuple[list[T], str | None]:
         """One page of a seek-paginated list: stable while items come and go between pages."""
         if params.get("filter") is not None:
-            raise V2Error(400, "'filter' expressions are not evaluated by the simulator", "filter")
+            raise SimError(400, "'filter' expressions are not evaluated by the simulator", "filter")
         limit = self._limit(params)
         ordered = sorted(items, key=key)
         keys = [key(i) for i in ordered]
@@ -1976,7 +1784,7 @@ class V2Simulator:
         if after is not None:
             saved = self.cursors.get(after)
             if saved is None or saved[0] != scope:
-                raise V2Error(400, f"unknown cursor {after!r}", "after")
+                raise SimError(400, f"unknown cursor {after!r}", "after")
             last = saved[1]
             if desc:
                 end = bisect.bisect_left(keys, last)
@@ -1996,7 +1804,7 @@ class V2Simulator:
                 del self.cursors[next(iter(self.cursors))]
         return page, cursor
 
-    def _list_endpoints(self, params: dict[str, str]) -> V2Reply:
+    def _list_endpoints(self, params: dict[str, str]) -> Reply:
         by, desc = self._order(params)
         with self.lock:
 
@@ -2008,9 +1816,9 @@ class V2Simulator:
             for ep in page:
                 self._advance(ep, now)
             pid, limit = self.settings.project_id, self.settings.summary_limit
-            return V2Reply(200, {"data": [ep.view(pid, limit) for ep in page], "next_cursor": cursor})
+            return Reply(200, {"data": [ep.view(pid, limit) for ep in page], "next_cursor": cursor})
 
-    def _list_deployments(self, endpoint_id: str, params: dict[str, str]) -> V2Reply:
+    def _list_deployments(self, endpoint_id: str, params: dict[str, str]) -> Reply:
         by, desc = self._order(params)
         with self.lock:
             ep = self._endpoint(endpoint_id)
@@ -2020,7 +1828,7 @@ class V2Simulator:
 
             page, cursor = self._page(f"deployments:{ep.id}:{by}", ep.deployments, key, params, desc)
             pid = self.settings.project_id
-            return V2Reply(200, {"data": [d.full(ep, pid) for d in page], "next_cursor": cursor})
+            return Reply(200, {"data": [d.full(ep, pid) for d in page], "next_cursor": cursor})
 
     def _list_sub(
         self,
@@ -2030,18 +1838,18 @@ class V2Simulator:
         items: Callable[[_Endpoint], Sequence[T]],
         view: Callable[[T, _Endpoint, str], JSONDict],
         key: Callable[[T], SortKey] | None = None,
-    ) -> V2Reply:
+    ) -> Reply:
         with self.lock:
             ep = self._endpoint(endpoint_id)
             sort_key: Callable[[T], SortKey] = key or (lambda x: x.sort_key)  # type: ignore[attr-defined]
             page, cursor = self._page(f"{kind}:{ep.id}", items(ep), sort_key, params)
             pid = self.settings.project_id
-            return V2Reply(200, {"data": [view(x, ep, pid) for x in page], "next_cursor": cursor})
+            return Reply(200, {"data": [view(x, ep, pid) for x in page], "next_cursor": cursor})
 
-    def _list_rollouts(self, endpoint_id: str, params: dict[str, str]) -> V2Reply:
+    def _list_rollouts(self, endpoint_id: str, params: dict[str, str]) -> Reply:
         wanted = params.get("filter")
         if wanted not in (None, "ROLLOUT_FILTER_ACTIVE", "ROLLOUT_FILTER_TERMINAL"):
-            raise V2Error(400, "'filter' is ROLLOUT_FILTER_ACTIVE or ROLLOUT_FILTER_TERMINAL", "filter")
+            raise SimError(400, "'filter' is ROLLOUT_FILTER_ACTIVE or ROLLOUT_FILTER_TERMINAL", "filter")
         rest = {k: v for k, v in params.items() if k != "filter"}
 
         def chosen(ep: _Endpoint) -> list[_Rollout]:
@@ -2053,33 +1861,33 @@ class V2Simulator:
 
     # -- analytics ------------------------------------------------------------------------------
 
-    def _analytics(self, endpoint_id: str, params: dict[str, str]) -> V2Reply:
+    def _analytics(self, endpoint_id: str, params: dict[str, str]) -> Reply:
         bounds: dict[str, datetime] = {}
         for key in ("startTime", "endTime"):
             if key in params:
                 parsed = _parse_rfc3339(params[key])
                 if parsed is None:
-                    raise V2Error(400, f"'{key}' must be an RFC 3339 timestamp with a zone", key)
+                    raise SimError(400, f"'{key}' must be an RFC 3339 timestamp with a zone", key)
                 bounds[key] = parsed
-        end = bounds.get("endTime", _now())
+        end = bounds.get("endTime", utc_now())
         start = bounds.get("startTime", end - _ANALYTICS_WINDOW)
         if end < start:
-            raise V2Error(400, "'endTime' is before 'startTime'", "endTime")
+            raise SimError(400, "'endTime' is before 'startTime'", "endTime")
         granularity = params.get("granularity", "1d")
         if granularity not in _GRANULARITIES:
-            raise V2Error(400, "'granularity' must be 1m, 1h or 1d", "granularity")
+            raise SimError(400, "'granularity' must be 1m, 1h or 1d", "granularity")
         series = self._bool_param(params, "includeTimeSeries")
         step = _GRANULARITIES[granularity]
         if series and (end - start) / step > _MAX_BUCKETS:
-            raise V2Error(400, f"the time series would have more than {_MAX_BUCKETS} buckets", "granularity")
+            raise SimError(400, f"the time series would have more than {_MAX_BUCKETS} buckets", "granularity")
         dep_id = params.get("deploymentId")
         with self.lock:
             ep = self._endpoint(endpoint_id)
             if dep_id is not None and ep.deployment(dep_id) is None:
-                raise V2Error(400, f"deployment {dep_id} is not under endpoint {ep.id}", "deploymentId")
+                raise SimError(400, f"deployment {dep_id} is not under endpoint {ep.id}", "deploymentId")
             hits = [(at, n) for at, n, d in ep.requests if start <= at < end and (dep_id is None or d == dep_id)]
             omit = ep.analytics_omit or self.settings.analytics_omit
-        time_range = {"startTime": _iso(start), "endTime": _iso(end)}
+        time_range = {"startTime": iso(start), "endTime": iso(end)}
         out: JSONDict = {"endpointId": endpoint_id, "timeRange": time_range}
         if omit != "metrics":
             metrics: JSONDict = {"endpointId": endpoint_id, "timeRange": dict(time_range)}
@@ -2094,14 +1902,14 @@ class V2Simulator:
             while bucket < end:
                 nxt = min(bucket + step, end)
                 count = sum(n for at, n in hits if bucket <= at < nxt)
-                points.append({"timestamp": _iso(bucket), "values": {"totalRequests": float(count)}})
+                points.append({"timestamp": iso(bucket), "values": {"totalRequests": float(count)}})
                 bucket = nxt
             out["timeSeries"] = points
-        return V2Reply(200, out)
+        return Reply(200, out)
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def _patch_endpoint(self, endpoint_id: str, params: dict[str, str], body: JSONDict, entry: JSONDict) -> V2Reply:
+    def _patch_endpoint(self, endpoint_id: str, params: dict[str, str], body: JSONDict, entry: JSONDict) -> Reply:
         """Query ``updateMask``; body ``etag``, ``name``, ``trafficSplit``, ``visibility``."""
         mask = _mask(params, frozenset({"name", "trafficSplit", "visibility"}))
         etag = _opt_etag(body)
@@ -2118,14 +1926,14 @@ class V2Simulator:
                 if key == "trafficSplit":
                     changes[key] = [] if body.get(key) is None else body[key]
                 elif not present:
-                    raise V2Error(400, f"'{key}' is in updateMask but has no value", key)
+                    raise SimError(400, f"'{key}' is in updateMask but has no value", key)
                 else:
                     changes[key] = body[key]
         split = _parse_split(changes["trafficSplit"]) if "trafficSplit" in changes else None
         if "visibility" in changes and changes["visibility"] not in _VISIBILITIES:
-            raise V2Error(400, f"'visibility' must be one of {', '.join(_VISIBILITIES)}", "visibility")
+            raise SimError(400, f"'visibility' must be one of {', '.join(_VISIBILITIES)}", "visibility")
         if "name" in changes and not isinstance(changes["name"], str):
-            raise V2Error(400, "'name' must be a string", "name")
+            raise SimError(400, "'name' must be a string", "name")
         with self.lock:
             entry["unapplied_fields"] = unapplied
             ep = self._endpoint(endpoint_id)
@@ -2134,14 +1942,14 @@ class V2Simulator:
             if split is not None:
                 unknown = [s["deploymentId"] for s in split if ep.deployment(s["deploymentId"]) is None]
                 if unknown:
-                    raise V2Error(
+                    raise SimError(
                         400, f"trafficSplit names unknown deployment(s): {', '.join(unknown)}", "trafficSplit"
                     )
             if "name" in changes:
                 name: str = changes["name"]
                 prefix, _, bare = name.rpartition("/")
                 if (prefix and prefix != slug) or not bare:
-                    raise V2Error(400, f"'name' is a bare name or {slug}/<name>", "name")
+                    raise SimError(400, f"'name' is a bare name or {slug}/<name>", "name")
                 ep.name = f"{slug}/{bare}"
             if "visibility" in changes:
                 ep.visibility = changes["visibility"]
@@ -2149,9 +1957,9 @@ class V2Simulator:
                 ep.traffic_split = split
             if changes:
                 ep.touch()
-            return V2Reply(200, ep.view(self.settings.project_id, self.settings.summary_limit))
+            return Reply(200, ep.view(self.settings.project_id, self.settings.summary_limit))
 
-    def _delete_endpoint(self, endpoint_id: str, params: dict[str, str]) -> V2Reply:
+    def _delete_endpoint(self, endpoint_id: str, params: dict[str, str]) -> Reply:
         with self.lock:
             ep = self._endpoint(endpoint_id)
             self._check_etag(ep.etag, params.get("etag"), "endpoint")
@@ -2162,9 +1970,9 @@ class V2Simulator:
                 raise self._refuse(f"endpoint has an active rollout: {ep.active_rollout.id}", "id")
             del self.endpoints[endpoint_id]
             self.deleted["endpoints"].append(endpoint_id)
-        return V2Reply(200, {})
+        return Reply(200, {})
 
-    def _patch_deployment(self, endpoint_id: str, dep_id: str, params: dict[str, str], body: JSONDict) -> V2Reply:
+    def _patch_deployment(self, endpoint_id: str, dep_id: str, params: dict[str, str], body: JSONDict) -> Reply:
         """Query ``updateMask``; body ``autoscaling`` (``minReplicas``/``maxReplicas``; an omitted one is kept),
         ``etag`` (the deployment's), ``inactiveTimeout``, ``maxConcurrentRequestsPerReplica``, ``name``."""
         fields = frozenset({"autoscaling", "inactiveTimeout", "maxConcurrentRequestsPerReplica", "name"})
@@ -2173,24 +1981,24 @@ class V2Simulator:
         chosen = {k for k in fields if k in body} if mask is None else set(mask)
         for key in chosen:
             if body.get(key) is None:
-                raise V2Error(400, f"'{key}' is in updateMask but not in the body", key)
+                raise SimError(400, f"'{key}' is in updateMask but not in the body", key)
         scaling = body.get("autoscaling") if "autoscaling" in chosen else None
         if scaling is not None:
-            _check_keys(scaling, _AUTOSCALING_KEYS, "autoscaling")
+            check_keys(scaling, _AUTOSCALING_KEYS, "autoscaling")
             for key in ("minReplicas", "maxReplicas"):
-                if key in scaling and (not _is_int(scaling[key]) or not 0 <= scaling[key] <= _INT32_MAX):
-                    raise V2Error(400, f"'autoscaling.{key}' must be a non-negative integer", "autoscaling")
+                if key in scaling and (not is_int(scaling[key]) or not 0 <= scaling[key] <= INT32_MAX):
+                    raise SimError(400, f"'autoscaling.{key}' must be a non-negative integer", "autoscaling")
         if "inactiveTimeout" in chosen:
             value = body["inactiveTimeout"]
-            if not _is_int(value) or not (value == 0 or 30 <= value <= 1440):
-                raise V2Error(400, "'inactiveTimeout' is 0 or 30 through 1440 minutes", "inactiveTimeout")
+            if not is_int(value) or not (value == 0 or 30 <= value <= 1440):
+                raise SimError(400, "'inactiveTimeout' is 0 or 30 through 1440 minutes", "inactiveTimeout")
         key = "maxConcurrentRequestsPerReplica"
         if key in chosen:
             value = body[key]
             if not isinstance(value, str) or not _DIGITS.match(value):
-                raise V2Error(400, f"'{key}' is an integer string", key)
+                raise SimError(400, f"'{key}' is an integer string", key)
         if "name" in chosen and (not isinstance(body["name"], str) or not _short_name(body["name"])):
-            raise V2Error(400, "'name' must be a non-empty string", "name")
+            raise SimError(400, "'name' must be a non-empty string", "name")
         with self.lock:
             ep = self._endpoint(endpoint_id)
             dep = self._dep(ep, dep_id)
@@ -2199,7 +2007,7 @@ class V2Simulator:
                 lo = scaling.get("minReplicas", dep.min_replicas)
                 hi = scaling.get("maxReplicas", dep.max_replicas)
                 if lo > hi:
-                    raise V2Error(400, f"'autoscaling' needs minReplicas <= maxReplicas ({lo} > {hi})", "autoscaling")
+                    raise SimError(400, f"'autoscaling' needs minReplicas <= maxReplicas ({lo} > {hi})", "autoscaling")
                 self._scale(dep, lo, hi)
             if "inactiveTimeout" in chosen:
                 dep.inactive_timeout = body["inactiveTimeout"]
@@ -2211,7 +2019,7 @@ class V2Simulator:
                 dep.touch()
                 if self.settings.endpoint_etag_covers_deployments:
                     ep.touch()
-            return V2Reply(200, dep.full(ep, self.settings.project_id))
+            return Reply(200, dep.full(ep, self.settings.project_id))
 
     @staticmethod
     def _scale(dep: _Deployment, lo: int, hi: int) -> None:
@@ -2230,7 +2038,7 @@ class V2Simulator:
             if dep.state == STATE_READY:
                 dep.ready_replicas = dep.desired_replicas
 
-    def _delete_deployment(self, endpoint_id: str, dep_id: str, params: dict[str, str]) -> V2Reply:
+    def _delete_deployment(self, endpoint_id: str, dep_id: str, params: dict[str, str]) -> Reply:
         with self.lock:
             ep = self._endpoint(endpoint_id)
             dep = self._dep(ep, dep_id)
@@ -2252,9 +2060,9 @@ class V2Simulator:
             if self.settings.endpoint_etag_covers_deployments:
                 ep.touch()
             self.deleted["deployments"].append({"endpointId": endpoint_id, "deploymentId": dep_id})
-        return V2Reply(200, {})
+        return Reply(200, {})
 
-    def _patch_ab(self, endpoint_id: str, ab_id: str, params: dict[str, str], body: JSONDict) -> V2Reply:
+    def _patch_ab(self, endpoint_id: str, ab_id: str, params: dict[str, str], body: JSONDict) -> Reply:
         """Query ``updateMask`` (members, description; absent: both are overwritten); body ``etag``,
         ``members`` (2 to 20 deployments of the endpoint, exactly one control, integer percents 1-100 adding up
         to 100), ``description``."""
@@ -2263,18 +2071,18 @@ class V2Simulator:
         members: list[JSONDict] | None = None
         if "members" in mask:
             if "members" not in body:
-                raise V2Error(400, "'members' is required", "members")
+                raise SimError(400, "'members' is required", "members")
             members = _parse_members(body["members"])
             controls = [m for m in members if m["role"] == _ROLE_CONTROL]
             if not 2 <= len(members) <= 20 or len(controls) != 1:
-                raise V2Error(400, "an A/B experiment has 2 to 20 members and exactly one control", "members")
+                raise SimError(400, "an A/B experiment has 2 to 20 members and exactly one control", "members")
             if any(not 1 <= m["percent"] <= 100 for m in members) or sum(m["percent"] for m in members) != 100:
-                raise V2Error(400, "member percents are 1 to 100 and add up to 100", "members")
+                raise SimError(400, "member percents are 1 to 100 and add up to 100", "members")
             if len({m["deploymentId"] for m in members}) != len(members):
-                raise V2Error(400, "a deployment appears twice in members", "members")
+                raise SimError(400, "a deployment appears twice in members", "members")
         description = body.get("description")
         if description is not None and not isinstance(description, str):
-            raise V2Error(400, "'description' must be a string", "description")
+            raise SimError(400, "'description' must be a string", "description")
         with self.lock:
             ep = self._endpoint(endpoint_id)
             ab = self._ab(ep, ab_id)
@@ -2282,32 +2090,32 @@ class V2Simulator:
             if members is not None:
                 unknown = [m["deploymentId"] for m in members if ep.deployment(m["deploymentId"]) is None]
                 if unknown:
-                    raise V2Error(400, f"members name unknown deployment(s): {', '.join(unknown)}", "members")
+                    raise SimError(400, f"members name unknown deployment(s): {', '.join(unknown)}", "members")
                 ab.members = members
             if "description" in mask:
                 ab.description = description or None
             ab.touch()
-            return V2Reply(200, ab.view(ep, self.settings.project_id))
+            return Reply(200, ab.view(ep, self.settings.project_id))
 
-    def _delete_ab(self, endpoint_id: str, ab_id: str, params: dict[str, str]) -> V2Reply:
+    def _delete_ab(self, endpoint_id: str, ab_id: str, params: dict[str, str]) -> Reply:
         with self.lock:
             ep = self._endpoint(endpoint_id)
             ab = self._ab(ep, ab_id)
             self._check_etag(ab.etag, params.get("etag"), "A/B experiment")
             ep.ab_experiments.remove(ab)
             self.deleted["abExperiments"].append({"endpointId": endpoint_id, "id": ab_id})
-        return V2Reply(200, {})
+        return Reply(200, {})
 
-    def _delete_shadow(self, endpoint_id: str, exp_id: str, params: dict[str, str]) -> V2Reply:
+    def _delete_shadow(self, endpoint_id: str, exp_id: str, params: dict[str, str]) -> Reply:
         with self.lock:
             ep = self._endpoint(endpoint_id)
             exp = self._shadow(ep, exp_id)
             self._check_etag(exp.etag, params.get("etag"), "shadow experiment")
             ep.shadow_experiments.remove(exp)
             self.deleted["shadowExperiments"].append({"endpointId": endpoint_id, "id": exp_id})
-        return V2Reply(200, {})
+        return Reply(200, {})
 
-    def _delete_target(self, endpoint_id: str, exp_id: str, target_id: str, params: dict[str, str]) -> V2Reply:
+    def _delete_target(self, endpoint_id: str, exp_id: str, target_id: str, params: dict[str, str]) -> Reply:
         """Removes the target; the experiment keeps its etag (Together's detach deletes it with the old one)."""
         with self.lock:
             ep = self._endpoint(endpoint_id)
@@ -2316,96 +2124,61 @@ class V2Simulator:
             self._check_etag(target.etag, params.get("etag"), "shadow target")
             exp.targets.remove(target)
             self.deleted["shadowTargets"].append({"endpointId": endpoint_id, "experimentId": exp_id, "id": target_id})
-        return V2Reply(200, {})
+        return Reply(200, {})
 
     # -- /_sim/v2 -------------------------------------------------------------------------------
 
-    def handle_admin(self, method: str, route: str, body: bytes) -> V2Reply:
+    def handle_admin(self, method: str, route: str, body: bytes) -> Reply:
         """``route`` is the path after ``/_sim/v2``, without a trailing slash."""
-        try:
-            return self._admin(method, route, body)
-        except V2Error as exc:
-            headers = {"Allow": exc.allow} if exc.status == 405 and exc.allow else {}
-            return V2Reply(exc.status, error_body(exc.status, exc.message, exc.param), headers)
+        return answer(self.lock, None, lambda: self._admin(method, route, body))
 
-    @staticmethod
-    def _methods(method: str, allow: str) -> None:
-        if method not in allow.split(", "):
-            raise V2Error(405, f"Method {method} not allowed here", allow=allow)
-
-    def _admin(self, method: str, route: str, body: bytes) -> V2Reply:
+    def _admin(self, method: str, route: str, body: bytes) -> Reply:
         parts = [unquote(p) for p in route.split("/")[1:]]
         if route == "/reset":
-            self._methods(method, "POST")
-            return V2Reply(200, self.reset(_json_object(body, required=False)))
+            require_method(method, "POST")
+            return Reply(200, self.reset(json_object(body, required=False)))
         if route == "/state":
-            self._methods(method, "GET")
-            return V2Reply(200, self.snapshot())
+            require_method(method, "GET")
+            return Reply(200, self.snapshot())
         if route == "/settings":
-            self._methods(method, "GET, POST")
+            require_method(method, "GET, POST")
             with self.lock:
                 if method == "POST":
-                    self.settings = self.settings.updated(_json_object(body, required=True))
-                return V2Reply(200, self.settings.view())
-        if route == "/faults":
-            self._methods(method, "GET, POST")
-            if method == "POST":
-                return V2Reply(200, self._update_faults(_json_object(body, required=True)))
-            with self.lock:
-                return V2Reply(200, self.faults.view())
-        if route == "/requests":
-            self._methods(method, "GET, DELETE")
-            with self.lock:
-                if method == "DELETE":
-                    self.requests = []
-                    return V2Reply(204)
-                return V2Reply(200, {"data": [copy.deepcopy(r) for r in self.requests]})
+                    self.settings = self.settings.updated(json_object(body, required=True))
+                return Reply(200, self.settings.view())
+        common = self.control(method, route, body)
+        if common is not None:
+            return common
         if route == "/models":
-            self._methods(method, "GET, POST")
+            require_method(method, "GET, POST")
             if method == "POST":
-                return self._admin_add_model(_json_object(body, required=True))
+                return self._admin_add_model(json_object(body, required=True))
             with self.lock:
-                return V2Reply(200, {"data": [m.admin_view() for m in self.models.by_id.values()]})
+                return Reply(200, {"data": [m.admin_view() for m in self.models.by_id.values()]})
         if len(parts) == 2 and parts[0] == "models" and parts[1]:
-            self._methods(method, "DELETE")  # the model is gone: deployments naming it no longer resolve
+            require_method(method, "DELETE")  # the model is gone: deployments naming it no longer resolve
             with self.lock:
                 if self.models.by_id.pop(parts[1], None) is None:
-                    raise V2Error(404, f"Model {parts[1]} not found", "id")
-            return V2Reply(204)
+                    raise SimError(404, f"Model {parts[1]} not found", "id")
+            return Reply(204)
         if route == "/endpoints":
-            self._methods(method, "POST")
-            return self._admin_add_endpoint(_json_object(body, required=True))
+            require_method(method, "POST")
+            return self._admin_add_endpoint(json_object(body, required=True))
         if len(parts) >= 2 and parts[0] == "endpoints" and all(parts):
             return self._admin_endpoint(method, parts[1], parts[2:], body)
-        raise V2Error(404, f"Unknown path /_sim/v2{route}")
+        raise SimError(404, f"Unknown path /_sim/v2{route}")
 
-    def _update_faults(self, body: JSONDict) -> JSONDict:
-        _check_keys(body, _FAULT_KEYS, "faults")
-        with self.lock:
-            faults = _Faults() if body.get("clear") else copy.deepcopy(self.faults)
-        for key in ("hang_s", "latency_s"):
-            if key in body:
-                if not _is_number(body[key]) or body[key] < 0:
-                    raise V2Error(400, f"'{key}' must be a non-negative number", key)
-                setattr(faults, key, float(body[key]))
-        if "scripts" in body:
-            for key, by_name in _parse_scripts(body["scripts"]).items():
-                faults.scripts.setdefault(key, {}).update(by_name)
-        with self.lock:
-            self.faults = faults
-            return faults.view()
-
-    def _admin_add_model(self, spec: JSONDict) -> V2Reply:
+    def _admin_add_model(self, spec: JSONDict) -> Reply:
         with self.lock:
             public = self.settings.public_project_id
         model = _model_from_spec(spec, public)
         with self.lock:
             if model.id in self.models.by_id:
-                raise V2Error(409, f"duplicate model id {model.id!r}", "id")
+                raise SimError(409, f"duplicate model id {model.id!r}", "id")
             self.models.add(model)
-            return V2Reply(201, model.admin_view())
+            return Reply(201, model.admin_view())
 
-    def _admin_add_endpoint(self, spec: JSONDict) -> V2Reply:
+    def _admin_add_endpoint(self, spec: JSONDict) -> Reply:
         with self.lock:
             existing = dict(self.endpoints)
             slug = self.settings.project_slug
@@ -2413,46 +2186,46 @@ class V2Simulator:
         (ep,) = self._build([spec], slug, existing, registry)
         with self.lock:
             if ep.id in self.endpoints:
-                raise V2Error(409, f"duplicate endpoint id {ep.id!r}", "id")
+                raise SimError(409, f"duplicate endpoint id {ep.id!r}", "id")
             for model in registry.by_id.values():
                 self.models.by_id.setdefault(model.id, model)
             self.endpoints[ep.id] = ep
-            return V2Reply(201, ep.admin_view(self.settings.project_id))
+            return Reply(201, ep.admin_view(self.settings.project_id))
 
-    def _admin_endpoint(self, method: str, endpoint_id: str, rest: list[str], body: bytes) -> V2Reply:
+    def _admin_endpoint(self, method: str, endpoint_id: str, rest: list[str], body: bytes) -> Reply:
         if not rest:
-            self._methods(method, "GET, PATCH, DELETE")
+            require_method(method, "GET, PATCH, DELETE")
             if method == "DELETE":  # vanishes behind the client's back; not counted as deleted
                 with self.lock:
                     self._endpoint(endpoint_id)
                     del self.endpoints[endpoint_id]
-                return V2Reply(204)
+                return Reply(204)
             if method == "PATCH":
-                return self._admin_patch_endpoint(endpoint_id, _json_object(body, required=True))
+                return self._admin_patch_endpoint(endpoint_id, json_object(body, required=True))
             with self.lock:
-                return V2Reply(200, self._endpoint(endpoint_id).admin_view(self.settings.project_id))
+                return Reply(200, self._endpoint(endpoint_id).admin_view(self.settings.project_id))
         if rest == ["requests"]:
-            self._methods(method, "POST")
-            data = _json_object(body, required=True)
-            items = _requests_from(data.get("requests", [data]), _now())
+            require_method(method, "POST")
+            data = json_object(body, required=True)
+            items = _requests_from(data.get("requests", [data]), utc_now())
             with self.lock:
                 ep = self._endpoint(endpoint_id)
                 ep.requests.extend(items)
-                return V2Reply(200, ep.admin_view(self.settings.project_id))
+                return Reply(200, ep.admin_view(self.settings.project_id))
         if rest == ["deployments"]:
-            self._methods(method, "POST")
-            return self._admin_add_deployment(endpoint_id, _json_object(body, required=True))
+            require_method(method, "POST")
+            return self._admin_add_deployment(endpoint_id, json_object(body, required=True))
         if len(rest) == 2 and rest[0] == "deployments":
-            self._methods(method, "PATCH")
-            return self._admin_patch_deployment(endpoint_id, rest[1], _json_object(body, required=True))
+            require_method(method, "PATCH")
+            return self._admin_patch_deployment(endpoint_id, rest[1], json_object(body, required=True))
         if rest in (["abExperiments"], ["shadowExperiments"], ["rollouts"]):
-            self._methods(method, "POST")
-            return self._admin_add_sub(endpoint_id, rest[0], _json_object(body, required=True))
-        raise V2Error(404, f"Unknown path /_sim/v2/endpoints/{endpoint_id}/{'/'.join(rest)}")
+            require_method(method, "POST")
+            return self._admin_add_sub(endpoint_id, rest[0], json_object(body, required=True))
+        raise SimError(404, f"Unknown path /_sim/v2/endpoints/{endpoint_id}/{'/'.join(rest)}")
 
-    def _admin_add_sub(self, endpoint_id: str, kind: str, spec: JSONDict) -> V2Reply:
+    def _admin_add_sub(self, endpoint_id: str, kind: str, spec: JSONDict) -> Reply:
         """An experiment or rollout created behind the client's back (the endpoint's etag is unchanged)."""
-        now = _now()
+        now = utc_now()
         with self.lock:
             ep = self._endpoint(endpoint_id)
             taken = {x.id for x in ep.ab_experiments} | {x.id for x in ep.shadow_experiments}
@@ -2460,33 +2233,33 @@ class V2Simulator:
             if kind == "abExperiments":
                 ab = _ab_from_spec(spec, ep.deployments, now)
                 if ab.id in taken:
-                    raise V2Error(409, f"duplicate id {ab.id!r}", "id")
+                    raise SimError(409, f"duplicate id {ab.id!r}", "id")
                 ep.ab_experiments.append(ab)
-                return V2Reply(201, ab.view(ep, self.settings.project_id))
+                return Reply(201, ab.view(ep, self.settings.project_id))
             if kind == "shadowExperiments":
                 exp = _shadow_from_spec(spec, ep.deployments, now)
                 if exp.id in taken:
-                    raise V2Error(409, f"duplicate id {exp.id!r}", "id")
+                    raise SimError(409, f"duplicate id {exp.id!r}", "id")
                 ep.shadow_experiments.append(exp)
-                return V2Reply(201, exp.view(ep, self.settings.project_id))
+                return Reply(201, exp.view(ep, self.settings.project_id))
             rollout = _rollout_from_spec(spec, ep.deployments, now)
             if rollout.id in taken:
-                raise V2Error(409, f"duplicate id {rollout.id!r}", "id")
+                raise SimError(409, f"duplicate id {rollout.id!r}", "id")
             if rollout.in_flight and ep.active_rollout is not None:
-                raise V2Error(409, f"rollout {ep.active_rollout.id} is already in flight", "state")
+                raise SimError(409, f"rollout {ep.active_rollout.id} is already in flight", "state")
             ep.rollouts.append(rollout)
-            return V2Reply(201, rollout.view(ep))
+            return Reply(201, rollout.view(ep))
 
-    def _admin_patch_endpoint(self, endpoint_id: str, patch: JSONDict) -> V2Reply:
+    def _admin_patch_endpoint(self, endpoint_id: str, patch: JSONDict) -> Reply:
         """Hidden changes to an endpoint; ``"bump": true`` also gives it a new etag, as a concurrent edit would.
         ``activeRolloutId``: an id starts that rollout (created if new); null completes the active one."""
-        _check_keys(patch, _ADMIN_ENDPOINT_PATCH_KEYS, "endpoint patch")
+        check_keys(patch, _ADMIN_ENDPOINT_PATCH_KEYS, "endpoint patch")
         split = _parse_split(patch["trafficSplit"]) if "trafficSplit" in patch else None
         updated = _parse_seed_time(patch["updatedAt"], "updatedAt") if "updatedAt" in patch else None
         strings = {k: _opt_str(patch, k, "") for k in ("name", "endpointType", "visibility") if k in patch}
         rollout = patch.get("activeRolloutId")
         if rollout is not None and not isinstance(rollout, str):
-            raise V2Error(400, "'activeRolloutId' must be a string or null", "activeRolloutId")
+            raise SimError(400, "'activeRolloutId' must be a string or null", "activeRolloutId")
         extra = _opt_extra(patch) if "extra" in patch else None
         omit = _opt_omit(patch, "analytics_omit")
         with self.lock:
@@ -2495,7 +2268,7 @@ class V2Simulator:
             ep.endpoint_type = strings.get("endpointType", ep.endpoint_type)
             ep.visibility = strings.get("visibility", ep.visibility)
             if "activeRolloutId" in patch:
-                _set_active_rollout(ep, rollout, _now())
+                _set_active_rollout(ep, rollout, utc_now())
             if split is not None:
                 ep.traffic_split = split
             if extra is not None:
@@ -2506,29 +2279,29 @@ class V2Simulator:
                 ep.touch()
             if updated is not None:
                 ep.updated_at, ep.updated_key = updated
-            return V2Reply(200, ep.admin_view(self.settings.project_id))
+            return Reply(200, ep.admin_view(self.settings.project_id))
 
-    def _admin_add_deployment(self, endpoint_id: str, spec: JSONDict) -> V2Reply:
+    def _admin_add_deployment(self, endpoint_id: str, spec: JSONDict) -> Reply:
         """A deployment created behind the client's back (a new etag); it is not added to the traffic split."""
         with self.lock:
             ep = self._endpoint(endpoint_id)
             ep_created = (ep.created_at, ep.created_key)
             index = len(ep.deployments)
             registry = self.models.copy()
-        dep = _deployment_from_spec(spec, index, ep_created, _now(), registry)
+        dep = _deployment_from_spec(spec, index, ep_created, utc_now(), registry)
         with self.lock:
             ep = self._endpoint(endpoint_id)
             if any(d.id == dep.id for e in self.endpoints.values() for d in e.deployments):
-                raise V2Error(409, f"duplicate deployment id {dep.id!r}", "id")
+                raise SimError(409, f"duplicate deployment id {dep.id!r}", "id")
             for model in registry.by_id.values():
                 self.models.by_id.setdefault(model.id, model)
             ep.deployments.append(dep)
             ep.touch()
-            return V2Reply(201, dep.admin_view(ep))
+            return Reply(201, dep.admin_view(ep))
 
-    def _admin_patch_deployment(self, endpoint_id: str, dep_id: str, patch: JSONDict) -> V2Reply:
+    def _admin_patch_deployment(self, endpoint_id: str, dep_id: str, patch: JSONDict) -> Reply:
         """The platform changing a deployment (state, replicas): no new etag unless ``"bump": true``."""
-        _check_keys(patch, _ADMIN_DEPLOYMENT_PATCH_KEYS, "deployment patch")
+        check_keys(patch, _ADMIN_DEPLOYMENT_PATCH_KEYS, "deployment patch")
         strings = {
             k: _opt_str(patch, k, "") for k in ("name", "model", "hardware", "state", "trafficMode") if k in patch
         }
@@ -2537,7 +2310,7 @@ class V2Simulator:
         extra = _opt_extra(patch) if "extra" in patch else None
         unresolvable = patch.get("model_unresolvable", False)
         if not isinstance(unresolvable, bool):
-            raise V2Error(400, "'model_unresolvable' must be a boolean", "model_unresolvable")
+            raise SimError(400, "'model_unresolvable' must be a boolean", "model_unresolvable")
         with self.lock:
             ep = self._endpoint(endpoint_id)
             dep = self._dep(ep, dep_id)
@@ -2559,7 +2332,7 @@ class V2Simulator:
                 dep.extra = extra
             if patch.get("bump"):
                 dep.touch()
-            return V2Reply(200, dep.admin_view(ep))
+            return Reply(200, dep.admin_view(ep))
 
 
 def _no_deletes() -> dict[str, list[Any]]:
