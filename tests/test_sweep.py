@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests import store_reads as reads
 from tests.conftest import API_KEY, Sim, env_for
 from tests.test_cli import janitor
 from tests.test_v2 import STOPPED, v2_endpoint
@@ -82,7 +83,7 @@ def _seed(sim: Sim, store: Store) -> None:
 def _decisions_recorded(store: Store, sweep_id: str) -> dict[str, tuple[str, str | None]]:
     return {
         e["endpoint_id"]: (e["action"], e["rule"])
-        for e in store.events(1000)
+        for e in reads.events(store, 1000)
         if e["kind"] == "decision" and e["sweep_id"] == sweep_id
     }
 
