@@ -12,6 +12,7 @@ import redis
 from tests.conftest import BASIC_POLICY, Sim, wait_for
 from worker import janitor
 from worker.janitor import Attempt, DeleteRequest, Recheck, backoff_delay, run_sweep, take_step
+from worker.policy import Action
 from worker.store import OutcomeStatus, Store, utc_now
 from worker.together import TogetherClient
 
@@ -221,8 +222,8 @@ def test_attempt_classifies_answers(
     policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\n")
     sim.reset([ep("acme/ci-old", 1)])
     sim.faults(scripts={"endpoint-0001": {"DELETE": script}})
-    guard = Recheck(client, store, policy, "delete", "all", utc_now())
-    attempt = take_step(client, "endpoint-0001", "delete", guard)
+    guard = Recheck(client, store, policy, Action.DELETE, "all", utc_now())
+    attempt = take_step(client, "endpoint-0001", Action.DELETE, guard)
     assert isinstance(attempt, Attempt) and guard.passed
     assert (attempt.status, attempt.retryable) == (status, retryable)
 

@@ -23,6 +23,7 @@ key                            type      what
 ``P:claims``                   hash      endpoint id -> ``<task id>|<claimed at>|<task kwargs>``: the sweep's claim
 ``P:running:<endpoint id>``    string    the run lock of the one delete task running for the endpoint
 ``P:lost``                     hash      endpoint id -> ``<task id>|<first seen>``: a claim whose message was missing
+``P:sequences``                hash      endpoint id -> :class:`OpenSequence` (JSON): a v2 delete under way
 ``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
 =============================  ========  ===================================================================
 """
@@ -33,7 +34,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -43,9 +44,10 @@ from redis.client import Pipeline
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from worker.policy import Exemption, Mark, Observation
+from worker.policy import Action, Exemption, Mark, Observation
 from worker.redact import scrub_fields
 from worker.settings import Settings
+from worker.together import StepPhase
 
 _CHUNK = 1000
 # Observations are read for a sweep's listed endpoints with HMGETs of this many ids (all in one round trip).
@@ -241,6 +243,101 @@ def _stale_claims(raw: Mapping[str, str], now: float, older_than_s: float) -> di
     return stale
 
 
+# What an unreadable sequence's fields are set to: a start this old is past any age a sequence may resume at,
+# and no rule has an empty name, so even a reader that missed ``unreadable`` would hold it.
+_UNREADABLE_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class OpenSequence:
+    """A delete under way in several steps (v2), kept in ``P:sequences`` from its first step to its outcome.
+
+    ``unreadable`` says why a stored value could not be read (not a JSON object; no rule, no delete or stop
+    action, no start time with a zone); its other fields are then placeholders. Such a sequence is still one
+    under way, and :func:`worker.janitor.sequence_hold` holds it: it is never resumed blindly.
+    """
+
+    rule: str
+    action: Action
+    started_at: datetime
+    steps: int = 0
+    last_step: str | None = None
+    last_phase: StepPhase | None = None
+    # False for a sequence recorded before steps had phases: how far it got is read from ``last_step``.
+    phased: bool = True
+    task_id: str | None = None
+    updated_at: datetime | None = None
+    # The hardware and its price, kept from the first step: by the last one the deployments are gone.
+    hardware: str | None = None
+    usd_per_hour: float | None = None
+    unreadable: str | None = None
+
+    def encode(self) -> str:
+        record: dict[str, Any] = {
+            "rule": self.rule,
+            "action": str(self.action),
+            "started_at": iso(self.started_at),
+            "steps": self.steps,
+            "last_step": self.last_step,
+            "last_phase": None if self.last_phase is None else str(self.last_phase),
+            "task_id": self.task_id,
+            "updated_at": None if self.updated_at is None else iso(self.updated_at),
+            "hardware": self.hardware,
+            "usd_per_hour": self.usd_per_hour,
+        }
+        if not self.phased:
+            del record["last_phase"]
+        return json.dumps(scrub_fields(record), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> OpenSequence:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return cls._unreadable("not a JSON object")
+        rule, action, started_at = data.get("rule"), data.get("action"), parse_aware_time(data.get("started_at"))
+        if not isinstance(rule, str):
+            return cls._unreadable("no rule")
+        if action not in (Action.DELETE, Action.STOP):
+            return cls._unreadable(f"action {action!r}")
+        if started_at is None:
+            return cls._unreadable("an unreadable start time")
+        phase = data.get("last_phase")
+        steps, price = data.get("steps"), data.get("usd_per_hour")
+        return cls(
+            rule=rule,
+            action=Action(action),
+            started_at=started_at,
+            steps=steps if type(steps) is int else 0,
+            last_step=_str_or_none(data.get("last_step")),
+            last_phase=StepPhase(phase) if phase in tuple(StepPhase) else None,
+            phased="last_phase" in data,
+            task_id=_str_or_none(data.get("task_id")),
+            updated_at=parse_aware_time(data.get("updated_at")),
+            hardware=_str_or_none(data.get("hardware")),
+            usd_per_hour=float(price) if isinstance(price, int | float) and not isinstance(price, bool) else None,
+        )
+
+    @classmethod
+    def _unreadable(cls, why: str) -> OpenSequence:
+        return cls(rule="", action=Action.STOP, started_at=_UNREADABLE_START, unreadable=why)
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_aware_time(value: object) -> datetime | None:
+    """An ISO time with a zone, or None: a naive one could not be compared with the janitor's clock."""
+    try:
+        moment = parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
 @dataclass
 class SweepState:
     """What a sweep reads right after its list, in one round trip (:meth:`Store.read_sweep_state`)."""
@@ -250,7 +347,7 @@ class SweepState:
     marks: dict[str, Mark]
     exemptions: dict[str, Exemption]  # the active ones
     stale_claims: dict[str, str]  # endpoint id -> task id, as :meth:`Store.stale_claims`
-    sequences: dict[str, dict[str, Any]]  # open delete sequences, as :meth:`Store.open_sequences`
+    sequences: dict[str, OpenSequence]  # open delete sequences, as :meth:`Store.open_sequences`
 
 
 @dataclass(frozen=True)
@@ -260,7 +357,7 @@ class TaskState:
     locked: bool  # this run holds the endpoint's run lock: no other copy of a delete runs for it meanwhile
     outcome: Outcome | None  # the task's recorded outcome, if it has one
     claim: Claim | None
-    sequence: dict[str, Any] | None  # the endpoint's open delete sequence (v2)
+    sequence: OpenSequence | None  # the endpoint's open delete sequence (v2)
     sent_before: bool = False  # an earlier run of this task sent a change (its result may be anything)
 
 
@@ -485,8 +582,8 @@ class _SweepLock(Lock):
             raise LockNotOwnedError("Cannot release a lock that's no longer owned", lock_name=self.name)
 
 
-def _parse_sequences(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    return {endpoint_id: json.loads(value) for endpoint_id, value in raw.items()}
+def _parse_sequences(raw: Mapping[str, str]) -> dict[str, OpenSequence]:
+    return {endpoint_id: OpenSequence.decode(value) for endpoint_id, value in raw.items()}
 
 
 class Store:
@@ -716,7 +813,7 @@ class Store:
             locked=bool(locked),
             outcome=Outcome.from_json(outcome) if outcome else None,
             claim=Claim.parse(claim) if claim else None,
-            sequence=json.loads(sequence) if sequence else None,
+            sequence=OpenSequence.decode(sequence) if sequence else None,
             sent_before=bool(sent),
         )
 
@@ -1053,12 +1150,12 @@ class Store:
     # its first step until its outcome; a later sweep resumes an open one even if its rule no longer holds
     # (the sequence itself changes the endpoint's state). One hash, endpoint id -> JSON.
 
-    def open_sequences(self) -> dict[str, dict[str, Any]]:
+    def open_sequences(self) -> dict[str, OpenSequence]:
         return _parse_sequences(cast(dict[str, str], self.redis.hgetall(self.key("sequences"))))
 
-    def sequence(self, endpoint_id: str) -> dict[str, Any] | None:
+    def sequence(self, endpoint_id: str) -> OpenSequence | None:
         raw = cast(str | None, self.redis.hget(self.key("sequences"), endpoint_id))
-        return json.loads(raw) if raw is not None else None
+        return OpenSequence.decode(raw) if raw is not None else None
 
     def record_step(
         self,
@@ -1067,10 +1164,10 @@ class Store:
         task_id: str,
         sweep_id: str,
         rule: str,
-        action: str,
+        action: Action,
         kind: str,
         did: str,
-        phase: str | None = None,
+        phase: StepPhase | None = None,
         http_status: int | None,
         reason: str | None = None,
         hardware: str | None = None,
@@ -1079,30 +1176,31 @@ class Store:
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
-        The hardware and its price are kept from the first step: the outcome reports what the delete saved,
-        and by the last step the deployments that ran on it are gone.
+        The rule, action, start, hardware and price are kept from the first step: the outcome reports what the
+        delete saved, and by the last step the deployments that ran on it are gone.
         """
-        now = iso(utc_now())
-        previous = self.sequence(endpoint_id) or {}
+        moment = utc_now()
+        now = iso(moment)
+        previous = self.sequence(endpoint_id)
+        if previous is not None and previous.unreadable is not None:
+            previous = None  # nothing of it can be kept (a guard holds such a sequence: no step is taken)
         # "result", not "kind": an event's own kind is "step".
         step = {"result": kind, "did": did, "http_status": http_status, "reason": reason}
         pipe = self.redis.pipeline(transaction=True)
         if open_sequence:
-            record = {
-                "rule": previous.get("rule", rule),
-                "action": previous.get("action", action),
-                "started_at": previous.get("started_at", now),
-                "steps": int(previous.get("steps", 0)) + 1,
-                "last_step": did,
-                "last_phase": phase,
-                "task_id": task_id,
-                "updated_at": now,
-                "hardware": previous.get("hardware", hardware),
-                "usd_per_hour": previous.get("usd_per_hour", usd_per_hour),
-            }
-            pipe.hset(self.key("sequences"), endpoint_id, json.dumps(scrub_fields(record), separators=(",", ":")))
+            first = previous or OpenSequence(rule, action, moment, hardware=hardware, usd_per_hour=usd_per_hour)
+            record = replace(
+                first,
+                steps=(previous.steps if previous else 0) + 1,
+                last_step=did,
+                last_phase=phase,
+                phased=True,
+                task_id=task_id,
+                updated_at=moment,
+            )
+            pipe.hset(self.key("sequences"), endpoint_id, record.encode())
         payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
-        payload.update(rule=rule, action=action, **step)
+        payload.update(rule=rule, action=str(action), **step)
         data = json.dumps(scrub_fields(payload), separators=(",", ":"), default=str)
         pipe.xadd(self.key("events"), {"kind": "step", "data": data}, maxlen=self.events_max_len)
         pipe.execute()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import Attempt, take_step
+from worker.policy import Action
 from worker.store import Claim, OutcomeStatus
 from worker.together import Guard, Step, StepKind
 
@@ -90,7 +91,7 @@ class _Guard:
 
 
 def attempt(error: Exception | None, guard_passes: bool = True) -> Attempt:
-    result = take_step(_Client(error, guard_passes), "endpoint-1", "delete", _Guard())  # type: ignore[arg-type]
+    result = take_step(_Client(error, guard_passes), "endpoint-1", Action.DELETE, _Guard())  # type: ignore[arg-type]
     assert isinstance(result, Attempt)
     return result
 
