@@ -15,6 +15,7 @@ from worker import sweep as sweep_module
 from worker.clock import utc_now
 from worker.janitor import Attempt, DeleteRequest, Recheck, take_step
 from worker.models import OutcomeStatus
+from worker.policy import Action
 from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import TogetherClient
@@ -225,8 +226,8 @@ def test_attempt_classifies_answers(
     policy.write_text("version: 1\nrules:\n - name: all\n   ttl: 1h\n")
     sim.reset([ep("acme/ci-old", 1)])
     sim.faults(scripts={"endpoint-0001": {"DELETE": script}})
-    guard = Recheck(client, store, policy, "delete", "all", utc_now())
-    attempt = take_step(client, "endpoint-0001", "delete", guard)
+    guard = Recheck(client, store, policy, Action.DELETE, "all", utc_now())
+    attempt = take_step(client, "endpoint-0001", Action.DELETE, guard)
     assert isinstance(attempt, Attempt) and guard.passed
     assert (attempt.status, attempt.retryable) == (status, retryable)
 

@@ -19,9 +19,10 @@ from tests import store_reads as reads
 from tests.conftest import API_KEY, Sim, env_for
 from tests.test_cli import janitor
 from tests.test_v2 import STOPPED, v2_endpoint
+from worker.clock import utc_now
 from worker.janitor import DeleteRequest
 from worker.policy import Action, Exemption
-from worker.store import Store, utc_now
+from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import StepPhase
 from worker.together_v2 import TogetherV2Client

@@ -160,7 +160,7 @@ class _Pass(Recheck):
 def _run_sequence(v2: TogetherV2Client, endpoint_id: str, limit: int = 40) -> list[Step]:
     steps: list[Step] = []
     for _ in range(limit):
-        step = v2.step(endpoint_id, "delete", _always)
+        step = v2.step(endpoint_id, Action.DELETE, _always)
         steps.append(step)
         if step.kind is StepKind.DONE:
             return steps
@@ -205,12 +205,12 @@ def test_the_sequence_follows_together_s_own_delete_order(sim: Sim, v2: Together
 
 def test_a_stopping_deployment_is_waited_for(sim: Sim, v2: TogetherV2Client) -> None:
     sim.v2_reset([v2_endpoint(1)], stop_delay_s=600)
-    assert v2.step("ep_0001", "delete", _always).kind is StepKind.NEXT  # unroute
-    assert v2.step("ep_0001", "delete", _always).kind is StepKind.NEXT  # scale down
-    waiting = v2.step("ep_0001", "delete", _always)
+    assert v2.step("ep_0001", Action.DELETE, _always).kind is StepKind.NEXT  # unroute
+    assert v2.step("ep_0001", Action.DELETE, _always).kind is StepKind.NEXT  # scale down
+    waiting = v2.step("ep_0001", Action.DELETE, _always)
     assert waiting.kind is StepKind.WAIT and "STOPPING" in (waiting.reason or "")
     sim.admin.patch("/v2/endpoints/ep_0001/deployments/dep_1_0", json={"state": STOPPED}).raise_for_status()
-    assert v2.step("ep_0001", "delete", _always).did == "delete deployment dep_1_0"
+    assert v2.step("ep_0001", Action.DELETE, _always).did == "delete deployment dep_1_0"
 
 
 @pytest.mark.parametrize(
@@ -228,7 +228,7 @@ def test_a_refused_step_is_blocked_with_the_api_s_message(
     sim.v2_faults(scripts=script)
     outcome = None
     for _ in range(10):
-        outcome = take_step(v2, "ep_0001", "delete", _Pass())
+        outcome = take_step(v2, "ep_0001", Action.DELETE, _Pass())
         if not isinstance(outcome, Step):
             break
     assert outcome is not None and not isinstance(outcome, Step)
@@ -243,19 +243,19 @@ def test_a_stale_etag_is_refused_and_blocked(sim: Sim, v2: TogetherV2Client) -> 
         sim.admin.patch("/v2/endpoints/ep_0001", json={"bump": True}).raise_for_status()
 
     with pytest.raises(ApiRefusal) as info:
-        v2.step("ep_0001", "delete", _Pass(someone_edits_it))
+        v2.step("ep_0001", Action.DELETE, _Pass(someone_edits_it))
     assert info.value.status_code == 409
     assert sim.v2_endpoint("ep_0001") is not None
-    blocked = take_step(v2, "ep_0001", "delete", _Pass(someone_edits_it))
+    blocked = take_step(v2, "ep_0001", Action.DELETE, _Pass(someone_edits_it))
     assert not isinstance(blocked, Step) and blocked.status is OutcomeStatus.BLOCKED
 
 
 def test_a_500_on_a_step_is_retryable_and_a_404_of_the_endpoint_is_already_gone(sim: Sim, v2: TogetherV2Client) -> None:
     sim.v2_reset([v2_endpoint(1)])
     sim.v2_faults(scripts={"ep_0001": {"PATCH": [500]}})
-    failed = take_step(v2, "ep_0001", "delete", _Pass())
+    failed = take_step(v2, "ep_0001", Action.DELETE, _Pass())
     assert not isinstance(failed, Step) and failed.retryable and failed.http_status == 500
-    gone = take_step(v2, "ep_9999", "delete", _Pass())
+    gone = take_step(v2, "ep_9999", Action.DELETE, _Pass())
     assert not isinstance(gone, Step) and gone.status is OutcomeStatus.ALREADY_GONE
 
 
@@ -266,7 +266,7 @@ def test_hostile_deployment_ids_never_reach_a_url(sim: Sim, v2: TogetherV2Client
         sim.v2_reset([hostile])
     except Exception:
         pytest.skip("the simulator refuses such an id at seeding")
-    attempt = take_step(v2, "ep_0001", "delete", _Pass())
+    attempt = take_step(v2, "ep_0001", Action.DELETE, _Pass())
     assert not isinstance(attempt, Step) and attempt.status is OutcomeStatus.FAILED
     assert "deployment id" in (attempt.error or "")
     assert [r for r in sim.v2_requests() if r["method"] != "GET"] == []
@@ -381,7 +381,7 @@ def test_a_sequence_left_failed_is_resumed_by_the_next_sweep_although_its_rule_n
     h.sweep().get(timeout=30)
     first = h.outcome("ep_0001", timeout=30)
     assert first.status == "failed" and "still waiting" in (first.error or "")
-    assert h.store.open_sequences()["ep_0001"]["rule"] == "running-ci"
+    assert h.store.open_sequences()["ep_0001"].rule == "running-ci"
     wait_for(
         lambda: h.sim.v2_endpoint("ep_0001")["deployments"][0]["state"] == STOPPED,  # type: ignore[index]
         10,
@@ -598,7 +598,7 @@ def _begin_waiting(h: Harness, stop_delay_s: float = 60, **env: str) -> Any:
     worker = h.worker()
     h.sweep().get(timeout=30)
     wait_for(
-        lambda: h.store.open_sequences().get("ep_0001", {}).get("last_step", "").startswith("wait"),
+        lambda: (sequence := h.store.open_sequences().get("ep_0001")) and (sequence.last_step or "").startswith("wait"),
         20,
         what="the sequence to wait for its deployment",
     )
@@ -759,6 +759,6 @@ def test_an_analytics_answer_without_total_requests_keeps_the_endpoint(harness: 
 def test_the_sdk_s_own_retries_are_off(sim: Sim, v2: TogetherV2Client, status: int) -> None:
     sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
     sim.v2_faults(scripts={"ep_0001": {"PATCH endpoint": [status]}})
-    attempt = take_step(v2, "ep_0001", "delete", _Pass())
+    attempt = take_step(v2, "ep_0001", Action.DELETE, _Pass())
     assert not isinstance(attempt, Step) and attempt.http_status == status and not attempt.retryable
     assert len([r for r in sim.v2_requests() if r["method"] == "PATCH"]) == 1  # sent once

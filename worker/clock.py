@@ -18,3 +18,12 @@ def parse_time(text: str) -> datetime:
 def iso(moment: datetime) -> str:
     """The moment in UTC to the millisecond, ``Z``-suffixed: one spelling, so stored times sort as text."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_aware_time(value: object) -> datetime | None:
+    """An ISO time with a zone, or None: a naive one could not be compared with the janitor's clock."""
+    try:
+        moment = parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None

@@ -1,28 +1,33 @@
-"""One delete, free of Celery, and the decision it shares with the sweep (:func:`resolve`).
+"""One run of a delete task, free of Celery, and the decision it shares with the sweep (:func:`resolve`).
 
 ``tasks.py`` wires the delete to Celery and ``sweep.py`` holds the sweep; tests and the CLI call both with a real
-client and store. A delete attempt acts on one endpoint and says whether a retry is warranted (only after a 500).
+client and store. A delete run (:func:`run_delete`) takes at most one step on one endpoint and returns what comes
+next: its outcome, the next run of a sequence, a retry after a 500, or nothing (another copy runs).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from worker.clock import parse_time
+from worker.clock import iso, parse_aware_time, utc_now
 from worker.errors import (
     ApiRefusal,
     ApiStatusError,
     InvalidEndpointId,
     PolicyError,
     SequenceRefused,
+    SettingsError,
     TogetherError,
 )
-from worker.models import OutcomeStatus
+from worker.logs import context
+from worker.models import OpenSequence, Outcome, OutcomeStatus
 from worker.policy import (
     Action,
     Decision,
@@ -37,7 +42,9 @@ from worker.policy import (
     load_policy,
     observe,
 )
-from worker.store import Store
+from worker.redact import scrub, scrub_line
+from worker.settings import Settings
+from worker.store import Store, TaskState
 from worker.together import (
     SCALED_DOWN_PHASES,
     UNROUTED_PHASES,
@@ -48,6 +55,8 @@ from worker.together import (
 )
 
 log = logging.getLogger(__name__)
+
+ApiFactory = Callable[[], EndpointsApi]
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class DeleteRequest:
     sweep_id: str
     rule: str
     dry_run: bool
-    action: str = "delete"
+    action: Action = Action.DELETE  # DELETE or STOP
 
     def task_kwargs(self) -> dict[str, object]:
         return {
@@ -69,7 +78,7 @@ class DeleteRequest:
             "sweep_id": self.sweep_id,
             "rule": self.rule,
             "dry_run": self.dry_run,
-            "action": self.action,
+            "action": str(self.action),  # a plain string on the wire and in the claim
         }
 
 
@@ -242,11 +251,11 @@ class Recheck:
         client: EndpointsApi,
         store: Store,
         policy_file: Path,
-        action: str,
+        action: Action,
         rule: str,
         now: datetime,
         *,
-        sequence: Mapping[str, Any] | None = None,
+        sequence: OpenSequence | None = None,
         dry_run_now: bool = False,
         task_id: str | None = None,
     ) -> None:
@@ -284,7 +293,8 @@ class Recheck:
                 detail_fetched=True,
                 ignore_grace=True,
             )
-            if not decision.acts or decision.action is not Action(self.action) or decision.rule != self.rule:
+            # By value: the decision's enum and the task's action name the same "delete" and "stop".
+            if not decision.acts or decision.action != self.action or decision.rule != self.rule:
                 now_is = f"{decision.label} by rule {decision.rule}" if decision.rule else decision.label
                 reason = f"now {now_is}: {decision.reason}"
         if reason is None:
@@ -302,44 +312,41 @@ MAX_SEQUENCE_AGE = timedelta(hours=24)
 def sequence_hold(
     policy: Policy,
     endpoint: Endpoint,
-    sequence: Mapping[str, Any],
+    sequence: OpenSequence,
     now: datetime,
     *,
     exemption: Exemption | None = None,
 ) -> str | None:
     """Why a delete sequence under way must not take its next step, or None.
 
-    Scope, protect and exemption (:func:`worker.policy.hold_back`); its rule gone from the policy or its
-    action changed; the sequence older than :data:`MAX_SEQUENCE_AGE`; and the endpoint running again after its
-    deployments were scaled down (someone scaled one up, or added one): that is a person's answer.
+    Scope, protect and exemption (:func:`worker.policy.hold_back`); a sequence whose stored record could not be
+    read; its rule gone from the policy or its action changed; the sequence older than
+    :data:`MAX_SEQUENCE_AGE`; and the endpoint running again after its deployments were scaled down (someone
+    scaled one up, or added one) or routed again after it was taken out of traffic: that is a person's answer.
     """
     held = hold_back(policy, endpoint, now, exemption=exemption)
     if held is not None:
         return held
-    rule = next((r for r in policy.rules if r.name == sequence.get("rule")), None)
-    if rule is None or rule.action != sequence.get("action"):
-        return f"rule {sequence.get('rule')!r} with action {sequence.get('action')} is no longer in the policy"
-    try:
-        started = parse_time(str(sequence.get("started_at")))
-    except ValueError:
-        return "the delete under way has an unreadable start time"
-    if now - started > MAX_SEQUENCE_AGE:
-        return f"the delete began at {sequence.get('started_at')}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
-    last = str(sequence.get("last_step") or "")
+    if sequence.unreadable is not None:
+        return f"the delete under way cannot be read ({sequence.unreadable}); not resumed"
+    rule = next((r for r in policy.rules if r.name == sequence.rule), None)
+    if rule is None or rule.action != sequence.action:
+        return f"rule {sequence.rule!r} with action {sequence.action} is no longer in the policy"
+    if now - sequence.started_at > MAX_SEQUENCE_AGE:
+        return f"the delete began at {iso(sequence.started_at)}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
+    last = sequence.last_step or ""
     # A sequence recorded before steps had phases: its old order scaled everything down first.
     scaled_down = (
-        sequence.get("last_phase") in SCALED_DOWN_PHASES
-        if "last_phase" in sequence
-        else not last.startswith("scale deployment")
+        sequence.last_phase in SCALED_DOWN_PHASES if sequence.phased else not last.startswith("scale deployment")
     )
-    if endpoint.routed and sequence.get("last_phase") in UNROUTED_PHASES:
+    if endpoint.routed and sequence.last_phase in UNROUTED_PHASES:
         return "the endpoint takes live traffic again since it was taken out of it: a person's answer"
     if endpoint.state in ("STARTED", "STARTING") and scaled_down:
         return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
     return None
 
 
-def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Recheck) -> Attempt | Step:
+def take_step(client: EndpointsApi, endpoint_id: str, action: Action, guard: Recheck) -> Attempt | Step:
     """One step of a delete (or stop): an :class:`Attempt` when the sequence ends here, else the step taken.
 
     Only a 500 is retryable; a 400/409 refusal of a step ends the sequence as ``blocked``; a timeout or a
@@ -363,7 +370,7 @@ def take_step(client: EndpointsApi, endpoint_id: str, action: str, guard: Rechec
     if step.kind is StepKind.SPARED:
         return Attempt(OutcomeStatus.SPARED, None, f"re-check: {step.reason}")
     if step.kind is StepKind.DONE:
-        return Attempt(OutcomeStatus.STOPPED if action == "stop" else OutcomeStatus.DELETED, step.http_status)
+        return Attempt(OutcomeStatus.STOPPED if action == Action.STOP else OutcomeStatus.DELETED, step.http_status)
     return step
 
 
@@ -391,3 +398,347 @@ def backoff_delay(retries: int, base_s: float, cap_s: float, uniform: Callable[[
     """
     step = min(cap_s, base_s * (2 ** min(retries, 30)))
     return float(step / 2 + uniform(0.0, step / 2))
+
+
+# ---------------------------------------------------------------------------------------------- one delete run
+# A delete task (tasks.delete_endpoint) runs :func:`run_delete` and only maps its result onto Celery: Done is
+# the task's result, Continue and Retry publish the same task again, AnotherCopyRunning ends it unrecorded.
+
+
+@dataclass(frozen=True)
+class UnknownAction:
+    """A delete task whose ``action`` is neither delete nor stop (sent by hand, or by a newer janitor).
+
+    A type of its own, so that such an action can never reach a step: past the claim check it ends ``failed``
+    and sends nothing.
+    """
+
+    task_id: str
+    endpoint_id: str
+    endpoint_name: str
+    sweep_id: str
+    rule: str
+    dry_run: bool
+    action: str
+
+    def task_kwargs(self) -> dict[str, object]:
+        return {
+            "endpoint_id": self.endpoint_id,
+            "endpoint_name": self.endpoint_name,
+            "sweep_id": self.sweep_id,
+            "rule": self.rule,
+            "dry_run": self.dry_run,
+            "action": self.action,
+        }
+
+
+def parse_request(
+    task_id: str, *, endpoint_id: str, endpoint_name: str, sweep_id: str, rule: str, dry_run: bool, action: str
+) -> DeleteRequest | UnknownAction:
+    """A delete task's arguments as the broker delivered them; the action is parsed here, once."""
+    if action in (Action.DELETE, Action.STOP):
+        return DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, Action(action))
+    return UnknownAction(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What one run of a delete task hands to the next run of the same task (same id, same claim)."""
+
+    server_errors: int = 0  # the 500s answered so far (each one retried)
+    waiting_since: datetime | None = None  # when the sequence began to wait for the API (v2), if it waits
+    runs: int = 0  # the runs before this one: Celery carries it (``request.retries``), not the kwargs
+
+    def task_kwargs(self) -> dict[str, object]:
+        since = None if self.waiting_since is None else iso(self.waiting_since)
+        return {"server_errors": self.server_errors, "waiting_since": since}
+
+    @classmethod
+    def from_task(cls, server_errors: int, waiting_since: str | None, runs: int) -> RunState:
+        """The state as a task's kwargs carry it. Only the janitor writes ``waiting_since``; if it cannot be read,
+        the wait counts from now (a wait changes nothing, and the number of runs still bounds it)."""
+        since = parse_aware_time(waiting_since)
+        if waiting_since and since is None:
+            log.warning("delete: unreadable waiting_since %r; the wait counts from now", scrub_line(waiting_since, 80))
+        return cls(server_errors, since, runs)
+
+
+@dataclass(frozen=True)
+class Done:
+    """The task's one outcome, as recorded (by this run, or by an earlier one of a redelivered task)."""
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Continue:
+    """The sequence goes on in the next run of this task, ``countdown`` seconds from now (run lock released)."""
+
+    countdown: float
+    state: RunState
+    step: str  # what this run did: the message of the exception Celery records with the retry
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The API answered 500: the same step again in the next run of this task (run lock released)."""
+
+    countdown: float
+    state: RunState
+    error: str  # the API's answer, scrubbed: the message of the exception Celery records with the retry
+
+
+@dataclass(frozen=True)
+class AnotherCopyRunning:
+    """Another copy of this task holds the endpoint's run lock (a message delivered twice): that copy carries the
+    delete on; this one changed nothing, recorded nothing and must leave the task's state alone."""
+
+
+DeleteResult = Done | Continue | Retry | AnotherCopyRunning
+
+
+def run_delete(
+    request: DeleteRequest | UnknownAction,
+    state: RunState,
+    *,
+    settings: Settings,
+    store: Store,
+    client: ApiFactory,
+    clock: Callable[[], datetime] = utc_now,
+    uniform: Callable[[float, float], float] = random.uniform,
+    out_of_time: tuple[type[BaseException], ...] = (),
+) -> DeleteResult:
+    """One run of a delete task: at most one step of the delete (or stop) of one endpoint, and what comes next.
+
+    In order: an outcome already recorded for the task (a redelivery) is returned as it is; a task that is not
+    the endpoint's claim (sent by hand, a stale copy) fails with no request at all; a copy of the task whose
+    run lock another copy holds stops; a dry run (the task's, or the worker's ``JANITOR_DRY_RUN``, which wins
+    unless a sequence is under way: that one stops at its guard) records ``would_*``. Otherwise one step behind
+    :class:`Recheck`; a sequence that goes on, or a 500 within ``JANITOR_DELETE_MAX_RETRIES``, is a
+    :class:`Continue` or :class:`Retry`, with the run lock released before the return; anything else ends in
+    one recorded outcome. ``client`` is called once, inside the step's error handling (a missing key is the
+    outcome's error). ``out_of_time``: the exceptions that say the run ran out of time (Celery's soft time
+    limit): the result of a request under way is then unknown.
+    """
+    token = uuid.uuid4().hex
+    task = store.task_state(request.task_id, request.endpoint_id, token, settings.task_time_limit_s)
+    if task.outcome is not None:
+        # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
+        return Done(task.outcome)
+    run = _DeleteRun(request, state, task, settings, store, client, clock, uniform, out_of_time)
+    claim, task_id = task.claim, request.task_id
+    if "|" in task_id or claim is None or not claim.allows(task_id, request.task_kwargs()):
+        # Not the task a sweep queued for this endpoint (sent by hand, or a stale copy): no request at all, and
+        # it never held the endpoint's run lock.
+        no_claim = "no claim: this task is not the one a sweep queued for it"
+        return Done(run.record(Attempt(OutcomeStatus.FAILED, None, no_claim), attempts=0, cleared=None, resumed=False))
+    if not task.locked:
+        # Another copy of this delete is running for the endpoint right now (a message delivered twice: a worker
+        # killed between a retry's publish and its acknowledgement, or a redelivery while a slow run lives).
+        endpoint_id, sweep_id = request.endpoint_id, request.sweep_id
+        log.warning("delete %s (sweep %s): another copy is running; this one stops", endpoint_id, sweep_id)
+        return AnotherCopyRunning()
+    lease = store.run_lease(request.endpoint_id, token, settings.task_time_limit_s)
+    try:
+        return run.locked()
+    finally:
+        # Before the caller publishes the next run (Continue, Retry), so that run finds the lock free.
+        lease.release()
+
+
+@dataclass(frozen=True)
+class _DeleteRun:
+    """One run of a delete task and what it needs: :func:`run_delete`'s parts."""
+
+    request: DeleteRequest | UnknownAction
+    state: RunState
+    task: TaskState
+    settings: Settings
+    store: Store
+    client: ApiFactory
+    clock: Callable[[], datetime]
+    uniform: Callable[[float, float], float]
+    out_of_time: tuple[type[BaseException], ...]
+
+    def locked(self) -> DeleteResult:
+        """The run's body, while it holds the endpoint's run lock."""
+        request, settings = self.request, self.settings
+        # v1 deletes in one step: a sequence (v2) is never under way for them.
+        resumed = self.task.sequence is not None
+        if isinstance(request, UnknownAction):
+            attempt = Attempt(OutcomeStatus.FAILED, None, f"unknown action {request.action!r}")
+            return Done(self.record(attempt, attempts=0, cleared=None, resumed=resumed))
+        if request.dry_run or (settings.dry_run and not resumed):
+            # The worker's own JANITOR_DRY_RUN wins over the task's argument (a delete queued live and retried by
+            # a worker restarted in dry run); a sequence under way stops at its guard instead (spared).
+            would = OutcomeStatus.WOULD_STOP if request.action == Action.STOP else OutcomeStatus.WOULD_DELETE
+            return Done(self.record(Attempt(would, None), attempts=0, cleared=None, resumed=resumed))
+        attempts = self.state.server_errors + 1
+        result, cleared = self.step(request, attempts)
+        if isinstance(result, Continue):
+            return result
+        retry = self.retry(request, result, attempts)
+        if retry is not None:
+            return retry
+        return Done(self.record(result, attempts=attempts, cleared=cleared, resumed=resumed))
+
+    def step(self, request: DeleteRequest, attempts: int) -> tuple[Attempt | Continue, Cleared | None]:
+        """One step behind the guard; a step that leaves the sequence open is recorded and continued."""
+        endpoint_id, sweep_id, sequence = request.endpoint_id, request.sweep_id, self.task.sequence
+        cleared: Cleared | None = None
+        try:
+            client = self.client()
+            guard = Recheck(
+                client,
+                self.store,
+                self.settings.policy_file,
+                request.action,
+                request.rule,
+                self.clock(),
+                sequence=sequence,
+                dry_run_now=self.settings.dry_run,
+                task_id=request.task_id,
+            )
+            result = take_step(client, endpoint_id, request.action, guard)
+            cleared = guard.cleared
+            if sequence is not None and sequence.hardware:
+                cleared = Cleared(sequence.hardware, sequence.usd_per_hour)
+            if not isinstance(result, Step):
+                return result, cleared
+            # The sequence goes on in another run of this task (same id, same claim): at once after a step,
+            # after the poll interval while the API works.
+            self.store.record_step(
+                endpoint_id,
+                task_id=request.task_id,
+                sweep_id=sweep_id,
+                rule=request.rule,
+                action=request.action,
+                kind=str(result.kind),
+                did=result.did,
+                phase=result.phase,
+                http_status=result.http_status,
+                reason=result.reason,
+                hardware=cleared.hardware if cleared else None,
+                usd_per_hour=cleared.usd_per_hour if cleared else None,
+            )
+            labels = _labels(request, attempts)
+            log.info("delete %s (sweep %s): step %s", endpoint_id, sweep_id, result.did, extra=labels)
+            return self.next_run(result), cleared
+        except SettingsError as exc:
+            return Attempt(OutcomeStatus.FAILED, None, str(exc)), cleared
+        except self.out_of_time:
+            # It may have run out of time while its request was under way: the result is unknown.
+            return Attempt(OutcomeStatus.FAILED, None, "the delete task ran out of time", unknown=True), cleared
+        except Exception as exc:  # anything unforeseen still ends in one recorded outcome, never retried
+            log.exception("delete %s (sweep %s): unexpected error", endpoint_id, sweep_id)
+            return Attempt(OutcomeStatus.FAILED, None, f"unexpected error: {type(exc).__name__}", unknown=True), cleared
+
+    def next_run(self, step: Step) -> Attempt | Continue:
+        """The run that takes the sequence's next step, or why the sequence ends here."""
+        settings = self.settings
+        # More runs than one wait, every step and every retry could take: not converging (an API that keeps
+        # changing the endpoint under us).
+        if self.state.runs >= settings.v2_max_runs:
+            return Attempt(OutcomeStatus.FAILED, None, f"the delete took more than {settings.v2_max_runs} runs")
+        countdown, waiting_since = 0.0, None
+        if step.kind is StepKind.WAIT:
+            now = self.clock()
+            since = self.state.waiting_since or now
+            if (now - since).total_seconds() > settings.v2_stop_timeout_s:
+                return Attempt(
+                    OutcomeStatus.FAILED,
+                    None,
+                    f"still waiting after {settings.v2_stop_timeout_s:g}s: {step.reason or step.did}; "
+                    "the next sweep resumes the delete",
+                )
+            countdown, waiting_since = settings.v2_poll_s, since
+        state = replace(self.state, waiting_since=waiting_since, runs=self.state.runs + 1)
+        return Continue(countdown, state, f"{step.did}: {step.reason}" if step.reason else step.did)
+
+    def retry(self, request: DeleteRequest, attempt: Attempt, attempts: int) -> Retry | None:
+        """A 500 is retried, with backoff, up to ``JANITOR_DELETE_MAX_RETRIES`` times."""
+        settings, server_errors = self.settings, self.state.server_errors
+        if not attempt.retryable or server_errors >= settings.delete_max_retries:
+            return None
+        countdown = backoff_delay(server_errors, settings.retry_backoff_s, settings.retry_backoff_max_s, self.uniform)
+        self.store.record_event(
+            "retry",
+            action=str(request.action),
+            endpoint_id=request.endpoint_id,
+            sweep_id=request.sweep_id,
+            rule=request.rule,
+            attempt=attempts,
+            countdown_s=round(countdown, 3),
+            error=attempt.error,
+        )
+        log.warning(
+            "delete %s (sweep %s, rule %s): attempt %d answered %s; retrying in %.1fs",
+            request.endpoint_id,
+            request.sweep_id,
+            request.rule,
+            attempts,
+            attempt.http_status,
+            countdown,
+            extra=_labels(request, attempts),
+        )
+        state = replace(self.state, server_errors=server_errors + 1, runs=self.state.runs + 1)
+        return Retry(countdown, state, scrub(attempt.error or "HTTP 500"))
+
+    def record(self, attempt: Attempt, *, attempts: int, cleared: Cleared | None, resumed: bool) -> Outcome:
+        """Record the task's one outcome (and end a v2 sequence that ended) and log it; returns it as recorded."""
+        request = self.request
+        outcome = Outcome(
+            endpoint_id=request.endpoint_id,
+            status=attempt.status,
+            http_status=attempt.http_status,
+            attempts=attempts,
+            rule=request.rule,
+            sweep_id=request.sweep_id,
+            at=iso(self.clock()),
+            error=attempt.error,
+            endpoint_name=request.endpoint_name,
+            task_id=request.task_id,
+            # An unknown action is recorded as the task was sent it (whatever JSON gave).
+            action=request.action if isinstance(request, UnknownAction) else str(request.action),
+            hardware=cleared.hardware if cleared else None,
+            usd_per_hour=cleared.usd_per_hour if cleared else None,
+            # A change sent by an earlier run (a v2 step, a v1 DELETE answered 500) or one whose result is
+            # unknown keeps the task in the 24 h count, whatever this run found.
+            may_have_changed=attempt.unknown or resumed or self.task.sent_before,
+        )
+        if resumed and attempt.status is not OutcomeStatus.FAILED:
+            # Ended one way or another (a failed sequence stays open for the next sweep to resume). Before the
+            # outcome: a crash in between leaves the task unacknowledged, and its redelivery re-checks in full.
+            self.store.end_sequences([request.endpoint_id])
+        recorded, _ = self.store.record_outcome(request.task_id, outcome)
+        log.info(
+            "delete %s (%s, sweep %s, rule %s): %s after %d attempt(s)%s",
+            request.endpoint_id,
+            request.endpoint_name,
+            request.sweep_id,
+            request.rule,
+            recorded.status,
+            recorded.attempts,
+            f": {recorded.error}" if recorded.error else "",
+            extra=context(
+                sweep_id=request.sweep_id,
+                endpoint_id=request.endpoint_id,
+                endpoint_name=request.endpoint_name,
+                rule=request.rule,
+                action=str(request.action),
+                status=str(recorded.status),
+                attempts=recorded.attempts,
+                task_id=request.task_id,
+            ),
+        )
+        return recorded
+
+
+def _labels(request: DeleteRequest, attempts: int) -> dict[str, Any]:
+    return context(
+        sweep_id=request.sweep_id,
+        endpoint_id=request.endpoint_id,
+        rule=request.rule,
+        action=str(request.action),
+        attempts=attempts,
+    )

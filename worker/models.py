@@ -1,4 +1,5 @@
-"""The janitor's records: a delete task's outcome, a sweep's summary, and the sweep's claim on an endpoint.
+"""The janitor's records: a delete task's outcome, a sweep's summary, the sweep's claim on an endpoint, and a
+delete under way in several steps (an open sequence).
 
 Plain values with their JSON forms; :class:`worker.store.Store` keeps them in Redis (keys, scripts, pipelines).
 """
@@ -8,10 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from worker.clock import iso, parse_aware_time
+from worker.policy import Action
 from worker.redact import scrub_fields
+from worker.together import StepPhase
 
 
 class OutcomeStatus(StrEnum):
@@ -128,3 +133,89 @@ class Claim:
         if self.request is None or task_id != self.task_id:
             return False
         return all(request.get(key) == value for key, value in self.request.items())
+
+
+# What an unreadable sequence's fields are set to: a start this old is past any age a sequence may resume at,
+# and no rule has an empty name, so even a reader that missed ``unreadable`` would hold it.
+_UNREADABLE_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class OpenSequence:
+    """A delete under way in several steps (v2), kept in ``P:sequences`` from its first step to its outcome.
+
+    ``unreadable`` says why a stored value could not be read (not a JSON object; no rule, no delete or stop
+    action, no start time with a zone); its other fields are then placeholders. Such a sequence is still one
+    under way, and :func:`worker.janitor.sequence_hold` holds it: it is never resumed blindly.
+    """
+
+    rule: str
+    action: Action
+    started_at: datetime
+    steps: int = 0
+    last_step: str | None = None
+    last_phase: StepPhase | None = None
+    # False for a sequence recorded before steps had phases: how far it got is read from ``last_step``.
+    phased: bool = True
+    task_id: str | None = None
+    updated_at: datetime | None = None
+    # The hardware and its price, kept from the first step: by the last one the deployments are gone.
+    hardware: str | None = None
+    usd_per_hour: float | None = None
+    unreadable: str | None = None
+
+    def encode(self) -> str:
+        record: dict[str, Any] = {
+            "rule": self.rule,
+            "action": str(self.action),
+            "started_at": iso(self.started_at),
+            "steps": self.steps,
+            "last_step": self.last_step,
+            "last_phase": None if self.last_phase is None else str(self.last_phase),
+            "task_id": self.task_id,
+            "updated_at": None if self.updated_at is None else iso(self.updated_at),
+            "hardware": self.hardware,
+            "usd_per_hour": self.usd_per_hour,
+        }
+        if not self.phased:
+            del record["last_phase"]
+        return json.dumps(scrub_fields(record), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> OpenSequence:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return cls._unreadable("not a JSON object")
+        rule, action, started_at = data.get("rule"), data.get("action"), parse_aware_time(data.get("started_at"))
+        if not isinstance(rule, str):
+            return cls._unreadable("no rule")
+        if action not in (Action.DELETE, Action.STOP):
+            return cls._unreadable(f"action {action!r}")
+        if started_at is None:
+            return cls._unreadable("an unreadable start time")
+        phase = data.get("last_phase")
+        steps, price = data.get("steps"), data.get("usd_per_hour")
+        return cls(
+            rule=rule,
+            action=Action(action),
+            started_at=started_at,
+            steps=steps if type(steps) is int else 0,
+            last_step=_str_or_none(data.get("last_step")),
+            last_phase=StepPhase(phase) if phase in tuple(StepPhase) else None,
+            phased="last_phase" in data,
+            task_id=_str_or_none(data.get("task_id")),
+            updated_at=parse_aware_time(data.get("updated_at")),
+            hardware=_str_or_none(data.get("hardware")),
+            usd_per_hour=float(price) if isinstance(price, int | float) and not isinstance(price, bool) else None,
+        )
+
+    @classmethod
+    def _unreadable(cls, why: str) -> OpenSequence:
+        return cls(rule="", action=Action.STOP, started_at=_UNREADABLE_START, unreadable=why)
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -26,6 +26,7 @@ key                            type      what
 ``P:claims``                   hash      endpoint id -> ``<task id>|<claimed at>|<task kwargs>``: the sweep's claim
 ``P:running:<endpoint id>``    string    the run lock of the one delete task running for the endpoint
 ``P:lost``                     hash      endpoint id -> ``<task id>|<first seen>``: a claim whose message was missing
+``P:sequences``                hash      endpoint id -> :class:`OpenSequence` (JSON): a v2 delete under way
 ``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
 =============================  ========  ===================================================================
 """
@@ -35,7 +36,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,11 +46,12 @@ from redis.lock import Lock
 
 from worker import store_scripts as lua
 from worker.clock import iso, parse_time, utc_now
-from worker.models import SETTLED, Claim, Outcome, OutcomeStatus, SweepSummary
-from worker.policy import Exemption, Mark, Observation
+from worker.models import SETTLED, Claim, OpenSequence, Outcome, OutcomeStatus, SweepSummary
+from worker.policy import Action, Exemption, Mark, Observation
 from worker.redact import scrub_fields
 from worker.settings import Settings
 from worker.store_locks import RunLease, SweepLock
+from worker.together import StepPhase
 
 if TYPE_CHECKING:
     from worker.sweep import Planned, SweepPlan
@@ -159,7 +161,7 @@ class SweepState:
     exemptions: dict[str, Exemption]  # the active ones
     stale_claims: dict[str, str]  # endpoint id -> task id: claims older than the pending TTL
     stale_listed: set[str]  # those of ``stale_claims`` whose endpoint is still listed
-    sequences: dict[str, dict[str, Any]]  # open delete sequences, as :meth:`Store.open_sequences`
+    sequences: dict[str, OpenSequence]  # open delete sequences, as :meth:`Store.open_sequences`
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class TaskState:
     locked: bool  # this run holds the endpoint's run lock: no other copy of a delete runs for it meanwhile
     outcome: Outcome | None  # the task's recorded outcome, if it has one
     claim: Claim | None
-    sequence: dict[str, Any] | None  # the endpoint's open delete sequence (v2)
+    sequence: OpenSequence | None  # the endpoint's open delete sequence (v2)
     sent_before: bool = False  # an earlier run of this task sent a change (its result may be anything)
 
 
@@ -207,8 +209,8 @@ def _parse_exemption(raw: str) -> Exemption | None:
         return None
 
 
-def _parse_sequences(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    return {endpoint_id: json.loads(value) for endpoint_id, value in raw.items()}
+def _parse_sequences(raw: Mapping[str, str]) -> dict[str, OpenSequence]:
+    return {endpoint_id: OpenSequence.decode(value) for endpoint_id, value in raw.items()}
 
 
 class Store:
@@ -444,7 +446,7 @@ class Store:
             locked=bool(locked),
             outcome=Outcome.from_json(outcome) if outcome else None,
             claim=Claim.parse(claim) if claim else None,
-            sequence=json.loads(sequence) if sequence else None,
+            sequence=OpenSequence.decode(sequence) if sequence else None,
             sent_before=bool(sent),
         )
 
@@ -722,12 +724,12 @@ class Store:
     # its first step until its outcome; a later sweep resumes an open one even if its rule no longer holds
     # (the sequence itself changes the endpoint's state). One hash, endpoint id -> JSON.
 
-    def open_sequences(self) -> dict[str, dict[str, Any]]:
+    def open_sequences(self) -> dict[str, OpenSequence]:
         return _parse_sequences(cast(dict[str, str], self.redis.hgetall(self.key("sequences"))))
 
-    def sequence(self, endpoint_id: str) -> dict[str, Any] | None:
+    def sequence(self, endpoint_id: str) -> OpenSequence | None:
         raw = cast(str | None, self.redis.hget(self.key("sequences"), endpoint_id))
-        return json.loads(raw) if raw is not None else None
+        return OpenSequence.decode(raw) if raw is not None else None
 
     def record_step(
         self,
@@ -736,10 +738,10 @@ class Store:
         task_id: str,
         sweep_id: str,
         rule: str,
-        action: str,
+        action: Action,
         kind: str,
         did: str,
-        phase: str | None = None,
+        phase: StepPhase | None = None,
         http_status: int | None,
         reason: str | None = None,
         hardware: str | None = None,
@@ -748,30 +750,31 @@ class Store:
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
-        The hardware and its price are kept from the first step: the outcome reports what the delete saved,
-        and by the last step the deployments that ran on it are gone.
+        The rule, action, start, hardware and price are kept from the first step: the outcome reports what the
+        delete saved, and by the last step the deployments that ran on it are gone.
         """
-        now = iso(utc_now())
-        previous = self.sequence(endpoint_id) or {}
+        moment = utc_now()
+        now = iso(moment)
+        previous = self.sequence(endpoint_id)
+        if previous is not None and previous.unreadable is not None:
+            previous = None  # nothing of it can be kept (a guard holds such a sequence: no step is taken)
         # "result", not "kind": an event's own kind is "step".
         step = {"result": kind, "did": did, "http_status": http_status, "reason": reason}
         pipe = self.redis.pipeline(transaction=True)
         if open_sequence:
-            record = {
-                "rule": previous.get("rule", rule),
-                "action": previous.get("action", action),
-                "started_at": previous.get("started_at", now),
-                "steps": int(previous.get("steps", 0)) + 1,
-                "last_step": did,
-                "last_phase": phase,
-                "task_id": task_id,
-                "updated_at": now,
-                "hardware": previous.get("hardware", hardware),
-                "usd_per_hour": previous.get("usd_per_hour", usd_per_hour),
-            }
-            pipe.hset(self.key("sequences"), endpoint_id, json.dumps(scrub_fields(record), separators=(",", ":")))
+            first = previous or OpenSequence(rule, action, moment, hardware=hardware, usd_per_hour=usd_per_hour)
+            record = replace(
+                first,
+                steps=(previous.steps if previous else 0) + 1,
+                last_step=did,
+                last_phase=phase,
+                phased=True,
+                task_id=task_id,
+                updated_at=moment,
+            )
+            pipe.hset(self.key("sequences"), endpoint_id, record.encode())
         payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
-        payload.update(rule=rule, action=action, **step)
+        payload.update(rule=rule, action=str(action), **step)
         data = json.dumps(scrub_fields(payload), separators=(",", ":"), default=str)
         pipe.xadd(self.key("events"), {"kind": "step", "data": data}, maxlen=self.events_max_len)
         pipe.execute()

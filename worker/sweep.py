@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 from worker.clock import iso, utc_now
 from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
-from worker.janitor import DeleteRequest, RequestCounter, fetch_detail, resolve, sequence_hold
+from worker.janitor import ApiFactory, DeleteRequest, RequestCounter, fetch_detail, resolve, sequence_hold
 from worker.logs import context
-from worker.models import Outcome, OutcomeStatus, SweepSummary
+from worker.models import OpenSequence, Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
 from worker.policy import (
     Action,
@@ -44,8 +44,6 @@ from worker.store import LimitState, Store, SweepState
 from worker.together import Endpoint, EndpointsApi, check_endpoint_id
 
 log = logging.getLogger(__name__)
-
-ApiFactory = Callable[[], EndpointsApi]
 
 # Delete tasks go to ``enqueue`` in batches, each one round trip to the broker: first a small one, so the workers
 # start deleting while the rest is published (500 messages take ~0.2 s to build), then batches of PUBLISH_BATCH.
@@ -171,7 +169,7 @@ def _resumed(
     policy: Policy,
     endpoint: Endpoint,
     decision: Decision,
-    sequence: Mapping[str, Any],
+    sequence: OpenSequence,
     now: datetime,
     state: SweepState,
     plan: SweepPlan,
@@ -187,14 +185,13 @@ def _resumed(
     if held is not None:
         plan.ended[endpoint.id] = held
         return decision
-    action = sequence.get("action")
-    if decision.verdict not in (Verdict.KEEP, Verdict.MARKED) or action not in tuple(Action):
+    if decision.verdict not in (Verdict.KEEP, Verdict.MARKED):
         return decision
     reason = (
-        f"resuming the {action} begun at {sequence.get('started_at')} "
-        f"({sequence.get('steps', 0)} step(s) done, the last: {sequence.get('last_step')})"
+        f"resuming the {sequence.action} begun at {iso(sequence.started_at)} "
+        f"({sequence.steps} step(s) done, the last: {sequence.last_step})"
     )
-    return Decision(Verdict.ACT, str(sequence.get("rule") or ""), reason, Action(action))
+    return Decision(Verdict.ACT, sequence.rule, reason, sequence.action)
 
 
 def _note(plan: SweepPlan, planned: Planned, every_decision: bool) -> None:

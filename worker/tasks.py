@@ -7,33 +7,32 @@ import ctypes
 import functools
 import gc
 import logging
-import random
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from worker.app import DELETE_TASK, QUEUE, RECOVER_TASK, SWEEP_TASK, app
-from worker.clock import iso, parse_time, utc_now
-from worker.errors import RetryableApiError, SequenceContinues, SettingsError
+from worker.errors import RetryableApiError, SequenceContinues
 from worker.janitor import (
-    Attempt,
-    Cleared,
+    AnotherCopyRunning,
+    Continue,
     DeleteRequest,
-    Recheck,
-    backoff_delay,
+    Done,
+    Retry,
+    RunState,
+    UnknownAction,
+    parse_request,
     recover_lost_tasks,
-    take_step,
+    run_delete,
 )
-from worker.logs import context
-from worker.models import Outcome, OutcomeStatus
-from worker.redact import scrub, scrub_fields
+from worker.models import Outcome
+from worker.redact import scrub_fields
 from worker.settings import Settings, get_settings
-from worker.store import Store, TaskState
+from worker.store import Store
 from worker.sweep import run_sweep
-from worker.together import Step, StepKind, client_for
+from worker.together import client_for
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -151,251 +150,44 @@ def delete_endpoint(
 ) -> dict[str, Any]:
     """Delete (or stop) one endpoint, or in a dry run record that it would be, and record exactly one outcome.
 
-    Each run takes one step of the API's delete sequence (v1: the re-check GET and the DELETE; v2: scale
-    down, wait, unroute, delete deployments, delete). Right before its first change it fetches the endpoint
-    and decides again; an endpoint that is no longer a candidate is ``spared``. Only a 500 is retried; a
-    step that waits for the API is re-queued with a countdown, so no worker is held while it waits.
-    ``server_errors`` and ``waiting_since`` carry the sequence's state from one run to the next.
+    One run is :func:`worker.janitor.run_delete`: one step of the API's delete sequence behind the re-check
+    (v1: the GET and the DELETE; v2: detach, unroute, scale down, wait, delete deployments, delete). Here only
+    its result is mapped onto Celery: the outcome is the task's result; the sequence's next step (at once, or
+    after the poll interval while the API works) and a 500's retry are this task published again with the
+    state they carry (``server_errors``, ``waiting_since``); another copy running ends this one unrecorded.
     """
     settings = get_settings()
-    store = _store(settings)
-    task_id: str = self.request.id
-    token = uuid.uuid4().hex
-    state = store.task_state(task_id, endpoint_id, token, settings.task_time_limit_s)
-    if state.outcome is not None:
-        # Redelivered after the outcome was written but before the acknowledgement: nothing more to do.
-        return _as_result(state.outcome)
-    kwargs = dict(
+    request = parse_request(
+        self.request.id,
         endpoint_id=endpoint_id,
         endpoint_name=endpoint_name,
         sweep_id=sweep_id,
         rule=rule,
         dry_run=dry_run,
         action=action,
-        server_errors=server_errors,
-        waiting_since=waiting_since,
     )
-    queued_as = DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action).task_kwargs()
-    if "|" in task_id or state.claim is None or not state.claim.allows(task_id, queued_as):
-        # Not the task a sweep queued for this endpoint (sent by hand, or a stale copy): no request at all, and
-        # it never held the endpoint's run lock.
-        attempt = Attempt(OutcomeStatus.FAILED, None, "no claim: this task is not the one a sweep queued for it")
-        return _record(store, task_id, kwargs, attempt, attempts=0, cleared=None, resumed=False, state=state)
-    if not state.locked:
-        # Another copy of this delete is running for the endpoint right now (a message delivered twice: a worker
-        # killed between a retry's publish and its acknowledgement, or a redelivery while a slow run lives). That
-        # copy carries the delete on; this one changes nothing and leaves the task's state alone.
-        log.warning("delete %s (sweep %s): another copy is running; this one stops", endpoint_id, sweep_id)
-        raise Ignore()
-    lease = store.run_lease(endpoint_id, token, settings.task_time_limit_s)
-    try:
-        return _delete(self, settings, store, state, kwargs, release=lease.release)
-    finally:
-        lease.release()
-
-
-def _delete(
-    self: Task,
-    settings: Settings,
-    store: Store,
-    state: TaskState,
-    kwargs: dict[str, Any],
-    *,
-    release: Callable[[], None],
-) -> dict[str, Any]:
-    """The delete task's body, run while it holds the endpoint's run lock; ``release`` frees it before the task
-    is published again (a retry or the next step), so that the next run finds it free."""
-    task_id: str = self.request.id
-    endpoint_id, sweep_id = kwargs["endpoint_id"], kwargs["sweep_id"]
-    rule, dry_run, action = kwargs["rule"], kwargs["dry_run"], kwargs["action"]
-    server_errors = kwargs["server_errors"]
-    sequence = state.sequence
-    cleared: Cleared | None = None
-    # v1 deletes in one step: a sequence (v2) is never under way for them.
-    resumed = sequence is not None
-    attempts = 0
-    if action not in ("delete", "stop"):
-        attempt = Attempt(OutcomeStatus.FAILED, None, f"unknown action {action!r}")
-    elif dry_run or (settings.dry_run and not resumed):
-        # The worker's own JANITOR_DRY_RUN wins over the task's argument (a delete queued live and retried by
-        # a worker restarted in dry run); a sequence under way stops at its guard instead (spared).
-        attempt = Attempt(OutcomeStatus.WOULD_STOP if action == "stop" else OutcomeStatus.WOULD_DELETE, None)
-    else:
-        attempts = server_errors + 1
-        labels = context(sweep_id=sweep_id, endpoint_id=endpoint_id, rule=rule, action=action, attempts=attempts)
-        try:
-            client = client_for(settings)
-            guard = Recheck(
-                client,
-                store,
-                settings.policy_file,
-                action,
-                rule,
-                utc_now(),
-                sequence=sequence,
-                dry_run_now=settings.dry_run,
-                task_id=task_id,
-            )
-            result = take_step(client, endpoint_id, action, guard)
-            cleared = guard.cleared
-            if sequence is not None and sequence.get("hardware"):
-                cleared = Cleared(sequence["hardware"], sequence.get("usd_per_hour"))
-            if isinstance(result, Step):
-                # The sequence goes on in another run of this task (same id, same claim): at once after a
-                # step, after the poll interval while the API works.
-                store.record_step(
-                    endpoint_id,
-                    task_id=task_id,
-                    sweep_id=sweep_id,
-                    rule=rule,
-                    action=action,
-                    kind=str(result.kind),
-                    did=result.did,
-                    phase=str(result.phase) if result.phase else None,
-                    http_status=result.http_status,
-                    reason=result.reason,
-                    hardware=cleared.hardware if cleared else None,
-                    usd_per_hour=cleared.usd_per_hour if cleared else None,
-                )
-                log.info("delete %s (sweep %s): step %s", endpoint_id, sweep_id, result.did, extra=labels)
-                attempt = _continue(self, settings, result, kwargs, release)
-            else:
-                attempt = result
-        except SettingsError as exc:
-            attempt = Attempt(OutcomeStatus.FAILED, None, str(exc))
-        except SoftTimeLimitExceeded:
-            # It may have run out of time while its request was under way: the result is unknown.
-            attempt = Attempt(OutcomeStatus.FAILED, None, "the delete task ran out of time", unknown=True)
-        except Retry:
-            raise
-        except Exception as exc:  # anything unforeseen still ends in one recorded outcome, never retried
-            log.exception("delete %s (sweep %s): unexpected error", endpoint_id, sweep_id)
-            attempt = Attempt(OutcomeStatus.FAILED, None, f"unexpected error: {type(exc).__name__}", unknown=True)
-        if attempt.retryable and server_errors < settings.delete_max_retries:
-            countdown = backoff_delay(
-                server_errors, settings.retry_backoff_s, settings.retry_backoff_max_s, random.uniform
-            )
-            store.record_event(
-                "retry",
-                action=action,
-                endpoint_id=endpoint_id,
-                sweep_id=sweep_id,
-                rule=rule,
-                attempt=attempts,
-                countdown_s=round(countdown, 3),
-                error=attempt.error,
-            )
-            log.warning(
-                "delete %s (sweep %s, rule %s): attempt %d answered %s; retrying in %.1fs",
-                endpoint_id,
-                sweep_id,
-                rule,
-                attempts,
-                attempt.http_status,
-                countdown,
-                extra=labels,
-            )
-            release()
-            raise self.retry(
-                countdown=countdown,
-                kwargs={**kwargs, "server_errors": server_errors + 1},
-                max_retries=self.request.retries + 1,
-                exc=RetryableApiError(scrub(attempt.error or "HTTP 500")),
-            )
-
-    return _record(store, task_id, kwargs, attempt, attempts=attempts, cleared=cleared, resumed=resumed, state=state)
-
-
-def _record(
-    store: Store,
-    task_id: str,
-    kwargs: dict[str, Any],
-    attempt: Attempt,
-    *,
-    attempts: int,
-    cleared: Cleared | None,
-    resumed: bool,
-    state: TaskState,
-) -> dict[str, Any]:
-    """Record the task's one outcome (and end a v2 sequence that ended), log it, return the task's result."""
-    endpoint_id, endpoint_name, sweep_id = kwargs["endpoint_id"], kwargs["endpoint_name"], kwargs["sweep_id"]
-    rule, action = kwargs["rule"], kwargs["action"]
-    outcome = Outcome(
-        endpoint_id=endpoint_id,
-        status=attempt.status,
-        http_status=attempt.http_status,
-        attempts=attempts,
-        rule=rule,
-        sweep_id=sweep_id,
-        at=iso(utc_now()),
-        error=attempt.error,
-        endpoint_name=endpoint_name,
-        task_id=task_id,
-        action=action,
-        hardware=cleared.hardware if cleared else None,
-        usd_per_hour=cleared.usd_per_hour if cleared else None,
-        # A change sent by an earlier run (a v2 step, a v1 DELETE answered 500) or one whose result is unknown
-        # keeps the task in the 24 h count, whatever this run found.
-        may_have_changed=attempt.unknown or resumed or state.sent_before,
+    result = run_delete(
+        request,
+        RunState.from_task(server_errors, waiting_since, runs=self.request.retries),
+        settings=settings,
+        store=_store(settings),
+        client=lambda: client_for(settings),  # a missing key becomes the outcome's error
+        out_of_time=(SoftTimeLimitExceeded,),
     )
-    if resumed and attempt.status is not OutcomeStatus.FAILED:
-        # Ended one way or another (a failed sequence stays open for the next sweep to resume). Before the
-        # outcome: a crash in between leaves the task unacknowledged, and its redelivery re-checks in full.
-        store.end_sequences([endpoint_id])
-    recorded, _ = store.record_outcome(task_id, outcome)
-    log.info(
-        "delete %s (%s, sweep %s, rule %s): %s after %d attempt(s)%s",
-        endpoint_id,
-        endpoint_name,
-        sweep_id,
-        rule,
-        recorded.status,
-        recorded.attempts,
-        f": {recorded.error}" if recorded.error else "",
-        extra=context(
-            sweep_id=sweep_id,
-            endpoint_id=endpoint_id,
-            endpoint_name=endpoint_name,
-            rule=rule,
-            action=action,
-            status=str(recorded.status),
-            attempts=recorded.attempts,
-            task_id=task_id,
-        ),
-    )
-    return _as_result(recorded)
+    if isinstance(result, Done):
+        return _as_result(result.outcome)
+    if isinstance(result, AnotherCopyRunning):
+        raise Ignore()  # that copy carries the delete on; this one leaves the task's state alone
+    # The run lock is already released, so the next run finds it free.
+    raise self.retry(**next_run(request, result), max_retries=self.request.retries + 1)
 
 
-def _continue(
-    task: Task, settings: Settings, step: Step, kwargs: dict[str, Any], release: Callable[[], None]
-) -> Attempt:
-    """Re-queue the task for the sequence's next step (raises Celery's Retry), or say why the sequence ends."""
-    # More runs than one wait, every step and every retry could take: not converging (an API that keeps
-    # changing the endpoint under us).
-    if task.request.retries >= settings.v2_max_runs:
-        return Attempt(OutcomeStatus.FAILED, None, f"the delete took more than {settings.v2_max_runs} runs")
-    countdown = 0.0
-    if step.kind is StepKind.WAIT:
-        now = utc_now()
-        since = parse_time(kwargs["waiting_since"]) if kwargs["waiting_since"] else now
-        if (now - since).total_seconds() > settings.v2_stop_timeout_s:
-            return Attempt(
-                OutcomeStatus.FAILED,
-                None,
-                f"still waiting after {settings.v2_stop_timeout_s:g}s: {step.reason or step.did}; "
-                "the next sweep resumes the delete",
-            )
-        kwargs = {**kwargs, "waiting_since": iso(since)}
-        countdown = settings.v2_poll_s
-    else:
-        kwargs = {**kwargs, "waiting_since": None}
-    release()
-    raise task.retry(
-        countdown=countdown,
-        kwargs=kwargs,
-        max_retries=task.request.retries + 1,
-        exc=SequenceContinues(f"{step.did}: {step.reason}" if step.reason else step.did),
-    )
+def next_run(request: DeleteRequest | UnknownAction, result: Continue | Retry) -> dict[str, Any]:
+    """``Task.retry``'s arguments for the next run of a delete task: the same arguments, the new carried state,
+    and the exception Celery records for the run that ended (a step taken, or the API's 500)."""
+    exc = SequenceContinues(result.step) if isinstance(result, Continue) else RetryableApiError(result.error)
+    kwargs = {**request.task_kwargs(), **result.state.task_kwargs()}
+    return {"countdown": result.countdown, "kwargs": kwargs, "exc": exc}
 
 
 def _as_result(outcome: Outcome) -> dict[str, Any]:

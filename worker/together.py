@@ -47,6 +47,7 @@ from worker.errors import (
     MalformedResponse,
     SettingsError,
 )
+from worker.policy import Action
 from worker.redact import MAX_SCAN, Redactor, register_secret, scrub, scrub_clip, scrub_line
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ class EndpointsApi(Protocol):
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]: ...
     def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int: ...
-    def step(self, endpoint_id: str, action: str, guard: Guard) -> Step: ...
+    def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step: ...
     def close(self) -> None: ...
 
 
@@ -459,12 +460,12 @@ class TogetherClient(HttpApi):
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
         raise ApiUnsupported("request counts need the v2 API (JANITOR_TOGETHER_API=v2); v1 has no analytics")
 
-    def step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
+    def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step:
         """The whole v1 sequence: read the endpoint, ask ``guard``, then one DELETE or stopping PATCH."""
         reason = guard(self.get_endpoint(endpoint_id))
         if reason is not None:
             return Step(StepKind.SPARED, "re-check", reason=reason)
-        if action == "stop":
+        if action == Action.STOP:
             return Step(StepKind.DONE, "PATCH state STOPPED", self.stop_endpoint(endpoint_id))
         return Step(StepKind.DONE, "DELETE endpoint", self.delete_endpoint(endpoint_id))
 

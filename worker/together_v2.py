@@ -39,6 +39,7 @@ from worker.errors import (
     SequenceRefused,
     SettingsError,
 )
+from worker.policy import Action
 from worker.together import (
     V2_CAPABILITIES,
     ApiTime,
@@ -369,7 +370,7 @@ class NextStep:
 
 
 def next_step(
-    endpoint: V2Endpoint, action: str, found: Sequence[Membership] | None = None, *, detach: bool = False
+    endpoint: V2Endpoint, action: Action, found: Sequence[Membership] | None = None, *, detach: bool = False
 ) -> NextStep:
     """Together's own order (lib/cli/api/endpoints/rm.py, force): leave an endpoint with a rollout in flight
     alone; detach its deployments from experiments (only if the policy allows; ``experiments`` asks for them
@@ -384,7 +385,7 @@ def next_step(
     if endpoint.active_rollout_id:
         return NextStep("rollout", reason=f"a rollout is in flight ({endpoint.active_rollout_id})")
     deployments = endpoint.deployments
-    if action == "stop":
+    if action == Action.STOP:
         for d in deployments:
             if not d.scaled_to_zero and d.short_state != "STOPPED":
                 return NextStep("scale_down", d.id)
@@ -715,7 +716,7 @@ class TogetherV2Client(HttpApi):
 
     # -- the sequence
 
-    def step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
+    def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step:
         """Read the endpoint, ask ``guard``, make the one change :func:`next_step` names: all of it within the
         step's budget (a request that could not end in time is not sent)."""
         token = _STEP_ENDS.set(time.monotonic() + self._step_budget_s)
@@ -724,7 +725,7 @@ class TogetherV2Client(HttpApi):
         finally:
             _STEP_ENDS.reset(token)
 
-    def _step(self, endpoint_id: str, action: str, guard: Guard) -> Step:
+    def _step(self, endpoint_id: str, action: Action, guard: Guard) -> Step:
         current = self._get_raw(endpoint_id)
         for d in current.deployments:
             # Every id that a later step puts into a URL is checked before the first change, not at its turn.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+from worker.models import OpenSequence
 from worker.policy import Action, Exemption, Mark, Observation, Verdict, parse_policy
 from worker.store import LimitState, SweepState
 from worker.sweep import SweepPlan, judge_limits, plan_sweep
@@ -114,8 +116,10 @@ def test_marks_stay_for_marked_acting_and_undecided_and_go_otherwise() -> None:
     assert p.new_marks == {}  # e3's mark stands; it is not made again
 
 
-def _sequence(rule: str = "ci", action: str = "delete", **kw: object) -> dict[str, object]:
-    return {"rule": rule, "action": action, "started_at": "2026-11-30T11:00:00.000Z", "steps": 2} | kw
+def _sequence(rule: str = "ci", action: str = "delete", **kw: object) -> OpenSequence:
+    """A sequence as the store reads it back (``last_phase`` omitted: recorded before steps had phases)."""
+    record = {"rule": rule, "action": action, "started_at": "2026-11-30T11:00:00.000Z", "steps": 2} | kw
+    return OpenSequence.decode(json.dumps(record))
 
 
 def test_an_open_sequence_resumes_as_its_own_decision_or_ends() -> None:
@@ -136,10 +140,10 @@ def test_an_open_sequence_resumes_as_its_own_decision_or_ends() -> None:
     assert "protected" in p.ended["e2"]
 
 
-def test_an_unreadable_sequence_action_is_not_resumed() -> None:
+def test_an_unreadable_sequence_is_ended_not_resumed() -> None:
     endpoints = [ep(1, "acme/ci-1", state="STOPPED", age=timedelta(hours=1))]
     p = plan(endpoints, state_for(endpoints, sequences={"e1": _sequence(action="explode")}))
-    assert p.acting == [] and p.noted == []
+    assert p.acting == [] and p.noted == [] and set(p.ended) == {"e1"}
 
 
 def test_limits_count_only_what_is_not_queued_already() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from worker.errors import ApiRefusal, ApiStatusError, ApiTransportError, MalformedResponse, SettingsError
-from worker.policy import Verdict, evaluate, parse_policy
+from worker.policy import Action, Verdict, evaluate, parse_policy
 from worker.together import Endpoint, StepKind, StepPhase
 from worker.together_v2 import (
     TogetherV2Client,
@@ -163,31 +163,31 @@ def test_the_delete_follows_together_s_own_order() -> None:
     """rm.py (force): unroute, then per deployment scale to zero, (wait,) delete; then the endpoint."""
     both = [{"deploymentId": "dep_a", "weight": 0.5}, {"deploymentId": "dep_b", "weight": 0.5}]
     running = endpoint([dep("dep_a"), dep("dep_b")], split=both)
-    assert next_step(running, "delete").kind == "experiments"  # asked first, while deployments are left
-    assert next_step(running, "delete", []).kind == "unroute"
+    assert next_step(running, Action.DELETE).kind == "experiments"  # asked first, while deployments are left
+    assert next_step(running, Action.DELETE, []).kind == "unroute"
     unrouted = endpoint([dep("dep_a"), dep("dep_b")], split=[])
-    assert (next_step(unrouted, "delete", []).kind, next_step(unrouted, "delete", []).deployment_id) == (
+    assert (next_step(unrouted, Action.DELETE, []).kind, next_step(unrouted, Action.DELETE, []).deployment_id) == (
         "scale_down",
         "dep_a",
     )
     half = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING"), dep("dep_b")], split=[])
-    assert next_step(half, "delete", []).deployment_id == "dep_b"
+    assert next_step(half, Action.DELETE, []).deployment_id == "dep_b"
     stopping = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING"), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")], split=[])
-    waiting = next_step(stopping, "delete", [])
+    waiting = next_step(stopping, Action.DELETE, [])
     assert (waiting.kind, waiting.deployment_id) == ("wait", "dep_a") and "STOPPING" in waiting.reason
     stopped = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[])
-    assert (next_step(stopped, "delete", []).kind, next_step(stopped, "delete", []).deployment_id) == (
+    assert (next_step(stopped, Action.DELETE, []).kind, next_step(stopped, Action.DELETE, []).deployment_id) == (
         "delete_deployment",
         "dep_a",
     )
-    assert next_step(endpoint([], split=[]), "delete").kind == "delete_endpoint"
+    assert next_step(endpoint([], split=[]), Action.DELETE).kind == "delete_endpoint"
 
 
 def test_a_rollout_in_flight_leaves_the_endpoint_alone() -> None:
     rolling = endpoint([dep("dep_a")], activeRolloutId="rol_1")
-    nxt = next_step(rolling, "delete", [])
+    nxt = next_step(rolling, Action.DELETE, [])
     assert nxt.kind == "rollout" and "rol_1" in nxt.reason
-    assert next_step(rolling, "stop").kind == "rollout"
+    assert next_step(rolling, Action.STOP).kind == "rollout"
 
 
 def test_experiments_block_the_delete_unless_the_policy_says_detach() -> None:
@@ -203,9 +203,9 @@ def test_experiments_block_the_delete_unless_the_policy_says_detach() -> None:
         }
     )
     found = memberships(["dep_a", "dep_b"], [ab], [])
-    blocked = next_step(e, "delete", found)
+    blocked = next_step(e, Action.DELETE, found)
     assert blocked.kind == "refuse" and "abx_1" in blocked.reason and "experiments: detach" in blocked.reason
-    detach = next_step(e, "delete", found, detach=True)
+    detach = next_step(e, Action.DELETE, found, detach=True)
     assert detach.kind == "detach" and detach.membership is not None
     assert detach.membership.detach == "delete_experiment"  # dep_a is the control
 
@@ -239,16 +239,16 @@ def test_detaching_follows_together_s_cli() -> None:
 
 def test_a_stop_only_scales_down() -> None:
     running = endpoint([dep("dep_a")])
-    assert next_step(running, "stop").kind == "scale_down"
-    assert next_step(endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING")]), "stop").kind == "stopped"
+    assert next_step(running, Action.STOP).kind == "scale_down"
+    assert next_step(endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING")]), Action.STOP).kind == "stopped"
 
 
 def test_deployments_the_summary_may_hide_refuse_the_delete_and_make_the_state_unknown() -> None:
     foreign = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[{"deploymentId": "dep_x", "weight": 1.0}])
     assert to_facts(foreign).state == "UNKNOWN"
-    assert next_step(foreign, "delete").kind == "refuse"
+    assert next_step(foreign, Action.DELETE).kind == "refuse"
     full = endpoint([dep(f"dep_{i}", "DEPLOYMENT_STATE_STOPPED") for i in range(10)], split=[])
-    assert to_facts(full).state == "UNKNOWN" and next_step(full, "delete").kind == "refuse"
+    assert to_facts(full).state == "UNKNOWN" and next_step(full, Action.DELETE).kind == "refuse"
 
 
 # ---------------------------------------------------------------------------------------------- through the SDK
@@ -317,7 +317,7 @@ def client(api: Callable[[httpx.Request], httpx.Response], timeout_s: float = 5.
 
 def test_the_unroute_sends_etag_in_the_body_and_update_mask_in_the_query() -> None:
     api = FakeApi(wire([dep("dep_a")]))
-    step = client(api).step("ep_1", "delete", PassingGuard())
+    step = client(api).step("ep_1", Action.DELETE, PassingGuard())
     assert (step.kind, step.phase) == (StepKind.NEXT, StepPhase.UNROUTE)
     (patch,) = api.sent("PATCH")
     assert patch.url.path == "/v2/projects/proj_1/endpoints/ep_1"
@@ -330,7 +330,7 @@ def test_the_unroute_sends_etag_in_the_body_and_update_mask_in_the_query() -> No
 
 def test_scaling_down_reads_the_deployment_s_etag_and_sends_it_with_the_update_mask() -> None:
     api = FakeApi(wire([dep("dep_a")], split=[]))
-    step = client(api, project_id="proj_1").step("ep_1", "delete", PassingGuard())
+    step = client(api, project_id="proj_1").step("ep_1", Action.DELETE, PassingGuard())
     assert step.phase is StepPhase.SCALE_DOWN
     (patch,) = api.sent("PATCH")
     assert patch.url.path == "/v2/projects/proj_1/endpoints/ep_1/deployments/dep_a"
@@ -342,9 +342,9 @@ def test_scaling_down_reads_the_deployment_s_etag_and_sends_it_with_the_update_m
 def test_the_deletes_carry_their_etags_in_the_query() -> None:
     api = FakeApi(wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[]))
     c = client(api, project_id="proj_1")
-    assert c.step("ep_1", "delete", PassingGuard()).phase is StepPhase.DELETE_DEPLOYMENT
+    assert c.step("ep_1", Action.DELETE, PassingGuard()).phase is StepPhase.DELETE_DEPLOYMENT
     api.ep = wire([], split=[])
-    assert c.step("ep_1", "delete", PassingGuard()).kind is StepKind.DONE
+    assert c.step("ep_1", Action.DELETE, PassingGuard()).kind is StepKind.DONE
     deletes = api.sent("DELETE")
     assert [(d.url.path, dict(d.url.params)) for d in deletes] == [
         ("/v2/projects/proj_1/endpoints/ep_1/deployments/dep_a", {"etag": '"d7"'}),
@@ -358,7 +358,7 @@ def test_the_sdk_never_retries_by_itself(status: int) -> None:
     c = client(api, project_id="proj_1")
     api.fail = {"PATCH": status}
     with pytest.raises((ApiRefusal, ApiStatusError)) as caught:
-        c.step("ep_1", "stop", PassingGuard())
+        c.step("ep_1", Action.STOP, PassingGuard())
     assert caught.value.status_code == status
     assert len(api.sent("PATCH")) == 1  # sent once, by the janitor alone
 
@@ -467,7 +467,7 @@ def test_a_step_sends_no_request_that_could_not_end_within_its_budget() -> None:
         "http://api.test/v1", KEY, 0.1, transport=httpx.MockTransport(slow), project_id="proj_1", step_budget_s=0.3
     )
     with pytest.raises(ApiTransportError, match="ran out of time"):
-        c.step("ep_1", "delete", PassingGuard())
+        c.step("ep_1", Action.DELETE, PassingGuard())
     assert api.sent("PATCH") == []  # the reads ate the budget: the change was never sent
 
 
@@ -492,7 +492,7 @@ def test_a_model_renamed_since_the_sweep_meets_the_protect_list_by_its_name_of_n
         def __call__(self, endpoint: Endpoint, /) -> str | None:
             return hold_back(policy, endpoint, NOW)
 
-    assert c.step("ep_1", "delete", HoldBack()).kind is StepKind.SPARED
+    assert c.step("ep_1", Action.DELETE, HoldBack()).kind is StepKind.SPARED
     assert api.sent("PATCH") == [] and api.sent("DELETE") == []
 
 
@@ -511,16 +511,18 @@ def test_a_deployment_the_summary_did_not_show_or_that_changed_stops_every_chang
 
     c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(one_more), project_id="p")
     with pytest.raises(SequenceRefused, match="not all the ones"):
-        c.step("ep_1", "delete", PassingGuard())
+        c.step("ep_1", Action.DELETE, PassingGuard())
     assert api.sent("PATCH") == []
 
 
 @pytest.mark.parametrize(("phase", "held"), [("unroute", True), ("scale_down", True), ("detach", False)])
 def test_a_person_routing_the_endpoint_again_stops_the_sequence(phase: str, held: bool) -> None:
+    from worker.clock import parse_time
     from worker.janitor import sequence_hold
+    from worker.models import OpenSequence
 
     policy = parse_policy("version: 1\nrules:\n  - name: r\n    ttl: 1h\n")
     routed_again = to_facts(endpoint([dep("dep_a"), dep("dep_b")]))  # a live split, as a person restored it
-    sequence = {"rule": "r", "action": "delete", "started_at": "2026-11-28T23:00:00Z", "last_phase": phase}
+    sequence = OpenSequence("r", Action.DELETE, parse_time("2026-11-28T23:00:00Z"), last_phase=StepPhase(phase))
     reason = sequence_hold(policy, routed_again, sequence, NOW)
     assert (reason is not None and "live traffic again" in reason) is held

@@ -1,0 +1,325 @@
+"""One run of a delete task (``janitor.run_delete``), in-process: a real Redis, the simulator over HTTP, no Celery.
+
+Each test queues its deletes with a real sweep (so they hold their claims), then calls ``run_delete`` the way
+``tasks.delete_endpoint`` does, passing the state a Continue or Retry carries to the next run by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests import store_reads as reads
+from tests.conftest import BASIC_POLICY, Sim, spec
+from tests.test_v2 import v2_endpoint
+from worker.clock import utc_now
+from worker.janitor import (
+    AnotherCopyRunning,
+    Continue,
+    DeleteRequest,
+    DeleteResult,
+    Done,
+    Retry,
+    RunState,
+    UnknownAction,
+    parse_request,
+    run_delete,
+)
+from worker.models import OutcomeStatus
+from worker.policy import Action
+from worker.settings import Settings
+from worker.store import Store
+from worker.sweep import run_sweep
+from worker.together import EndpointsApi, StepPhase, TogetherClient
+from worker.together_v2 import TogetherV2Client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> Store:
+    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(BASIC_POLICY)
+    return path
+
+
+class Delete:
+    """Sweeps in-process and runs the queued deletes; ``api`` is "v1" or "v2"."""
+
+    def __init__(self, sim: Sim, store: Store, policy: Path, api: str = "v1", **settings: Any) -> None:
+        self.sim, self.store, self.policy, self.api = sim, store, policy, api
+        self.settings = self.configure(**settings)
+        self.clients: list[EndpointsApi] = []
+
+    def configure(self, **settings: Any) -> Settings:
+        base: dict[str, Any] = {
+            "_env_file": None,
+            "key_prefix": self.store.prefix,
+            "policy_file": self.policy,
+            "dry_run": False,
+            "together_api": self.api,
+            "retry_backoff_s": 0.05,
+            "retry_backoff_max_s": 0.2,
+            "http_timeout_s": 2,
+            "v2_poll_s": 0.2,
+        }
+        self.settings = Settings(**(base | settings))
+        return self.settings
+
+    def client(self) -> EndpointsApi:
+        made: EndpointsApi
+        if self.api == "v2":
+            made = TogetherV2Client(self.sim.base_url, self.sim.api_key, 2)
+        else:
+            made = TogetherClient(self.sim.base_url, self.sim.api_key, timeout_s=2)
+        self.clients.append(made)
+        return made
+
+    def sweep(self, dry_run: bool = False) -> list[DeleteRequest]:
+        queued: list[DeleteRequest] = []
+        summary = run_sweep(
+            store=self.store,
+            client=self.client(),
+            policy_file=self.policy,
+            dry_run=dry_run,
+            lock_ttl_s=60,
+            pending_ttl_s=self.settings.pending_ttl_s,
+            enqueue=queued.extend,
+        )
+        assert summary.status == "ok", summary.error
+        return queued
+
+    def run(
+        self,
+        request: DeleteRequest | UnknownAction,
+        state: RunState | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> DeleteResult:
+        return run_delete(
+            request,
+            state or RunState(),
+            settings=self.settings,
+            store=self.store,
+            client=self.client,
+            clock=clock,
+            uniform=lambda low, high: high,  # the longest backoff: a countdown the test can predict
+        )
+
+    def changes(self) -> list[dict[str, Any]]:
+        if self.api == "v2":
+            return [r for r in self.sim.v2_requests() if r["method"] != "GET"]
+        return [r for r in self.sim.requests() if r["method"] != "GET"]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+@pytest.fixture
+def delete(sim: Sim, store: Store, policy: Path) -> Iterator[Delete]:
+    made = Delete(sim, store, policy)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def delete_v2(sim: Sim, store: Store, policy: Path) -> Iterator[Delete]:
+    made = Delete(sim, store, policy, "v2")
+    yield made
+    made.close()
+
+
+def _done(result: DeleteResult) -> Done:
+    assert isinstance(result, Done), result
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- v1
+
+
+def test_a_claimed_delete_is_done_in_one_run(delete: Delete) -> None:
+    delete.sim.reset([spec(1), spec(2, age_s=60)])
+    (request,) = delete.sweep()
+    assert request.action is Action.DELETE
+    outcome = _done(delete.run(request)).outcome
+    assert (outcome.status, outcome.http_status, outcome.attempts, outcome.rule) == ("deleted", 204, 1, "ci-endpoints")
+    assert outcome.task_id == request.task_id
+    assert delete.sim.endpoint_ids() == {"endpoint-0002"}
+    assert reads.latest_outcome(delete.store, "endpoint-0001") == outcome
+    # A redelivery after the outcome: the outcome on record, nothing sent.
+    assert _done(delete.run(request)).outcome == outcome
+    assert len(delete.changes()) == 1
+
+
+def test_a_dry_run_records_would_delete_and_sends_nothing(delete: Delete) -> None:
+    delete.sim.reset([spec(1)])
+    (request,) = delete.sweep(dry_run=True)
+    before = len(delete.sim.requests())
+    outcome = _done(delete.run(request)).outcome
+    assert (outcome.status, outcome.attempts, outcome.may_have_changed) == ("would_delete", 0, False)
+    assert len(delete.sim.requests()) == before  # not even the re-check's GET
+
+
+def test_the_worker_s_own_dry_run_wins_over_a_live_task(delete: Delete) -> None:
+    delete.sim.reset([spec(1)])
+    (request,) = delete.sweep()
+    delete.configure(dry_run=True)
+    assert _done(delete.run(request)).outcome.status == "would_delete"
+    assert delete.changes() == [] and "endpoint-0001" in delete.sim.endpoint_ids()
+
+
+def test_a_task_without_the_claim_fails_and_sends_no_request(delete: Delete) -> None:
+    delete.sim.reset([spec(1)])
+    (queued,) = delete.sweep()
+    before = len(delete.sim.requests())
+    by_hand = parse_request(
+        "sent-by-hand",
+        endpoint_id="endpoint-0001",
+        endpoint_name="acme/ci-1",
+        sweep_id=queued.sweep_id,
+        rule=queued.rule,
+        dry_run=False,
+        action="delete",
+    )
+    outcome = _done(delete.run(by_hand)).outcome
+    assert (outcome.status, outcome.attempts) == ("failed", 0) and "no claim" in (outcome.error or "")
+    assert len(delete.sim.requests()) == before
+    # The sweep's own task still holds the claim and deletes.
+    assert _done(delete.run(queued)).outcome.status == "deleted"
+
+
+def test_an_unknown_action_fails_and_sends_nothing(delete: Delete, store: Store) -> None:
+    delete.sim.reset([spec(1)])
+    (queued,) = delete.sweep()
+    unknown = parse_request(queued.task_id, **{**queued.task_kwargs(), "action": "explode"})  # type: ignore[arg-type]
+    assert isinstance(unknown, UnknownAction)
+    # The claim names the action "delete": "explode" is not the task the sweep queued.
+    outcome = _done(delete.run(unknown)).outcome
+    assert (outcome.status, outcome.action) == ("failed", "explode") and "no claim" in (outcome.error or "")
+    # A claim that names no action (as a hand-made one might) lets the task past: it fails all the same.
+    delete.sim.reset([spec(2)])
+    kwargs = {**queued.task_kwargs(), "endpoint_id": "endpoint-0002", "action": "explode"}
+    claimed = {k: v for k, v in kwargs.items() if k != "action"}
+    assert store.claim_pending({"endpoint-0002": "t-2"}, 60, requests={"endpoint-0002": claimed}) == {"endpoint-0002"}
+    outcome = _done(delete.run(parse_request("t-2", **kwargs))).outcome  # type: ignore[arg-type]
+    assert (outcome.status, outcome.attempts, outcome.error) == ("failed", 0, "unknown action 'explode'")
+    assert delete.changes() == []
+
+
+def test_another_copy_running_changes_and_records_nothing(delete: Delete, store: Store) -> None:
+    delete.sim.reset([spec(1)])
+    (request,) = delete.sweep()
+    other = store.task_state(request.task_id, "endpoint-0001", "the-other-copy", 30)
+    assert other.locked
+    assert isinstance(delete.run(request), AnotherCopyRunning)
+    assert reads.latest_outcome(store, "endpoint-0001") is None and delete.changes() == []
+    assert reads.claim(store, "endpoint-0001") is not None  # the task's state is left alone
+
+
+def test_a_500_is_a_retry_and_the_next_run_deletes(delete: Delete, store: Store) -> None:
+    delete.sim.reset([spec(1)])
+    delete.sim.faults(scripts={"endpoint-0001": {"DELETE": [500, 204]}})
+    (request,) = delete.sweep()
+    retry = delete.run(request)
+    assert isinstance(retry, Retry), retry
+    assert retry.countdown == pytest.approx(0.05)  # the first step of the backoff, its random half at most
+    assert (retry.state.server_errors, retry.state.runs, retry.state.waiting_since) == (1, 1, None)
+    assert "500" in retry.error
+    retried = next(e for e in store.events_for("endpoint-0001") if e["kind"] == "retry")
+    assert (retried["attempt"], retried["countdown_s"], retried["action"]) == (1, 0.05, "delete")
+    # The run lock was released before the return: the next run takes it.
+    outcome = _done(delete.run(request, retry.state)).outcome
+    assert (outcome.status, outcome.attempts, outcome.may_have_changed) == ("deleted", 2, True)
+    assert len(delete.changes()) == 2
+
+
+def test_a_500_past_the_retries_is_failed(delete: Delete) -> None:
+    delete.configure(delete_max_retries=1)
+    delete.sim.reset([spec(1)])
+    delete.sim.faults(scripts={"endpoint-0001": {"DELETE": [500, 500, 204]}})
+    (request,) = delete.sweep()
+    retry = delete.run(request)
+    assert isinstance(retry, Retry)
+    outcome = _done(delete.run(request, retry.state)).outcome
+    assert (outcome.status, outcome.http_status, outcome.attempts) == ("failed", 500, 2)
+    assert "endpoint-0001" in delete.sim.endpoint_ids()
+
+
+# ---------------------------------------------------------------------------------------------- v2
+
+
+def _run_until_waiting(delete: Delete, request: DeleteRequest) -> Continue:
+    state = RunState()
+    for _ in range(10):
+        result = delete.run(request, state)
+        assert isinstance(result, Continue), result
+        if result.state.waiting_since is not None:
+            return result
+        state = result.state
+    raise AssertionError("the sequence never waited")
+
+
+def test_a_v2_sequence_continues_run_after_run_and_is_done(delete_v2: Delete, store: Store) -> None:
+    delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    first = delete_v2.run(request)
+    assert isinstance(first, Continue), first
+    assert (first.countdown, first.state, first.step) == (
+        0.0,
+        RunState(0, None, 1),
+        "take the endpoint out of live traffic",
+    )
+    sequence = store.open_sequences()["ep_0001"]
+    assert (sequence.rule, sequence.action, sequence.steps, sequence.last_phase) == (
+        "ci-endpoints",
+        Action.DELETE,
+        1,
+        StepPhase.UNROUTE,
+    )
+    assert sequence.task_id == request.task_id and sequence.hardware == "1x_nvidia_h100_80gb_sxm"
+    state, result = first.state, delete_v2.run(request, first.state)
+    for _ in range(10):
+        if not isinstance(result, Continue):
+            break
+        state, result = result.state, delete_v2.run(request, result.state)
+    outcome = _done(result).outcome
+    assert (outcome.status, outcome.attempts, outcome.hardware) == ("deleted", 1, "1x_nvidia_h100_80gb_sxm")
+    assert state.runs >= 3 and store.open_sequences() == {}
+    assert delete_v2.sim.v2_endpoint("ep_0001") is None
+
+
+def test_a_v2_wait_carries_its_start_and_ends_failed_past_the_stop_timeout(delete_v2: Delete, store: Store) -> None:
+    delete_v2.configure(v2_stop_timeout_s=60)
+    delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=600)
+    (request,) = delete_v2.sweep()
+    waiting = _run_until_waiting(delete_v2, request)
+    assert waiting.countdown == 0.2 and waiting.step.startswith("wait for deployment")
+    since = waiting.state.waiting_since
+    assert since is not None and abs((utc_now() - since).total_seconds()) < 30
+    # Still within the timeout: the wait goes on, from the same start.
+    again = delete_v2.run(request, waiting.state)
+    assert isinstance(again, Continue) and again.state.waiting_since == since
+    later = delete_v2.run(request, again.state, clock=lambda: utc_now() + timedelta(seconds=61))
+    outcome = _done(later).outcome
+    assert outcome.status == OutcomeStatus.FAILED and "still waiting after 60s" in (outcome.error or "")
+    assert outcome.may_have_changed  # the sequence changed the endpoint before it waited
+    assert "ep_0001" in store.open_sequences()  # a failed sequence stays open: the next sweep resumes it
+
+
+def test_a_v2_delete_taking_too_many_runs_fails(delete_v2: Delete) -> None:
+    delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=600)
+    (request,) = delete_v2.sweep()
+    waiting = _run_until_waiting(delete_v2, request)
+    worn_out = RunState(0, waiting.state.waiting_since, runs=delete_v2.settings.v2_max_runs)
+    outcome = _done(delete_v2.run(request, worn_out)).outcome
+    assert outcome.status == "failed" and "more than" in (outcome.error or "")
