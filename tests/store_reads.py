@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from worker.models import Claim, Outcome
+from worker.models import Claim, OpenSequence, Outcome
 from worker.store import Store
 
 
@@ -38,6 +38,17 @@ def stale_claims(store: Store, older_than_s: float) -> dict[str, str]:
     """Endpoint id -> task id of the claims older than ``older_than_s`` by Redis's clock (the sweep's reading)."""
     now = store.server_time()
     return {eid: c.task_id for eid, c in store.claims().items() if now - c.claimed_at >= older_than_s}
+
+
+def acted_last_day(store: Store) -> int:
+    """The 24 h count of ``max_deletes_per_day`` (``P:acted``), as the limit check reads it."""
+    return store.limit_state([]).acted_last_day
+
+
+def open_sequences(store: Store) -> dict[str, OpenSequence]:
+    """Every open delete sequence (``P:sequences``), endpoint id -> sequence, as a sweep reads them."""
+    raw = cast(dict[str, str], store.redis.hgetall(store.key("sequences")))
+    return {endpoint_id: OpenSequence.decode(value) for endpoint_id, value in raw.items()}
 
 
 def events(store: Store, count: int = 100) -> list[dict[str, Any]]:

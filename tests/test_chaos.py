@@ -796,6 +796,6 @@ def test_a_delete_that_settles_between_a_sweeps_list_and_its_claim_is_not_queued
         second_sweep_queued=second.queued,
         endpoint_listed_by_second_sweep=second.listed,
         gone_from_simulator=sim.endpoint_ids() == set(),
-        counted_toward_max_deletes_per_day=store.acted_last_day(),
+        counted_toward_max_deletes_per_day=reads.acted_last_day(store),
     )
     assert second.queued == 0, f"queued again although already deleted: {queued[1:]}"

@@ -164,7 +164,7 @@ def test_deletes_that_time_out_count_against_the_daily_limit(harness: Harness) -
         harness.sim.admin.post("/endpoints", json=ep(i)).raise_for_status()
     second = harness.sweep().get(timeout=30)
     assert second["status"] == "limit_exceeded" and "max_deletes_per_day: 2 in the last 24 h" in second["error"]
-    assert harness.store.acted_last_day() == 2
+    assert reads.acted_last_day(harness.store) == 2
     assert len(harness.sim.calls("DELETE")) == 2
 
 
@@ -176,7 +176,7 @@ def test_a_definite_refusal_leaves_the_daily_count(harness: Harness) -> None:
     harness.sweep().get(timeout=30)
     outcome = harness.outcome("endpoint-0001")
     assert outcome.status == "forbidden" and not outcome.may_have_changed
-    assert harness.store.acted_last_day() == 0
+    assert reads.acted_last_day(harness.store) == 0
 
 
 # ------------------------------------------------------------------ lost delete messages are published again
@@ -287,7 +287,7 @@ def test_a_change_sent_by_an_earlier_attempt_stays_counted_whatever_the_retry_fi
     harness.sim.admin.patch("/endpoints/endpoint-0001", json={"name": "acme/kept-1"}).raise_for_status()
     outcome = harness.outcome("endpoint-0001", timeout=30)
     assert outcome.status == "spared" and outcome.may_have_changed
-    assert harness.store.acted_last_day() == 1
+    assert reads.acted_last_day(harness.store) == 1
 
 
 def test_a_live_claim_is_counted_the_moment_it_is_made(harness: Harness) -> None:
@@ -296,12 +296,12 @@ def test_a_live_claim_is_counted_the_moment_it_is_made(harness: Harness) -> None
     policy(harness, CI_RULE)
     harness.sim.reset([ep(1), ep(2)])
     sweep_in_process(harness, publish=False)
-    assert harness.store.acted_last_day() == 2
+    assert reads.acted_last_day(harness.store) == 2
     unpublished = reads.claim(harness.store, "endpoint-0001").task_id  # type: ignore[union-attr]
     harness.store.drop_claim("endpoint-0001", unpublished, keep_counted=False)
-    assert harness.store.acted_last_day() == 1
+    assert reads.acted_last_day(harness.store) == 1
     sweep_in_process(harness, dry_run=True, publish=False)  # dry-run claims count for nothing
-    assert harness.store.acted_last_day() == 1
+    assert reads.acted_last_day(harness.store) == 1
 
 
 def test_a_forged_task_id_that_extends_the_real_one_neither_drops_the_claim_nor_takes_the_lock(
@@ -352,4 +352,4 @@ def test_a_sweep_cannot_be_made_live_on_a_worker_in_dry_run(harness: Harness) ->
     summary = harness.sweep(dry_run=False).get(timeout=30)
     assert summary["dry_run"] is True
     assert harness.outcome("endpoint-0001").status == "would_delete"
-    assert changes(harness) == [] and harness.store.acted_last_day() == 0
+    assert changes(harness) == [] and reads.acted_last_day(harness.store) == 0

@@ -279,7 +279,7 @@ def test_a_v2_sequence_continues_run_after_run_and_is_done(delete_v2: Delete, st
         RunState(0, None, 1),
         "take the endpoint out of live traffic",
     )
-    sequence = store.open_sequences()["ep_0001"]
+    sequence = reads.open_sequences(store)["ep_0001"]
     assert (sequence.rule, sequence.action, sequence.steps, sequence.last_phase) == (
         "ci-endpoints",
         Action.DELETE,
@@ -294,7 +294,7 @@ def test_a_v2_sequence_continues_run_after_run_and_is_done(delete_v2: Delete, st
         state, result = result.state, delete_v2.run(request, result.state)
     outcome = _done(result).outcome
     assert (outcome.status, outcome.attempts, outcome.hardware) == ("deleted", 1, "1x_nvidia_h100_80gb_sxm")
-    assert state.runs >= 3 and store.open_sequences() == {}
+    assert state.runs >= 3 and reads.open_sequences(store) == {}
     assert delete_v2.sim.v2_endpoint("ep_0001") is None
 
 
@@ -313,7 +313,7 @@ def test_a_v2_wait_carries_its_start_and_ends_failed_past_the_stop_timeout(delet
     outcome = _done(later).outcome
     assert outcome.status == OutcomeStatus.FAILED and "still waiting after 60s" in (outcome.error or "")
     assert outcome.may_have_changed  # the sequence changed the endpoint before it waited
-    assert "ep_0001" in store.open_sequences()  # a failed sequence stays open: the next sweep resumes it
+    assert "ep_0001" in reads.open_sequences(store)  # a failed sequence stays open: the next sweep resumes it
 
 
 def test_a_v2_delete_taking_too_many_runs_fails(delete_v2: Delete) -> None:

@@ -301,7 +301,7 @@ def test_a_broker_failure_releases_every_unsent_claim(
     assert summary.status == "error" and "broker went away" in (summary.error or "") and summary.queued == 1
     pending = {f"endpoint-{i:04d}": reads.pending_task(store, f"endpoint-{i:04d}") for i in range(3)}
     assert [eid for eid, task in pending.items() if task] == [sent[0].endpoint_id]
-    assert store.acted_last_day() == 1
+    assert reads.acted_last_day(store) == 1
     assert store.recent_sweeps()[0].status == "error"
 
 
@@ -322,7 +322,7 @@ def test_a_failed_publish_batch_counts_none_of_its_tasks(
     assert batches == [["endpoint-0000", "endpoint-0001", "endpoint-0002"]]
     assert summary.status == "error" and summary.queued == 0
     assert [reads.pending_task(store, f"endpoint-{i:04d}") for i in range(3)] == [None, None, None]
-    assert reads.stale_claims(store, 0) == {} and store.acted_last_day() == 0
+    assert reads.stale_claims(store, 0) == {} and reads.acted_last_day(store) == 0
 
 
 def test_a_lost_task_gets_its_one_outcome(sim: Sim, store: Store, client: TogetherClient, policy: Path) -> None:

@@ -102,7 +102,7 @@ def test_janitor_plan_and_a_sweep_give_the_same_decisions_open_sequences_include
     planned = {row["endpoint_id"]: (row["decision"], row["rule"]) for row in plan["endpoints"]}
     # Nothing was written by the plan: no observation, no mark, no event, the sequences still open.
     assert store.redis.hlen(store.key("observations")) == 0 and store.redis.hlen(store.key("marks")) == 0
-    assert set(store.open_sequences()) == {"ep_0001", "ep_0003"}
+    assert set(reads.open_sequences(store)) == {"ep_0001", "ep_0003"}
 
     queued: list[DeleteRequest] = []
     with TogetherV2Client(sim.base_url, API_KEY, 5) as client:
@@ -131,4 +131,4 @@ def test_janitor_plan_and_a_sweep_give_the_same_decisions_open_sequences_include
     assert sorted(r.endpoint_id for r in queued) == ["ep_0001", "ep_0002"]
     assert all(r.action == Action.DELETE for r in queued)
     assert (plan["acting"], plan["in_scope"], plan["limit_tripped"]) == (2, summary.in_scope, None)
-    assert set(store.open_sequences()) == {"ep_0001"}  # the protected one's sequence ended
+    assert set(reads.open_sequences(store)) == {"ep_0001"}  # the protected one's sequence ended

@@ -303,7 +303,7 @@ def test_a_v2_sweep_runs_the_whole_sequence_and_records_every_step(harness: Harn
     assert any(s["result"] == "wait" and s["did"].startswith("wait for deployment") for s in steps)  # 0.5 s to stop
     assert sum(d.startswith("delete deployment") for d in dids) == 2
     assert _kinds(h, "ep_0001")[-1] == "outcome"
-    assert h.store.open_sequences() == {}
+    assert reads.open_sequences(h.store) == {}
     history = subprocess.run(
         [sys.executable, "-m", "worker.cli", "history", "ep_0001"],
         env=h.env,
@@ -330,7 +330,7 @@ def test_waiting_for_a_deployment_holds_no_worker(harness: Harness) -> None:
     quick = h.outcome("ep_0002", timeout=20)
     # One worker thread: ep_0002 was deleted while ep_0001 waited for its deployment to stop.
     assert quick.status == "deleted" and reads.latest_outcome(h.store, "ep_0001") is None
-    assert "ep_0001" in h.store.open_sequences()
+    assert "ep_0001" in reads.open_sequences(h.store)
     assert h.outcome("ep_0001", timeout=30).status == "deleted"
     assert quick.at < reads.latest_outcome(h.store, "ep_0001").at  # type: ignore[union-attr]
 
@@ -346,7 +346,7 @@ def test_a_refusal_ends_the_sequence_as_blocked_and_is_not_retried(harness: Harn
     assert outcome.error and "HTTP 409" in outcome.error
     assert len([r for r in h.sim.v2_requests() if r["method"] == "DELETE"]) == 1
     assert "retry" not in _kinds(h, "ep_0001")
-    assert h.store.open_sequences() == {}
+    assert reads.open_sequences(h.store) == {}
     assert h.sim.v2_endpoint("ep_0001") is not None
 
 
@@ -381,7 +381,7 @@ def test_a_sequence_left_failed_is_resumed_by_the_next_sweep_although_its_rule_n
     h.sweep().get(timeout=30)
     first = h.outcome("ep_0001", timeout=30)
     assert first.status == "failed" and "still waiting" in (first.error or "")
-    assert h.store.open_sequences()["ep_0001"].rule == "running-ci"
+    assert reads.open_sequences(h.store)["ep_0001"].rule == "running-ci"
     wait_for(
         lambda: h.sim.v2_endpoint("ep_0001")["deployments"][0]["state"] == STOPPED,  # type: ignore[index]
         10,
@@ -393,7 +393,7 @@ def test_a_sequence_left_failed_is_resumed_by_the_next_sweep_although_its_rule_n
     decision = next(e for e in h.store.events_for("ep_0001") if e["kind"] == "decision")
     assert decision["action"] == "delete" and "resuming the delete" in decision["reason"]
     wait_for(lambda: reads.latest_outcome(h.store, "ep_0001").status == "deleted", 30, what="the resumed delete")  # type: ignore[union-attr]
-    assert h.sim.v2_endpoint("ep_0001") is None and h.store.open_sequences() == {}
+    assert h.sim.v2_endpoint("ep_0001") is None and reads.open_sequences(h.store) == {}
 
 
 def test_a_protect_added_mid_sequence_stops_it(harness: Harness) -> None:
@@ -406,7 +406,7 @@ def test_a_protect_added_mid_sequence_stops_it(harness: Harness) -> None:
     assert h.outcome("ep_0001", timeout=30).status == "failed"
     h.policy.write_text(STARTED_CI + "protect:\n  - name: acme/ci-1\n")
     assert h.sweep().get(timeout=30)["queued"] == 0
-    assert h.store.open_sequences() == {}
+    assert reads.open_sequences(h.store) == {}
     ended = next(e for e in h.store.events_for("ep_0001") if e["kind"] == "sequence_ended")
     assert "protect" in ended["reason"]
     assert h.sim.v2_endpoint("ep_0001") is not None
@@ -420,7 +420,7 @@ def test_a_worker_killed_mid_sequence_is_resumed_by_redelivery(harness: Harness)
     h.sim.v2_reset([slow])
     first = h.worker()
     h.sweep().get(timeout=30)
-    wait_for(lambda: "ep_0001" in h.store.open_sequences(), 20, what="the sequence to begin")
+    wait_for(lambda: "ep_0001" in reads.open_sequences(h.store), 20, what="the sequence to begin")
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(10)
     h.worker()
@@ -598,7 +598,9 @@ def _begin_waiting(h: Harness, stop_delay_s: float = 60, **env: str) -> Any:
     worker = h.worker()
     h.sweep().get(timeout=30)
     wait_for(
-        lambda: (sequence := h.store.open_sequences().get("ep_0001")) and (sequence.last_step or "").startswith("wait"),
+        lambda: (
+            (sequence := reads.open_sequences(h.store).get("ep_0001")) and (sequence.last_step or "").startswith("wait")
+        ),
         20,
         what="the sequence to wait for its deployment",
     )
@@ -614,7 +616,7 @@ def test_an_endpoint_running_again_mid_sequence_is_spared(harness: Harness) -> N
     ).raise_for_status()
     outcome = h.outcome("ep_0001", timeout=30)
     assert outcome.status == "spared" and "STARTED again" in (outcome.error or "")
-    assert h.store.open_sequences() == {} and h.sim.v2_endpoint("ep_0001") is not None
+    assert reads.open_sequences(h.store) == {} and h.sim.v2_endpoint("ep_0001") is not None
     assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
 
 

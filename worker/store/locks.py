@@ -11,7 +11,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from worker.store_scripts import DEL_IF_EQUAL, EXTEND_IF_EQUAL
+from worker.store.scripts import DEL_IF_EQUAL, EXTEND_IF_EQUAL
 
 
 class SweepLock(Lock):

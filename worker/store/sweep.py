@@ -1,0 +1,284 @@
+"""The Store's side of a sweep: its lock, reads and commit, observations, marks, limit state, pause and resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from redis.client import Pipeline
+from redis.lock import Lock
+
+from worker.clock import iso, parse_time, utc_now
+from worker.models import Claim, OpenSequence
+from worker.policy import Exemption, Mark, Observation
+from worker.store.locks import SweepLock
+from worker.store.records import RecordKeeping
+
+if TYPE_CHECKING:
+    from worker.sweep import Planned, SweepPlan
+
+_CHUNK = 1000
+# Observations are read for a sweep's listed endpoints with HMGETs of this many ids (all in one round trip).
+_HMGET_CHUNK = 10_000
+_DAY_S = 86400
+
+
+def _parse_observation(value: str) -> Observation | None:
+    since, _, state = value.partition("|")
+    try:
+        return Observation(state, datetime.fromtimestamp(float(since), UTC))
+    except ValueError:
+        return None  # an unreadable entry counts as never seen: the clock starts again
+
+
+def format_observation(observation: Observation) -> str:
+    """The raw value an observation is kept as in ``P:observations``: ``<since epoch>|<state>``."""
+    return f"{observation.since.timestamp():.3f}|{observation.state}"
+
+
+def observation_parser() -> Callable[[str], Observation | None]:
+    """``_parse_observation`` with one shared (frozen) result per distinct raw value.
+
+    A sweep gives every endpoint whose state it saw change the same ``since``, so the 100k values of a large
+    account are a few hundred distinct strings: each is parsed once, not once per endpoint.
+    """
+    cache: dict[str, Observation | None] = {}
+
+    def parse(raw: str) -> Observation | None:
+        try:
+            return cache[raw]
+        except KeyError:
+            parsed = cache[raw] = _parse_observation(raw)
+            return parsed
+
+    return parse
+
+
+def _parse_marks(raw: Mapping[str, str]) -> dict[str, Mark]:
+    marks = {}
+    for endpoint_id, value in raw.items():
+        try:
+            data = json.loads(value)
+            marks[endpoint_id] = Mark(data["rule"], parse_time(data["marked_at"]), parse_time(data["due_at"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # unreadable: as if unmarked, so the grace period starts again (the safe side)
+    return marks
+
+
+def _format_mark(mark: Mark) -> str:
+    return json.dumps({"rule": mark.rule, "marked_at": iso(mark.marked_at), "due_at": iso(mark.due_at)})
+
+
+def _decision_event(sweep_id: str, planned: Planned) -> dict[str, Any]:
+    endpoint, decision = planned
+    event: dict[str, Any] = {
+        "sweep_id": sweep_id,
+        "endpoint_id": endpoint.id,
+        "endpoint_name": endpoint.name,
+        "action": decision.label,
+        "rule": decision.rule,
+        "reason": decision.reason,
+    }
+    if decision.due_at is not None:
+        event["due_at"] = iso(decision.due_at)
+    return event
+
+
+def _stale_claims(raw: Mapping[str, str], now: float, older_than_s: float) -> dict[str, str]:
+    stale = {}
+    for endpoint_id, value in raw.items():
+        claim = Claim.parse(value)
+        if now - claim.claimed_at >= older_than_s:
+            stale[endpoint_id] = claim.task_id
+    return stale
+
+
+def _parse_sequences(raw: Mapping[str, str]) -> dict[str, OpenSequence]:
+    return {endpoint_id: OpenSequence.decode(value) for endpoint_id, value in raw.items()}
+
+
+def _update_hash(pipe: Pipeline, key: str, changed: Mapping[str, str], removed: Sequence[str]) -> None:
+    """HSET and HDEL in chunks, added to ``pipe`` (the caller executes it)."""
+    items = list(changed.items())
+    for start in range(0, len(items), _CHUNK):
+        pipe.hset(key, mapping=dict(items[start : start + _CHUNK]))
+    for start in range(0, len(removed), _CHUNK):
+        pipe.hdel(key, *removed[start : start + _CHUNK])
+
+
+@dataclass
+class SweepState:
+    """What a sweep reads right after its list, in one round trip (:meth:`Store.read_sweep_state`)."""
+
+    # Each listed endpoint's observation, in list order (None: never seen, or unreadable); equal values are
+    # one shared object.
+    observed: list[Observation | None]
+    forgotten: list[str]  # endpoints with an observation that are no longer listed
+    marks: dict[str, Mark]
+    exemptions: dict[str, Exemption]  # the active ones
+    stale_claims: dict[str, str]  # endpoint id -> task id: claims older than the pending TTL
+    stale_listed: set[str]  # those of ``stale_claims`` whose endpoint is still listed
+    sequences: dict[str, OpenSequence]  # the open delete sequences (``P:sequences``)
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """What the limit check reads, in one round trip (:meth:`Store.limit_state`)."""
+
+    pending: set[str]  # endpoints with a delete or stop queued already
+    acted_last_day: int
+    pause_or_approval: bool  # ``P:pause`` or ``P:resume`` exists: only then is there something to clear
+
+
+class SweepKeeping(RecordKeeping):
+    """What a sweep reads and writes, and the limits that may refuse it (its events go through RecordKeeping)."""
+
+    # ------------------------------------------------------------------ sweep lock
+
+    def sweep_lock(self, ttl_s: float) -> Lock:
+        lock: Lock = self.redis.lock(self.key("sweep", "lock"), timeout=ttl_s, blocking=False, lock_class=SweepLock)
+        return lock
+
+    # ------------------------------------------------------------------ observations
+
+    def observation(self, endpoint_id: str) -> Observation | None:
+        raw = cast(str | None, self.redis.hget(self.key("observations"), endpoint_id))
+        return _parse_observation(raw) if raw else None
+
+    def read_sweep_state(
+        self, endpoint_ids: Sequence[str], now: datetime, stale_after_s: float, *, prune: bool = True
+    ) -> SweepState:
+        """A sweep's reads after its list, in one round trip: observations, marks, exemptions, stale claims,
+        open sequences.
+
+        Observations are read for the listed endpoints only (HMGET), and each distinct stored value is parsed
+        once (:func:`observation_parser`). The ids of observations no longer listed are read only when there are
+        some (one more round trip). With ``prune``, expired exemptions are pruned as :meth:`exemptions` prunes
+        them (one more round trip, only when some expired); ``janitor plan`` reads without it.
+        """
+        key = self.key("observations")
+        pipe = self._pipeline()
+        pipe.time()
+        pipe.hgetall(self.key("claims"))
+        pipe.hgetall(self.key("marks"))
+        pipe.hgetall(self.key("exemptions"))
+        pipe.hgetall(self.key("sequences"))
+        pipe.hlen(key)
+        for start in range(0, len(endpoint_ids), _HMGET_CHUNK):
+            pipe.hmget(key, endpoint_ids[start : start + _HMGET_CHUNK])
+        (seconds, micros), claims, marks, exemptions, sequences, held, *chunks = pipe.execute()
+        raw: list[str | None] = chunks[0] if len(chunks) == 1 else [v for chunk in chunks for v in chunk]
+        del chunks
+        stale = _stale_claims(claims, seconds + micros / 1_000_000, stale_after_s)
+        listed = set(endpoint_ids)
+        parse = observation_parser()
+        return SweepState(
+            observed=[None if value is None else parse(value) for value in raw],
+            forgotten=self._forgotten(raw, int(held), endpoint_ids, listed),
+            marks=_parse_marks(marks),
+            exemptions=self._active_exemptions(exemptions, now, prune=prune),
+            stale_claims=stale,
+            stale_listed={e for e in stale if e in listed},
+            sequences=_parse_sequences(sequences),
+        )
+
+    def _forgotten(
+        self, raw: Sequence[str | None], held: int, endpoint_ids: Sequence[str], listed: set[str]
+    ) -> list[str]:
+        """The endpoints ``P:observations`` holds that are no longer listed; their ids are read only if some are."""
+        if len(listed) < len(endpoint_ids):  # an id listed twice: count it once
+            held_listed = len({e for e, value in zip(endpoint_ids, raw, strict=True) if value is not None})
+        else:
+            held_listed = len(raw) - raw.count(None)
+        if held <= held_listed:
+            return []
+        return [e for e in cast(list[str], self.redis.hkeys(self.key("observations"))) if e not in listed]
+
+    def commit_sweep(self, plan: SweepPlan, sweep_id: str) -> LimitState:
+        """Write what a sweep planned and read its limit state, in one round trip.
+
+        The observations and marks it changed, the events of its decisions, of its unmarks and of the sequences
+        it ended; then (after those writes) the pending keys of its acting endpoints, the 24 h count and whether
+        a pause or an approval is recorded.
+        """
+        pipe = self._pipeline()
+        formatted: dict[Observation, str] = {}  # one string per shared observation
+        observed = {
+            e: formatted.get(o) or formatted.setdefault(o, format_observation(o)) for e, o in plan.observed.items()
+        }
+        _update_hash(pipe, self.key("observations"), observed, plan.forgotten)
+        del observed
+        _update_hash(
+            pipe, self.key("marks"), {e: _format_mark(m) for e, m in plan.new_marks.items()}, list(plan.unmarked)
+        )
+        if plan.ended:
+            pipe.hdel(self.key("sequences"), *plan.ended)
+        at = iso(utc_now())
+        self._add_events(pipe, at, "decision", (_decision_event(sweep_id, p) for p in plan.noted))
+        unmarked = ({"sweep_id": sweep_id, "endpoint_id": e, "rule": m.rule} for e, m in plan.unmarked.items())
+        self._add_events(pipe, at, "unmarked", unmarked)
+        ended = ({"sweep_id": sweep_id, "endpoint_id": e, "reason": why} for e, why in plan.ended.items())
+        self._add_events(pipe, at, "sequence_ended", ended)
+        return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting])
+
+    # ------------------------------------------------------------------ marks (grace period)
+
+    def load_marks(self) -> dict[str, Mark]:
+        return _parse_marks(cast(dict[str, str], self.redis.hgetall(self.key("marks"))))
+
+    # ------------------------------------------------------------------ blast-radius limits
+
+    def set_pause(self, limit: str, sweep_id: str, acting: int) -> None:
+        """Record the tripped limit and how many endpoints the refused sweep would have acted on."""
+        data = json.dumps({"limit": limit, "sweep_id": sweep_id, "acting": acting, "at": iso(utc_now())})
+        self.redis.set(self.key("pause"), data)
+
+    def clear_pause(self, reason: str) -> bool:
+        """Clear the pause and any approval given for it (an approval serves only the trip it was for)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key("pause"))
+        pipe.delete(self.key("resume"))
+        cleared = bool(pipe.execute()[0])
+        if cleared:
+            self.record_event("unpaused", reason=reason)
+        return cleared
+
+    def pause(self) -> dict[str, Any] | None:
+        raw = cast(str | None, self.redis.get(self.key("pause")))
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    def approve_resume(self, by: str, up_to: int, ttl_s: int = _DAY_S) -> None:
+        """A person's go-ahead: the next live sweep may act on up to ``up_to`` endpoints although a limit trips."""
+        data = {"by": by, "up_to": up_to, "at": iso(utc_now())}
+        self.redis.set(self.key("resume"), json.dumps(data), ex=ttl_s)
+        self.record_event("resume", **data)
+
+    def take_resume(self, acting: int) -> dict[str, Any] | None:
+        """Use the approval if it covers ``acting`` endpoints; each approval serves one sweep."""
+        raw = cast(str | None, self.redis.get(self.key("resume")))
+        if not raw:
+            return None
+        data = cast(dict[str, Any], json.loads(raw))
+        if acting > int(data.get("up_to", 0)) or not self.redis.delete(self.key("resume")):
+            return None
+        return data
+
+    def limit_state(self, endpoint_ids: Sequence[str]) -> LimitState:
+        """Which of these endpoints have a delete queued, the 24 h count, whether a pause or approval exists."""
+        return self._read_limit_state(self._pipeline(), endpoint_ids)
+
+    def _read_limit_state(self, pipe: Pipeline, endpoint_ids: Sequence[str], now: float | None = None) -> LimitState:
+        """Add the limit state's reads after what ``pipe`` holds, execute it, and return them."""
+        now = time.time() if now is None else now
+        start = len(pipe)
+        if endpoint_ids:
+            pipe.mget([self.key("pending", e) for e in endpoint_ids])
+        pipe.zcount(self.key("acted"), now - _DAY_S, "+inf")
+        pipe.exists(self.key("pause"), self.key("resume"))
+        *values, acted, recorded = pipe.execute()[start:]
+        pending = {e for e, v in zip(endpoint_ids, values[0], strict=True) if v is not None} if values else set()
+        return LimitState(pending, int(acted), bool(recorded))
