@@ -151,7 +151,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{doing}: {shown[doing]}", end="", file=sys.stderr, flush=True)
 
-    plan, _ = read_and_plan(store, client, policy, utc_now(), before_fetch=progress, dry=True, every_decision=True)
+    plan, _ = read_and_plan(store, client, policy, utc_now, before_fetch=progress, dry=True, every_decision=True)
     rows = [
         {
             "endpoint_id": p.endpoint.id,

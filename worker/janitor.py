@@ -270,6 +270,13 @@ class Recheck:
     def passed(self) -> bool:
         return self.cleared is not None
 
+    @property
+    def continues_sequence(self) -> bool:
+        """Whether this task carries on the open sequence (its own rule and action). A task of another rule or
+        action (a stop left open, then a delete by another rule) gets the full re-check of its own rule."""
+        sequence = self.sequence
+        return sequence is not None and sequence.rule == self.rule and sequence.action == self.action
+
     def __call__(self, fresh: Endpoint) -> str | None:
         policy = load_policy(self.policy_file, self.client.capabilities)
         self.detach_experiments = policy.experiments == "detach"
@@ -278,7 +285,7 @@ class Recheck:
         if self.dry_run_now:
             # The worker's own setting, read right before the change, wins over whatever the task was told.
             reason = "JANITOR_DRY_RUN is true on this worker: nothing is changed"
-        elif self.sequence is not None:
+        elif self.sequence is not None and self.continues_sequence:
             reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
         else:
             observed = observe(self.store.observation(fresh.id), fresh.state, self.now)

@@ -247,7 +247,7 @@ def read_and_plan(
     store: Store,
     client: EndpointsApi,
     policy: Policy,
-    now: datetime,
+    clock: Callable[[], datetime],
     *,
     before_fetch: Callable[[str], None] = lambda doing: None,
     pending_ttl_s: float = float("inf"),
@@ -261,6 +261,9 @@ def read_and_plan(
     progress.
     """
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
+    # After the list, not before: a state first seen in it is seen from now on, never earlier (a long list must
+    # not make a stale clock or a grace period start before the janitor saw anything).
+    now = clock()
     state = store.read_sweep_state([e.id for e in endpoints], now, pending_ttl_s, prune=not dry)
 
     def detail(endpoint_id: str) -> Endpoint | None:
@@ -360,9 +363,7 @@ def _sweep_locked(
     policy = load_policy(policy_file, client.capabilities)
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     check_deadline = _deadline_check(deadline)
-    plan, state = read_and_plan(
-        store, client, policy, clock(), before_fetch=check_deadline, pending_ttl_s=pending_ttl_s
-    )
+    plan, state = read_and_plan(store, client, policy, clock, before_fetch=check_deadline, pending_ttl_s=pending_ttl_s)
     settled = _settle_lost_tasks(store, state, summary, clock)
     for endpoint_id in settled:
         plan.unmarked.pop(endpoint_id, None)  # its outcome cleared the mark
@@ -459,7 +460,7 @@ def _queue(
             sweep_id=summary.sweep_id,
             rule=p.decision.rule or "",
             dry_run=summary.dry_run,
-            action=p.decision.action or Action.DELETE,
+            action=_action_of(p),
         )
     claimed = store.claim_pending(
         {eid: r.task_id for eid, r in requests.items()},
@@ -470,6 +471,14 @@ def _queue(
     )
     summary.already_pending += len(requests) - len(claimed)
     _publish(store, [r for eid, r in requests.items() if eid in claimed], summary, enqueue)
+
+
+def _action_of(planned: Planned) -> Action:
+    """The action an acting decision names; never a default (a stop must not become a delete)."""
+    action = planned.decision.action
+    if action is None:
+        raise JanitorError(f"an acting decision for {planned.endpoint.id[:80]} names no action; nothing queued")
+    return action
 
 
 def _publish(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 # ------------------------------------------------------------------ unknown results
 import json
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from worker.janitor import (
     MAX_SEQUENCE_AGE,
     Attempt,
     DeleteRequest,
+    Recheck,
     RunState,
     UnknownAction,
     backoff_delay,
@@ -198,3 +201,62 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     # Recorded before steps had phases: every step after the scale-downs counts as scaled down.
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="delete deployment d"), NOW) is not None
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="scale deployment d to zero"), NOW) is None
+
+
+# ------------------------------------------------------------------ the re-check of a task beside an open sequence
+
+
+class _RecheckStore:
+    """What Recheck reads of the store: no exemption, no observation; it records the sent marker."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def exemption(self, endpoint_id: str, now: object) -> None:
+        return None
+
+    def observation(self, endpoint_id: str) -> None:
+        return None
+
+    def mark_sent(self, task_id: str) -> None:
+        self.sent.append(task_id)
+
+
+class _RecheckClient:
+    capabilities = V1_CAPABILITIES
+
+    def count_requests(self, endpoint_id: str, start: object, end: object) -> int:
+        raise AssertionError("no idle rule here")
+
+
+RECHECK_POLICY = """
+version: 1
+rules:
+  - name: stop-old
+    match: {name: "acme/*"}
+    ttl: 1h
+    action: stop
+  - name: delete-old
+    match: {name: "acme/*"}
+    ttl: 30d
+"""
+
+
+def _recheck(tmp_path: Path, rule: str, action: Action) -> tuple[str | None, _RecheckStore]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RECHECK_POLICY)
+    store = _RecheckStore()
+    open_stop = OpenSequence(
+        "stop-old", Action.STOP, NOW - timedelta(hours=1), steps=1, last_phase=StepPhase.SCALE_DOWN
+    )
+    guard = Recheck(_RecheckClient(), store, policy, action, rule, NOW, sequence=open_stop, task_id="t1")  # type: ignore[arg-type]
+    return guard(endpoint(state="STOPPED")), store
+
+
+def test_a_task_of_another_rule_beside_an_open_sequence_gets_the_full_re_check(tmp_path: Path) -> None:
+    # A day old: the stop's rule holds, the delete's (30 days) does not. The open stop's hold would let a delete
+    # through; the delete's own rule, checked in full, does not.
+    reason, store = _recheck(tmp_path, "delete-old", Action.DELETE)
+    assert reason is not None and "now" in reason and store.sent == []
+    carried_on, store = _recheck(tmp_path, "stop-old", Action.STOP)
+    assert carried_on is None and store.sent == ["t1"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from worker.models import OpenSequence
-from worker.policy import Action, Exemption, Mark, Observation, Verdict, parse_policy
+from worker.policy import Action, Decision, Exemption, Mark, Observation, Verdict, parse_policy
 from worker.store import LimitState, SweepState
-from worker.sweep import SweepPlan, judge_limits, plan_sweep
-from worker.together import Endpoint
+from worker.sweep import SweepPlan, judge_limits, plan_sweep, read_and_plan
+from worker.together import V1_CAPABILITIES, Endpoint
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 POLICY = parse_policy(
@@ -154,3 +156,38 @@ def test_limits_count_only_what_is_not_queued_already() -> None:
     within = judge_limits(p, POLICY.limits, LimitState({"e1", "e2"}, 0, False), dry_run=False)
     assert within.trip is None and [pl.endpoint.id for pl in within.to_queue] == ["e3", "e4"]
     assert within.already_pending == 2
+
+
+def test_an_acting_decision_without_an_action_is_refused_not_made_a_delete() -> None:
+    from worker.errors import JanitorError
+    from worker.sweep import Planned, _action_of
+
+    stop = Planned(ep(1, "acme/ci-1"), Decision(Verdict.ACT, "ci", "r", Action.STOP))
+    assert _action_of(stop) is Action.STOP
+    with pytest.raises(JanitorError, match="names no action"):
+        _action_of(Planned(ep(1, "acme/ci-1"), Decision(Verdict.ACT, "ci", "r")))
+
+
+class _ClockedList:
+    """A client whose list takes five minutes of the clock; the store stand-in returns an empty state."""
+
+    capabilities = V1_CAPABILITIES
+
+    def __init__(self, endpoints: list[Endpoint], clock: list[datetime]) -> None:
+        self.endpoints, self.clock = endpoints, clock
+
+    def list_endpoints(self, types: object = (), mine: bool = False) -> list[Endpoint]:
+        self.clock[0] += timedelta(minutes=5)
+        return self.endpoints
+
+
+class _EmptyStore:
+    def read_sweep_state(self, ids: list[str], now: datetime, stale_after_s: float, *, prune: bool) -> SweepState:
+        return state_for([ep(1, "x")] * len(ids))
+
+
+def test_a_state_is_seen_from_when_the_list_came_back_never_earlier() -> None:
+    clock = [NOW]
+    client = _ClockedList([ep(1, "acme/x-1")], clock)
+    plan, _ = read_and_plan(_EmptyStore(), client, POLICY, lambda: clock[0], dry=True)  # type: ignore[arg-type]
+    assert plan.observed["e1"].since == NOW + timedelta(minutes=5)
