@@ -3,6 +3,7 @@ limits, and a lost delete message is published again: real workers, a real Redis
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -203,6 +204,13 @@ def test_a_dropped_delete_message_is_published_again_once_and_deleted_once(harne
     assert harness.redis.hkeys(f"{harness.key_prefix}:lost") == [queued[0].endpoint_id]
     assert recover() == [queued[0].endpoint_id]  # confirmed at the second: published again, same task id
     assert recover() == []  # it is on the queue now: not lost any more, and never published twice
+    # Published again with the sweep's label, so Flower's task list names it as it named the lost one.
+    headers = [json.loads(m)["headers"] for m in harness.redis.lrange(f"{harness.key_prefix}:celery:{QUEUE}", 0, -1)]
+    labels = {h["id"]: h["kwargsrepr"] for h in headers}
+    assert labels == {r.task_id: r.label() for r in queued}
+    assert (
+        labels[queued[0].task_id] == f"{queued[0].endpoint_name} · rule ci-endpoints · delete · {queued[0].endpoint_id}"
+    )
     assert harness.redis.exists(f"{harness.key_prefix}:lost") == 0
     harness.worker()
     for r in queued:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import Harness, Proc, free_port, spec, wait_for
 from worker.models import SweepSummary
+from worker.stack import FLOWER_TASKS_COLUMNS, flower_args
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +54,10 @@ class Flower:
 
 
 def start_flower(harness: Harness, *, auth_flag: bool = False) -> Flower:
-    """Flower with the login from ``FLOWER_BASIC_AUTH`` (as ``janitor up`` and compose do), or from --basic-auth."""
+    """Flower as ``janitor up`` starts it, with the login from ``FLOWER_BASIC_AUTH`` (as ``janitor up`` and compose
+    do), or from --basic-auth."""
     port = free_port()
-    args = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
+    args = [sys.executable, "-m", "celery", "-A", "worker", *flower_args(port)]  # as `janitor up` starts it
     login = ":".join(AUTH)
     env = {k: v for k, v in harness.env.items() if not k.startswith("FLOWER_")}  # nothing from the developer's shell
     proc = harness.spawn(
@@ -130,17 +132,12 @@ def test_a_sweep_and_its_deletes_show_with_their_states_kwargs_and_results(harne
     assert summary["sweep_id"] == sweep_id and summary["dry_run"] is False
     assert sweep["exception"] is None and sweep["traceback"] is None
 
-    deletes = sorted(named(tasks, DELETE), key=lambda t: literal(t["kwargs"])["endpoint_id"])
+    deletes = sorted(named(tasks, DELETE), key=lambda t: literal(t["result"])["endpoint_id"])
     for i, task in enumerate(deletes, start=1):
         assert (task["state"], task["worker"], task["retries"], task["exception"]) == ("SUCCESS", worker, 0, None)
-        assert literal(task["kwargs"]) == {
-            "endpoint_id": f"endpoint-{i:04d}",
-            "endpoint_name": f"acme/ci-{i}",
-            "sweep_id": sweep_id,
-            "rule": "ci-endpoints",
-            "dry_run": False,
-            "action": "delete",
-        }
+        # Flower's kwargs is the task's label (its kwargsrepr): the endpoint, the rule, the action, the id.
+        assert task["kwargs"] == f"acme/ci-{i} · rule ci-endpoints · delete · endpoint-{i:04d}"
+        assert task["args"] == "()"
         result = literal(task["result"])
         assert (result["endpoint_id"], result["status"], result["http_status"], result["attempts"]) == (
             f"endpoint-{i:04d}",
@@ -164,6 +161,8 @@ def test_a_delete_retried_after_a_500_shows_as_success_with_its_retry_and_the_50
     # Flower keeps one row per task id: the final state, the retry count of the last run, when it was last
     # retried, and the exception of that retry (Flower never clears it on success).
     assert task["state"] == "SUCCESS" and task["retries"] == 1
+    # The retry's run was published with the same label (its task-received event would have put the raw kwargs).
+    assert task["kwargs"] == "acme/ci-1 · rule ci-endpoints · delete · endpoint-0001"
     assert task["retried"] is not None and task["retried"] < task["succeeded"]
     # Celery's Retry puts itself first in its args, hence the odd "Retry(Retry(...), <reason>, <countdown>)".
     assert task["exception"].startswith("Retry(")
@@ -179,6 +178,39 @@ def test_a_delete_retried_after_a_500_shows_as_success_with_its_retry_and_the_50
     assert (info["state"], info["retries"], info["exception"]) == ("SUCCESS", 1, task["exception"])
     metrics = flower.get("/metrics", auth=None).text
     assert f'flower_events_total{{task="{DELETE}",type="task-retried",worker="{worker}"}} 1.0' in metrics
+
+
+def datatable(flower: Flower) -> list[dict[str, Any]]:
+    """The rows of Flower's task list as its tasks page asks for them (DataTables' request), newest first."""
+    params = {"draw": 1, "start": 0, "length": 50, "search[value]": ""}
+    params |= {"order[0][column]": 0, "order[0][dir]": "desc", "columns[0][data]": "received"}
+    response = flower.get("/tasks/datatable", **params)
+    response.raise_for_status()
+    rows: list[dict[str, Any]] = response.json()["data"]
+    return rows
+
+
+def test_the_task_list_names_each_delete_s_endpoint_and_rule_without_opening_it(harness: Harness) -> None:
+    harness.sim.reset([spec(1), spec(2), spec(3, age_s=60)])
+    flower, _ = flower_with_worker(harness)
+    sweep_id = harness.sweep(dry_run=True).id
+    wait_tasks(flower, lambda ts: len(named(ts, DELETE)) == 2, "two finished deletes in Flower")
+
+    # The page's columns, in order: kwargs (the label) is one of them, as `janitor up` and compose start Flower.
+    page = flower.get("/tasks").text
+    headers = re.findall(r'<th data-column="([a-z_]+)">', page)
+    assert headers == FLOWER_TASKS_COLUMNS.split(",") and "kwargs" in headers
+    # The rows that fill the list: each delete's label, a sweep's own kwargs.
+    rows = {row["uuid"]: row for row in datatable(flower)}
+    labels = sorted(row["kwargs"] for row in rows.values() if row["name"] == DELETE)
+    assert labels == [
+        "acme/ci-1 · rule ci-endpoints · delete (dry run) · endpoint-0001",
+        "acme/ci-2 · rule ci-endpoints · delete (dry run) · endpoint-0002",
+    ]
+    assert literal(rows[sweep_id]["kwargs"]) == {"dry_run": True}
+    # Flower's search finds a delete by its endpoint's name or its rule (it searches kwargs).
+    found = flower.get("/api/tasks", search="acme/ci-2").json()
+    assert [t["kwargs"] for t in found.values()] == [labels[1]]
 
 
 def test_the_worker_is_listed(harness: Harness) -> None:

@@ -81,6 +81,33 @@ class DeleteRequest:
             "action": str(self.action),  # a plain string on the wire and in the claim
         }
 
+    def label(self) -> str:
+        """The task's one-line label, e.g. ``acme-prod/ci-run-7 · rule ci-endpoints · delete · endpoint-7``.
+
+        Published as the message's ``kwargsrepr``, so Flower's task list shows it in its kwargs column (and its
+        task page and ``/api/tasks`` under ``kwargs``). A further fact is one more part here.
+        """
+        return task_label(self.endpoint_id, self.endpoint_name, self.rule, str(self.action), self.dry_run)
+
+
+LABEL_MAX = 240  # well under Celery's own 1024-character cap on a kwargsrepr
+_LABEL_PART_MAX = 100  # each part clipped on its own, so a long name cannot push the rule out of the label
+
+
+def task_label(endpoint_id: str, endpoint_name: str, rule: str, action: str, dry_run: bool) -> str:
+    """A delete task's label (:meth:`DeleteRequest.label`): who (name, else id), which rule, what, and the id.
+
+    Built only from the task's own arguments, which hold nothing secret; scrubbed and clipped all the same (a
+    task sent by hand can carry anything), one line of at most ``LABEL_MAX`` characters.
+    """
+    parts = [
+        endpoint_name or "(no name)",
+        f"rule {rule}" if rule else "(no rule)",
+        f"{action or '(no action)'}{' (dry run)' if dry_run else ''}",
+        endpoint_id,
+    ]
+    return scrub_line(" · ".join(scrub_line(part, _LABEL_PART_MAX) for part in parts), LABEL_MAX)
+
 
 # ``count_requests(endpoint_id, start, end)``: the API's request count over a window.
 RequestCounter = Callable[[str, datetime, datetime], int]
@@ -437,6 +464,10 @@ class UnknownAction:
             "dry_run": self.dry_run,
             "action": self.action,
         }
+
+    def label(self) -> str:
+        """As :meth:`DeleteRequest.label`; the unknown action is shown (clipped), as the task carries it."""
+        return task_label(self.endpoint_id, self.endpoint_name, self.rule, self.action, self.dry_run)
 
 
 def parse_request(

@@ -558,6 +558,17 @@ def _flower_auth(dotenv: Mapping[str, str | None]) -> tuple[str, bool]:
     return f"janitor:{secrets.token_urlsafe(12)}", True
 
 
+# Flower's task list shows only name, uuid, state, received, runtime and worker by default. kwargs is each delete's
+# label (worker.janitor.task_label: endpoint name, rule, action, id), so the list says what each delete is for.
+# docker-compose.yml passes the same option (tests/unit/test_stack.py checks that they agree).
+FLOWER_TASKS_COLUMNS = "name,uuid,state,kwargs,received,started,runtime,worker"
+
+
+def flower_args(port: int) -> list[str]:
+    """``celery -A worker``'s arguments that start Flower as ``janitor up`` does (loopback only, our columns)."""
+    return ["flower", f"--port={port}", "--address=127.0.0.1", f"--tasks_columns={FLOWER_TASKS_COLUMNS}"]
+
+
 def _start_celery(
     stack: _Stack, env: dict[str, str], concurrency: int, flower_port: int, state_dir: Path, flower_auth: str
 ) -> None:
@@ -577,7 +588,7 @@ def _start_celery(
     # The credentials go by environment (Flower reads FLOWER_*), so they never show in `ps`.
     flower = stack.spawn(
         "flower",
-        [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
+        [*celery, *flower_args(flower_port)],
         # Flower never calls the API, so it does not get the key at all.
         env | {"FLOWER_BASIC_AUTH": flower_auth, "TOGETHER_API_KEY": "", "JANITOR_TOGETHER_API_KEY": ""},
         tier=2,

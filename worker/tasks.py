@@ -50,10 +50,19 @@ def _enqueue(requests: Sequence[DeleteRequest], celery: Celery = app) -> None:
     Each message and its task-sent event (Flower's) are buffered and sent together when the batch ends; if
     anything fails, the batch raises and the sweep counts none of it as queued. ``celery`` is for the
     benchmark and tests, which publish through an app of their own with exactly this code.
+
+    Each message's ``kwargsrepr`` is the request's label: the worker's task-received event and this task-sent
+    event carry it as ``kwargs``, so Flower's task list names the endpoint and the rule of each delete.
     """
     with celery.producer_or_acquire() as producer, producer.batch(max_size=2 * len(requests) + 16):
         for request in requests:
-            celery.send_task(DELETE_TASK, kwargs=request.task_kwargs(), task_id=request.task_id, producer=producer)
+            celery.send_task(
+                DELETE_TASK,
+                kwargs=request.task_kwargs(),
+                task_id=request.task_id,
+                producer=producer,
+                kwargsrepr=request.label(),
+            )
 
 
 @app.task(
@@ -184,10 +193,11 @@ def delete_endpoint(
 
 def next_run(request: DeleteRequest | UnknownAction, result: Continue | Retry) -> dict[str, Any]:
     """``Task.retry``'s arguments for the next run of a delete task: the same arguments, the new carried state,
-    and the exception Celery records for the run that ended (a step taken, or the API's 500)."""
+    and the exception Celery records for the run that ended (a step taken, or the API's 500). The label goes
+    along: the next run's task-received event would otherwise put the raw kwargs back in Flower's row."""
     exc = SequenceContinues(result.step) if isinstance(result, Continue) else RetryableApiError(result.error)
     kwargs = {**request.task_kwargs(), **result.state.task_kwargs()}
-    return {"countdown": result.countdown, "kwargs": kwargs, "exc": exc}
+    return {"countdown": result.countdown, "kwargs": kwargs, "exc": exc, "kwargsrepr": request.label()}
 
 
 def _as_result(outcome: Outcome) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from worker import redact
 from worker.clock import parse_time
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import (
+    LABEL_MAX,
     MAX_SEQUENCE_AGE,
     Attempt,
     DeleteRequest,
@@ -133,6 +135,58 @@ def test_anything_but_delete_or_stop_is_an_unknown_action(text: str) -> None:
     request = parse_request("t1", **ARGS, action=text)
     assert isinstance(request, UnknownAction) and request.action == text
     assert request.task_kwargs() == {**ARGS, "action": text}  # what the claim check compares
+
+
+# ------------------------------------------------------------------ the task's label (Flower's kwargs column)
+
+
+def test_the_label_names_the_endpoint_the_rule_the_action_and_the_id() -> None:
+    request = parse_request(
+        "t1", **{**ARGS, "endpoint_name": "acme-prod/ci-run-7", "rule": "ci-endpoints"}, action="delete"
+    )
+    assert request.label() == "acme-prod/ci-run-7 · rule ci-endpoints · delete · e1"
+    stop = parse_request("t1", **{**ARGS, "dry_run": True}, action="stop")
+    assert stop.label() == "acme/ci-1 · rule r · stop (dry run) · e1"
+    nameless = parse_request("t1", **{**ARGS, "endpoint_name": "", "rule": ""}, action="delete")
+    assert nameless.label() == "(no name) · (no rule) · delete · e1"
+    # A task sent by hand with an action the janitor does not know says so, as it came.
+    assert parse_request("t1", **ARGS, action="explode").label() == "acme/ci-1 · rule r · explode · e1"
+    assert parse_request("t1", **ARGS, action="").label() == "acme/ci-1 · rule r · (no action) · e1"
+
+
+def test_the_label_is_one_clipped_line_and_a_long_name_leaves_the_rule_in_it() -> None:
+    request = parse_request("t1", **{**ARGS, "endpoint_name": "acme/" + "x" * 5000 + "\nnext"}, action="delete")
+    label = request.label()
+    assert len(label) <= LABEL_MAX and "\n" not in label
+    assert " · rule r · delete · e1" in label  # each part is clipped on its own
+    huge = parse_request(
+        "t1",
+        **{k: "y" * 5000 for k in ("endpoint_id", "endpoint_name", "rule")},
+        sweep_id="s",
+        dry_run=True,
+        action="z" * 5000,
+    )  # type: ignore[arg-type]
+    assert len(huge.label()) <= LABEL_MAX
+
+
+def test_the_label_is_scrubbed_of_every_registered_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact, "_secrets", frozenset())
+    monkeypatch.setattr(redact, "_registry", redact.Redactor())
+    secret = "sk-label-secret-0123456789abcdef"
+    redact.register_secret(secret)
+    request = parse_request("t1", **{**ARGS, "endpoint_name": f"acme/{secret}", "rule": secret}, action="delete")
+    label = request.label()
+    assert "0123456789" not in label and "sk-label" not in label
+    assert label.endswith(" · delete · e1")
+
+
+def test_a_request_rebuilt_from_its_claim_has_the_same_label() -> None:
+    """recover_lost_tasks publishes ``DeleteRequest(task_id=..., **claim.request)``: the same label as the sweep's."""
+    for action in ("delete", "stop"):
+        queued = parse_request("t1", **{**ARGS, "dry_run": action == "stop"}, action=action)
+        assert isinstance(queued, DeleteRequest)
+        claimed = json.loads(json.dumps(queued.task_kwargs()))  # as the claim holds it: plain JSON
+        assert DeleteRequest(task_id="t1", **claimed).label() == queued.label()
 
 
 def test_the_carried_state_round_trips_through_the_task_s_kwargs() -> None:

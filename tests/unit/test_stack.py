@@ -14,13 +14,16 @@ from typing import Any
 
 import pytest
 import yaml
+from flower.views.tasks import TASK_COLUMNS
 
 from worker.errors import SettingsError
 from worker.settings import Settings
 from worker.stack import (
+    FLOWER_TASKS_COLUMNS,
     REDIS_PASSWORD_FILE,
     _banner,
     find_redis_server,
+    flower_args,
     private_dir,
     private_redis_password,
     private_redis_url,
@@ -212,6 +215,17 @@ def test_compose_flower_gets_no_api_key(compose: dict[str, Any]) -> None:
     env = compose["services"]["flower"]["environment"]
     assert env["TOGETHER_API_KEY"] == "" and env["JANITOR_TOGETHER_API_KEY"] == ""
     assert "${FLOWER_BASIC_AUTH:?" in env["FLOWER_BASIC_AUTH"]
+
+
+def test_janitor_up_and_compose_start_flower_with_the_same_task_list_columns(compose: dict[str, Any]) -> None:
+    # Flower ignores a column id it does not know; every one of ours is one of its own.
+    columns = FLOWER_TASKS_COLUMNS.split(",")
+    assert set(columns) <= set(TASK_COLUMNS) and len(set(columns)) == len(columns)
+    # kwargs is each delete's label: endpoint, rule and action without opening the task.
+    assert columns[:4] == ["name", "uuid", "state", "kwargs"]
+    option = f"--tasks_columns={FLOWER_TASKS_COLUMNS}"
+    assert option in flower_args(5555) and "--address=127.0.0.1" in flower_args(5555)
+    assert option in compose["services"]["flower"]["command"]
 
 
 def _duration_s(text: str) -> float:

@@ -19,6 +19,8 @@ def test_a_sequence_that_continues_is_the_same_task_with_its_wait_carried() -> N
     carried = {"server_errors": 1, "waiting_since": "2026-11-29T00:00:00.250Z"}
     assert options["kwargs"] == {**ARGS, "action": "stop", **carried}
     assert isinstance(options["exc"], SequenceContinues) and str(options["exc"]) == "wait for deployment d to stop"
+    # The next run keeps the label in Flower's kwargs column (its task-received event carries the kwargsrepr).
+    assert options["kwargsrepr"] == "acme/ci-1 · rule r · stop · e1" == request.label()
 
 
 def test_a_500_is_retried_with_its_count_and_the_api_s_answer() -> None:
@@ -27,3 +29,4 @@ def test_a_500_is_retried_with_its_count_and_the_api_s_answer() -> None:
     assert options["countdown"] == 0.5
     assert options["kwargs"] == {**ARGS, "action": "delete", "server_errors": 2, "waiting_since": None}
     assert isinstance(options["exc"], RetryableApiError) and "HTTP 500" in str(options["exc"])
+    assert options["kwargsrepr"] == "acme/ci-1 · rule r · delete · e1"
