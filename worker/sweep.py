@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 
 from worker.clock import iso, utc_now
 from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
-from worker.janitor import ApiFactory, DeleteRequest, RequestCounter, fetch_detail, resolve, sequence_hold
+from worker.janitor import (
+    ApiFactory,
+    DeleteRequest,
+    HistoryReader,
+    RequestCounter,
+    fetch_detail,
+    resolve,
+    sequence_hold,
+)
 from worker.logs import context
 from worker.models import OpenSequence, Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
@@ -122,12 +130,15 @@ def plan_sweep(
     fetch_detail: Callable[[str], Endpoint | None],
     count_requests: RequestCounter | None,
     listed_in_detail: bool,
+    read_history: HistoryReader | None = None,
     every_decision: bool = False,
 ) -> SweepPlan:
     """Decide every listed endpoint and say what the sweep will write; writes nothing.
 
-    ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it and
-    ``count_requests`` are called only for endpoints whose decision hangs on them. ``every_decision`` keeps the
+    ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it,
+    ``count_requests`` and ``read_history`` (None: the API keeps no history) are called only for endpoints whose
+    decision hangs on them. What the history taught is written as the endpoint's observation (``learnt``), so
+    later sweeps and the delete's re-check count from it without reading it again. ``every_decision`` keeps the
     decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
     """
     plan = SweepPlan(now=now, listed=len(endpoints), forgotten=state.forgotten)
@@ -140,20 +151,30 @@ def plan_sweep(
         observed = previous if fresh is None else fresh
         exemption, mark = state.exemptions.get(endpoint.id), state.marks.get(endpoint.id)
         decision = decide(
-            policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=listed_in_detail
+            policy,
+            endpoint,
+            observed,
+            now,
+            exemption=exemption,
+            mark=mark,
+            detail_fetched=listed_in_detail,
+            state_history=read_history is not None,
         )
-        if not isinstance(decision, Decision):  # the rule asks for a detail or a request count
-            endpoint, decision = resolve(
+        if not isinstance(decision, Decision):  # the rule asks for a detail, the history or a request count
+            endpoint, decision, learnt = resolve(
                 policy,
                 endpoint,
                 observed,
                 now,
                 fetch_detail=fetch_detail,
                 count_requests=count_requests,
+                read_history=read_history,
                 exemption=exemption,
                 mark=mark,
                 detail_fetched=listed_in_detail,
             )
+            if learnt is not None and learnt != observed:
+                plan.observed[endpoint.id] = learnt
         sequence = sequences.pop(endpoint.id, None)
         if sequence is not None:
             decision = _resumed(policy, endpoint, decision, sequence, now, state, plan)
@@ -257,7 +278,7 @@ def read_and_plan(
     """List, read the stored state, plan: what a sweep does before it writes, and all ``janitor plan`` does.
 
     ``dry`` reads without a write (an expired exemption is skipped, not pruned). ``before_fetch(doing)`` runs
-    before each detail or request-count fetch: the sweep checks its deadline there, ``janitor plan`` shows
+    before each detail, history or request-count fetch: the sweep checks its deadline there, ``janitor plan`` shows
     progress.
     """
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
@@ -271,6 +292,10 @@ def read_and_plan(
         before_fetch("fetching request counts")
         return client.count_requests(endpoint_id, start, end)
 
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        before_fetch("reading event histories")
+        return client.state_since(endpoint_id, state)
+
     plan = plan_sweep(
         policy,
         endpoints,
@@ -279,6 +304,7 @@ def read_and_plan(
         fetch_detail=detail,
         count_requests=count,
         listed_in_detail=client.capabilities.list_is_detailed,
+        read_history=history if client.capabilities.state_history else None,
         every_decision=every_decision,
     )
     state.observed = []  # the raw list goes now; the plan keeps what it needs

@@ -154,3 +154,42 @@ def test_limits_count_only_what_is_not_queued_already() -> None:
     within = judge_limits(p, POLICY.limits, LimitState({"e1", "e2"}, 0, False), dry_run=False)
     assert within.trip is None and [pl.endpoint.id for pl in within.to_queue] == ["e3", "e4"]
     assert within.already_pending == 2
+
+
+def test_what_the_history_taught_is_written_as_the_observation_and_read_once_per_state() -> None:
+    endpoints = [ep(1, "acme/x-1", state="STOPPED", age=timedelta(days=9)), ep(2, "acme/prod-2", state="STOPPED")]
+    reads: list[str] = []
+
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        reads.append(endpoint_id)
+        return NOW - timedelta(days=3)
+
+    def no_fetch(endpoint_id: str) -> Endpoint | None:
+        raise AssertionError("the list had every field")
+
+    p = plan_sweep(
+        POLICY,
+        endpoints,
+        state_for(endpoints),
+        NOW,
+        fetch_detail=no_fetch,
+        count_requests=None,
+        listed_in_detail=True,
+        read_history=history,
+    )
+    assert reads == ["e1"]  # e2 is protected: its history could not make it a candidate
+    assert p.observed["e1"] == Observation("STOPPED", NOW - timedelta(days=3), learnt=True)
+    assert p.observed["e2"] == Observation("STOPPED", NOW)
+    assert [pl.endpoint.id for pl in p.acting] == ["e1"]
+    # The next sweep counts from what was written, with no read.
+    again = plan_sweep(
+        POLICY,
+        endpoints,
+        state_for(endpoints, observed=[p.observed["e1"], p.observed["e2"]]),
+        NOW,
+        fetch_detail=no_fetch,
+        count_requests=None,
+        listed_in_detail=True,
+        read_history=history,
+    )
+    assert reads == ["e1"] and again.observed == {} and [pl.endpoint.id for pl in again.acting] == ["e1"]
