@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 # start deleting while the rest is published (500 messages take ~0.2 s to build), then batches of PUBLISH_BATCH.
 PUBLISH_FIRST = 32
 PUBLISH_BATCH = 500
+# At most this many endpoint histories are read in one sweep (each is two or more requests, one after another).
+# A first sweep of a large account may find thousands of stopped endpoints short of their time: the rest keep the
+# janitor's own clock this time and are read by the next sweeps, so every sweep ends well within its deadline and
+# each one learns more (what a sweep learnt is committed with it).
+HISTORY_READS_PER_SWEEP = 200
 
 
 class Planned(NamedTuple):
@@ -132,18 +137,21 @@ def plan_sweep(
     listed_in_detail: bool,
     read_history: HistoryReader | None = None,
     every_decision: bool = False,
+    history_reads: int = HISTORY_READS_PER_SWEEP,
 ) -> SweepPlan:
     """Decide every listed endpoint and say what the sweep will write; writes nothing.
 
     ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it,
     ``count_requests`` and ``read_history`` (None: the API keeps no history) are called only for endpoints whose
     decision hangs on them. What the history taught is written as the endpoint's observation (``learnt``), so
-    later sweeps and the delete's re-check count from it without reading it again. ``every_decision`` keeps the
-    decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
+    later sweeps and the delete's re-check count from it without reading it again; at most ``history_reads``
+    histories are read (the others wait for the next sweep, on the janitor's own clock meanwhile).
+    ``every_decision`` keeps the decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
     """
     plan = SweepPlan(now=now, listed=len(endpoints), forgotten=state.forgotten)
     observe = _Observer(now)
     sequences = dict(state.sequences)
+    histories = _HistoryBudget(read_history, history_reads)
     for endpoint, previous in zip(endpoints, state.observed, strict=True):
         fresh = observe(previous, endpoint.state)
         if fresh is not None:
@@ -158,7 +166,7 @@ def plan_sweep(
             exemption=exemption,
             mark=mark,
             detail_fetched=listed_in_detail,
-            state_history=read_history is not None,
+            state_history=histories.left > 0,
         )
         if not isinstance(decision, Decision):  # the rule asks for a detail, the history or a request count
             endpoint, decision, learnt = resolve(
@@ -168,7 +176,7 @@ def plan_sweep(
                 now,
                 fetch_detail=fetch_detail,
                 count_requests=count_requests,
-                read_history=read_history,
+                read_history=histories.reader(),
                 exemption=exemption,
                 mark=mark,
                 detail_fetched=listed_in_detail,
@@ -184,6 +192,26 @@ def plan_sweep(
     plan.ended.update(dict.fromkeys(sequences, "not listed"))
     _plan_unmarks(plan, state.marks)
     return plan
+
+
+class _HistoryBudget:
+    """``read_history`` for at most ``left`` reads (:data:`HISTORY_READS_PER_SWEEP`); None once they are used."""
+
+    def __init__(self, read_history: HistoryReader | None, left: int) -> None:
+        self._read, self._budget = read_history, left
+        self.left = left if read_history is not None else 0
+
+    def reader(self) -> HistoryReader | None:
+        if self._read is None or self.left <= 0:
+            return None
+        return self._counted
+
+    def _counted(self, endpoint_id: str, state: str) -> datetime | None:
+        assert self._read is not None
+        self.left -= 1
+        if self.left == 0:
+            log.info("sweep: %d endpoint histories read; any more wait for the next sweep", self._budget)
+        return self._read(endpoint_id, state)
 
 
 def _resumed(

@@ -193,3 +193,21 @@ def test_what_the_history_taught_is_written_as_the_observation_and_read_once_per
         read_history=history,
     )
     assert reads == ["e1"] and again.observed == {} and [pl.endpoint.id for pl in again.acting] == ["e1"]
+
+
+def test_a_sweep_reads_a_bounded_number_of_histories_and_the_rest_wait_for_the_next() -> None:
+    endpoints = [ep(i, f"acme/x-{i}", state="STOPPED", age=timedelta(days=9)) for i in (1, 2, 3)]
+    reads: list[str] = []
+
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        reads.append(endpoint_id)
+        return NOW - timedelta(days=3)
+
+    p = plan(endpoints, state_for(endpoints), read_history=history, history_reads=2)
+    assert reads == ["e1", "e2"]
+    assert [p.observed[e].learnt for e in ("e1", "e2", "e3")] == [True, True, False]
+    assert [pl.endpoint.id for pl in p.acting] == ["e1", "e2"]  # e3 on the janitor's own clock: not yet
+    again = plan(
+        endpoints, state_for(endpoints, observed=[p.observed[e] for e in ("e1", "e2", "e3")]), read_history=history
+    )
+    assert reads == ["e1", "e2", "e3"] and [pl.endpoint.id for pl in again.acting] == ["e1", "e2", "e3"]
