@@ -96,6 +96,22 @@ _CALLS: tuple[tuple[str, Callable[[Any], object]], ...] = (
         ),
     ),
     (
+        "endpoints.list_events",
+        lambda c: c.endpoints.list_events(
+            ID,
+            project_id=P,
+            after="x",
+            deployment_ids=["d"],
+            limit=1,
+            min_level="LEVEL_INFO",
+            since=WHEN,
+            source_kinds=["SOURCE_KIND_DEPLOYMENT"],
+            subject_id="x",
+            types=["deployment.scaled"],
+            until=WHEN,
+        ),
+    ),
+    (
         "endpoints.deployments.list",
         lambda c: c.endpoints.deployments.list(E, project_id=P, after="x", filter="x", limit=1, order_by="x"),
     ),

@@ -34,6 +34,7 @@ from together.types import (  # noqa: E402
     EndpointAnalyticsResponse,
     EndpointDeleteResponse,
     EndpointDeployment,
+    EndpointListEventsResponse,
     Model,
     WhoamiResponse,
 )
@@ -245,6 +246,54 @@ def test_models_resolve_and_can_be_unresolvable(sdk: Any, admin: httpx.Client) -
     admin.post("/faults", json={"scripts": {deps["dep_green"].api_model_id: {"GET model": [404]}}})
     with pytest.raises(NotFoundError):
         sdk.models.retrieve(deps["dep_green"].api_model_id, project_id="proj_public")
+    assert_all_sdk_shaped(admin)
+
+
+def test_events(sdk: Any, admin: httpx.Client) -> None:
+    """The event feed: SDK-shaped pages, newest first, the SDK's filters; a scale through the SDK emits one."""
+    seeded = {
+        "id": "ep_ev",
+        "age_s": 30 * 86400,
+        "deployments": [{"id": "dep_a", "state": "DEPLOYMENT_STATE_STOPPED"}, {"id": "dep_b"}],
+        "stopped_since_s": 20 * 86400,
+        "events": [
+            {"type": "endpoint.created", "age_s": 30 * 86400, "name": "ev"},
+            {"type": "condition.set", "age_s": 86400, "deploymentId": "dep_b", "subjectId": "Ready",
+             "status": "True", "reason": "AllReplicasReady", "level": "LEVEL_DEBUG"},
+        ],
+    }  # fmt: skip
+    reset(admin, [seeded])
+    every = check_page(
+        sdk.endpoints.with_raw_response.list_events("ep_ev").http_response.json(), EndpointListEventsResponse
+    )
+    assert [e.type for e in every] == ["condition.set", "deployment.scaled", "deployment.scaled", "endpoint.created"]
+    assert [e.created_at for e in every] == sorted((e.created_at for e in every), reverse=True)
+    raw = sdk.endpoints.with_raw_response.list_events(
+        "ep_ev",
+        types=["deployment.scaled"],
+        source_kinds=["SOURCE_KIND_DEPLOYMENT"],
+        deployment_ids=["dep_a"],
+        since=datetime.now(UTC) - timedelta(days=25),
+        limit=1,
+    )
+    page = raw.http_response.json()
+    scaled = check_page(page, EndpointListEventsResponse)
+    assert [(e.deployment_id, e.old_replicas, e.new_replicas) for e in scaled] == [("dep_a", 1, 0)]
+    assert page["next_cursor"] is None
+    assert [e.type for e in sdk.endpoints.list_events("ep_ev", min_level="LEVEL_INFO", limit=2)] == [
+        "deployment.scaled", "deployment.scaled", "endpoint.created"
+    ]  # the SDK's iterator follows next_cursor  # fmt: skip
+    assert sdk.endpoints.list_events("ep_ev", since=datetime.now(UTC) - timedelta(days=2)).data[0].subject_id == "Ready"
+    with pytest.raises(BadRequestError):  # a deployment of another endpoint
+        sdk.endpoints.list_events("ep_ev", deployment_ids=["dep_zz"])
+    with pytest.raises(BadRequestError):
+        sdk.endpoints.list_events("ep_ev", limit=10001)
+    dep = sdk.endpoints.deployments.retrieve("dep_b", endpoint_id="ep_ev")
+    sdk.endpoints.deployments.update(
+        "dep_b", endpoint_id="ep_ev", autoscaling={"min_replicas": 0, "max_replicas": 0}, etag=dep.etag
+    )
+    newest = sdk.endpoints.list_events("ep_ev", types=["deployment.scaled"], deployment_ids=["dep_b"]).data
+    assert [(e.deployment_id, e.old_replicas, e.new_replicas) for e in newest[:1]] == [("dep_b", 1, 0)]
     assert_all_sdk_shaped(admin)
 
 

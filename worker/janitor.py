@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.clock import iso, parse_aware_time, utc_now
 from worker.errors import (
@@ -39,6 +39,7 @@ from worker.policy import (
     Wanted,
     decide,
     hold_back,
+    learn,
     load_policy,
     observe,
 )
@@ -111,6 +112,18 @@ def task_label(endpoint_id: str, endpoint_name: str, rule: str, action: str, dry
 
 # ``count_requests(endpoint_id, start, end)``: the API's request count over a window.
 RequestCounter = Callable[[str, datetime, datetime], int]
+# ``state_since(endpoint_id, state)``: since when the API's own history says the endpoint is in ``state``; None
+# when the history does not tell. Raises a :class:`TogetherError` when it cannot be read.
+HistoryReader = Callable[[str, str], datetime | None]
+
+
+class Resolved(NamedTuple):
+    """What :func:`resolve` came to: the endpoint (with its detail if fetched), the decision, and the observation
+    it was decided on (a ``learnt`` one when the API's history was read: the sweep writes it)."""
+
+    endpoint: Endpoint
+    decision: Decision
+    observed: Observation | None
 
 
 def resolve(
@@ -121,19 +134,24 @@ def resolve(
     *,
     fetch_detail: Callable[[str], Endpoint | None],
     count_requests: RequestCounter | None,
+    read_history: HistoryReader | None = None,
     exemption: Exemption | None = None,
     mark: Mark | None = None,
     detail_fetched: bool = False,
     ignore_grace: bool = False,
-) -> tuple[Endpoint, Decision]:
-    """:func:`decide`, fetching what it asks for (the detail, request counts) until it can decide.
+) -> Resolved:
+    """:func:`decide`, fetching what it asks for (the detail, the state's history, request counts) until it can
+    decide.
 
     Whatever cannot be fetched leaves the endpoint UNDECIDED (kept, its mark kept): a rule that cannot be
-    decided does not hold.
+    decided does not hold. The history is the exception: it can only make an endpoint older in its state, so a
+    failed read means the janitor's own clock, as without it (and the next sweep reads it again). Without
+    ``read_history`` no history is asked for.
     """
     activity: dict[timedelta, int] = {}
-    # Each round either fetches the detail once or one rule's request count, so this ends.
-    for _ in range(len(policy.rules) + 2):
+    state_history = read_history is not None
+    # Each round either fetches the detail once, the history once, or one rule's request count, so this ends.
+    for _ in range(len(policy.rules) + 3):
         asked = decide(
             policy,
             endpoint,
@@ -144,22 +162,38 @@ def resolve(
             detail_fetched=detail_fetched,
             ignore_grace=ignore_grace,
             activity=activity,
+            state_history=state_history,
         )
         if isinstance(asked, Decision):
-            return endpoint, asked
+            return Resolved(endpoint, asked, observed)
         if asked.wanted is Wanted.DETAIL and not detail_fetched:
             detailed = _detail_or_reason(endpoint, fetch_detail)
             if not isinstance(detailed, Endpoint):
-                return endpoint, Decision(Verdict.UNDECIDED, asked.rule, detailed)
+                return Resolved(endpoint, Decision(Verdict.UNDECIDED, asked.rule, detailed), observed)
             endpoint, detail_fetched = detailed, True
+        elif asked.wanted is Wanted.HISTORY and state_history and observed is not None and read_history:
+            state_history = False  # read once per resolve, whatever it answers
+            observed = _learnt_or_same(endpoint, observed, read_history)
         elif asked.wanted is Wanted.ACTIVITY and asked.window is not None:
             counted = _count_or_reason(endpoint.id, asked.window, now, count_requests)
             if isinstance(counted, str):
-                return endpoint, Decision(Verdict.UNDECIDED, asked.rule, counted)
+                return Resolved(endpoint, Decision(Verdict.UNDECIDED, asked.rule, counted), observed)
             activity[asked.window] = counted
         else:  # asked for what it was given already: undecidable, so kept
-            return endpoint, Decision(Verdict.UNDECIDED, asked.rule, f"kept: {asked.reason}")
-    return endpoint, Decision(Verdict.UNDECIDED, None, "kept: the decision did not settle")
+            return Resolved(endpoint, Decision(Verdict.UNDECIDED, asked.rule, f"kept: {asked.reason}"), observed)
+    return Resolved(endpoint, Decision(Verdict.UNDECIDED, None, "kept: the decision did not settle"), observed)
+
+
+def _learnt_or_same(endpoint: Endpoint, observed: Observation, read_history: HistoryReader) -> Observation:
+    """The observation :func:`learn` makes of the API's history; the same one if the history cannot be read."""
+    try:
+        since = read_history(endpoint.id, endpoint.state)
+    except TogetherError as exc:
+        # The janitor's own clock stands (it never makes an endpoint older than it saw it), and the observation
+        # is not marked learnt, so the next sweep reads the history again.
+        log.warning("history of %s not read (%s); the janitor's own clock counts", endpoint.id[:80], exc)
+        return observed
+    return learn(observed, since, endpoint.created_at)
 
 
 def _detail_or_reason(endpoint: Endpoint, fetch_detail: Callable[[str], Endpoint | None]) -> Endpoint | str:
@@ -316,7 +350,9 @@ class Recheck:
             reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
         else:
             observed = observe(self.store.observation(fresh.id), fresh.state, self.now)
-            _, decision = resolve(
+            # No history is read here: the sweep that queued this task wrote what it learnt of it into the
+            # observation (committed before the task was queued), so the observation read above already has it.
+            _, decision, _ = resolve(
                 policy,
                 fresh,
                 observed,

@@ -345,8 +345,14 @@ class Rule(_Strict):
         needs = self.match.needs if self.match is not None else frozenset()
         return (needs | {Need.REQUEST_COUNTS}) if self.idle is not None else needs
 
-    def conditions_hold(self, endpoint: EndpointFacts, observed: Observation | None, now: datetime) -> str | None:
-        """The reason the rule's conditions hold, or None if any does not."""
+    def conditions_hold(
+        self, endpoint: EndpointFacts, observed: Observation | None, now: datetime, *, stale_time_pending: bool = False
+    ) -> str | None:
+        """The reason the rule's conditions hold, or None if any does not.
+
+        ``stale_time_pending``: the time in the state is not held against the rule (the history is still to be
+        read); everything else is, so a rule that fails on another key does not ask for the history.
+        """
         if self.action == "stop" and endpoint.state in STOPPED_STATES:
             return None  # stopping it again would change nothing
         reasons = []
@@ -363,9 +369,10 @@ class Rule(_Strict):
             if endpoint.state not in self.stale.states or observed is None or observed.state != endpoint.state:
                 return None
             held = now - observed.since
-            if held < self.stale.for_:
+            if held >= self.stale.for_:
+                reasons.append(f"{endpoint.state} for {format_duration(held)} >= {format_duration(self.stale.for_)}")
+            elif not stale_time_pending:
                 return None
-            reasons.append(f"{endpoint.state} for {format_duration(held)} >= {format_duration(self.stale.for_)}")
         if self.idle is not None and (created is None or now - created < self.idle.no_requests_for):
             # Younger than the window (or of unknown age): it cannot be said to have been idle for all of it.
             return None
@@ -439,10 +446,34 @@ class Policy(_Strict):
 
 @dataclass(frozen=True)
 class Observation:
-    """What the janitor itself saw: the endpoint's state and since when it has been in it."""
+    """What the janitor itself saw: the endpoint's state and since when it has been in it.
+
+    ``learnt``: ``since`` was checked against the API's own history of the endpoint (:func:`learn`), so reading
+    that history again while the state lasts tells nothing new.
+    """
 
     state: str
     since: datetime
+    learnt: bool = False
+
+
+def learn(observed: Observation, history_since: datetime | None, created_at: datetime | None) -> Observation:
+    """The observation once the API's history said since when the endpoint is in ``observed.state``.
+
+    The janitor's own ``since`` is the moment it first saw the state: the state began then or earlier, so it is
+    an upper bound. The history can only move it earlier: the earliest trustworthy start is
+    ``min(observed.since, history_since)``. A history later than the janitor's own sighting (a restart and a
+    stop between two sweeps, or a clock apart) is not taken: it is asked for only when the janitor's own time
+    falls short, so a later start could not make a rule hold anyway, and the janitor's clock stays what it was.
+    Never before ``created_at``: an endpoint is not in any state before it exists, whatever an event says; with
+    ``created_at`` unknown the history is not used at all (no bound to hold it to). An unknown history (None)
+    leaves ``since`` as it is. Either way the result is ``learnt``.
+    """
+    since = observed.since
+    if history_since is not None and created_at is not None:
+        since = max(min(since, history_since), created_at)
+        since = min(since, observed.since)  # created_at after the janitor's own sighting: keep its own
+    return Observation(observed.state, since, learnt=True)
 
 
 def observe(previous: Observation | None, state: str, now: datetime) -> Observation:
@@ -477,6 +508,7 @@ class Wanted(StrEnum):
 
     DETAIL = "detail"  # display_name and hardware: the endpoint's detail
     ACTIVITY = "activity"  # the request count over ``Ask.window``
+    HISTORY = "history"  # since when the endpoint is in its state, from the API's own history (``learn``)
 
 
 @dataclass(frozen=True)
@@ -544,6 +576,7 @@ def evaluate(
     *,
     detail_fetched: bool = False,
     activity: Mapping[timedelta, int] | None = None,
+    state_history: bool = False,
 ) -> Decision | Ask:
     """Decide one endpoint. Rules are tried in order and the first that holds names the decision.
 
@@ -551,14 +584,28 @@ def evaluate(
     them that would decide yields an :class:`Ask` for the detail so the caller can fetch and ask again.
     ``activity`` holds request counts by window; an idle rule whose other keys all hold and whose count is
     missing yields an :class:`Ask` for the activity, so analytics are fetched only for endpoints that could be
-    candidates.
+    candidates. ``state_history``: the API can say since when an endpoint is in its state; a stale rule that
+    holds but for the janitor's own time in the state, and whose other keys all hold, yields an :class:`Ask`
+    for the history (unless ``observed`` is ``learnt`` already): the caller reads it and asks again with the
+    observation :func:`learn` makes of it.
+
+    What is asked for comes in this order, the cheapest and most telling first: the rule's conditions and
+    matchers on what the list gives (no request); the detail (one GET, v1 only) for a matcher or protect on
+    ``display_name``/``hardware``; the history (v2: a GET of the endpoint and one page of its events, usually;
+    and its answer is kept in the observation, so it is read once per state); then the request count (one
+    analytics GET at every sweep): idle is decided last, as it always was.
     """
     if endpoint.type not in policy.scope.types:
         return Decision(Verdict.OUT_OF_SCOPE, None, f"type {endpoint.type!r} is not in scope")
     for rule in policy.rules:
         reason = rule.conditions_hold(endpoint, observed, now)
+        history_wanted = False
         if reason is None:
-            continue
+            if not (state_history and _may_learn(rule, endpoint, observed)):
+                continue
+            if rule.conditions_hold(endpoint, observed, now, stale_time_pending=True) is None:
+                continue  # another condition fails: the history could not make the rule hold
+            history_wanted = True
         matched = True if rule.match is None else rule.match.matches(endpoint)
         if matched is False:
             continue
@@ -571,18 +618,43 @@ def evaluate(
             if protected is None and not detail_fetched:
                 return Ask(Wanted.DETAIL, rule.name, "protect matches on display_name or hardware")
             if protected is not False:
+                if history_wanted:
+                    break  # protected whatever the history says: not read, and the rule is not said to hold
                 return Decision(Verdict.PROTECTED, rule.name, f"protect[{index}] ({matcher})")
-        if rule.idle is not None:
-            window = rule.idle.no_requests_for
-            counted = (activity or {}).get(window)
-            if counted is None:
-                return Ask(Wanted.ACTIVITY, rule.name, "rule needs the request count", window=window)
-            if counted > 0:
-                continue
-            idle = f"no requests for {format_duration(window)}"
-            reason = f"{reason}; {idle}" if reason else idle
-        return Decision(Verdict.ACT, rule.name, reason, Action(rule.action))
+        else:
+            if history_wanted:
+                return Ask(Wanted.HISTORY, rule.name, "the rule holds but for the time in the state")
+            decided = _idle(rule, reason or "", activity)
+            if decided is not None:
+                return decided
     return _KEEP
+
+
+def _may_learn(rule: Rule, endpoint: EndpointFacts, observed: Observation | None) -> bool:
+    """Whether the API's history could tell the rule's stale condition more than the janitor's own clock: the
+    endpoint is in one of its states as observed, not yet checked against the history, of known creation."""
+    return (
+        rule.stale is not None
+        and observed is not None
+        and not observed.learnt
+        and observed.state == endpoint.state
+        and endpoint.state in rule.stale.states
+        and endpoint.created_at is not None
+    )
+
+
+def _idle(rule: Rule, reason: str, activity: Mapping[timedelta, int] | None) -> Decision | Ask | None:
+    """The rule's decision once its idle condition (if any) is decided; None if requests were counted."""
+    if rule.idle is not None:
+        window = rule.idle.no_requests_for
+        counted = (activity or {}).get(window)
+        if counted is None:
+            return Ask(Wanted.ACTIVITY, rule.name, "rule needs the request count", window=window)
+        if counted > 0:
+            return None
+        idle = f"no requests for {format_duration(window)}"
+        reason = f"{reason}; {idle}" if reason else idle
+    return Decision(Verdict.ACT, rule.name, reason, Action(rule.action))
 
 
 def decide(
@@ -596,6 +668,7 @@ def decide(
     detail_fetched: bool = False,
     ignore_grace: bool = False,
     activity: Mapping[timedelta, int] | None = None,
+    state_history: bool = False,
 ) -> Decision | Ask:
     """:func:`evaluate`, then a person's exemption, then the grace period.
 
@@ -603,7 +676,15 @@ def decide(
     on only at a sweep at or after ``due_at``, and only if it is still a candidate of the same rule then.
     ``ignore_grace`` is for the re-check right before acting, which the sweep already let through.
     """
-    decision = evaluate(policy, endpoint, observed, now, detail_fetched=detail_fetched, activity=activity)
+    decision = evaluate(
+        policy,
+        endpoint,
+        observed,
+        now,
+        detail_fetched=detail_fetched,
+        activity=activity,
+        state_history=state_history,
+    )
     if isinstance(decision, Ask) or decision.verdict is not Verdict.ACT:
         return decision
     if exemption is not None and exemption.active(now):

@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 
 from worker.clock import iso, utc_now
 from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
-from worker.janitor import ApiFactory, DeleteRequest, RequestCounter, fetch_detail, resolve, sequence_hold
+from worker.janitor import (
+    ApiFactory,
+    DeleteRequest,
+    HistoryReader,
+    RequestCounter,
+    fetch_detail,
+    resolve,
+    sequence_hold,
+)
 from worker.logs import context
 from worker.models import OpenSequence, Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
@@ -49,6 +57,11 @@ log = logging.getLogger(__name__)
 # start deleting while the rest is published (500 messages take ~0.2 s to build), then batches of PUBLISH_BATCH.
 PUBLISH_FIRST = 32
 PUBLISH_BATCH = 500
+# At most this many endpoint histories are read in one sweep (each is two or more requests, one after another).
+# A first sweep of a large account may find thousands of stopped endpoints short of their time: the rest keep the
+# janitor's own clock this time and are read by the next sweeps, so every sweep ends well within its deadline and
+# each one learns more (what a sweep learnt is committed with it).
+HISTORY_READS_PER_SWEEP = 200
 
 
 class Planned(NamedTuple):
@@ -122,17 +135,23 @@ def plan_sweep(
     fetch_detail: Callable[[str], Endpoint | None],
     count_requests: RequestCounter | None,
     listed_in_detail: bool,
+    read_history: HistoryReader | None = None,
     every_decision: bool = False,
+    history_reads: int = HISTORY_READS_PER_SWEEP,
 ) -> SweepPlan:
     """Decide every listed endpoint and say what the sweep will write; writes nothing.
 
-    ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it and
-    ``count_requests`` are called only for endpoints whose decision hangs on them. ``every_decision`` keeps the
-    decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
+    ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it,
+    ``count_requests`` and ``read_history`` (None: the API keeps no history) are called only for endpoints whose
+    decision hangs on them. What the history taught is written as the endpoint's observation (``learnt``), so
+    later sweeps and the delete's re-check count from it without reading it again; at most ``history_reads``
+    histories are read (the others wait for the next sweep, on the janitor's own clock meanwhile).
+    ``every_decision`` keeps the decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
     """
     plan = SweepPlan(now=now, listed=len(endpoints), forgotten=state.forgotten)
     observe = _Observer(now)
     sequences = dict(state.sequences)
+    histories = _HistoryBudget(read_history, history_reads)
     for endpoint, previous in zip(endpoints, state.observed, strict=True):
         fresh = observe(previous, endpoint.state)
         if fresh is not None:
@@ -140,20 +159,30 @@ def plan_sweep(
         observed = previous if fresh is None else fresh
         exemption, mark = state.exemptions.get(endpoint.id), state.marks.get(endpoint.id)
         decision = decide(
-            policy, endpoint, observed, now, exemption=exemption, mark=mark, detail_fetched=listed_in_detail
+            policy,
+            endpoint,
+            observed,
+            now,
+            exemption=exemption,
+            mark=mark,
+            detail_fetched=listed_in_detail,
+            state_history=histories.left > 0,
         )
-        if not isinstance(decision, Decision):  # the rule asks for a detail or a request count
-            endpoint, decision = resolve(
+        if not isinstance(decision, Decision):  # the rule asks for a detail, the history or a request count
+            endpoint, decision, learnt = resolve(
                 policy,
                 endpoint,
                 observed,
                 now,
                 fetch_detail=fetch_detail,
                 count_requests=count_requests,
+                read_history=histories.reader(),
                 exemption=exemption,
                 mark=mark,
                 detail_fetched=listed_in_detail,
             )
+            if learnt is not None and learnt != observed:
+                plan.observed[endpoint.id] = learnt
         sequence = sequences.pop(endpoint.id, None)
         if sequence is not None:
             decision = _resumed(policy, endpoint, decision, sequence, now, state, plan)
@@ -163,6 +192,26 @@ def plan_sweep(
     plan.ended.update(dict.fromkeys(sequences, "not listed"))
     _plan_unmarks(plan, state.marks)
     return plan
+
+
+class _HistoryBudget:
+    """``read_history`` for at most ``left`` reads (:data:`HISTORY_READS_PER_SWEEP`); None once they are used."""
+
+    def __init__(self, read_history: HistoryReader | None, left: int) -> None:
+        self._read, self._budget = read_history, left
+        self.left = left if read_history is not None else 0
+
+    def reader(self) -> HistoryReader | None:
+        if self._read is None or self.left <= 0:
+            return None
+        return self._counted
+
+    def _counted(self, endpoint_id: str, state: str) -> datetime | None:
+        assert self._read is not None
+        self.left -= 1
+        if self.left == 0:
+            log.info("sweep: %d endpoint histories read; any more wait for the next sweep", self._budget)
+        return self._read(endpoint_id, state)
 
 
 def _resumed(
@@ -257,7 +306,7 @@ def read_and_plan(
     """List, read the stored state, plan: what a sweep does before it writes, and all ``janitor plan`` does.
 
     ``dry`` reads without a write (an expired exemption is skipped, not pruned). ``before_fetch(doing)`` runs
-    before each detail or request-count fetch: the sweep checks its deadline there, ``janitor plan`` shows
+    before each detail, history or request-count fetch: the sweep checks its deadline there, ``janitor plan`` shows
     progress.
     """
     endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
@@ -274,6 +323,10 @@ def read_and_plan(
         before_fetch("fetching request counts")
         return client.count_requests(endpoint_id, start, end)
 
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        before_fetch("reading event histories")
+        return client.state_since(endpoint_id, state)
+
     plan = plan_sweep(
         policy,
         endpoints,
@@ -282,6 +335,7 @@ def read_and_plan(
         fetch_detail=detail,
         count_requests=count,
         listed_in_detail=client.capabilities.list_is_detailed,
+        read_history=history if client.capabilities.state_history else None,
         every_decision=every_decision,
     )
     state.observed = []  # the raw list goes now; the plan keeps what it needs

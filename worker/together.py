@@ -253,6 +253,9 @@ class Capabilities:
     polls: bool
     # Requests one delete attempt (one step) sends: the re-check GET, then the change, plus what else it reads.
     requests_per_attempt: int
+    # ``state_since`` can tell from the API's own history since when an endpoint is in its state, so a stale rule
+    # need not wait for the janitor's own clock (read by the sweep only; the re-check uses what it wrote).
+    state_history: bool = False
 
 
 # v1: the re-check GET, then one DELETE or stopping PATCH.
@@ -264,6 +267,7 @@ V1_CAPABILITIES = Capabilities(
     max_steps=1,
     polls=False,
     requests_per_attempt=2,
+    state_history=False,
 )
 # v2: an endpoint belongs to a project (no owner); its list carries the deployments; a delete is one change per
 # step, waiting while deployments stop, at most 32 changes (scale, unroute, delete for each of 10 deployments,
@@ -276,6 +280,7 @@ V2_CAPABILITIES = Capabilities(
     max_steps=32,
     polls=True,
     requests_per_attempt=3,
+    state_history=True,
 )
 # JANITOR_TOGETHER_API -> what its client can do, so the settings can derive their budgets without a client.
 API_CAPABILITIES: Mapping[str, Capabilities] = MappingProxyType({"v1": V1_CAPABILITIES, "v2": V2_CAPABILITIES})
@@ -295,6 +300,8 @@ class EndpointsApi(Protocol):
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]: ...
     def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int: ...
+    # Since when the endpoint has been in ``state`` by the API's own history; None: the history does not tell.
+    def state_since(self, endpoint_id: str, state: str) -> datetime | None: ...
     def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step: ...
     def close(self) -> None: ...
 
@@ -459,6 +466,10 @@ class TogetherClient(HttpApi):
 
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
         raise ApiUnsupported("request counts need the v2 API (JANITOR_TOGETHER_API=v2); v1 has no analytics")
+
+    def state_since(self, endpoint_id: str, state: str) -> datetime | None:
+        """v1 keeps no history of an endpoint's states (``capabilities.state_history`` is False): never known."""
+        return None
 
     def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step:
         """The whole v1 sequence: read the endpoint, ask ``guard``, then one DELETE or stopping PATCH."""

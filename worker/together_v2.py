@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar, cast
@@ -61,6 +62,12 @@ _MAX_PAGES = 100_000
 SUMMARY_LIMIT = 10
 # The SDK states no maximum for an endpoint page (experiment pages: 500, default 50); 100 keeps pages few.
 PAGE_SIZE = 100
+# The events read for one endpoint's history: pages of this many (the SDK's max is 10000, default 50), at most
+# this many pages, each body at most this large. Past that the history is "not known" (the janitor's own clock).
+HISTORY_PAGE_SIZE = 500
+HISTORY_PAGES = 4
+_MAX_HISTORY_PAGE_BYTES = 8 * 1024 * 1024
+SCALED = "deployment.scaled"  # the event a change of a deployment's replica count emits (newReplicas, oldReplicas)
 # ``projects/{projectId}/models/{modelId}/revisions/{revisionId}`` (types/endpoint_deployment_summary.py).
 MODEL_RESOURCE = re.compile(r"projects/([^/]+)/models/([^/]+)(?:/revisions/([^/]+))?")
 T = TypeVar("T")
@@ -192,6 +199,18 @@ class _ShadowExperiment(_Wire):
     targets: list[_ShadowTarget] = Field(default_factory=list)
 
 
+class Event(_Wire):
+    """One entry of an endpoint's event feed (types/endpoint_list_events_response.py); only what the history
+    reads. ``created_at`` is required by the SDK: an unreadable one is None, which makes the history unknown."""
+
+    id: StrictStr
+    created_at: ApiTime = None
+    type: StrictStr
+    deployment_id: StrictStr | None = None
+    new_replicas: int | None = None
+    old_replicas: int | None = None
+
+
 # ---------------------------------------------------------------------------------------------- mapping
 
 _RUNNING = frozenset({"READY", "SCALING", "DEGRADED"})
@@ -281,6 +300,41 @@ def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
     )
+
+
+def scaled_to_zero_since(pages: Iterable[Sequence[Event]], deployments: Collection[str]) -> datetime | None:
+    """Since when every one of ``deployments`` has been at zero replicas, from ``deployment.scaled`` events read
+    newest first (the SDK's order for an endpoint's events); None when the events do not tell.
+
+    Each deployment's newest ``deployment.scaled`` event decides it: to zero (``newReplicas == 0``), it reached
+    zero then; anything else (a scale up after the last scale down, a missing count) and it is not known to be
+    at zero by the events. The endpoint has been stopped since the latest of those moments. The pages are read
+    only until every deployment is decided. Unknown (None), never a guess: a deployment without such an event
+    among the pages read (the events retained may not reach back, or a stop may emit no such event), an event
+    without a readable time, or events out of the promised order.
+    """
+    wanted = set(deployments)
+    if not wanted:
+        return None
+    newest: dict[str, datetime | None] = {}
+    previous: datetime | None = None
+    for page in pages:
+        for event in page:
+            if event.created_at is None or (previous is not None and event.created_at > previous):
+                return None  # an unreadable time, or not newest first: nothing read can be trusted
+            previous = event.created_at
+            dep = event.deployment_id
+            if event.type != SCALED or dep not in wanted or dep in newest:
+                continue
+            newest[dep] = event.created_at if event.new_replicas == 0 else None
+        if newest.keys() == wanted:
+            break
+    if newest.keys() != wanted:
+        return None
+    moments = list(newest.values())
+    if any(moment is None for moment in moments):
+        return None
+    return max(m for m in moments if m is not None)
 
 
 # ---------------------------------------------------------------------------------------------- the sequence
@@ -692,6 +746,35 @@ class TogetherV2Client(HttpApi):
             raise MalformedResponse(f"{what}: totalRequests is not a count ({self._clip(total, 30)!r})")
         return int(total)
 
+    def state_since(self, endpoint_id: str, state: str) -> datetime | None:
+        """Since when the endpoint has been in ``state`` by its own event history; None when it does not tell.
+
+        Only STOPPED is known (every deployment scaled to zero: :func:`scaled_to_zero_since` over the endpoint's
+        ``deployment.scaled`` events of its current deployments, since its creation). Every other state, an
+        endpoint read now in another state than asked, one without deployments or of unknown creation: None.
+        The endpoint is read first (its deployments are the events' filter), then at most
+        :data:`HISTORY_PAGES` pages of events, each body capped.
+        """
+        if state != "STOPPED":
+            return None
+        raw = self._get_raw(endpoint_id)
+        if to_facts(raw).state != state or not raw.deployments or raw.created_at is None:
+            return None
+        deployments = [check_path_segment(d.id, "deployment id") for d in raw.deployments]
+        what, pid, since = "GET /v2 events", self.project_id, _rfc3339(raw.created_at)
+        events = functools.partial(
+            self._sdk.endpoints.with_raw_response.list_events,
+            endpoint_id,
+            project_id=pid,
+            types=[SCALED],
+            source_kinds=["SOURCE_KIND_DEPLOYMENT"],
+            deployment_ids=deployments,
+            since=since,
+            limit=HISTORY_PAGE_SIZE,
+        )
+        pages = self._pages(what, lambda after: events(after=after), _EVENT_PAGE, _MAX_HISTORY_PAGE_BYTES)
+        return scaled_to_zero_since(itertools.islice(pages, HISTORY_PAGES), deployments)
+
     def _experiments(self, endpoint_id: str) -> tuple[list[_AbExperiment], list[_ShadowExperiment]]:
         """Every A/B and shadow experiment of the endpoint (two listings, a page of up to 500 at a time)."""
         sdk, pid = self._sdk.endpoints, self.project_id
@@ -923,3 +1006,4 @@ _ANALYTICS = TypeAdapter(_Analytics)
 _MODEL = TypeAdapter(_Model)
 _AB_PAGE = TypeAdapter(Page[_AbExperiment])
 _SHADOW_PAGE = TypeAdapter(Page[_ShadowExperiment])
+_EVENT_PAGE = TypeAdapter(Page[Event])

@@ -48,6 +48,7 @@ def test_every_configurable_api_has_capabilities_and_each_client_declares_its_ow
         max_steps=1,
         polls=False,
         requests_per_attempt=2,
+        state_history=False,
     )
     declared_v2 = Capabilities(
         request_counts=True,
@@ -57,6 +58,7 @@ def test_every_configurable_api_has_capabilities_and_each_client_declares_its_ow
         max_steps=32,
         polls=True,
         requests_per_attempt=3,
+        state_history=True,
     )
     assert (declared_v1, declared_v2) == (V1_CAPABILITIES, V2_CAPABILITIES)
     with pytest.raises(TypeError):  # the table is read-only

@@ -191,3 +191,60 @@ def test_a_state_is_seen_from_when_the_list_came_back_never_earlier() -> None:
     client = _ClockedList([ep(1, "acme/x-1")], clock)
     plan, _ = read_and_plan(_EmptyStore(), client, POLICY, lambda: clock[0], dry=True)  # type: ignore[arg-type]
     assert plan.observed["e1"].since == NOW + timedelta(minutes=5)
+
+
+def test_what_the_history_taught_is_written_as_the_observation_and_read_once_per_state() -> None:
+    endpoints = [ep(1, "acme/x-1", state="STOPPED", age=timedelta(days=9)), ep(2, "acme/prod-2", state="STOPPED")]
+    reads: list[str] = []
+
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        reads.append(endpoint_id)
+        return NOW - timedelta(days=3)
+
+    def no_fetch(endpoint_id: str) -> Endpoint | None:
+        raise AssertionError("the list had every field")
+
+    p = plan_sweep(
+        POLICY,
+        endpoints,
+        state_for(endpoints),
+        NOW,
+        fetch_detail=no_fetch,
+        count_requests=None,
+        listed_in_detail=True,
+        read_history=history,
+    )
+    assert reads == ["e1"]  # e2 is protected: its history could not make it a candidate
+    assert p.observed["e1"] == Observation("STOPPED", NOW - timedelta(days=3), learnt=True)
+    assert p.observed["e2"] == Observation("STOPPED", NOW)
+    assert [pl.endpoint.id for pl in p.acting] == ["e1"]
+    # The next sweep counts from what was written, with no read.
+    again = plan_sweep(
+        POLICY,
+        endpoints,
+        state_for(endpoints, observed=[p.observed["e1"], p.observed["e2"]]),
+        NOW,
+        fetch_detail=no_fetch,
+        count_requests=None,
+        listed_in_detail=True,
+        read_history=history,
+    )
+    assert reads == ["e1"] and again.observed == {} and [pl.endpoint.id for pl in again.acting] == ["e1"]
+
+
+def test_a_sweep_reads_a_bounded_number_of_histories_and_the_rest_wait_for_the_next() -> None:
+    endpoints = [ep(i, f"acme/x-{i}", state="STOPPED", age=timedelta(days=9)) for i in (1, 2, 3)]
+    reads: list[str] = []
+
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        reads.append(endpoint_id)
+        return NOW - timedelta(days=3)
+
+    p = plan(endpoints, state_for(endpoints), read_history=history, history_reads=2)
+    assert reads == ["e1", "e2"]
+    assert [p.observed[e].learnt for e in ("e1", "e2", "e3")] == [True, True, False]
+    assert [pl.endpoint.id for pl in p.acting] == ["e1", "e2"]  # e3 on the janitor's own clock: not yet
+    again = plan(
+        endpoints, state_for(endpoints, observed=[p.observed[e] for e in ("e1", "e2", "e3")]), read_history=history
+    )
+    assert reads == ["e1", "e2", "e3"] and [pl.endpoint.id for pl in again.acting] == ["e1", "e2", "e3"]

@@ -526,3 +526,74 @@ def test_a_person_routing_the_endpoint_again_stops_the_sequence(phase: str, held
     sequence = OpenSequence("r", Action.DELETE, parse_time("2026-11-28T23:00:00Z"), last_phase=StepPhase(phase))
     reason = sequence_hold(policy, routed_again, sequence, NOW)
     assert (reason is not None and "live traffic again" in reason) is held
+
+
+# ---------------------------------------------------------------------------------------------- the history
+
+
+class HistoryApi(FakeApi):
+    """A FakeApi whose event feed answers ``pages`` in turn, each with a cursor to the next (``endless``: always a
+    cursor, a new one each time)."""
+
+    def __init__(self, ep: dict[str, Any], pages: list[list[dict[str, Any]]], *, endless: bool = False) -> None:
+        super().__init__(ep)
+        self.pages, self.endless = pages, endless
+
+    def events(self) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.path.endswith("/events")]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/events"):
+            return super().__call__(request)
+        self.requests.append(request)
+        index = len(self.events()) - 1
+        data = self.pages[index] if index < len(self.pages) else []
+        more = self.endless or index + 1 < len(self.pages)
+        return httpx.Response(200, json={"data": data, "next_cursor": f"c{index}" if more else None})
+
+
+def _scaled(dep_id: str, at: str, new: int) -> dict[str, Any]:
+    return {
+        "id": f"evt_{dep_id}_{at}",
+        "createdAt": at,
+        "endpointId": "ep_1",
+        "level": "LEVEL_INFO",
+        "source": "ctl",
+        "sourceKind": "SOURCE_KIND_DEPLOYMENT",
+        "type": "deployment.scaled",
+        "deploymentId": dep_id,
+        "oldReplicas": 1 - new,
+        "newReplicas": new,
+    }
+
+
+def test_state_since_reads_the_scale_events_of_the_current_deployments_since_creation() -> None:
+    stopped = wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPED"), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")], split=[])
+    page = [_scaled("dep_b", "2026-11-20T00:00:00Z", 0), _scaled("dep_a", "2026-11-10T00:00:00Z", 0)]
+    api = HistoryApi(stopped, [page])
+    c = client(api)
+    assert c.state_since("ep_1", "STOPPED") == datetime(2026, 11, 20, tzinfo=UTC)
+    (sent,) = api.events()
+    assert sent.url.path == "/v2/projects/proj_1/endpoints/ep_1/events"
+    params = dict(sent.url.params)
+    assert params == {
+        "types": "deployment.scaled",
+        "sourceKinds": "SOURCE_KIND_DEPLOYMENT",
+        "deploymentIds": "dep_a,dep_b",
+        "since": "2026-11-01T10:00:00Z",  # the endpoint's createdAt: nothing older is read
+        "limit": "500",
+    }
+    assert c.state_since("ep_1", "STARTED") is None  # only STOPPED is known from events
+    running = HistoryApi(wire([dep("dep_a")]), [page])
+    assert client(running).state_since("ep_1", "STOPPED") is None  # not stopped now
+    assert running.events() == []
+
+
+def test_state_since_reads_a_bounded_number_of_pages() -> None:
+    from worker.together_v2 import HISTORY_PAGES
+
+    stopped = wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[])
+    noise = [{**_scaled("dep_x", "2026-11-20T00:00:00Z", 0), "deploymentId": "dep_x"}]
+    api = HistoryApi(stopped, [noise], endless=True)
+    assert client(api).state_since("ep_1", "STOPPED") is None
+    assert len(api.events()) == HISTORY_PAGES

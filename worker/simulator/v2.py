@@ -12,6 +12,7 @@ Served (``{p}`` the key's project, ``{e}`` an endpoint; every route is in :data:
   not served (the v1 server answers it 404).
 * ``GET /v2/projects/{p}/endpoints`` (pages ``{"data": [...], "next_cursor": str | null}``; ``after``, ``limit``,
   ``orderBy``), ``GET | PATCH | DELETE .../endpoints/{e}``, ``GET .../endpoints/{e}/analytics``,
+  ``GET .../endpoints/{e}/events`` (newest first; seeded, and a ``deployment.scaled`` for each API scale),
   ``GET .../deployments``, ``GET | PATCH | DELETE .../deployments/{d}``, ``GET .../abExperiments``,
   ``GET | PATCH | DELETE .../abExperiments/{x}``, ``GET .../shadowExperiments``, ``GET | DELETE
   .../shadowExperiments/{x}``, ``GET .../shadowExperiments/{x}/targets``, ``GET | DELETE .../targets/{t}``,
@@ -152,6 +153,16 @@ _GRANULARITIES: Final[dict[str, timedelta]] = {
 _MAX_BUCKETS: Final = 10_000
 _ANALYTICS_OMIT: Final = ("totalRequests", "requestMetrics", "metrics")
 _MAX_CURSORS: Final = 100_000
+_EVENTS_DEFAULT_PAGE: Final = 50  # the SDK: "Max 10000, defaults to 50"
+_EVENTS_MAX_PAGE: Final = 10_000
+_LEVELS: Final = ("LEVEL_DEBUG", "LEVEL_INFO", "LEVEL_WARN", "LEVEL_ERROR")
+_SOURCE_KINDS: Final = ("SOURCE_KIND_ENDPOINT", "SOURCE_KIND_DEPLOYMENT")
+_EVENT_SPEC_KEYS: Final = frozenset(
+    {
+        "id", "createdAt", "age_s", "type", "level", "source", "sourceKind", "deploymentId", "newReplicas",
+        "oldReplicas", "message", "name", "reason", "status", "subjectId",
+    }
+)  # fmt: skip
 _MAX_GENERATE: Final = 100_000
 
 
@@ -195,6 +206,11 @@ V2_ROUTES: Final[tuple[RouteSpec, ...]] = (
         _EP + "/{id}/analytics",
         "analytics",
         {"GET": _m("deploymentId endTime granularity includeTimeSeries startTime")},
+    ),
+    RouteSpec(
+        _EP + "/{id}/events",
+        "events",
+        {"GET": _m("after deploymentIds limit minLevel since sourceKinds subjectId types until")},
     ),
     RouteSpec(_SUB + "/deployments", "deployments", {"GET": _m("after filter limit orderBy")}),
     RouteSpec(
@@ -838,6 +854,35 @@ class _Rollout:
         return out
 
 
+@dataclass(frozen=True)
+class _Event:
+    """One entry of an endpoint's event feed, as the SDK's ``EndpointListEventsResponse`` has it."""
+
+    at: datetime
+    body: JSONDict
+
+    @property
+    def sort_key(self) -> SortKey:
+        return (self.at, str(self.body["id"]))
+
+    def view(self) -> JSONDict:
+        return dict(self.body)
+
+
+def _event(endpoint_id: str, at: datetime, kind: str, **fields: object) -> _Event:
+    """An event the simulator emits itself (``deployment.scaled`` on a change of the replica count)."""
+    body: JSONDict = {
+        "id": f"evt_{uuid.uuid4().hex[:16]}",
+        "createdAt": iso(at),
+        "endpointId": endpoint_id,
+        "level": "LEVEL_INFO",
+        "source": "sim-controller",
+        "sourceKind": "SOURCE_KIND_DEPLOYMENT" if "deploymentId" in fields else "SOURCE_KIND_ENDPOINT",
+        "type": kind,
+    }
+    return _Event(at, body | {k: v for k, v in fields.items() if v is not None})
+
+
 @dataclass
 class _Endpoint:
     id: str
@@ -857,6 +902,7 @@ class _Endpoint:
     analytics_omit: str | None = None
     version: int = 1
     extra: JSONDict = field(default_factory=dict)
+    events: list[_Event] = field(default_factory=list)
 
     @property
     def etag(self) -> str:
@@ -925,6 +971,7 @@ class _Endpoint:
             ],
             "analytics_omit": self.analytics_omit,
             "extra": dict(self.extra),
+            "events": [e.view() for e in sorted(self.events, key=lambda e: e.sort_key, reverse=True)],
         }
 
 
@@ -1043,6 +1090,8 @@ _ENDPOINT_SPEC_KEYS: Final = frozenset(
         "requests",
         "analytics_omit",
         "extra",
+        "events",
+        "stopped_since_s",
     }
 )
 _DEPLOYMENT_SPEC_KEYS: Final = frozenset(
@@ -1186,6 +1235,105 @@ def _requests_from(value: object, now: datetime) -> list[tuple[datetime, int, st
             raise SimError(400, "'deploymentId' must be a string", "requests")
         out.append((at, _opt_int(data, "count", 1), dep))
     return out
+
+
+def _events_from(value: object, endpoint_id: str, now: datetime) -> list[_Event]:
+    """Seeded events: ``[{"type", "at"|"createdAt" | "age_s", ...}]`` in the SDK's keys; the rest defaulted."""
+    if not isinstance(value, list):
+        raise SimError(400, "'events' must be a list of events", "events")
+    out: list[_Event] = []
+    for item in value:
+        data = check_keys(item, _EVENT_SPEC_KEYS, "events entry")
+        if "createdAt" not in data and "age_s" not in data:
+            raise SimError(400, "each events entry needs 'createdAt' or 'age_s'", "events")
+        at = _time_from(data, "createdAt", now, None)[1]
+        kind = data.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise SimError(400, "each events entry needs a 'type' string", "events")
+        for key in ("newReplicas", "oldReplicas"):
+            if key in data and not is_int(data[key]):
+                raise SimError(400, f"'{key}' must be an integer", "events")
+        if data.get("level", "LEVEL_INFO") not in _LEVELS:
+            raise SimError(400, f"'level' is one of {', '.join(_LEVELS)}", "events")
+        fields = {k: v for k, v in data.items() if k not in ("createdAt", "age_s", "type")}
+        event = _event(endpoint_id, at, kind, **fields)
+        if event.body["sourceKind"] not in _SOURCE_KINDS:
+            raise SimError(400, f"'sourceKind' is one of {', '.join(_SOURCE_KINDS)}", "events")
+        out.append(event)
+    return out
+
+
+@dataclass(frozen=True)
+class _EventQuery:
+    """The SDK's event filters (types/endpoint_list_events_params.py), lists comma-joined as the SDK sends them:
+    ``types`` (any of them), ``sourceKinds``, ``deploymentIds`` (which leave out endpoint events unless
+    ``SOURCE_KIND_ENDPOINT`` is named), ``since`` (at or after), ``until`` (before), ``minLevel``, ``subjectId``."""
+
+    limit: int
+    scope: str
+    types: frozenset[str] | None
+    kinds: frozenset[str]
+    deployments: frozenset[str] | None
+    since: datetime | None
+    until: datetime | None
+    min_level: int
+    subject: str | None
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> _EventQuery:
+        raw = params.get("limit")
+        if raw is not None and (not _LIMIT.match(raw) or not 1 <= int(raw) <= _EVENTS_MAX_PAGE):
+            raise SimError(400, f"'limit' must be an integer from 1 to {_EVENTS_MAX_PAGE}", "limit")
+        bounds: dict[str, datetime | None] = {}
+        for key in ("since", "until"):
+            bounds[key] = _parse_rfc3339(params[key]) if key in params else None
+            if key in params and bounds[key] is None:
+                raise SimError(400, f"'{key}' must be an RFC 3339 timestamp with a zone", key)
+        named = frozenset(params["sourceKinds"].split(",")) if params.get("sourceKinds") else None
+        if named is not None and named - set(_SOURCE_KINDS):
+            raise SimError(400, f"'sourceKinds' are among {', '.join(_SOURCE_KINDS)}", "sourceKinds")
+        deployments = frozenset(params["deploymentIds"].split(",")) if params.get("deploymentIds") else None
+        kinds = named or frozenset(_SOURCE_KINDS)
+        if deployments is not None and (named is None or "SOURCE_KIND_ENDPOINT" not in named):
+            kinds = kinds - {"SOURCE_KIND_ENDPOINT"}
+        level = params.get("minLevel", _LEVELS[0])
+        if level not in _LEVELS:
+            raise SimError(400, f"'minLevel' is one of {', '.join(_LEVELS)}", "minLevel")
+        scope = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("after", "limit"))
+        return cls(
+            limit=int(raw) if raw is not None else _EVENTS_DEFAULT_PAGE,
+            scope=scope,
+            types=frozenset(params["types"].split(",")) if params.get("types") else None,
+            kinds=kinds,
+            deployments=deployments,
+            since=bounds["since"],
+            until=bounds["until"],
+            min_level=_LEVELS.index(level),
+            subject=params.get("subjectId"),
+        )
+
+    def wants(self, event: _Event) -> bool:
+        body = event.body
+        if body["sourceKind"] not in self.kinds or (self.types is not None and body["type"] not in self.types):
+            return False
+        deployment_event = body["sourceKind"] == "SOURCE_KIND_DEPLOYMENT"
+        if self.deployments is not None and deployment_event and body.get("deploymentId") not in self.deployments:
+            return False
+        if (self.since is not None and event.at < self.since) or (self.until is not None and event.at >= self.until):
+            return False
+        if _LEVELS.index(body["level"]) < self.min_level:
+            return False
+        return self.subject is None or body.get("subjectId") == self.subject
+
+
+def _stopped_events(value: object, ep: _Endpoint, now: datetime) -> list[_Event]:
+    """``stopped_since_s``: each deployment scaled from one replica to zero that many seconds ago."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e9:
+        raise SimError(400, "'stopped_since_s' must be a non-negative number of seconds", "stopped_since_s")
+    at = now - timedelta(seconds=value)
+    return [
+        _event(ep.id, at, "deployment.scaled", deploymentId=d.id, oldReplicas=1, newReplicas=0) for d in ep.deployments
+    ]
 
 
 def _even_split(deployments: list[_Deployment]) -> list[JSONDict]:
@@ -1338,6 +1486,9 @@ def _endpoint_from_spec(spec: object, index: int, slug: str, now: datetime, regi
         analytics_omit=_opt_omit(data, "analytics_omit"),
         extra=_opt_extra(data),
     )
+    ep.events = _events_from(data.get("events", []), ep.id, now)
+    if "stopped_since_s" in data:
+        ep.events += _stopped_events(data["stopped_since_s"], ep, now)
     ep.ab_experiments = [_ab_from_spec(x, deployments, now) for x in _list_of(data, "abExperiments")]
     ep.shadow_experiments = [_shadow_from_spec(x, deployments, now) for x in _list_of(data, "shadowExperiments")]
     ep.rollouts = [_rollout_from_spec(x, deployments, now) for x in _list_of(data, "rollouts")]
@@ -1431,7 +1582,7 @@ class _Route:
     def endpoint_id(self) -> str | None:
         if "endpoint_id" in self.params:
             return self.params["endpoint_id"]
-        return self.params.get("id") if self.target in ("endpoint", "analytics") else None
+        return self.params.get("id") if self.target in ("endpoint", "analytics", "events") else None
 
     @property
     def leaf_id(self) -> str:
@@ -1610,6 +1761,8 @@ class V2Simulator(ScriptedApi[Faults]):
             return self._delete_endpoint(ep_id, params)
         if target == "analytics":
             return self._analytics(ep_id, params)
+        if target == "events":
+            return self._list_events(ep_id, params)
         if target == "deployments":
             return self._list_deployments(ep_id, params)
         if target == "deployment":
@@ -1772,11 +1925,12 @@ class V2Simulator(ScriptedApi[Faults]):
         key: Callable[[T], SortKey],
         params: dict[str, str],
         desc: bool = False,
+        limit: int | None = None,
     ) -> tuple[list[T], str | None]:
         """One page of a seek-paginated list: stable while items come and go between pages."""
         if params.get("filter") is not None:
             raise SimError(400, "'filter' expressions are not evaluated by the simulator", "filter")
-        limit = self._limit(params)
+        limit = self._limit(params) if limit is None else limit
         ordered = sorted(items, key=key)
         keys = [key(i) for i in ordered]
         scope = (kind, "desc" if desc else "asc")  # a cursor is only good for the list and order it came from
@@ -1858,6 +2012,20 @@ class V2Simulator(ScriptedApi[Faults]):
             return [r for r in ep.rollouts if r.in_flight == (wanted == "ROLLOUT_FILTER_ACTIVE")]
 
         return self._list_sub(endpoint_id, f"rollouts:{wanted}", rest, chosen, lambda r, ep, pid: r.view(ep))
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _list_events(self, endpoint_id: str, params: dict[str, str]) -> Reply:
+        """Newest first, cursor paged, filtered as :class:`_EventQuery` reads the SDK's query."""
+        query = _EventQuery.parse(params)
+        with self.lock:
+            ep = self._endpoint(endpoint_id)
+            if query.deployments is not None and query.deployments - {d.id for d in ep.deployments}:
+                raise SimError(400, "every deploymentIds entry must be a deployment of the endpoint", "deploymentIds")
+            chosen = [e for e in ep.events if query.wants(e)]
+            scope = f"events:{ep.id}:{query.scope}"  # a cursor is good only for the query it came from
+            page, cursor = self._page(scope, chosen, lambda e: e.sort_key, params, desc=True, limit=query.limit)
+            return Reply(200, {"data": [e.view() for e in page], "next_cursor": cursor})
 
     # -- analytics ------------------------------------------------------------------------------
 
@@ -2008,7 +2176,14 @@ class V2Simulator(ScriptedApi[Faults]):
                 hi = scaling.get("maxReplicas", dep.max_replicas)
                 if lo > hi:
                     raise SimError(400, f"'autoscaling' needs minReplicas <= maxReplicas ({lo} > {hi})", "autoscaling")
+                old = dep.desired_replicas
                 self._scale(dep, lo, hi)
+                if dep.desired_replicas != old:
+                    scaled = _event(
+                        ep.id, utc_now(), "deployment.scaled", deploymentId=dep.id,
+                        oldReplicas=old, newReplicas=dep.desired_replicas,
+                    )  # fmt: skip
+                    ep.events.append(scaled)
             if "inactiveTimeout" in chosen:
                 dep.inactive_timeout = body["inactiveTimeout"]
             if "maxConcurrentRequestsPerReplica" in chosen:

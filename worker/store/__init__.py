@@ -12,7 +12,7 @@ Keys (``P`` is ``JANITOR_KEY_PREFIX``):
 key                            type      what
 =============================  ========  ===================================================================
 ``P:sweep:lock``               string    the sweep lock (redis-py ``Lock``), so sweeps never overlap
-``P:observations``             hash      endpoint id -> ``<since epoch>|<state>``: what the janitor saw
+``P:observations``             hash      endpoint id -> ``<since epoch>|<state>[|h]``: what the janitor saw (h: learnt)
 ``P:pending:<endpoint id>``    string    the delete task queued for an endpoint; SET NX with an expiry
 ``P:task:<task id>``           string    the outcome a delete task recorded (exactly one per task)
 ``P:outcome:<endpoint id>``    string    the latest outcome for an endpoint (JSON), with the retention

@@ -27,17 +27,26 @@ _HMGET_CHUNK = 10_000
 _DAY_S = 86400
 
 
+# Appended to an observation whose ``since`` was checked against the API's history (``Observation.learnt``).
+_LEARNT = "|h"
+
+
 def _parse_observation(value: str) -> Observation | None:
     since, _, state = value.partition("|")
+    # Only the janitor writes the suffix, and only with the history capability (v2, whose states are capitals,
+    # digits and _): a v1 state ending in "|h" would read as another state, which restarts its clock (keeps it).
+    learnt = state.endswith(_LEARNT)
     try:
-        return Observation(state, datetime.fromtimestamp(float(since), UTC))
-    except ValueError:
+        return Observation(state.removesuffix(_LEARNT), datetime.fromtimestamp(float(since), UTC), learnt)
+    except (ValueError, OverflowError, OSError):
         return None  # an unreadable entry counts as never seen: the clock starts again
 
 
 def format_observation(observation: Observation) -> str:
-    """The raw value an observation is kept as in ``P:observations``: ``<since epoch>|<state>``."""
-    return f"{observation.since.timestamp():.3f}|{observation.state}"
+    """The raw value an observation is kept as in ``P:observations``: ``<since epoch>|<state>``, followed by
+    ``|h`` when ``since`` was learnt from the API's history."""
+    learnt = _LEARNT if observation.learnt else ""
+    return f"{observation.since.timestamp():.3f}|{observation.state}{learnt}"
 
 
 def observation_parser() -> Callable[[str], Observation | None]:
