@@ -21,6 +21,7 @@ from tests.test_v2 import v2_endpoint
 from worker.exporter import render, snapshot
 from worker.janitor import Continue, DeleteRequest, Done
 from worker.models import Outcome
+from worker.notify import build_notification
 from worker.pricing import RETRY_AFTER_S
 from worker.store import Store
 
@@ -143,6 +144,11 @@ def test_hardware_missing_from_the_catalog_is_unknown_not_zero(delete: Delete, s
     assert outcomes["endpoint-0002"].usd_per_hour == pytest.approx(H100)
     counters = snapshot(store.metrics())
     assert (counters["spend_removed_usd_per_hour"], counters["deletes_unpriced"]) == (pytest.approx(H100), 1)
+    # The webhook, from the outbox the deletes filled: the unknown one says so, and is not in the sum.
+    body = build_notification({"sweep_id": "s", "status": "ok"}, [], store.drain_outbox())
+    assert body is not None
+    assert "• deleted acme/ci-1 (endpoint-0001), rule ci-endpoints (price unknown)" in body["text"]
+    assert "hourly spend removed: $2.99/h (+ 1 of unknown price)" in body["text"]
     exposed = samples(render(counters, now=time.time()).decode())
     assert value(exposed, "janitor_hourly_spend_removed_usd") == pytest.approx(H100)  # the unknown adds no 0
     assert value(exposed, "janitor_deletes_unpriced") == 1

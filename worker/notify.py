@@ -60,8 +60,9 @@ def build_notification(
         "marked": list(marked),
         **{name: lists[name] for name in _OUTCOME_LISTS},
         "limit": limit,
-        # Of the deletes and stops made: USD/h of the priced ones (None when none is priced: unknown, not $0).
-        "spend_removed_usd_per_hour": removed["usd_per_hour"] if removed["priced"] else None,
+        # Of the deletes and stops made: USD/h of the priced ones; None when there were some and none is priced
+        # (unknown, not $0); the unpriced ones are counted apart.
+        "spend_removed_usd_per_hour": None if removed["deletes"] and not removed["priced"] else removed["usd_per_hour"],
         "deletes_unpriced": removed["unpriced"],
     }
 

@@ -32,3 +32,4 @@ def test_all_unknown_is_unknown_not_zero() -> None:
     assert body["spend_removed_usd_per_hour"] is None and body["deletes_unpriced"] == 1
     nothing = build_notification(SWEEP, [], [item(1, "failed", None)])
     assert nothing is not None and "hourly spend" not in nothing["text"]
+    assert (nothing["spend_removed_usd_per_hour"], nothing["deletes_unpriced"]) == (0, 0)  # nothing removed
