@@ -647,7 +647,7 @@ class _DeleteRun:
             started = time.monotonic()
             result = take_step(client, endpoint_id, request.action, guard)
             cleared = guard.cleared
-            if sequence is not None:
+            if sequence is not None and guard.continues_sequence:
                 # Priced at the sequence's first step: by now its deployments are scaled down or gone.
                 if sequence.hardware or cleared is not None:
                     hardware = sequence.hardware or (cleared.hardware if cleared else None)
