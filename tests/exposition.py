@@ -13,6 +13,7 @@ EXPECTED = {
     "janitor_retries",
     "janitor_limit_trips",
     "janitor_hourly_spend_removed_usd",
+    "janitor_deletes_unpriced",
     "janitor_marked_endpoints",
     "janitor_exempt_endpoints",
     "janitor_deletes_paused",

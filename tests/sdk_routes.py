@@ -196,6 +196,7 @@ _CALLS: tuple[tuple[str, Callable[[Any], object]], ...] = (
     ),
     ("endpoints.rollouts.retrieve", lambda c: c.endpoints.rollouts.retrieve(ID, endpoint_id=E, project_id=P)),
     ("models.retrieve", lambda c: c.models.retrieve(ID, project_id=P)),
+    ("endpoints.hardware.list", lambda c: c.endpoints.hardware.list()),
 )
 SENTINELS = {P: "{project_id}", E: "{endpoint_id}", ID: "{id}", X: "{experiment_id}"}
 

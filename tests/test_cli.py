@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.conftest import BASIC_POLICY, ROOT, Proc, Sim, env_for, start_worker
+from worker.clock import iso, utc_now
+from worker.models import Outcome, OutcomeStatus
 from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import TogetherClient
@@ -98,7 +101,15 @@ def test_report_json_shape(
     result = janitor(["report", "--json"], env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"sweeps", "endpoints", "marked", "paused", "spend_removed_usd_per_hour"}
+    assert set(report) == {
+        "sweeps",
+        "endpoints",
+        "marked",
+        "paused",
+        "spend_removed_usd_per_hour",
+        "deletes_unpriced",
+        "spend_removed",
+    }
     sweep = report["sweeps"][0]
     for key in (
         "sweep_id",
@@ -116,6 +127,34 @@ def test_report_json_shape(
     assert sweep["dry_run"] is True and sweep["candidates"] == 1
     table = janitor(["report"], env)
     assert table.returncode == 0 and "Sweeps" in table.stdout
+
+
+def test_report_says_unknown_for_deletes_of_unknown_price(
+    env: dict[str, str], redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = Store(redis_client, key_prefix, retention_s=40 * 86400, events_max_len=1000)
+    now = utc_now()
+
+    def record(n: int, price: float | None, age: timedelta) -> None:
+        outcome = Outcome(f"e{n}", OutcomeStatus.DELETED, 204, 1, "r", "s", iso(now - age), usd_per_hour=price)
+        store.record_outcome(f"t{n}", outcome)
+        # The outcome's time is its zset score too: place it in the past, as if recorded then.
+        redis_client.zadd(store.key("outcomes"), {f"e{n}": (now - age).timestamp()})
+
+    record(1, 12.4, timedelta(hours=1))
+    record(2, None, timedelta(hours=2))
+    record(3, 5.0, timedelta(days=3))
+    record(4, None, timedelta(days=4))
+    report = json.loads(janitor(["report", "--json"], env).stdout)
+    assert report["spend_removed"] == {
+        "1d": {"usd_per_hour": 12.4, "priced": 1, "unpriced": 1},
+        "30d": {"usd_per_hour": 17.4, "priced": 2, "unpriced": 2},
+    }
+    assert (report["spend_removed_usd_per_hour"], report["deletes_unpriced"]) == (17.4, 2)
+    text = janitor(["report"], env).stdout
+    assert "last day: $12.40/h removed (+ 1 delete of unknown price)" in text
+    assert "last 30 days: $17.40/h removed (+ 2 deletes of unknown price)" in text
+    assert "since the counters began: $17.40/h removed (+ 2 deletes of unknown price)" in text
 
 
 def test_sweep_wait_goes_through_the_broker(

@@ -42,6 +42,7 @@ from together.types.endpoints import (  # noqa: E402
     AbExperiment,
     AbExperimentDeleteResponse,
     DeploymentDeleteResponse,
+    HardwareListResponse,
     Rollout,
     ShadowExperiment,
     ShadowExperimentDeleteResponse,
@@ -187,6 +188,22 @@ def test_whoami_both_key_types(sdk: Any, admin: httpx.Client, server: SimulatorS
     body = sdk.with_raw_response.whoami().http_response.json()
     assert check(body, WhoamiResponse).type == "org_api_key" and "project" not in body
     assert httpx.get(f"{server.root_url}/v1/whoami", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+    assert_all_sdk_shaped(admin)
+
+
+def test_the_hardware_catalog_is_the_sdks(sdk: Any, admin: httpx.Client) -> None:
+    """``GET /v2/public/inference-instance-types``: the whole catalog (no cursor), each entry priced per replica,
+    and the hardware every seeded deployment uses is in it (by id: see docs/api-v2.md on matching)."""
+    reset(admin, [busy_endpoint()], demo=True)
+    body = sdk.endpoints.hardware.with_raw_response.list().http_response.json()
+    catalog = check(body, HardwareListResponse)
+    assert body["next_cursor"] is None and catalog.object == "list"
+    assert all(t.price_cents_per_hour > 0 and t.id and t.name for t in catalog.data)
+    used = {d["hardware"] for e in admin.get("/state").json()["endpoints"] for d in e.get("deployments", [])}
+    assert used and used <= {t.id for t in catalog.data}
+    admin.post("/faults", json={"scripts": {"_project": {"GET instance_types": [503]}}}).raise_for_status()
+    with pytest.raises(together.InternalServerError):
+        sdk.endpoints.hardware.list()
     assert_all_sdk_shaped(admin)
 
 

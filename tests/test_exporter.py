@@ -131,6 +131,8 @@ def test_exporter_serves_every_counter_and_gauge(
     store.record_outcome("t2", outcome("e2", OutcomeStatus.STOPPED, "idle", 1.0, action="stop"))
     store.record_outcome("t3", outcome("e3", OutcomeStatus.FORBIDDEN, "ci", 4.0))
     store.record_outcome("t4", outcome("e4", OutcomeStatus.WOULD_DELETE, "ci", 8.0))  # a dry run: removes nothing
+    store.record_outcome("t8", outcome("e8", OutcomeStatus.DELETED, "ci", None))  # price unknown: not a $0
+    store.record_outcome("t9", outcome("e9", OutcomeStatus.FAILED, "ci", None))  # removed nothing: not unpriced
     store.record_outcome("t1", outcome("e1", OutcomeStatus.DELETED, "ci", 2.5))  # redelivered: counts once
     store.record_event("retry", action="delete", endpoint_id="e1")
     store.record_event("limit", sweep_id="s3", limit="max_deletes_per_sweep")
@@ -151,6 +153,7 @@ def test_exporter_serves_every_counter_and_gauge(
         "janitor_retries",
         "janitor_limit_trips",
         "janitor_hourly_spend_removed_usd",
+        "janitor_deletes_unpriced",
     }
     assert types(response.text) == {name: "counter" if name in counters else "gauge" for name in EXPECTED}
     assert response.text.count("# HELP janitor_") == len(EXPECTED)
@@ -161,7 +164,8 @@ def test_exporter_serves_every_counter_and_gauge(
     assert [s.name for s in found["janitor_sweeps"]] == ["janitor_sweeps_total"] * 2
     assert value(found, "janitor_candidates") == 32
     assert by_labels(found, "janitor_outcomes", "status", "action", "rule") == {
-        ("deleted", "delete", "ci"): 1,
+        ("deleted", "delete", "ci"): 2,
+        ("failed", "delete", "ci"): 1,
         ("stopped", "stop", "idle"): 1,
         ("forbidden", "delete", "ci"): 1,
         ("would_delete", "delete", "ci"): 1,
@@ -170,6 +174,8 @@ def test_exporter_serves_every_counter_and_gauge(
     assert value(found, "janitor_limit_trips") == 1
     assert value(found, "janitor_hourly_spend_removed_usd") == pytest.approx(3.5)
     assert found["janitor_hourly_spend_removed_usd"][0].name == "janitor_hourly_spend_removed_usd_total"
+    assert value(found, "janitor_deletes_unpriced") == 1
+    assert found["janitor_deletes_unpriced"][0].name == "janitor_deletes_unpriced_total"
     assert value(found, "janitor_marked_endpoints") == 1
     assert value(found, "janitor_exempt_endpoints") == 1
     assert value(found, "janitor_deletes_paused") == 1

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import kombu.exceptions
 import redis
@@ -28,6 +28,10 @@ from worker.errors import JanitorError, PolicyError, TogetherError
 from worker.redact import register_settings_secrets, scrub, scrub_handler, scrub_handlers
 from worker.settings import Settings, get_settings, redact_url
 from worker.together import API_CAPABILITIES
+
+if TYPE_CHECKING:
+    from worker.spend import Spend
+    from worker.store import Store
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -191,7 +195,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         for eid, m in sorted(store.load_marks().items(), key=lambda item: item[1].due_at)
     ]
     pause = store.pause()
-    spend = snapshot(store.metrics())["spend_removed_usd_per_hour"]
+    counters = snapshot(store.metrics())
+    spend, unpriced = counters["spend_removed_usd_per_hour"], counters["deletes_unpriced"]
+    windows = _spend_windows(store)
     if args.json:
         _print_json(
             {
@@ -200,6 +206,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "marked": marked,
                 "paused": pause,
                 "spend_removed_usd_per_hour": spend,
+                "deletes_unpriced": unpriced,
+                "spend_removed": {name: s.to_dict() for name, s in windows.items()},
             }
         )
         return 0
@@ -255,8 +263,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(
         _table(rows, ["AT", "STATUS", "ACTION", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"], status_col=1)
     )
-    print(f"\nHourly spend removed by deletes and stops: ${spend:,.2f}/h (prices from the policy's price table)")
+    print("\nHourly spend removed by deletes and stops (running replicas x Together's prices, or the policy's)")
+    for name, label in (("1d", "last day"), ("30d", "last 30 days")):
+        print(f"  {label}: {windows[name].describe()}")
+    more = f" (+ {unpriced} delete{'s' if unpriced != 1 else ''} of unknown price)" if unpriced else ""
+    print(f"  since the counters began: ${spend:,.2f}/h removed{more}")
     return 0
+
+
+def _spend_windows(store: Store) -> dict[str, Spend]:
+    """What the deletes and stops of each report window removed (a per-project split: a ``key`` to spend_by)."""
+    from worker.clock import utc_now
+    from worker.spend import WINDOWS, Spend, spend_by
+
+    longest = max(WINDOWS.values()).total_seconds()
+    totals = spend_by(store.outcomes_since(longest), None, WINDOWS, utc_now()).get("", {})
+    return {name: totals.get(name, Spend()) for name in WINDOWS}
 
 
 def _who(given: str | None) -> str:

@@ -16,7 +16,8 @@ Choices worth knowing when writing alerts:
   ``janitor_seconds_since_last_sweep > 3600 or absent(janitor_seconds_since_last_sweep)``.
 * ``janitor_hourly_spend_removed_usd`` is a counter (exposed as ``..._total``): it only ever grows, by the
   hourly price of each endpoint deleted or stopped, so ``increase(...[1d])`` is the hourly burn removed in
-  a day. As a gauge, a Redis reset would read as negative savings.
+  a day. As a gauge, a Redis reset would read as negative savings. A delete whose price is unknown adds
+  nothing to it (never a 0 that reads as "free"): it counts in ``janitor_deletes_unpriced_total``.
 
 It uses its own registry, so the exporter's own process metrics do not mix with the janitor's.
 """
@@ -56,7 +57,7 @@ def snapshot(reading: MetricsReading) -> dict[str, Any]:
     """The counters of :meth:`Store.metrics` by name and labels, with its gauges: what :func:`families` renders.
 
     Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule): n},
-    ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum).
+    ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum), ``deletes_unpriced`` n.
     Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``last_sweep_finished`` (epoch seconds or None).
     A malformed counter raises (ValueError, IndexError): the scrape then reports ``janitor_up 0``.
     """
@@ -67,6 +68,7 @@ def snapshot(reading: MetricsReading) -> dict[str, Any]:
         "retries": {},
         "limit_trips": 0,
         "spend_removed_usd_per_hour": 0.0,
+        "deletes_unpriced": 0,
         "marked": reading.marked,
         "exempt": reading.exempt,
         "paused": reading.paused,
@@ -86,6 +88,8 @@ def snapshot(reading: MetricsReading) -> dict[str, Any]:
             result["candidates"] = int(value)
         elif name == "spend_removed_usd_per_hour":
             result["spend_removed_usd_per_hour"] = float(value)
+        elif name == "deletes_unpriced":
+            result["deletes_unpriced"] = int(value)
     return result
 
 
@@ -143,10 +147,18 @@ def families(snapshot: Snapshot | None, now: float) -> list[Metric]:
         ),
         CounterMetricFamily(
             "janitor_hourly_spend_removed_usd",
-            "Running sum of the hourly price (USD per hour, from the policy's price table) of every endpoint "
-            "actually deleted or stopped; dry runs and endpoints of unknown price add nothing. A counter because "
+            "Running sum of the hourly price (USD per hour: running replicas times the API's catalog price, or "
+            "the policy's override) of every endpoint actually deleted or stopped; dry runs add nothing, and "
+            "deletes of unknown price are counted in janitor_deletes_unpriced_total instead. A counter because "
             "it only grows: increase() over a window is the hourly burn the janitor removed in that window.",
             value=float(snapshot["spend_removed_usd_per_hour"]),
+        ),
+        CounterMetricFamily(
+            "janitor_deletes_unpriced",
+            "Deletes and stops actually made whose hourly price is unknown (hardware not in the price list, the "
+            "list unavailable, or the running replicas unknown): the spend they removed is not in "
+            "janitor_hourly_spend_removed_usd_total.",
+            value=int(snapshot["deletes_unpriced"]),
         ),
         GaugeMetricFamily(
             "janitor_marked_endpoints",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +44,7 @@ from worker.policy import (
     load_policy,
     observe,
 )
+from worker.pricing import Pricing
 from worker.redact import scrub, scrub_line
 from worker.settings import Settings
 from worker.store import Store, TaskState
@@ -326,6 +328,9 @@ class Recheck:
         self.task_id = task_id
         self.cleared: Cleared | None = None
         self.detach_experiments = False  # what the policy says, as read at the last call
+        # What ran when the guard passed, and the policy's price overrides: priced after the step (worker/pricing).
+        self.billable: tuple[tuple[str | None, int], ...] | None = None
+        self.overrides: Callable[[str], float | None] = lambda _: None
 
     @property
     def passed(self) -> bool:
@@ -368,7 +373,9 @@ class Recheck:
                 now_is = f"{decision.label} by rule {decision.rule}" if decision.rule else decision.label
                 reason = f"now {now_is}: {decision.reason}"
         if reason is None:
-            self.cleared = Cleared(fresh.hardware, policy.price_of(fresh.hardware))
+            # Priced after the step, not here: a price list fetched now would eat the change's time budget.
+            self.cleared = Cleared(fresh.hardware, None)
+            self.billable, self.overrides = fresh.billable_replicas, policy.price_of
             if self.task_id is not None:
                 # The change is sent next: whatever comes back (or nothing), this task counts for the limits.
                 self.store.mark_sent(self.task_id)
@@ -673,10 +680,16 @@ class _DeleteRun:
                 dry_run_now=self.settings.dry_run,
                 task_id=request.task_id,
             )
+            started = time.monotonic()
             result = take_step(client, endpoint_id, request.action, guard)
             cleared = guard.cleared
-            if sequence is not None and sequence.hardware:
-                cleared = Cleared(sequence.hardware, sequence.usd_per_hour)
+            if sequence is not None and guard.continues_sequence:
+                # Priced at the sequence's first step: by now its deployments are scaled down or gone.
+                if sequence.hardware or cleared is not None:
+                    hardware = sequence.hardware or (cleared.hardware if cleared else None)
+                    cleared = Cleared(hardware, sequence.usd_per_hour)
+            elif cleared is not None:
+                cleared = Cleared(cleared.hardware, self.price(client, guard, started))
             if not isinstance(result, Step):
                 return result, cleared
             # The sequence goes on in another run of this task (same id, same claim): at once after a step,
@@ -706,6 +719,21 @@ class _DeleteRun:
         except Exception as exc:  # anything unforeseen still ends in one recorded outcome, never retried
             log.exception("delete %s (sweep %s): unexpected error", endpoint_id, sweep_id)
             return Attempt(OutcomeStatus.FAILED, None, f"unexpected error: {type(exc).__name__}", unknown=True), cleared
+
+    def price(self, client: EndpointsApi, guard: Recheck, started: float) -> float | None:
+        """What the endpoint cost per hour when the guard passed; None (unknown) if that cannot be told. Bounded by
+        the step's budget, counted from the step's start, so the task keeps to its time limit; never raises."""
+        try:
+            pricing = Pricing(
+                self.store,
+                client,
+                request_s=self.settings.http_timeout_s,
+                deadline=started + self.settings.step_budget_s,
+            )
+            return pricing.price(guard.billable, guard.overrides)
+        except Exception:  # the price is a report's figure: it must never change how a delete ends
+            log.exception("delete %s: pricing failed; the price is unknown", self.request.endpoint_id)
+            return None
 
     def next_run(self, step: Step) -> Attempt | Continue:
         """The run that takes the sequence's next step, or why the sequence ends here."""

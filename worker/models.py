@@ -16,7 +16,7 @@ from typing import Any
 from worker.clock import iso, parse_aware_time
 from worker.policy import Action
 from worker.redact import scrub_fields
-from worker.together import StepPhase
+from worker.together import HardwarePrice, StepPhase
 
 
 class OutcomeStatus(StrEnum):
@@ -51,7 +51,9 @@ class Outcome:
     task_id: str | None = None
     action: str = "delete"
     hardware: str | None = None
-    usd_per_hour: float | None = None  # from the policy's price table, when it knows the hardware
+    # What the delete or stop took off the hourly bill: the running replicas times the price of one (the policy's
+    # override, else the API's catalog); None when either is unknown, never 0 for "unknown" (worker/pricing.py).
+    usd_per_hour: float | None = None
     # True unless the API is known to have changed nothing: the change was made, its result is unknown (a
     # timeout, a 5xx, a crash after the request) or an earlier step of a v2 sequence changed something. Such
     # an outcome keeps its place in the 24 h count of ``max_deletes_per_day``.
@@ -219,3 +221,32 @@ class OpenSequence:
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class PriceList:
+    """The API's hardware catalog as cached in ``P:prices:<api>``: its prices, or the error of a failed fetch
+    (``prices`` None: every price is unknown until the entry expires and the next delete asks again)."""
+
+    fetched_at: datetime
+    prices: tuple[HardwarePrice, ...] | None
+    error: str | None = None
+
+    def to_json(self) -> str:
+        prices = None if self.prices is None else [[p.id, p.name, p.usd_per_hour] for p in self.prices]
+        return json.dumps({"fetched_at": iso(self.fetched_at), "prices": prices, "error": self.error})
+
+    @classmethod
+    def decode(cls, text: str) -> PriceList | None:
+        """The cached entry, or None when it cannot be read (then it is fetched again, as if absent)."""
+        try:
+            data = json.loads(text)
+            fetched_at = parse_aware_time(data["fetched_at"])
+            raw = data["prices"]
+            prices = None if raw is None else tuple(HardwarePrice(str(i), str(n), float(u)) for i, n, u in raw)
+        except (ValueError, TypeError, KeyError):
+            return None
+        if fetched_at is None:
+            return None
+        error = data.get("error")
+        return cls(fetched_at, prices, error if isinstance(error, str) else None)

@@ -43,12 +43,16 @@ def build_notification(
             f"• marked {item['endpoint_name']} ({item['endpoint_id']}) by rule {item['rule']}, "
             f"{item['action']} due {item['due_at']}"
         )
+    removed = _removed(outcomes)
     for name in _OUTCOME_LISTS:
         for item in lists[name]:
             why = f": {item['error']}" if item.get("error") else ""
             lines.append(
-                f"• {name} {item.get('endpoint_name') or ''} ({item['endpoint_id']}), rule {item.get('rule')}{why}"
+                f"• {name} {item.get('endpoint_name') or ''} ({item['endpoint_id']}), rule {item.get('rule')}"
+                f"{_price(item)}{why}"
             )
+    if removed["deletes"]:
+        lines.append(f"hourly spend removed: {_describe(removed)}")
     return {
         "text": "\n".join(lines),
         "sweep_id": sweep.get("sweep_id"),
@@ -56,7 +60,37 @@ def build_notification(
         "marked": list(marked),
         **{name: lists[name] for name in _OUTCOME_LISTS},
         "limit": limit,
+        # Of the deletes and stops made: USD/h of the priced ones; None when there were some and none is priced
+        # (unknown, not $0); the unpriced ones are counted apart.
+        "spend_removed_usd_per_hour": None if removed["deletes"] and not removed["priced"] else removed["usd_per_hour"],
+        "deletes_unpriced": removed["unpriced"],
     }
+
+
+def _removing(item: Mapping[str, Any]) -> bool:
+    return item.get("status") in ("deleted", "stopped")
+
+
+def _price(item: Mapping[str, Any]) -> str:
+    """`` ($2.99/h)`` or `` (price unknown)`` for a delete or stop made; nothing for any other outcome."""
+    if not _removing(item):
+        return ""
+    price = item.get("usd_per_hour")
+    return f" (${price:,.2f}/h)" if isinstance(price, int | float) else " (price unknown)"
+
+
+def _removed(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    made = [o for o in outcomes if _removing(o)]
+    prices = [o["usd_per_hour"] for o in made if isinstance(o.get("usd_per_hour"), int | float)]
+    unpriced = len(made) - len(prices)
+    return {"deletes": len(made), "priced": len(prices), "unpriced": unpriced, "usd_per_hour": sum(prices)}
+
+
+def _describe(removed: Mapping[str, Any]) -> str:
+    if not removed["priced"]:
+        return f"unknown ({removed['unpriced']} of unknown price)"
+    text = f"${removed['usd_per_hour']:,.2f}/h"
+    return f"{text} (+ {removed['unpriced']} of unknown price)" if removed["unpriced"] else text
 
 
 def send_notification(url: str, payload: Mapping[str, Any]) -> str | None:

@@ -400,7 +400,8 @@ class Policy(_Strict):
     # v2: an endpoint whose deployments take part in an A/B or shadow experiment is left alone (its delete ends
     # ``blocked``) unless this says ``detach``: then they are detached first, as Together's own delete does.
     experiments: Literal["block", "detach"] = "block"
-    # Hourly price per hardware type (a glob), in USD, supplied by the user: what a delete or stop saves.
+    # Negotiated hourly price of one running replica per hardware type (a glob), in USD: it wins over the API's
+    # own catalog for the hardware it names (worker/pricing.py); other hardware is priced from the catalog.
     prices: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
 
     @field_validator("prices", mode="before")

@@ -15,6 +15,7 @@ arrive as something other than JSON is refused as a whole, because a sweep must 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -31,8 +32,10 @@ import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PlainValidator,
     SecretStr,
+    StrictInt,
     StrictStr,
     TypeAdapter,
     ValidationError,
@@ -147,6 +150,9 @@ class Endpoint:
     variants: tuple[tuple[str | None, str | None], ...] = ()
     # v2 only: whether the endpoint takes live traffic (a non-empty traffic split); None in v1.
     routed: bool | None = None
+    # What is billed right now: (hardware, running replicas) of each deployment (v2: ready replicas; v1: filled
+    # by the detail read from its state and autoscaling). None: not known, so its price is unknown, never 0.
+    billable_replicas: tuple[tuple[str | None, int], ...] | None = None
 
 
 class EndpointList(BaseModel):
@@ -231,6 +237,16 @@ class Guard(Protocol):
 
 
 @dataclass(frozen=True)
+class HardwarePrice:
+    """One entry of the API's hardware catalog: its id, its name (v2; v1 has only the id) and the on-demand price
+    of one running replica in USD per hour."""
+
+    id: str
+    name: str
+    usd_per_hour: float
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What one API version can do: the only version knowledge that crosses the client seam.
 
@@ -303,6 +319,8 @@ class EndpointsApi(Protocol):
     # Since when the endpoint has been in ``state`` by the API's own history; None: the history does not tell.
     def state_since(self, endpoint_id: str, state: str) -> datetime | None: ...
     def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step: ...
+    # The API's hardware catalog with its prices (one request; callers cache it: worker/pricing.py).
+    def price_list(self) -> list[HardwarePrice]: ...
     def close(self) -> None: ...
 
 
@@ -462,7 +480,28 @@ class TogetherClient(HttpApi):
             raise MalformedResponse(
                 self._scrub(f"GET {path}: answered with another endpoint ({self._clip(endpoint.id)!r})")
             )
-        return endpoint
+        return dataclasses.replace(endpoint, billable_replicas=_v1_billable(endpoint, body))
+
+    def price_list(self) -> list[HardwarePrice]:
+        """``GET /hardware``: ``pricing.cents_per_minute`` of each hardware id, as USD per hour (x 60 / 100).
+
+        Not in the endpoints extract of the reference; Together's public spec (``listHardware``) documents it. An
+        entry without a usable price is left out (its hardware's price is then unknown); a body that is not the
+        documented list is refused whole.
+        """
+        status, content_type, body = self._request("GET", "/hardware", _MAX_OBJECT_BYTES * 8)
+        if status != 200:
+            raise self._status_error("GET", "/hardware", status, content_type, body)
+        self._require_json("GET", "/hardware", content_type)
+        try:
+            listing = _HARDWARE.validate_json(body)
+        except ValidationError as exc:
+            raise MalformedResponse(self._scrub(f"GET /hardware: {summarise_validation(exc)}")) from None
+        return [
+            HardwarePrice(h.id, h.id, h.pricing.cents_per_minute * 60 / 100)
+            for h in listing.data
+            if h.pricing is not None and h.pricing.cents_per_minute is not None
+        ]
 
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
         raise ApiUnsupported("request counts need the v2 API (JANITOR_TOGETHER_API=v2); v1 has no analytics")
@@ -496,6 +535,54 @@ class TogetherClient(HttpApi):
         return status
 
 
+class _V1Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    min_replicas: StrictInt
+    max_replicas: StrictInt
+
+
+class _V1Replicas(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    autoscaling: _V1Autoscaling | None = None
+
+
+def _v1_billable(endpoint: Endpoint, body: bytes | bytearray) -> tuple[tuple[str | None, int], ...] | None:
+    """What a v1 endpoint bills, from its detail: nothing when STOPPED (billing stops); when STARTED, its
+    ``autoscaling`` replicas if the bounds are equal (so the running count is known); otherwise unknown.
+
+    v1 does not say whether ``cents_per_minute`` is per replica; it is taken to be, as v2 states for its catalog.
+    """
+    if endpoint.state == "STOPPED":
+        return ((endpoint.hardware, 0),)
+    if endpoint.state != "STARTED":
+        return None
+    try:
+        scaling = _V1_REPLICAS.validate_json(body).autoscaling
+    except ValidationError:
+        return None
+    if scaling is None or scaling.min_replicas != scaling.max_replicas or scaling.min_replicas < 0:
+        return None
+    return ((endpoint.hardware, scaling.min_replicas),)
+
+
+class _Pricing(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    cents_per_minute: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+class _Hardware(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: StrictStr
+    pricing: _Pricing | None = None
+
+
+class _HardwareList(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    data: list[_Hardware]
+
+
+_V1_REPLICAS = TypeAdapter(_V1Replicas)
+_HARDWARE = TypeAdapter(_HardwareList)
 _pool_lock = threading.Lock()
 _pool: tuple[int, tuple[str, ...], EndpointsApi] | None = None
 

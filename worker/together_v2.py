@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
@@ -46,6 +46,7 @@ from worker.together import (
     ApiTime,
     Endpoint,
     Guard,
+    HardwarePrice,
     HttpApi,
     Step,
     StepKind,
@@ -145,6 +146,18 @@ class FullDeployment(_Wire):
     id: StrictStr
     etag: StrictStr
     model: StrictStr | None = None
+
+
+class _InstanceType(_Wire):
+    """``InferenceInstanceType`` (types/endpoints/inference_instance_type.py): only what pricing reads."""
+
+    id: StrictStr
+    name: StrictStr
+    price_cents_per_hour: Annotated[int, Field(ge=0, strict=True)]
+
+
+class _Catalog(_Wire):
+    data: list[_InstanceType]
 
 
 class _WhoProject(_Wire):
@@ -299,6 +312,7 @@ def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _
         updated_at=endpoint.updated_at,
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
+        billable_replicas=billable_replicas(endpoint),
     )
 
 
@@ -335,6 +349,17 @@ def scaled_to_zero_since(pages: Iterable[Sequence[Event]], deployments: Collecti
     if any(moment is None for moment in moments):
         return None
     return max(m for m in moments if m is not None)
+
+
+def billable_replicas(endpoint: V2Endpoint) -> tuple[tuple[str | None, int], ...] | None:
+    """(hardware, ready replicas) of each deployment; None (unknown) when a deployment's count is not given or
+    deployments may be hidden. The SDK prices "one running replica"; ready replicas are the running ones here."""
+    if hidden_deployments(endpoint):
+        return None
+    counts = [(d.hardware, d.ready_replicas) for d in endpoint.deployments]
+    if any(n is None or n < 0 for _, n in counts):
+        return None
+    return tuple((hardware, n) for hardware, n in counts if n is not None)
 
 
 # ---------------------------------------------------------------------------------------------- the sequence
@@ -797,6 +822,14 @@ class TogetherV2Client(HttpApi):
     def _all_pages(self, what: str, call: Callable[[Any], Any], adapter: TypeAdapter[Any]) -> list[Any]:
         return [item for page in self._pages(what, call, adapter) for item in page]
 
+    def price_list(self) -> list[HardwarePrice]:
+        """``GET /v2/public/inference-instance-types`` (``endpoints.hardware.list``): ``priceCentsPerHour`` of one
+        running replica of each instance type, as USD per hour. The catalog comes whole (no cursor)."""
+        what = "GET /v2 inference-instance-types"
+        body = self._call(what, self._sdk.endpoints.hardware.with_raw_response.list, _MAX_PAGE_BYTES)
+        catalog = self._parse(what, body, _CATALOG)
+        return [HardwarePrice(t.id, t.name, t.price_cents_per_hour / 100) for t in catalog.data]
+
     # -- the sequence
 
     def step(self, endpoint_id: str, action: Action, guard: Guard) -> Step:
@@ -1004,6 +1037,7 @@ _DEPLOYMENT_PAGE = TypeAdapter(Page[FullDeployment])
 _WHOAMI = TypeAdapter(_WhoAmI)
 _ANALYTICS = TypeAdapter(_Analytics)
 _MODEL = TypeAdapter(_Model)
+_CATALOG = TypeAdapter(_Catalog)
 _AB_PAGE = TypeAdapter(Page[_AbExperiment])
 _SHADOW_PAGE = TypeAdapter(Page[_ShadowExperiment])
 _EVENT_PAGE = TypeAdapter(Page[Event])

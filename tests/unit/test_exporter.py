@@ -20,6 +20,7 @@ def test_render_without_a_server() -> None:
         "retries": {},
         "limit_trips": 0,
         "spend_removed_usd_per_hour": 0.0,
+        "deletes_unpriced": 0,
         "marked": 0,
         "exempt": 0,
         "paused": 0,
@@ -59,6 +60,7 @@ def test_counter_fields_are_read_by_name_and_labels() -> None:
                 f"limit{sep}delete": "1",
                 f"limit{sep}": "2",
                 "spend_removed_usd_per_hour": "3.5",
+                "deletes_unpriced": "2",
                 "a_counter_from_a_later_version": "9",
             }
         )
@@ -70,6 +72,7 @@ def test_counter_fields_are_read_by_name_and_labels() -> None:
         "retries": {"delete": 4, "": 1},
         "limit_trips": 3,
         "spend_removed_usd_per_hour": 3.5,
+        "deletes_unpriced": 2,
         "marked": 1,
         "exempt": 2,
         "paused": 0,
@@ -80,6 +83,15 @@ def test_counter_fields_are_read_by_name_and_labels() -> None:
 def test_no_counters_yet_is_all_zeros() -> None:
     found = snapshot(_reading({}))
     assert found["sweeps"] == {} and found["candidates"] == 0 and found["spend_removed_usd_per_hour"] == 0.0
+    assert found["deletes_unpriced"] == 0
+
+
+def test_deletes_of_unknown_price_are_a_counter_of_their_own() -> None:
+    snap = snapshot(_reading({"spend_removed_usd_per_hour": "2.5", "deletes_unpriced": "3"}))
+    found = samples(render(snap, now=time.time()).decode())
+    assert value(found, "janitor_hourly_spend_removed_usd") == 2.5
+    assert value(found, "janitor_deletes_unpriced") == 3
+    assert found["janitor_deletes_unpriced"][0].name == "janitor_deletes_unpriced_total"
 
 
 @pytest.mark.parametrize("counters", [{"candidates": "many"}, {"sweeps": "1"}])

@@ -18,10 +18,11 @@ Faults (one dialect for both APIs; ``POST /_sim/faults`` for v1, ``POST /_sim/v2
 
 * ``ID`` is a resource id: the v1 endpoint id; in v2 the call's leaf id (deployment, experiment, target, rollout,
   model), its experiment's id, or its endpoint's id, most specific first. Calls that name no resource (v1's
-  ``/v1/endpoints``, v2's list and whoami) are filed under ``_project``.
+  ``/v1/endpoints``, ``/v1/hardware``, v2's list, whoami and hardware catalog) are filed under ``_project``.
 * ``NAME`` is ``METHOD`` (any call with that method on the id) or ``METHOD target``, the target a route's name:
-  v1 ``list`` and ``endpoint``; v2 the targets of ``v2.V2_ROUTES`` (``endpoint``, ``deployment``, ``list``,
-  ``analytics``...). ``METHOD target`` is tried before ``METHOD``. Methods are case-insensitive.
+  v1 ``list``, ``endpoint`` and ``hardware``; v2 the targets of ``v2.V2_ROUTES`` (``endpoint``, ``deployment``,
+  ``list``, ``analytics``, ``instance_types``...). ``METHOD target`` is tried before ``METHOD``. Methods are
+  case-insensitive.
 * ``ACTION``, taken one per matching call: a status 200-599 (a non-2xx fails the call with ErrorData, a 2xx serves
   it), ``hang`` (wait ``hang_s``, then serve), ``drop`` (close the connection unanswered, nothing changed) or
   ``drop_after`` (serve it, so a write is made, then close without the answer).

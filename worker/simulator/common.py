@@ -19,6 +19,17 @@ T = TypeVar("T")
 
 DEFAULT_MODEL: Final = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 DEFAULT_HARDWARE: Final = "1x_nvidia_h100_80gb_sxm"
+# The hardware catalog both APIs serve (v1 ``GET /v1/hardware``, v2 ``GET /v2/public/inference-instance-types``):
+# (id, name, GPU type, GPU count, GiB per GPU, US cents per hour of one running replica). The ids are the ones the
+# simulator's endpoints use (v1 style); the names are the CLI's "deployable name" style (``1xnvidia-h100-80gb``),
+# so a v2 deployment's hardware meets the catalog by id, as Together's CLI matcher allows (docs/api-v2.md).
+HARDWARE_CATALOG: Final[tuple[tuple[str, str, str, int, int, int], ...]] = (
+    ("1x_nvidia_h100_80gb_sxm", "1xnvidia-h100-80gb", "H100", 1, 80, 299),
+    ("2x_nvidia_h100_80gb_sxm", "2xnvidia-h100-80gb", "H100", 2, 80, 598),
+    ("4x_nvidia_h100_80gb_sxm", "4xnvidia-h100-80gb", "H100", 4, 80, 1196),
+    ("1x_nvidia_a100_80gb_sxm", "1xnvidia-a100-80gb", "A100", 1, 80, 240),
+    ("8x_nvidia_h200_140gb_sxm", "8xnvidia-h200-140gb", "H200", 8, 140, 3120),
+)
 INT32_MAX: Final = 2**31 - 1  # replica counts are `format: int32` in both APIs
 MAX_LOG: Final = 10_000  # request-log entries kept: a long-running demo must not grow without bound
 BAD_KEY_MESSAGE: Final = (

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from worker.simulator.common import (
     DEFAULT_HARDWARE,
     DEFAULT_MODEL,
+    HARDWARE_CATALOG,
     JSONDict,
     Reply,
     Request,
@@ -59,7 +60,8 @@ LIST_MODES: Final[frozenset[str]] = frozenset(
 )
 DEMO_OWNER: Final = "acme"
 DEMO_RETRY_ENDPOINT_ID: Final = "endpoint-00000000-0000-4000-8000-000000000001"
-SCRIPT_TARGETS: Final = frozenset({"list", "endpoint"})  # GET|POST /v1/endpoints, GET|PATCH|DELETE .../{id}
+# GET|POST /v1/endpoints, GET|PATCH|DELETE .../{id}, GET /v1/hardware
+SCRIPT_TARGETS: Final = frozenset({"list", "endpoint", "hardware"})
 
 _SERVERLESS_HARDWARE: Final = "serverless"
 _PATCH_STATES: Final = frozenset({"STARTED", "STOPPED"})
@@ -419,6 +421,9 @@ class V1Simulator(ScriptedApi[V1Faults]):
         self._admit(req, entry, 403)
         if self._roll_error(req.method):
             raise SimError(500, "Internal server error (simulated)")
+        if req.path == "/v1/hardware":
+            require_method(req.method, "GET", f"on {req.path}")
+            return self._scripted(req, [PROJECT_SCRIPT_KEY], "hardware", req.path, lambda: _hardware(req.query))
         endpoint_id = _route(req)
         target = "list" if endpoint_id is None else "endpoint"
         keys = [endpoint_id or PROJECT_SCRIPT_KEY]
@@ -586,6 +591,27 @@ class V1Simulator(ScriptedApi[V1Faults]):
             found(self.endpoints.get(endpoint_id), *_404(endpoint_id))
             self.endpoints[endpoint_id] = updated
         return Reply(200, updated.admin_view())
+
+
+def _hardware(query: str) -> Reply:
+    """``GET /v1/hardware`` (Together's public reference, ``listHardware``): the catalog with its price per minute.
+
+    ``model`` filters by compatibility on the real API; every entry is compatible here. ``cents_per_minute`` is a
+    float ("Cost per minute of endpoint uptime in cents").
+    """
+    query_params(query)  # ``model`` is accepted and, here, changes nothing
+    items = [
+        {
+            "object": "hardware",
+            "id": hw_id,
+            "pricing": {"cents_per_minute": cents / 60},
+            "specs": {"gpu_type": gpu, "gpu_link": "sxm", "gpu_memory": memory, "gpu_count": count},
+            "availability": {"status": "available"},
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+        for hw_id, _name, gpu, count, memory, cents in HARDWARE_CATALOG
+    ]
+    return Reply(200, {"object": "list", "data": items})
 
 
 def _404(endpoint_id: str) -> tuple[str, str]:

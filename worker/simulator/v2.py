@@ -16,7 +16,8 @@ Served (``{p}`` the key's project, ``{e}`` an endpoint; every route is in :data:
   ``GET .../deployments``, ``GET | PATCH | DELETE .../deployments/{d}``, ``GET .../abExperiments``,
   ``GET | PATCH | DELETE .../abExperiments/{x}``, ``GET .../shadowExperiments``, ``GET | DELETE
   .../shadowExperiments/{x}``, ``GET .../shadowExperiments/{x}/targets``, ``GET | DELETE .../targets/{t}``,
-  ``GET .../rollouts``, ``GET .../rollouts/{r}``, and ``GET /v2/projects/{owner}/models/{m}``.
+  ``GET .../rollouts``, ``GET .../rollouts/{r}``, ``GET /v2/projects/{owner}/models/{m}``, and the hardware
+  catalog ``GET /v2/public/inference-instance-types`` (fault scripts: key ``_project``, target ``instance_types``).
 
 Writes are read as the SDK sends them: ``updateMask`` in the query, ``etag`` in the JSON body of a PATCH and in
 the query of a DELETE; deletes answer ``200 {}``. Without ``updateMask`` a PATCH changes only the fields that are
@@ -63,6 +64,7 @@ from urllib.parse import parse_qs, unquote
 from worker.simulator.common import (
     DEFAULT_HARDWARE,
     DEFAULT_MODEL,
+    HARDWARE_CATALOG,
     INT32_MAX,
     JSONDict,
     Reply,
@@ -235,6 +237,7 @@ V2_ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec(_SUB + "/rollouts", "rollouts", {"GET": _m("after filter limit")}),
     RouteSpec(_SUB + "/rollouts/{id}", "rollout", {"GET": _m()}),
     RouteSpec("/v2/projects/{project_id}/models/{id}", "model", {"GET": _m()}),
+    RouteSpec("/v2/public/inference-instance-types", "instance_types", {"GET": _m()}),
 )
 SCRIPT_TARGETS: Final = frozenset(r.target for r in V2_ROUTES)
 _SPLIT_ROUTES: Final = [(r, r.template.split("/")) for r in V2_ROUTES]
@@ -1525,6 +1528,24 @@ def _generated_specs(value: object, slug: str) -> list[JSONDict]:
     ]
 
 
+def _instance_types() -> JSONDict:
+    """``GET /v2/public/inference-instance-types`` (``HardwareListResponse``): the whole catalog, no cursor."""
+    data = [
+        {
+            "id": hw_id,
+            "name": name,
+            "description": f"{count}x {gpu} {memory}GB",
+            "gpuCount": count,
+            "gpuMemoryGib": memory,
+            "gpuType": gpu,
+            "priceCentsPerHour": cents,
+            "regions": [{"name": "us-central-1", "headroom": {"relation": "RELATION_GTE", "value": 8}}],
+        }
+        for hw_id, name, gpu, count, memory, cents in HARDWARE_CATALOG
+    ]
+    return {"object": "list", "data": data, "next_cursor": None}
+
+
 def demo_v2_specs() -> list[JSONDict]:
     """What ``--demo`` seeds on the v2 side: one of each case the janitor meets. Ages are relative."""
     hour, day = 3600, 86400
@@ -1750,6 +1771,8 @@ class V2Simulator(ScriptedApi[Faults]):
             return self._list_endpoints(params)
         if target == "model":
             return self._get_model(route.project_id or "", leaf)
+        if target == "instance_types":
+            return Reply(200, _instance_types())
         ep_id = route.endpoint_id
         assert ep_id is not None
         data = json_object(body, required=True) if method == "PATCH" else {}

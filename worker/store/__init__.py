@@ -2,7 +2,8 @@
 
 :class:`Store` is the one facade; its parts are mixins named for what they keep: :mod:`worker.store.sweep`
 (what a sweep reads and writes, limits, pause and resume), :mod:`worker.store.tasks` (claims, a delete task's
-state, outcomes, sequences) and :mod:`worker.store.records` (sweeps, events, outbox, metrics, exemptions). The
+state, outcomes, sequences), :mod:`worker.store.records` (sweeps, events, outbox, metrics, exemptions) and
+:mod:`worker.store.prices` (the cached hardware price list). The
 records are :mod:`worker.models`; the Lua scripts that change several keys at once are
 :mod:`worker.store.scripts`, the sweep lock and the run lease :mod:`worker.store.locks`.
 
@@ -31,6 +32,8 @@ key                            type      what
 ``P:lost``                     hash      endpoint id -> ``<task id>|<first seen>``: a claim whose message was missing
 ``P:sequences``                hash      endpoint id -> :class:`OpenSequence` (JSON): a v2 delete under way
 ``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
+``P:prices:<api>``             string    the API's hardware price list (JSON, :class:`PriceList`), kept ~1 h
+``P:prices:<api>:fetch``       string    the lock of its one fetch (SET NX with an expiry)
 =============================  ========  ===================================================================
 """
 
@@ -41,6 +44,7 @@ from redis.client import Pipeline
 
 from worker.settings import Settings
 from worker.store import scripts as lua
+from worker.store.prices import PriceKeeping
 from worker.store.records import METRIC_LABEL_SEP, MetricsReading, RecordKeeping
 from worker.store.sweep import LimitState, SweepKeeping, SweepState
 from worker.store.tasks import TaskKeeping, TaskState
@@ -48,7 +52,7 @@ from worker.store.tasks import TaskKeeping, TaskState
 __all__ = ["METRIC_LABEL_SEP", "LimitState", "MetricsReading", "Store", "SweepState", "TaskState"]
 
 
-class Store(SweepKeeping, TaskKeeping, RecordKeeping):
+class Store(SweepKeeping, TaskKeeping, RecordKeeping, PriceKeeping):
     """The janitor's Redis: builds every key, holds every pipeline and runs every script (its parts are mixins)."""
 
     def __init__(self, client: redis.Redis, prefix: str, retention_s: int, events_max_len: int) -> None:

@@ -6,8 +6,9 @@ They take their keys from the Store (KEYS) and never build one; each comment say
 # Records a task's outcome only if the task has none yet, and in the same step clears the endpoint's
 # pending key (if it is still this task's), appends the event, clears the mark of a settled endpoint
 # (ARGV[7] '1'), takes a task known to have changed nothing out of the 24 h count ('0'; with 'u', a result
-# that may have changed something, now or in an earlier run of the task, it stays counted) and fills the
-# notify outbox.
+# that may have changed something, now or in an earlier run of the task, it stays counted), adds a settled
+# delete's price to the spend removed (ARGV[10]: USD/h, or 'unpriced' to count one of unknown price) and fills
+# the notify outbox.
 # A redelivered or retried task can never leave a second outcome, and a crash cannot leave half of one.
 RECORD_OUTCOME = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -24,7 +25,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local claim = redis.call('HGET', KEYS[10], ARGV[4])
   if claim and string.match(claim, '^([^|]*)|') == ARGV[5] then redis.call('HDEL', KEYS[10], ARGV[4]) end
   redis.call('HINCRBY', KEYS[9], ARGV[9], 1)
-  if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[9], 'spend_removed_usd_per_hour', ARGV[10]) end
+  if ARGV[10] == 'unpriced' then
+    redis.call('HINCRBY', KEYS[9], 'deletes_unpriced', 1)
+  elseif ARGV[10] ~= '' then
+    redis.call('HINCRBYFLOAT', KEYS[9], 'spend_removed_usd_per_hour', ARGV[10])
+  end
   redis.call('RPUSH', KEYS[7], ARGV[1])
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[8]), -1)
   return false

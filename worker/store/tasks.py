@@ -33,10 +33,13 @@ class TaskState:
 
 
 def _spend(outcome: Outcome) -> str:
-    """The hourly price this outcome took off the bill: only a live delete or stop that happened."""
-    if outcome.status in (OutcomeStatus.DELETED, OutcomeStatus.STOPPED) and outcome.usd_per_hour:
-        return repr(float(outcome.usd_per_hour))
-    return ""
+    """The hourly price this outcome took off the bill: only a live delete or stop that happened; ``unpriced``
+    when its price is unknown (counted apart, never added as 0)."""
+    if outcome.status not in (OutcomeStatus.DELETED, OutcomeStatus.STOPPED):
+        return ""
+    if outcome.usd_per_hour is None:
+        return "unpriced"
+    return repr(float(outcome.usd_per_hour)) if outcome.usd_per_hour else ""
 
 
 class TaskKeeping(StorePart):
@@ -208,6 +211,17 @@ class TaskKeeping(StorePart):
         if expired:
             self.redis.zrem(self.key("outcomes"), *expired)
         return [Outcome.from_json(v) for v in values if v is not None]
+
+    def outcomes_since(self, seconds: float) -> list[Outcome]:
+        """The latest outcome of every endpoint with one in the last ``seconds`` (by Redis time), read in batches."""
+        since = self.server_time() - seconds
+        ids = cast(list[str], self.redis.zrangebyscore(self.key("outcomes"), since, "+inf"))
+        found: list[Outcome] = []
+        for start in range(0, len(ids), 1000):
+            batch = ids[start : start + 1000]
+            values = cast(list[str | None], self.redis.mget([self.key("outcome", i) for i in batch]))
+            found += [Outcome.from_json(v) for v in values if v is not None]
+        return found
 
     # ------------------------------------------------------------------ delete sequences (v2)
     # A delete that takes several steps (scale down, wait, unroute, delete deployments, delete) is "open" from

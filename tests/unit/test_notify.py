@@ -1,0 +1,35 @@
+"""worker.notify's webhook body: a delete's price, or "unknown", never $0 for a price nobody knows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.notify import build_notification
+
+SWEEP = {"sweep_id": "s1", "status": "ok", "dry_run": False}
+
+
+def item(n: int, status: str, price: float | None) -> dict[str, Any]:
+    return {"endpoint_id": f"e{n}", "endpoint_name": f"acme/ci-{n}", "status": status, "rule": "r",
+            "usd_per_hour": price}  # fmt: skip
+
+
+def test_each_delete_says_its_price_or_unknown_and_the_total_counts_the_unknown_apart() -> None:
+    body = build_notification(SWEEP, [], [item(1, "deleted", 2.5), item(2, "deleted", None), item(3, "failed", None)])
+    assert body is not None
+    lines = body["text"].splitlines()
+    assert "• deleted acme/ci-1 (e1), rule r ($2.50/h)" in lines
+    assert "• deleted acme/ci-2 (e2), rule r (price unknown)" in lines
+    assert "• failed acme/ci-3 (e3), rule r" in lines  # a failure removed nothing: no price
+    assert "hourly spend removed: $2.50/h (+ 1 of unknown price)" in lines
+    assert (body["spend_removed_usd_per_hour"], body["deletes_unpriced"]) == (2.5, 1)
+
+
+def test_all_unknown_is_unknown_not_zero() -> None:
+    body = build_notification(SWEEP, [], [item(1, "stopped", None)])
+    assert body is not None
+    assert "hourly spend removed: unknown (1 of unknown price)" in body["text"].splitlines()
+    assert body["spend_removed_usd_per_hour"] is None and body["deletes_unpriced"] == 1
+    nothing = build_notification(SWEEP, [], [item(1, "failed", None)])
+    assert nothing is not None and "hourly spend" not in nothing["text"]
+    assert (nothing["spend_removed_usd_per_hour"], nothing["deletes_unpriced"]) == (0, 0)  # nothing removed
