@@ -70,9 +70,13 @@ class DeleteRequest:
     rule: str
     dry_run: bool
     action: Action = Action.DELETE  # DELETE or STOP
+    # The source the endpoint was listed from (``v1``, ``v2:<project id>``) and its label (the project's slug):
+    # the worker builds that source's client. Empty: a task queued before sources (the legacy single API).
+    source: str = ""
+    project: str = ""
 
     def task_kwargs(self) -> dict[str, object]:
-        return {
+        kwargs: dict[str, object] = {
             "endpoint_id": self.endpoint_id,
             "endpoint_name": self.endpoint_name,
             "sweep_id": self.sweep_id,
@@ -80,6 +84,16 @@ class DeleteRequest:
             "dry_run": self.dry_run,
             "action": str(self.action),  # a plain string on the wire and in the claim
         }
+        return _with_source(kwargs, self.source, self.project)
+
+
+def _with_source(kwargs: dict[str, object], source: str, project: str) -> dict[str, object]:
+    """The source goes into the task's arguments (and so the claim) only when there is one: a task queued before
+    sources existed still matches its claim."""
+    if source:
+        kwargs["source"] = source
+        kwargs["project"] = project
+    return kwargs
 
 
 # ``count_requests(endpoint_id, start, end)``: the API's request count over a window.
@@ -420,9 +434,11 @@ class UnknownAction:
     rule: str
     dry_run: bool
     action: str
+    source: str = ""
+    project: str = ""
 
     def task_kwargs(self) -> dict[str, object]:
-        return {
+        kwargs: dict[str, object] = {
             "endpoint_id": self.endpoint_id,
             "endpoint_name": self.endpoint_name,
             "sweep_id": self.sweep_id,
@@ -430,15 +446,26 @@ class UnknownAction:
             "dry_run": self.dry_run,
             "action": self.action,
         }
+        return _with_source(kwargs, self.source, self.project)
 
 
 def parse_request(
-    task_id: str, *, endpoint_id: str, endpoint_name: str, sweep_id: str, rule: str, dry_run: bool, action: str
+    task_id: str,
+    *,
+    endpoint_id: str,
+    endpoint_name: str,
+    sweep_id: str,
+    rule: str,
+    dry_run: bool,
+    action: str,
+    source: str = "",
+    project: str = "",
 ) -> DeleteRequest | UnknownAction:
     """A delete task's arguments as the broker delivered them; the action is parsed here, once."""
+    args = (task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run)
     if action in (Action.DELETE, Action.STOP):
-        return DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, Action(action))
-    return UnknownAction(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action)
+        return DeleteRequest(*args, Action(action), source, project)
+    return UnknownAction(*args, action, source, project)
 
 
 @dataclass(frozen=True)
@@ -698,6 +725,8 @@ class _DeleteRun:
             error=attempt.error,
             endpoint_name=request.endpoint_name,
             task_id=request.task_id,
+            project=request.project or None,
+            api=request.source.partition(":")[0] or None,
             # An unknown action is recorded as the task was sent it (whatever JSON gave).
             action=request.action if isinstance(request, UnknownAction) else str(request.action),
             hardware=cleared.hardware if cleared else None,

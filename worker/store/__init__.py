@@ -31,6 +31,8 @@ key                            type      what
 ``P:lost``                     hash      endpoint id -> ``<task id>|<first seen>``: a claim whose message was missing
 ``P:sequences``                hash      endpoint id -> :class:`OpenSequence` (JSON): a v2 delete under way
 ``P:metrics``                  hash      counters for the exporter: sweeps, candidates, outcomes, retries, ...
+``P:listed:<source key>``      set       the endpoint ids of a source's last complete listing (v1, v2:<project>)
+``P:v1:closed``                string    v1 answering its list with 401/403/404/410 (JSON: first/last seen, status)
 =============================  ========  ===================================================================
 """
 
