@@ -98,8 +98,9 @@ def test_report_json_shape(
     result = janitor(["report", "--json"], env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"sweeps", "endpoints", "marked", "paused", "spend_removed_usd_per_hour"}
+    assert set(report) == {"sweeps", "endpoints", "by_project", "marked", "paused", "spend_removed_usd_per_hour"}
     sweep = report["sweeps"][0]
+    assert sweep["sources"] == {"v1": {"status": "ok", "listed": sweep["listed"]}}
     for key in (
         "sweep_id",
         "started_at",

@@ -20,6 +20,7 @@ import redis
 from tests.conftest import Sim, write_policy
 from tests.store_reads import events
 from worker.cli import _outcomes_by_project
+from worker.doctor import check_api
 from worker.exporter import snapshot
 from worker.janitor import DeleteRequest, RunState, run_delete
 from worker.models import OutcomeStatus
@@ -165,6 +166,10 @@ def test_v1_answering_its_list_with_404_or_410_is_closed_and_v2_goes_on(
     closed = store.v1_closed()
     assert closed is not None and closed["status"] == status and closed["first_seen"] <= closed["last_seen"]
     assert len([r for r in caplog.records if "v1 answers its list" in r.getMessage()]) == 1  # once a day
+    # janitor doctor says so, and passes while v2 lists.
+    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, http_timeout_s=2)
+    detail = check_api(settings, store)
+    assert f"v1 closed: its list answered HTTP {status}" in detail and "acme: 1 dedicated endpoint(s)" in detail
 
 
 def test_v1_answering_500_is_an_error_not_closed(sim: Sim, store: Store, both: Resolved, tmp_path: Path) -> None:
@@ -309,3 +314,23 @@ def _now() -> Any:
     from worker.clock import utc_now
 
     return utc_now()
+
+
+def test_v2_projects_that_cannot_be_found_hold_every_endpoint_not_listed(
+    sim: Sim, store: Store, tmp_path: Path
+) -> None:
+    """whoami failing: the v2 projects are not even known, so no endpoint missing from v1's list is let go."""
+    policy = write_policy(tmp_path / "policy.yaml", BY_API)
+    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, sources="v1,v2", http_timeout_s=2)
+    sim.reset([v1_ep(1, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    assert sweep(store, resolve_sources(settings), policy, queued).status == "ok"
+    assert set(store.load_marks()) == {"ep_0001"}
+
+    sim.v2_faults(scripts={"_project": {"GET whoami": [500] * 5}})
+    resolved = resolve_sources(settings)
+    assert [s.key for s, _ in resolved.clients] == ["v1"] and "500" in resolved.failed["v2"]
+    summary = sweep(store, resolved, policy, queued)
+    assert summary.status == "ok" and summary.sources["v2"]["status"] == "error"
+    assert set(store.load_marks()) == {"ep_0001"} and store.observation("ep_0001") is not None

@@ -327,7 +327,11 @@ class NoSourceListed(TogetherError):
     """Every source failed: the sweep is an error, and the summary still says what each source answered."""
 
     def __init__(self, results: dict[str, dict[str, Any]]) -> None:
-        what = "; ".join(f"{key}: {r.get('error')}" for key, r in results.items()) or "no source is configured"
+        errors = {key: str(r.get("error") or "").removeprefix("listing failed: ") for key, r in results.items()}
+        if len(errors) == 1:  # one source: its error as it is, as before sources existed
+            what = next(iter(errors.values()))
+        else:
+            what = "; ".join(f"{key}: {error}" for key, error in errors.items()) or "no source is configured"
         super().__init__(what)
         self.results = results
 
