@@ -208,6 +208,8 @@ def worker_env(redis_url: str, prefix: str, sim: Simulator, policy: Path, **extr
         {
             "TOGETHER_API_KEY": sim.api_key,
             "JANITOR_TOGETHER_BASE_URL": sim.base_url,
+            # One source, as the figures were measured (the simulator serves a v2 demo project too).
+            "JANITOR_SOURCES": "v1",
             "JANITOR_REDIS_URL": redis_url,
             "JANITOR_KEY_PREFIX": prefix,
             "JANITOR_POLICY_FILE": str(policy),

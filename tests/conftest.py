@@ -251,6 +251,9 @@ def env_for(redis_url: str, key_prefix: str, sim: Sim, policy_file: Path, **extr
         {
             "TOGETHER_API_KEY": sim.api_key,
             "JANITOR_TOGETHER_BASE_URL": sim.base_url,
+            # One source, as before sources existed (the simulator serves a v2 demo project too); a test that
+            # wants v2 or several sources says so.
+            "JANITOR_TOGETHER_API": "v1",
             "JANITOR_REDIS_URL": redis_url,
             "JANITOR_KEY_PREFIX": key_prefix,
             "JANITOR_POLICY_FILE": str(policy_file),
@@ -361,6 +364,9 @@ class Harness:
                     retry_backoff_s=0.05,
                     retry_backoff_max_s=0.2,
                     http_timeout_s=1,
+                    # The worker's own sources and poll interval, so the app's checks are the worker's.
+                    together_api=self.env.get("JANITOR_TOGETHER_API") or None,
+                    v2_poll_s=float(self.env.get("JANITOR_V2_POLL_S", "15")),
                 )
             )
         return self.app

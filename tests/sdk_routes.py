@@ -68,6 +68,7 @@ WHEN = datetime(2026, 11, 1, tzinfo=UTC)
 # Each call gives every optional argument the SDK method takes (the janitor sends a subset).
 _CALLS: tuple[tuple[str, Callable[[Any], object]], ...] = (
     ("whoami", lambda c: c.whoami()),
+    ("projects.list", lambda c: c.projects.list(after="x", limit=1)),
     ("endpoints.list", lambda c: c.endpoints.list(project_id=P, after="x", filter="x", limit=1, order_by="x")),
     ("endpoints.retrieve", lambda c: c.endpoints.retrieve(ID, project_id=P)),
     (

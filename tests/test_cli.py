@@ -104,13 +104,16 @@ def test_report_json_shape(
     assert set(report) == {
         "sweeps",
         "endpoints",
+        "by_project",
         "marked",
         "paused",
         "spend_removed_usd_per_hour",
         "deletes_unpriced",
         "spend_removed",
+        "spend_removed_by_project",
     }
     sweep = report["sweeps"][0]
+    assert sweep["sources"] == {"v1": {"status": "ok", "listed": sweep["listed"]}}
     for key in (
         "sweep_id",
         "started_at",

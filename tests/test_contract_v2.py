@@ -36,6 +36,7 @@ from together.types import (  # noqa: E402
     EndpointDeployment,
     EndpointListEventsResponse,
     Model,
+    Project,
     WhoamiResponse,
 )
 from together.types.endpoints import (  # noqa: E402
@@ -204,6 +205,44 @@ def test_the_hardware_catalog_is_the_sdks(sdk: Any, admin: httpx.Client) -> None
     admin.post("/faults", json={"scripts": {"_project": {"GET instance_types": [503]}}}).raise_for_status()
     with pytest.raises(together.InternalServerError):
         sdk.endpoints.hardware.list()
+
+
+def test_projects_and_each_project_s_own_endpoints(sdk: Any, admin: httpx.Client) -> None:
+    """``GET /v1/projects`` pages SDK ``Project`` items; each project's routes serve only its own endpoints."""
+    others = [
+        {"id": "proj_b", "slug": "beta", "name": "Beta"},
+        {"id": "proj_c", "slug": "gamma", "name": "Gamma", "organization_id": "org_else", "organization_name": "E"},
+    ]
+    reset(
+        admin,
+        [{"id": "ep_a"}, {"id": "ep_b", "projectId": "proj_b", "name": "x"}],
+        settings={"projects": others, "key_type": "org_api_key"},
+    )
+    seen: list[Any] = []
+    after: str | None = None
+    while True:
+        body = sdk.projects.with_raw_response.list(limit=2, **({"after": after} if after else {})).http_response.json()
+        seen += check_page(body, Project)
+        after = body["next_cursor"]
+        if not after:
+            break
+    assert sorted((p.id, p.slug, p.organization_id) for p in seen) == [
+        ("proj_b", "beta", "org_sim0001"),
+        ("proj_c", "gamma", "org_else"),
+        (PROJECT, "acme", "org_sim0001"),
+    ]
+    assert len(seen) == 3  # two pages, each project once
+    who = check(sdk.with_raw_response.whoami().http_response.json(), WhoamiResponse)
+    assert who.type == "org_api_key" and who.organization.id == "org_sim0001"
+    beta = sdk.endpoints.with_raw_response.list(project_id="proj_b").http_response.json()
+    assert [e.id for e in check_page(beta, Endpoint)] == ["ep_b"] and beta["data"][0]["name"] == "beta/x"
+    assert check(beta["data"][0], Endpoint).project_id == "proj_b"
+    own = sdk.endpoints.with_raw_response.list(project_id=PROJECT).http_response.json()
+    assert [e["id"] for e in own["data"]] == ["ep_a"]
+    with pytest.raises(NotFoundError):
+        sdk.endpoints.retrieve("ep_b", project_id=PROJECT)  # another project's endpoint
+    with pytest.raises(NotFoundError):
+        sdk.endpoints.list(project_id="proj_nope")
     assert_all_sdk_shaped(admin)
 
 

@@ -198,7 +198,17 @@ def test_dry_run_flag_reaches_the_requests(sim: Sim, store: Store, client: Toget
     queued: list[DeleteRequest] = []
     summary = sweep(store, client, policy, queued, dry_run=True)
     assert summary.dry_run and queued[0].dry_run
-    assert set(queued[0].task_kwargs()) == {"endpoint_id", "endpoint_name", "sweep_id", "rule", "dry_run", "action"}
+    assert set(queued[0].task_kwargs()) == {
+        "endpoint_id",
+        "endpoint_name",
+        "sweep_id",
+        "rule",
+        "dry_run",
+        "action",
+        "source",
+        "project",
+    }
+    assert queued[0].source == "v1" and queued[0].project == ""
 
 
 @pytest.mark.parametrize(

@@ -737,13 +737,15 @@ def test_an_endpoint_in_an_experiment_is_blocked_unless_the_policy_says_detach(
         assert changes[0] == ("DELETE", "ab_experiment")  # detached first, as Together's CLI does
 
 
-def test_an_organization_key_without_a_project_ends_the_sweep_with_what_to_set(harness: Harness) -> None:
+def test_an_organization_key_without_a_project_sweeps_every_project_of_its_organization(harness: Harness) -> None:
     h = _v2_harness(harness)
-    h.sim.v2_reset([v2_endpoint(1)], key_type="org_api_key")
+    other = {"id": "proj_x", "slug": "x", "name": "X", "organization_id": "org_else", "organization_name": "Else"}
+    h.sim.v2_reset([v2_endpoint(1)], key_type="org_api_key", projects=[other])
     h.worker()
     summary = h.sweep().get(timeout=30)
-    assert summary["status"] == "error" and "JANITOR_TOGETHER_PROJECT_ID" in summary["error"]
-    assert [r["target"] for r in h.sim.v2_requests()] == ["whoami"]
+    assert summary["status"] == "ok", summary
+    assert set(summary["sources"]) == {"v2:proj_sim0001"}  # its organization's project only
+    assert [r["target"] for r in h.sim.v2_requests()][:3] == ["whoami", "projects", "list"]
 
 
 def test_an_analytics_answer_without_total_requests_keeps_the_endpoint(harness: Harness) -> None:

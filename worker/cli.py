@@ -96,8 +96,12 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     from worker.policy import load_policy
 
     path = Path(args.file) if args.file else get_settings().policy_file
-    api = args.api or get_settings().together_api
-    policy = load_policy(path, API_CAPABILITIES[api])
+    if args.api:
+        api, capabilities = args.api, API_CAPABILITIES[args.api]
+    else:
+        settings = get_settings()
+        api, capabilities = ",".join(settings.api_names), settings.capabilities
+    policy = load_policy(path, capabilities)
     print(
         f"{path}: ok: {len(policy.rules)} rule(s), {len(policy.protect)} protect matcher(s), "
         f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep "
@@ -139,13 +143,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from worker.clock import iso, utc_now
     from worker.policy import load_policy
+    from worker.sources import resolve_sources
     from worker.store import LimitState, Store
     from worker.sweep import judge_limits, read_and_plan
-    from worker.together import client_for
 
     settings = get_settings()
-    client = client_for(settings)
-    policy = load_policy(settings.policy_file, client.capabilities)
+    client = resolve_sources(settings)
+    policy = load_policy(settings.policy_file, settings.capabilities)
     store = Store.from_settings(settings)
     # The sweep's own read and plan, with nothing written (open sequences and all); lost tasks are not settled.
     shown: dict[str, int] = {}
@@ -197,17 +201,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     pause = store.pause()
     counters = snapshot(store.metrics())
     spend, unpriced = counters["spend_removed_usd_per_hour"], counters["deletes_unpriced"]
-    windows = _spend_windows(store)
+    windows, spend_by_project = _spend_windows(store)
+    by_project = _outcomes_by_project(outcomes)
     if args.json:
         _print_json(
             {
                 "sweeps": sweeps,
                 "endpoints": outcomes,
+                "by_project": by_project,
                 "marked": marked,
                 "paused": pause,
                 "spend_removed_usd_per_hour": spend,
                 "deletes_unpriced": unpriced,
                 "spend_removed": {name: s.to_dict() for name, s in windows.items()},
+                "spend_removed_by_project": {
+                    project: {name: s.to_dict() for name, s in spans.items()}
+                    for project, spans in spend_by_project.items()
+                },
             }
         )
         return 0
@@ -244,6 +254,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             ["DUE", "ENDPOINT", "RULE", "MARKED"],
         )
     )
+    print("\nOutcomes per project (v1: the v1 account)")
+    statuses = sorted({status for counts in by_project.values() for status in counts})
+    print(
+        _table(
+            [[project, *(by_project[project].get(s, 0) for s in statuses)] for project in sorted(by_project)],
+            ["PROJECT", *(s.upper() for s in statuses)],
+        )
+    )
     print("\nLatest outcomes (failures first)")
     failures_first = sorted(outcomes, key=lambda o: o["status"] not in ("failed", "forbidden", "blocked"))
     rows = [
@@ -251,6 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             o["at"],
             o["status"],
             o["action"],
+            o.get("project") or "v1",
             o["endpoint_id"],
             o["endpoint_name"],
             o["rule"],
@@ -261,24 +280,42 @@ def cmd_report(args: argparse.Namespace) -> int:
         for o in failures_first
     ]
     print(
-        _table(rows, ["AT", "STATUS", "ACTION", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"], status_col=1)
+        _table(
+            rows,
+            ["AT", "STATUS", "ACTION", "PROJECT", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"],
+            status_col=1,
+        )
     )
     print("\nHourly spend removed by deletes and stops (running replicas x Together's prices, or the policy's)")
     for name, label in (("1d", "last day"), ("30d", "last 30 days")):
         print(f"  {label}: {windows[name].describe()}")
+        for project in sorted(spend_by_project):
+            print(f"    {project}: {spend_by_project[project][name].describe()}")
     more = f" (+ {unpriced} delete{'s' if unpriced != 1 else ''} of unknown price)" if unpriced else ""
     print(f"  since the counters began: ${spend:,.2f}/h removed{more}")
     return 0
 
 
-def _spend_windows(store: Store) -> dict[str, Spend]:
-    """What the deletes and stops of each report window removed (a per-project split: a ``key`` to spend_by)."""
+def _spend_windows(store: Store) -> tuple[dict[str, Spend], dict[str, dict[str, Spend]]]:
+    """What the deletes and stops of each report window removed, in total and per project ("v1": the v1
+    account, and older records without a project)."""
     from worker.clock import utc_now
     from worker.spend import WINDOWS, Spend, spend_by
 
     longest = max(WINDOWS.values()).total_seconds()
-    totals = spend_by(store.outcomes_since(longest), None, WINDOWS, utc_now()).get("", {})
-    return {name: totals.get(name, Spend()) for name in WINDOWS}
+    outcomes, now = store.outcomes_since(longest), utc_now()
+    totals = spend_by(outcomes, None, WINDOWS, now).get("", {})
+    by_project = spend_by(outcomes, lambda o: o.project or "v1", WINDOWS, now)
+    return {name: totals.get(name, Spend()) for name in WINDOWS}, by_project
+
+
+def _outcomes_by_project(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Outcome counts by status per project (the v1 account's, and older records without one, under "v1")."""
+    grouped: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        counts = grouped.setdefault(o.get("project") or "v1", {})
+        counts[o["status"]] = counts.get(o["status"], 0) + 1
+    return grouped
 
 
 def _who(given: str | None) -> str:
@@ -405,8 +442,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         elif e["kind"] == "step":  # one step of a v2 delete: what it did, and why it waits
             what = str(e.get("result") or "")
             detail = f"{e.get('did')}" + (f" ({e['reason']})" if e.get("reason") else "")
-        rows.append([e.get("at"), e["kind"], what, e.get("rule") or "", e.get("sweep_id") or "", detail])
-    print(_table(rows, ["AT", "EVENT", "WHAT", "RULE", "SWEEP", "DETAIL"]))
+        project = e.get("project") or ""
+        rows.append([e.get("at"), e["kind"], what, project, e.get("rule") or "", e.get("sweep_id") or "", detail])
+    print(_table(rows, ["AT", "EVENT", "WHAT", "PROJECT", "RULE", "SWEEP", "DETAIL"]))
     return 0
 
 

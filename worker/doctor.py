@@ -12,6 +12,7 @@ from worker.policy import load_policy
 from worker.redact import register_settings_secrets, scrub, scrub_line
 from worker.schedule import parse_schedule, schedule_interval
 from worker.settings import Settings, redact_url
+from worker.sources import resolve_sources
 from worker.store import Store
 from worker.together import client_for
 
@@ -29,16 +30,33 @@ def check_redis(settings: Settings, store: Store) -> str:
 
 
 def check_api(settings: Settings, store: Store) -> str:
-    try:
-        listed = client_for(settings).list_endpoints(types=["dedicated"])
-    except ApiStatusError as exc:
-        if exc.status_code in (401, 403):
-            raise JanitorError(f"the API key was refused (HTTP {exc.status_code})") from None
-        raise
-    return (
-        f"the API key is accepted at {redact_url(settings.together_base_url)}, API {settings.together_api} "
-        f"({len(listed)} dedicated endpoint(s))"
-    )
+    """Each configured source lists; v1 recorded as closed (a sweep saw it answer 401/403/404/410 while v2
+    answered) is said, not failed. The check fails if no source lists."""
+    resolved = resolve_sources(settings, client_for)
+    parts = [f"{key}: {error}" for key, error in resolved.failed.items()]
+    listed_any = False
+    for source, client in resolved.clients:
+        try:
+            count = len(client.list_endpoints(types=["dedicated"]))
+        except ApiStatusError as exc:
+            refused = " (the API key was refused)" if exc.status_code in (401, 403) else ""
+            parts.append(f"{source.label}: HTTP {exc.status_code}{refused}")
+            continue
+        except JanitorError as exc:
+            parts.append(f"{source.label}: {exc}")
+            continue
+        listed_any = True
+        parts.append(f"{source.label}: {count} dedicated endpoint(s)")
+    closed = store.v1_closed()
+    if closed is not None:
+        parts.append(
+            f"v1 closed: its list answered HTTP {closed.get('status')} since {closed.get('first_seen')} "
+            f"(last {closed.get('last_seen')}); set JANITOR_SOURCES=v2 to stop asking it"
+        )
+    detail = f"at {redact_url(settings.together_base_url)}: " + "; ".join(parts)
+    if not listed_any:
+        raise JanitorError(f"no source lists {detail}")
+    return detail
 
 
 def check_policy(settings: Settings, store: Store) -> str:

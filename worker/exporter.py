@@ -56,7 +56,7 @@ Snapshot = Mapping[str, Any]
 def snapshot(reading: MetricsReading) -> dict[str, Any]:
     """The counters of :meth:`Store.metrics` by name and labels, with its gauges: what :func:`families` renders.
 
-    Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule): n},
+    Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule, project): n},
     ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum), ``deletes_unpriced`` n.
     Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``last_sweep_finished`` (epoch seconds or None).
     A malformed counter raises (ValueError, IndexError): the scrape then reports ``janitor_up 0``.
@@ -79,7 +79,11 @@ def snapshot(reading: MetricsReading) -> dict[str, Any]:
         if name == "sweeps":
             result["sweeps"][labels[0]] = int(value)
         elif name == "outcomes":
-            result["outcomes"][tuple(labels)] = int(value)
+            # status, action, rule, project; a counter written before projects has no project: "".
+            key = (*labels, "")[:4] if len(labels) == 3 else tuple(labels)
+            if len(key) != 4:
+                raise ValueError(f"outcomes counter with {len(labels)} labels")
+            result["outcomes"][key] = result["outcomes"].get(key, 0) + int(value)
         elif name == "retry":
             result["retries"][labels[0] if labels else ""] = int(value)
         elif name == "limit":
@@ -115,11 +119,12 @@ def families(snapshot: Snapshot | None, now: float) -> list[Metric]:
     outcomes = CounterMetricFamily(
         "janitor_outcomes",
         "Delete and stop tasks finished, by outcome status, action (delete or stop) and the policy rule that chose "
-        "the endpoint (empty if none). Each task counts once, however many attempts it took.",
-        labels=["status", "action", "rule"],
+        "the endpoint (empty if none) and the endpoint's v2 project (empty for v1). Each task counts once, however "
+        "many attempts it took.",
+        labels=["status", "action", "rule", "project"],
     )
-    for (status, action, rule), n in sorted(snapshot["outcomes"].items()):
-        outcomes.add_metric([status, action, rule], n)
+    for (status, action, rule, project), n in sorted(snapshot["outcomes"].items()):
+        outcomes.add_metric([status, action, rule, project], n)
 
     retries = CounterMetricFamily(
         "janitor_retries",

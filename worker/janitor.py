@@ -73,9 +73,13 @@ class DeleteRequest:
     rule: str
     dry_run: bool
     action: Action = Action.DELETE  # DELETE or STOP
+    # The source the endpoint was listed from (``v1``, ``v2:<project id>``) and its label (the project's slug):
+    # the worker builds that source's client. Empty: a task queued before sources (the legacy single API).
+    source: str = ""
+    project: str = ""
 
     def task_kwargs(self) -> dict[str, object]:
-        return {
+        kwargs: dict[str, object] = {
             "endpoint_id": self.endpoint_id,
             "endpoint_name": self.endpoint_name,
             "sweep_id": self.sweep_id,
@@ -83,6 +87,7 @@ class DeleteRequest:
             "dry_run": self.dry_run,
             "action": str(self.action),  # a plain string on the wire and in the claim
         }
+        return _with_source(kwargs, self.source, self.project)
 
     def label(self) -> str:
         """The task's one-line label, e.g. ``acme-prod/ci-run-7 · rule ci-endpoints · delete · endpoint-7``.
@@ -91,6 +96,15 @@ class DeleteRequest:
         task page and ``/api/tasks`` under ``kwargs``). A further fact is one more part here.
         """
         return task_label(self.endpoint_id, self.endpoint_name, self.rule, str(self.action), self.dry_run)
+
+
+def _with_source(kwargs: dict[str, object], source: str, project: str) -> dict[str, object]:
+    """The source goes into the task's arguments (and so the claim) only when there is one: a task queued before
+    sources existed still matches its claim."""
+    if source:
+        kwargs["source"] = source
+        kwargs["project"] = project
+    return kwargs
 
 
 LABEL_MAX = 240  # well under Celery's own 1024-character cap on a kwargsrepr
@@ -119,7 +133,7 @@ RequestCounter = Callable[[str, datetime, datetime], int]
 HistoryReader = Callable[[str, str], datetime | None]
 
 
-class Resolved(NamedTuple):
+class ResolvedDecision(NamedTuple):
     """What :func:`resolve` came to: the endpoint (with its detail if fetched), the decision, and the observation
     it was decided on (a ``learnt`` one when the API's history was read: the sweep writes it)."""
 
@@ -141,7 +155,7 @@ def resolve(
     mark: Mark | None = None,
     detail_fetched: bool = False,
     ignore_grace: bool = False,
-) -> Resolved:
+) -> ResolvedDecision:
     """:func:`decide`, fetching what it asks for (the detail, the state's history, request counts) until it can
     decide.
 
@@ -167,11 +181,11 @@ def resolve(
             state_history=state_history,
         )
         if isinstance(asked, Decision):
-            return Resolved(endpoint, asked, observed)
+            return ResolvedDecision(endpoint, asked, observed)
         if asked.wanted is Wanted.DETAIL and not detail_fetched:
             detailed = _detail_or_reason(endpoint, fetch_detail)
             if not isinstance(detailed, Endpoint):
-                return Resolved(endpoint, Decision(Verdict.UNDECIDED, asked.rule, detailed), observed)
+                return ResolvedDecision(endpoint, Decision(Verdict.UNDECIDED, asked.rule, detailed), observed)
             endpoint, detail_fetched = detailed, True
         elif asked.wanted is Wanted.HISTORY and state_history and observed is not None and read_history:
             state_history = False  # read once per resolve, whatever it answers
@@ -179,11 +193,13 @@ def resolve(
         elif asked.wanted is Wanted.ACTIVITY and asked.window is not None:
             counted = _count_or_reason(endpoint.id, asked.window, now, count_requests)
             if isinstance(counted, str):
-                return Resolved(endpoint, Decision(Verdict.UNDECIDED, asked.rule, counted), observed)
+                return ResolvedDecision(endpoint, Decision(Verdict.UNDECIDED, asked.rule, counted), observed)
             activity[asked.window] = counted
         else:  # asked for what it was given already: undecidable, so kept
-            return Resolved(endpoint, Decision(Verdict.UNDECIDED, asked.rule, f"kept: {asked.reason}"), observed)
-    return Resolved(endpoint, Decision(Verdict.UNDECIDED, None, "kept: the decision did not settle"), observed)
+            return ResolvedDecision(
+                endpoint, Decision(Verdict.UNDECIDED, asked.rule, f"kept: {asked.reason}"), observed
+            )
+    return ResolvedDecision(endpoint, Decision(Verdict.UNDECIDED, None, "kept: the decision did not settle"), observed)
 
 
 def _learnt_or_same(endpoint: Endpoint, observed: Observation, read_history: HistoryReader) -> Observation:
@@ -497,9 +513,11 @@ class UnknownAction:
     rule: str
     dry_run: bool
     action: str
+    source: str = ""
+    project: str = ""
 
     def task_kwargs(self) -> dict[str, object]:
-        return {
+        kwargs: dict[str, object] = {
             "endpoint_id": self.endpoint_id,
             "endpoint_name": self.endpoint_name,
             "sweep_id": self.sweep_id,
@@ -507,6 +525,7 @@ class UnknownAction:
             "dry_run": self.dry_run,
             "action": self.action,
         }
+        return _with_source(kwargs, self.source, self.project)
 
     def label(self) -> str:
         """As :meth:`DeleteRequest.label`; the unknown action is shown (clipped), as the task carries it."""
@@ -514,12 +533,22 @@ class UnknownAction:
 
 
 def parse_request(
-    task_id: str, *, endpoint_id: str, endpoint_name: str, sweep_id: str, rule: str, dry_run: bool, action: str
+    task_id: str,
+    *,
+    endpoint_id: str,
+    endpoint_name: str,
+    sweep_id: str,
+    rule: str,
+    dry_run: bool,
+    action: str,
+    source: str = "",
+    project: str = "",
 ) -> DeleteRequest | UnknownAction:
     """A delete task's arguments as the broker delivered them; the action is parsed here, once."""
+    args = (task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run)
     if action in (Action.DELETE, Action.STOP):
-        return DeleteRequest(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, Action(action))
-    return UnknownAction(task_id, endpoint_id, endpoint_name, sweep_id, rule, dry_run, action)
+        return DeleteRequest(*args, Action(action), source, project)
+    return UnknownAction(*args, action, source, project)
 
 
 @dataclass(frozen=True)
@@ -800,6 +829,8 @@ class _DeleteRun:
             error=attempt.error,
             endpoint_name=request.endpoint_name,
             task_id=request.task_id,
+            project=request.project or None,
+            api=request.source.partition(":")[0] or None,
             # An unknown action is recorded as the task was sent it (whatever JSON gave).
             action=request.action if isinstance(request, UnknownAction) else str(request.action),
             hardware=cleared.hardware if cleared else None,

@@ -54,6 +54,9 @@ class Outcome:
     # What the delete or stop took off the hourly bill: the running replicas times the price of one (the policy's
     # override, else the API's catalog); None when either is unknown, never 0 for "unknown" (worker/pricing.py).
     usd_per_hour: float | None = None
+    # The endpoint's source: its API and (v2) project slug; None for v1's project and for older records.
+    project: str | None = None
+    api: str | None = None
     # True unless the API is known to have changed nothing: the change was made, its result is unknown (a
     # timeout, a 5xx, a crash after the request) or an earlier step of a v2 sequence changed something. Such
     # an outcome keeps its place in the 24 h count of ``max_deletes_per_day``.
@@ -93,6 +96,9 @@ class SweepSummary:
     error: str | None = None
     limit: int | None = None
     rules: dict[str, int] = field(default_factory=dict)
+    # Each source's result: source key -> {status: ok|error|closed, listed, error}; a failed source does not
+    # fail the sweep unless every source failed.
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,6 +20,11 @@ _OUTCOME_LISTS = ("deleted", "stopped", "spared", "failed", "forbidden", "blocke
 _TIMEOUT_S = 10.0
 
 
+def _in(item: Mapping[str, Any]) -> str:
+    """`` in project <slug>`` for an item of a v2 project; nothing for v1 (or an older record)."""
+    return f" in project {item['project']}" if item.get("project") else ""
+
+
 def build_notification(
     sweep: Mapping[str, Any], marked: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any] | None:
@@ -40,7 +45,7 @@ def build_notification(
         lines.append(f":warning: limit tripped, nothing queued: {limit}")
     for item in marked:
         lines.append(
-            f"• marked {item['endpoint_name']} ({item['endpoint_id']}) by rule {item['rule']}, "
+            f"• marked {item['endpoint_name']} ({item['endpoint_id']}){_in(item)} by rule {item['rule']}, "
             f"{item['action']} due {item['due_at']}"
         )
     removed = _removed(outcomes)
@@ -48,8 +53,8 @@ def build_notification(
         for item in lists[name]:
             why = f": {item['error']}" if item.get("error") else ""
             lines.append(
-                f"• {name} {item.get('endpoint_name') or ''} ({item['endpoint_id']}), rule {item.get('rule')}"
-                f"{_price(item)}{why}"
+                f"• {name} {item.get('endpoint_name') or ''} ({item['endpoint_id']}){_in(item)}, "
+                f"rule {item.get('rule')}{_price(item)}{why}"
             )
     if removed["deletes"]:
         lines.append(f"hourly spend removed: {_describe(removed)}")

@@ -38,7 +38,21 @@ from pydantic.fields import FieldInfo
 from worker.durations import format_duration, parse_duration
 from worker.errors import PolicyError
 
-MATCH_KEYS = ("id", "name", "display_name", "model", "owner", "hardware", "state", "type")
+MATCH_KEYS = (
+    "id",
+    "name",
+    "display_name",
+    "model",
+    "owner",
+    "hardware",
+    "state",
+    "type",
+    "api",
+    "project",
+    "project_id",
+)
+# The word ``scope.projects`` uses for the v1 account: the endpoints of no project.
+NO_PROJECT = "v1"
 # ``GET /endpoints`` does not carry these; only ``GET /endpoints/{id}`` does.
 DETAIL_KEYS = frozenset({"display_name", "hardware"})
 REGEX_PREFIX = "re:"
@@ -72,6 +86,14 @@ class EndpointFacts(Protocol):
     # Empty where an endpoint has one deployment only (v1).
     @property
     def variants(self) -> tuple[tuple[str | None, str | None], ...]: ...
+    # The endpoint's source: the API that listed it, and its project's slug (None: not known) and id; the v1
+    # account's endpoints have project "" and project_id "" (known to be of no project).
+    @property
+    def api(self) -> str: ...
+    @property
+    def project(self) -> str | None: ...
+    @property
+    def project_id(self) -> str: ...
 
 
 class Need(StrEnum):
@@ -291,6 +313,23 @@ def _field_for(model: type[BaseModel], key: object) -> FieldInfo | None:
 class Scope(_Strict):
     types: list[str] = Field(default_factory=lambda: ["dedicated"], min_length=1)
     mine: bool = False
+    # The projects swept: v2 project slugs or ids, and ``v1`` for the v1 account. Absent: every source
+    # configured; an empty list is an error (never "no filter").
+    projects: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(default=None, min_length=1)
+
+    def covers(self, endpoint: EndpointFacts) -> str | None:
+        """Why the endpoint is out of scope, or None if it is in scope. A project whose slug is not known is in
+        scope only by its id."""
+        if endpoint.type not in self.types:
+            return f"type {endpoint.type!r} is not in scope"
+        projects = self.projects
+        if projects is None:
+            return None
+        if not endpoint.project_id:
+            return None if NO_PROJECT in projects else "the v1 account is not in scope.projects"
+        if endpoint.project_id in projects or (endpoint.project and endpoint.project in projects):
+            return None
+        return f"project {endpoint.project or endpoint.project_id!r} is not in scope.projects"
 
     @property
     def needs(self) -> frozenset[Need]:
@@ -596,8 +635,9 @@ def evaluate(
     and its answer is kept in the observation, so it is read once per state); then the request count (one
     analytics GET at every sweep): idle is decided last, as it always was.
     """
-    if endpoint.type not in policy.scope.types:
-        return Decision(Verdict.OUT_OF_SCOPE, None, f"type {endpoint.type!r} is not in scope")
+    out = policy.scope.covers(endpoint)
+    if out is not None:
+        return Decision(Verdict.OUT_OF_SCOPE, None, out)
     for rule in policy.rules:
         reason = rule.conditions_hold(endpoint, observed, now)
         history_wanted = False
@@ -736,8 +776,9 @@ def hold_back(
     changes its state), and the full re-check ran before its first step. What a person can change meanwhile
     is asked: the scope, the protect list, an exemption.
     """
-    if endpoint.type not in policy.scope.types:
-        return f"type {endpoint.type!r} is no longer in scope"
+    out = policy.scope.covers(endpoint)
+    if out is not None:
+        return f"no longer in scope: {out}"
     for index, matcher in enumerate(policy.protect):
         if _protects(matcher, endpoint) is not False:
             return f"protected now: protect[{index}] ({matcher})"

@@ -7,6 +7,8 @@ validated here and :func:`load_settings` turns pydantic's error into :class:`Set
 from __future__ import annotations
 
 import functools
+import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import scheme_chars, unquote, unquote_plus, urlsplit
@@ -18,9 +20,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import SettingsError
 from worker.redact import register_settings_secrets
 from worker.schedule import parse_schedule
-from worker.together import API_CAPABILITIES, Capabilities
+from worker.together import API_CAPABILITIES, Capabilities, combine_capabilities
 
 ENV_PREFIX = "JANITOR_"
+_PROJECT_ID = r"^[A-Za-z0-9_.:~-]{1,128}$"
+log = logging.getLogger(__name__)
+
+
+def _comma_list(value: str, what: str) -> tuple[str, ...]:
+    """A comma list with no empty item and no item twice; an error naming ``what`` otherwise."""
+    items = tuple(item.strip() for item in value.split(","))
+    if not value.strip() or any(not item for item in items):
+        raise ValueError(f"{what}: an empty list or an empty item is not allowed (never read as 'all')")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{what}: an item is named twice")
+    return items
 
 
 class Settings(BaseSettings):
@@ -38,11 +52,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("JANITOR_TOGETHER_API_KEY", "TOGETHER_API_KEY"),
     )
     together_base_url: str = "https://api.together.ai/v1"
-    # Which endpoints API the client speaks; nothing above the client reads it, only its ``capabilities``
-    # (docs/api-v2.md). The names are those of worker.together.API_CAPABILITIES.
-    together_api: Literal["v1", "v2"] = "v1"
-    # v2 only: the project whose endpoints are swept; by default the API key's own (``GET /v3/whoami``).
-    together_project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:~-]{1,128}$")] | None = None
+    # Which sources one sweep lists: a comma list of the names of worker.together.API_CAPABILITIES (v1: the v1
+    # account; v2: the v2 projects below). Nothing above the client factory reads the names, only the
+    # ``capabilities`` (docs/api-v2.md). Default (unset): both.
+    sources: str | None = None
+    # v2: the projects swept, a comma list of ids; by default the key's own project (a project key) or every
+    # project of the organization (an organization key), from ``GET /v3/whoami`` and ``GET /v1/projects``.
+    together_project_ids: str | None = None
+    # Legacy (one API, one project): the same as JANITOR_SOURCES=<it> and JANITOR_TOGETHER_PROJECT_IDS=<it>.
+    together_api: Literal["v1", "v2"] | None = None
+    together_project_id: Annotated[str, Field(pattern=_PROJECT_ID)] | None = None
     # v2 only: how often a delete waiting for its deployments to stop asks again (no worker is held meanwhile),
     # and how long it waits before it ends as failed (the next sweep resumes the sequence).
     v2_poll_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
@@ -69,12 +88,57 @@ class Settings(BaseSettings):
     @field_validator("together_api", mode="before")
     @classmethod
     def _lower_api(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("together_project_id", mode="before")
     @classmethod
     def _blank_project_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = _comma_list(value.lower(), "JANITOR_SOURCES")
+        unknown = [n for n in names if n not in API_CAPABILITIES]
+        if unknown:
+            raise ValueError(f"unknown source {unknown[0]!r}; use a comma list of {', '.join(API_CAPABILITIES)}")
+        return ",".join(names)
+
+    @field_validator("together_project_ids")
+    @classmethod
+    def _project_ids(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        ids = _comma_list(value, "JANITOR_TOGETHER_PROJECT_IDS")
+        for item in ids:
+            if not re.fullmatch(_PROJECT_ID, item):
+                raise ValueError(f"project id {item[:130]!r}: only letters, digits and _ . : ~ - (1 to 128)")
+        return ",".join(ids)
+
+    @model_validator(mode="after")
+    def _legacy_agrees(self) -> Settings:
+        if self.sources is not None and self.together_api is not None and self.sources != self.together_api:
+            raise ValueError(
+                f"JANITOR_SOURCES ({self.sources}) and the legacy JANITOR_TOGETHER_API ({self.together_api}) "
+                "disagree; set only JANITOR_SOURCES"
+            )
+        if (
+            self.together_project_ids is not None
+            and self.together_project_id is not None
+            and self.together_project_ids != self.together_project_id
+        ):
+            raise ValueError(
+                f"JANITOR_TOGETHER_PROJECT_IDS ({self.together_project_ids}) and the legacy "
+                f"JANITOR_TOGETHER_PROJECT_ID ({self.together_project_id}) disagree; set only "
+                "JANITOR_TOGETHER_PROJECT_IDS"
+            )
+        if self.together_project_ids is not None and "v2" not in self.api_names:
+            raise ValueError("JANITOR_TOGETHER_PROJECT_IDS names v2 projects, but JANITOR_SOURCES has no v2")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -164,9 +228,49 @@ class Settings(BaseSettings):
             yield name, redact_url(value) if name == "redis_url" and isinstance(value, str) else value
 
     @property
+    def api_names(self) -> tuple[str, ...]:
+        """The configured sources' API names (JANITOR_SOURCES, else the legacy JANITOR_TOGETHER_API, else all)."""
+        if self.sources is not None:
+            return tuple(self.sources.split(","))
+        if self.together_api is not None:
+            return (self.together_api,)
+        return tuple(API_CAPABILITIES)
+
+    @property
+    def project_ids(self) -> tuple[str, ...]:
+        """The v2 projects configured; empty: the key's own, or every project of its organization."""
+        ids = self.together_project_ids or self.together_project_id
+        return tuple(ids.split(",")) if ids else ()
+
+    @property
+    def single_api(self) -> str | None:
+        """The one API (and at most one project) configured, for a delete task queued without a source;
+        None when there are several sources to choose from."""
+        names = self.api_names
+        if len(names) != 1 or len(self.project_ids) > 1:
+            return None
+        return names[0]
+
+    @property
+    def legacy_note(self) -> str | None:
+        """One line for the start when a legacy variable is set, naming the settings that replace it."""
+        used = [
+            name
+            for name, value in (
+                ("JANITOR_TOGETHER_API", self.together_api),
+                ("JANITOR_TOGETHER_PROJECT_ID", self.together_project_id),
+            )
+            if value is not None
+        ]
+        if not used:
+            return None
+        return f"{' and '.join(used)} still work; prefer JANITOR_SOURCES and JANITOR_TOGETHER_PROJECT_IDS"
+
+    @property
     def capabilities(self) -> Capabilities:
-        """What the configured API's client can do; every budget below that differs by version reads it."""
-        return API_CAPABILITIES[self.together_api]
+        """What the configured sources' clients can do together: the budgets below cover the most demanding,
+        a feature only if every source has it (worker.together.combine_capabilities)."""
+        return combine_capabilities([API_CAPABILITIES[name] for name in self.api_names])
 
     @property
     def _task_slack_s(self) -> float:
@@ -398,7 +502,20 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
+_noted: set[str] = set()
+
+
+def note_legacy(settings: Settings) -> None:
+    """Log the legacy-settings line once per process (at start: the worker, beat, the CLI)."""
+    note = settings.legacy_note
+    if note is not None and note not in _noted:
+        _noted.add(note)
+        log.info("%s", note)
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The settings of this process, read once."""
-    return load_settings()
+    settings = load_settings()
+    note_legacy(settings)
+    return settings

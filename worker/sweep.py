@@ -16,15 +16,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from worker.clock import iso, utc_now
-from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
+from worker.errors import ApiStatusError, InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
 from worker.janitor import (
-    ApiFactory,
     DeleteRequest,
     HistoryReader,
     RequestCounter,
@@ -48,8 +48,17 @@ from worker.policy import (
     load_policy,
 )
 from worker.redact import scrub_line
+from worker.sources import V2_UNRESOLVED, Resolved, single
 from worker.store import LimitState, Store, SweepState
-from worker.together import Endpoint, EndpointsApi, check_endpoint_id
+from worker.together import (
+    V1_SOURCE,
+    Capabilities,
+    Endpoint,
+    EndpointsApi,
+    Source,
+    check_endpoint_id,
+    combine_capabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,12 @@ class SweepPlan:
     newly_marked: list[Planned] = field(default_factory=list)
     unmarked: dict[str, Mark] = field(default_factory=dict)  # marks dropped: no longer candidates
     ended: dict[str, str] = field(default_factory=dict)  # endpoint id -> why its open sequence ends
+    # The ids each source that listed completely gave (written to ``P:listed:<key>`` by the commit).
+    listed_by_source: dict[str, list[str]] = field(default_factory=dict)
+    # Each source's result: {status: ok|error|closed, listed, error?} (the sweep summary's ``sources``).
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each acting endpoint's source key and project label (the delete task carries them).
+    source_of: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def in_scope(self) -> int:
@@ -134,21 +149,29 @@ def plan_sweep(
     *,
     fetch_detail: Callable[[str], Endpoint | None],
     count_requests: RequestCounter | None,
-    listed_in_detail: bool,
+    listed_in_detail: bool | Callable[[Endpoint], bool],
     read_history: HistoryReader | None = None,
+    keeps_history: Callable[[Endpoint], bool] = lambda _endpoint: True,
     every_decision: bool = False,
     history_reads: int = HISTORY_READS_PER_SWEEP,
 ) -> SweepPlan:
     """Decide every listed endpoint and say what the sweep will write; writes nothing.
 
     ``fetch_detail`` returns None when the endpoint vanished meanwhile and raises for anything else; it,
-    ``count_requests`` and ``read_history`` (None: the API keeps no history) are called only for endpoints whose
-    decision hangs on them. What the history taught is written as the endpoint's observation (``learnt``), so
-    later sweeps and the delete's re-check count from it without reading it again; at most ``history_reads``
-    histories are read (the others wait for the next sweep, on the janitor's own clock meanwhile).
-    ``every_decision`` keeps the decision of every endpoint in scope in ``noted`` (``janitor plan`` prints them all).
+    ``count_requests`` and ``read_history`` (None: no API keeps a history) are called only for endpoints whose
+    decision hangs on them. ``listed_in_detail`` says of an endpoint whether its source's list carries every
+    field, ``keeps_history`` whether its source keeps a history (a bool: of every endpoint). What the history
+    taught is written as the endpoint's observation (``learnt``), so later sweeps and the delete's re-check count
+    from it without reading it again; at most ``history_reads`` histories are read (the others wait for the next
+    sweep, on the janitor's own clock meanwhile). ``every_decision`` keeps the decision of every endpoint in
+    scope in ``noted`` (``janitor plan`` prints them all).
+
+    An endpoint not listed that ``state`` holds (its source failed this sweep) keeps its observation, its mark,
+    its open sequence and its claim: it is not gone, only not seen.
     """
-    plan = SweepPlan(now=now, listed=len(endpoints), forgotten=state.forgotten)
+    forgotten = [e for e in state.forgotten if not state.holds(e)]
+    plan = SweepPlan(now=now, listed=len(endpoints), forgotten=forgotten)
+    in_detail = listed_in_detail if callable(listed_in_detail) else (lambda _e, _v=listed_in_detail: _v)
     observe = _Observer(now)
     sequences = dict(state.sequences)
     histories = _HistoryBudget(read_history, history_reads)
@@ -158,6 +181,7 @@ def plan_sweep(
             plan.observed[endpoint.id] = fresh
         observed = previous if fresh is None else fresh
         exemption, mark = state.exemptions.get(endpoint.id), state.marks.get(endpoint.id)
+        detailed = in_detail(endpoint)
         decision = decide(
             policy,
             endpoint,
@@ -165,8 +189,8 @@ def plan_sweep(
             now,
             exemption=exemption,
             mark=mark,
-            detail_fetched=listed_in_detail,
-            state_history=histories.left > 0,
+            detail_fetched=detailed,
+            state_history=histories.left > 0 and keeps_history(endpoint),
         )
         if not isinstance(decision, Decision):  # the rule asks for a detail, the history or a request count
             endpoint, decision, learnt = resolve(
@@ -179,7 +203,7 @@ def plan_sweep(
                 read_history=histories.reader(),
                 exemption=exemption,
                 mark=mark,
-                detail_fetched=listed_in_detail,
+                detail_fetched=detailed,
             )
             if learnt is not None and learnt != observed:
                 plan.observed[endpoint.id] = learnt
@@ -188,9 +212,9 @@ def plan_sweep(
             decision = _resumed(policy, endpoint, decision, sequence, now, state, plan)
         _note(plan, Planned(endpoint, decision), every_decision)
         plan.unknown_age += endpoint.created_at is None
-    # An open sequence whose endpoint was not listed is gone, or out of scope.
-    plan.ended.update(dict.fromkeys(sequences, "not listed"))
-    _plan_unmarks(plan, state.marks)
+    # An open sequence whose endpoint was not listed is gone, or out of scope (unless its source failed).
+    plan.ended.update(dict.fromkeys((e for e in sequences if not state.holds(e)), "not listed"))
+    _plan_unmarks(plan, state)
     return plan
 
 
@@ -272,11 +296,12 @@ def _note(plan: SweepPlan, planned: Planned, every_decision: bool) -> None:
 _KEEPS_ITS_MARK = frozenset({Verdict.MARKED, Verdict.ACT, Verdict.UNDECIDED})
 
 
-def _plan_unmarks(plan: SweepPlan, marks: Mapping[str, Mark]) -> None:
+def _plan_unmarks(plan: SweepPlan, state: SweepState) -> None:
+    marks: Mapping[str, Mark] = state.marks
     if not marks:
         return
     still = {p.endpoint.id for p in plan.noted if p.decision.verdict in _KEEPS_ITS_MARK}
-    plan.unmarked = {eid: mark for eid, mark in marks.items() if eid not in still}
+    plan.unmarked = {eid: mark for eid, mark in marks.items() if eid not in still and not state.holds(eid)}
 
 
 def judge_limits(plan: SweepPlan, limits: Limits, limit_state: LimitState, *, dry_run: bool) -> LimitVerdict:
@@ -294,7 +319,7 @@ def judge_limits(plan: SweepPlan, limits: Limits, limit_state: LimitState, *, dr
 
 def read_and_plan(
     store: Store,
-    client: EndpointsApi,
+    client: EndpointsApi | Resolved,
     policy: Policy,
     clock: Callable[[], datetime],
     *,
@@ -303,29 +328,43 @@ def read_and_plan(
     dry: bool = False,
     every_decision: bool = False,
 ) -> tuple[SweepPlan, SweepState]:
-    """List, read the stored state, plan: what a sweep does before it writes, and all ``janitor plan`` does.
+    """List every source, read the stored state, plan: what a sweep does before it writes, and all
+    ``janitor plan`` does.
 
-    ``dry`` reads without a write (an expired exemption is skipped, not pruned). ``before_fetch(doing)`` runs
-    before each detail, history or request-count fetch: the sweep checks its deadline there, ``janitor plan`` shows
-    progress.
+    The sources are listed in parallel (:func:`list_sources`); one that fails is reported in ``plan.sources``
+    and its endpoints are held (neither acted on nor forgotten). ``dry`` reads without a write (an expired
+    exemption is skipped, not pruned). ``before_fetch(doing)`` runs before each detail, history or request-count
+    fetch: the sweep checks its deadline there, ``janitor plan`` shows progress.
     """
-    endpoints = client.list_endpoints(types=policy.scope.types, mine=policy.scope.mine)
+    resolved = client if isinstance(client, Resolved) else single(client)
+    listing = list_sources(resolved, policy)
+    if not listing.listed_any:
+        raise NoSourceListed(listing.results)
+    endpoints = listing.endpoints
     # After the list, not before: a state first seen in it is seen from now on, never earlier (a long list must
     # not make a stale clock or a grace period start before the janitor saw anything).
     now = clock()
-    state = store.read_sweep_state([e.id for e in endpoints], now, pending_ttl_s, prune=not dry)
+    state = store.read_sweep_state(
+        [e.id for e in endpoints],
+        now,
+        pending_ttl_s,
+        prune=not dry,
+        failed_sources=[k for k in listing.failed if k != V2_UNRESOLVED],
+        hold_all=V2_UNRESOLVED in listing.failed,
+    )
+    owner = listing.owner
 
     def detail(endpoint_id: str) -> Endpoint | None:
         before_fetch("fetching endpoint details")
-        return fetch_detail(client, endpoint_id)
+        return fetch_detail(owner[endpoint_id], endpoint_id)
 
     def count(endpoint_id: str, start: datetime, end: datetime) -> int:
         before_fetch("fetching request counts")
-        return client.count_requests(endpoint_id, start, end)
+        return owner[endpoint_id].count_requests(endpoint_id, start, end)
 
     def history(endpoint_id: str, state: str) -> datetime | None:
         before_fetch("reading event histories")
-        return client.state_since(endpoint_id, state)
+        return owner[endpoint_id].state_since(endpoint_id, state)
 
     plan = plan_sweep(
         policy,
@@ -334,12 +373,105 @@ def read_and_plan(
         now,
         fetch_detail=detail,
         count_requests=count,
-        listed_in_detail=client.capabilities.list_is_detailed,
-        read_history=history if client.capabilities.state_history else None,
+        listed_in_detail=lambda e: owner[e.id].capabilities.list_is_detailed,
+        read_history=history,
+        keeps_history=lambda e: owner[e.id].capabilities.state_history,
         every_decision=every_decision,
     )
+    plan.listed_by_source, plan.sources = listing.ids, listing.results
+    plan.source_of = {p.endpoint.id: (owner[p.endpoint.id].source.key, p.endpoint.project or "") for p in plan.acting}
     state.observed = []  # the raw list goes now; the plan keeps what it needs
     return plan, state
+
+
+class NoSourceListed(TogetherError):
+    """Every source failed: the sweep is an error, and the summary still says what each source answered."""
+
+    def __init__(self, results: dict[str, dict[str, Any]]) -> None:
+        errors = {key: str(r.get("error") or "").removeprefix("listing failed: ") for key, r in results.items()}
+        if len(errors) == 1:  # one source: its error as it is, as before sources existed
+            what = next(iter(errors.values()))
+        else:
+            what = "; ".join(f"{key}: {error}" for key, error in errors.items()) or "no source is configured"
+        super().__init__(what)
+        self.results = results
+
+
+# At most this many sources are listed at once (each source's pages one after another).
+LIST_WORKERS = 4
+# What v1 answers its list with once it is retired or not open to this key (docs/api-v2.md): "closed".
+_CLOSED_STATUSES = frozenset({401, 403, 404, 410})
+
+
+@dataclass
+class Listing:
+    """Every source's list: the endpoints of those that listed, their ids per source, each source's result."""
+
+    endpoints: list[Endpoint] = field(default_factory=list)
+    owner: dict[str, EndpointsApi] = field(default_factory=dict)  # endpoint id -> the client of its source
+    ids: dict[str, list[str]] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    closed_status: int | None = None  # v1's status when it is closed
+
+    @property
+    def listed_any(self) -> bool:
+        return bool(self.ids)
+
+
+def list_sources(resolved: Resolved, policy: Policy) -> Listing:
+    """List every source in parallel (at most :data:`LIST_WORKERS`); a failure stays that source's."""
+    listing = Listing()
+    for key, error in resolved.failed.items():
+        listing.results[key] = {"status": "error", "listed": 0, "error": error}
+        listing.failed.append(key)
+    pairs = resolved.clients
+    if not pairs:
+        return listing
+    scope = policy.scope
+    with ThreadPoolExecutor(max_workers=min(LIST_WORKERS, len(pairs)), thread_name_prefix="list") as pool:
+        futures = [pool.submit(c.list_endpoints, scope.types, scope.mine) for _, c in pairs]
+        answers: list[list[Endpoint] | BaseException] = []
+        for future in futures:
+            try:
+                answers.append(future.result())
+            except Exception as exc:
+                answers.append(exc)
+    for (source, client), answer in zip(pairs, answers, strict=True):
+        _add_listing(listing, source, client, answer)
+    _close_v1(listing)
+    return listing
+
+
+def _add_listing(
+    listing: Listing, source: Source, client: EndpointsApi, answer: list[Endpoint] | BaseException
+) -> None:
+    key = source.key
+    if isinstance(answer, BaseException):
+        status = answer.status_code if isinstance(answer, ApiStatusError) else None
+        error = f"listing failed: {scrub_line(str(answer), 300)}"
+        listing.results[key] = {"status": "error", "listed": 0, "error": error, "http_status": status}
+        listing.failed.append(key)
+        return
+    twice = next((e.id for e in answer if e.id in listing.owner), None)
+    if twice is not None:  # one endpoint in two sources: neither can be trusted to own it
+        error = f"listing failed: endpoint {scrub_line(twice, 80)!r} is listed by another source too"
+        listing.results[key] = {"status": "error", "listed": 0, "error": error}
+        listing.failed.append(key)
+        return
+    listing.endpoints.extend(answer)
+    listing.owner.update((e.id, client) for e in answer)
+    listing.ids[key] = [e.id for e in answer]
+    listing.results[key] = {"status": "ok", "listed": len(answer)}
+
+
+def _close_v1(listing: Listing) -> None:
+    """v1 answering 401/403/404/410 while another source listed is closed (retired, or not open to this key)."""
+    v1 = listing.results.get(V1_SOURCE.key)
+    if v1 is None or v1["status"] != "error" or v1.get("http_status") not in _CLOSED_STATUSES or not listing.ids:
+        return
+    listing.closed_status = int(v1["http_status"])
+    v1["status"] = "closed"
 
 
 def _deadline_check(deadline: float) -> Callable[[str], None]:
@@ -356,7 +488,7 @@ def _deadline_check(deadline: float) -> Callable[[str], None]:
 def run_sweep(
     *,
     store: Store,
-    client: EndpointsApi | ApiFactory,
+    client: EndpointsApi | Resolved | Callable[[], EndpointsApi | Resolved],
     policy_file: Path,
     dry_run: bool,
     lock_ttl_s: float,
@@ -386,6 +518,9 @@ def run_sweep(
         newly_marked = _sweep_locked(store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline)
     except (PolicyError, SettingsError) as exc:
         summary.status, summary.error = "error", str(exc)
+    except NoSourceListed as exc:
+        summary.status, summary.error = "error", f"listing failed: {exc}"
+        summary.sources = {key: _public(r) for key, r in exc.results.items()}
     except TogetherError as exc:
         summary.status, summary.error = "error", f"listing failed: {exc}"
     except Exception as exc:  # Redis, the broker, a deadline: record it rather than vanish
@@ -402,9 +537,22 @@ def run_sweep(
     return summary
 
 
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    """A source's result as the summary shows it: status, listed, error (already scrubbed)."""
+    return {k: v for k, v in result.items() if k in ("status", "listed", "error")}
+
+
+def _capabilities(client: EndpointsApi | Resolved) -> Capabilities:
+    if not isinstance(client, Resolved):
+        return client.capabilities
+    if not client.clients:
+        raise NoSourceListed({k: {"status": "error", "listed": 0, "error": e} for k, e in client.failed.items()})
+    return combine_capabilities([c.capabilities for _, c in client.clients])
+
+
 def _sweep_locked(
     store: Store,
-    client: EndpointsApi,
+    client: EndpointsApi | Resolved,
     policy_file: Path,
     pending_ttl_s: int,
     enqueue: Callable[[Sequence[DeleteRequest]], None],
@@ -413,11 +561,14 @@ def _sweep_locked(
     deadline: float,
 ) -> list[Planned]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
-    # The file is read at every sweep, so edits apply without a restart; an invalid one stops here.
-    policy = load_policy(policy_file, client.capabilities)
+    # The file is read at every sweep, so edits apply without a restart; an invalid one stops here. It is
+    # checked against what every source can tell (a feature only if all have it).
+    policy = load_policy(policy_file, _capabilities(client))
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     check_deadline = _deadline_check(deadline)
     plan, state = read_and_plan(store, client, policy, clock, before_fetch=check_deadline, pending_ttl_s=pending_ttl_s)
+    summary.sources = {key: _public(r) for key, r in plan.sources.items()}
+    _note_sources(store, summary, plan)
     settled = _settle_lost_tasks(store, state, summary, clock)
     for endpoint_id in settled:
         plan.unmarked.pop(endpoint_id, None)  # its outcome cleared the mark
@@ -430,9 +581,23 @@ def _sweep_locked(
     if not _limits_allow(store, verdict, limit_state, summary):
         return plan.newly_marked
     check_deadline("queuing")
-    _queue(store, verdict.to_queue, summary, enqueue, pending_ttl_s, listed_at, clock)
+    _queue(store, verdict.to_queue, summary, enqueue, pending_ttl_s, listed_at, clock, plan.source_of)
     summary.status = "ok"
     return plan.newly_marked
+
+
+def _note_sources(store: Store, summary: SweepSummary, plan: SweepPlan) -> None:
+    """Log each failed source; record v1 closed (logged at most once a day)."""
+    for key, result in plan.sources.items():
+        if result["status"] == "error":
+            log.warning("sweep %s: source %s: %s", summary.sweep_id, key, result.get("error"))
+        elif result["status"] == "closed" and store.note_v1_closed(int(result["http_status"]), time.time()):
+            log.warning(
+                "sweep %s: v1 answers its list with %s while v2 answers: v1 is retired or not open to this key; "
+                "set JANITOR_SOURCES=v2 to stop asking it (janitor doctor shows it)",
+                summary.sweep_id,
+                result["http_status"],
+            )
 
 
 def _summarise(summary: SweepSummary, plan: SweepPlan) -> None:
@@ -497,6 +662,7 @@ def _queue(
     pending_ttl_s: int,
     listed_at: float,
     clock: Callable[[], datetime],
+    sources: Mapping[str, tuple[str, str]],
 ) -> None:
     """Claim each endpoint for a new task, then publish the tasks of the claims taken, in batches."""
     requests: dict[str, DeleteRequest] = {}
@@ -515,6 +681,8 @@ def _queue(
             rule=p.decision.rule or "",
             dry_run=summary.dry_run,
             action=_action_of(p),
+            source=sources.get(p.endpoint.id, ("", ""))[0],
+            project=sources.get(p.endpoint.id, ("", ""))[1],
         )
     claimed = store.claim_pending(
         {eid: r.task_id for eid, r in requests.items()},
@@ -568,6 +736,8 @@ def _settle_lost_tasks(
     """
     settled: list[str] = []
     for endpoint_id, task_id in state.stale_claims.items():
+        if endpoint_id not in state.stale_listed and state.holds(endpoint_id):
+            continue  # its source failed: not listed, but not known to be gone
         if endpoint_id in state.stale_listed:
             store.drop_claim(endpoint_id, task_id, keep_counted=True)
             continue
@@ -648,6 +818,7 @@ def _marked_item(p: Planned) -> dict[str, Any]:
     return {
         "endpoint_id": p.endpoint.id,
         "endpoint_name": p.endpoint.name,
+        "project": p.endpoint.project or None,
         "rule": d.rule,
         "action": str(d.action or Action.DELETE),
         "marked_at": iso(d.marked_at) if d.marked_at else None,

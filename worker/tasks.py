@@ -30,6 +30,7 @@ from worker.janitor import (
 from worker.models import Outcome
 from worker.redact import scrub_fields
 from worker.settings import Settings, get_settings
+from worker.sources import resolve_sources
 from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import client_for
@@ -99,7 +100,7 @@ def _sweep(self: Task, settings: Settings, dry_run: bool | None) -> dict[str, An
     try:
         summary = run_sweep(
             store=_store(settings),
-            client=lambda: client_for(settings),  # a missing key becomes the sweep's recorded error
+            client=lambda: resolve_sources(settings),  # a missing key becomes the sweep's recorded error
             policy_file=settings.policy_file,
             # The worker's own JANITOR_DRY_RUN wins: a task can ask for a dry run, never for a live one.
             dry_run=settings.dry_run or bool(dry_run),
@@ -156,6 +157,8 @@ def delete_endpoint(
     action: str = "delete",
     server_errors: int = 0,
     waiting_since: str | None = None,
+    source: str = "",
+    project: str = "",
 ) -> dict[str, Any]:
     """Delete (or stop) one endpoint, or in a dry run record that it would be, and record exactly one outcome.
 
@@ -174,13 +177,17 @@ def delete_endpoint(
         rule=rule,
         dry_run=dry_run,
         action=action,
+        source=source,
+        project=project,
     )
     result = run_delete(
         request,
         RunState.from_task(server_errors, waiting_since, runs=self.request.retries),
         settings=settings,
         store=_store(settings),
-        client=lambda: client_for(settings),  # a missing key becomes the outcome's error
+        # The client of the endpoint's source; a task without one uses the legacy single API or fails "no source"
+        # (raised inside the step's error handling: the outcome's error, no request sent). A missing key too.
+        client=lambda: client_for(settings, request.source or None, request.project or None),
         out_of_time=(SoftTimeLimitExceeded,),
     )
     if isinstance(result, Done):

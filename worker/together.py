@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -153,6 +153,12 @@ class Endpoint:
     # What is billed right now: (hardware, running replicas) of each deployment (v2: ready replicas; v1: filled
     # by the detail read from its state and autoscaling). None: not known, so its price is unknown, never 0.
     billable_replicas: tuple[tuple[str | None, int], ...] | None = None
+    # Its source, set by the client that listed it (never read from the API's body: the v1 client overwrites
+    # them): v1 "v1", "", ""; v2 "v2", the project's slug (None: not known, so a protect on it protects and a
+    # rule on it does not hold), the project's id.
+    api: StrictStr = "v1"
+    project: StrictStr | None = ""
+    project_id: StrictStr = ""
 
 
 class EndpointList(BaseModel):
@@ -298,6 +304,49 @@ V2_CAPABILITIES = Capabilities(
     requests_per_attempt=3,
     state_history=True,
 )
+
+
+def combine_capabilities(every: Sequence[Capabilities]) -> Capabilities:
+    """What a janitor sweeping several sources can count on: a feature only if every source has it (a policy
+    is checked against this, so no source silently loses a protection), a budget as large as the most
+    demanding source's (the settings derive the task's time limits, the pending TTL, the visibility check)."""
+    if not every:
+        raise SettingsError("no source is configured (JANITOR_SOURCES)")
+    if all(c == every[0] for c in every):
+        return every[0]
+    return Capabilities(
+        request_counts=all(c.request_counts for c in every),
+        owner=all(c.owner for c in every),
+        list_is_detailed=all(c.list_is_detailed for c in every),
+        deletes_in_steps=any(c.deletes_in_steps for c in every),
+        max_steps=max(c.max_steps for c in every),
+        polls=any(c.polls for c in every),
+        requests_per_attempt=max(c.requests_per_attempt for c in every),
+    )
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source of endpoints a sweep lists: the v1 account or one v2 project.
+
+    ``key`` names it in Redis, the summary and a delete task (``v1``, ``v2:<project id>``); ``label`` is what a
+    person reads (``v1`` or the project's slug).
+    """
+
+    key: str
+    label: str
+    api: str
+    project: str | None = ""
+    project_id: str = ""
+
+
+V1_SOURCE = Source("v1", "v1", "v1")
+
+
+def v2_source(project_id: str, slug: str | None) -> Source:
+    return Source(f"v2:{project_id}", slug or project_id, "v2", slug, project_id)
+
+
 # JANITOR_TOGETHER_API -> what its client can do, so the settings can derive their budgets without a client.
 API_CAPABILITIES: Mapping[str, Capabilities] = MappingProxyType({"v1": V1_CAPABILITIES, "v2": V2_CAPABILITIES})
 
@@ -312,6 +361,9 @@ class EndpointsApi(Protocol):
 
     version: str  # a label for logs and reports; what the client can do is ``capabilities``
     capabilities: Capabilities
+
+    @property
+    def source(self) -> Source: ...  # what it lists: the v1 account or one v2 project
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]: ...
     def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
@@ -439,6 +491,7 @@ class TogetherClient(HttpApi):
 
     version = "v1"
     capabilities = V1_CAPABILITIES
+    source = V1_SOURCE
 
     def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
         """``GET /endpoints``; with one type the API filters, with several the caller filters locally."""
@@ -456,10 +509,11 @@ class TogetherClient(HttpApi):
         except ValidationError as exc:
             raise MalformedResponse(self._scrub(f"GET /endpoints: {summarise_validation(exc)}")) from None
         seen: set[str] = set()
-        for endpoint in listing.data:
+        for index, endpoint in enumerate(listing.data):
             if endpoint.id in seen:
                 raise MalformedResponse(self._scrub(f"GET /endpoints: id {self._clip(endpoint.id)!r} listed twice"))
             seen.add(endpoint.id)
+            listing.data[index] = _as_v1(endpoint)
         if len(types) > 1:
             wanted = set(types)
             return [e for e in listing.data if e.type in wanted]
@@ -480,7 +534,7 @@ class TogetherClient(HttpApi):
             raise MalformedResponse(
                 self._scrub(f"GET {path}: answered with another endpoint ({self._clip(endpoint.id)!r})")
             )
-        return dataclasses.replace(endpoint, billable_replicas=_v1_billable(endpoint, body))
+        return _as_v1(dataclasses.replace(endpoint, billable_replicas=_v1_billable(endpoint, body)))
 
     def price_list(self) -> list[HardwarePrice]:
         """``GET /hardware``: ``pricing.cents_per_minute`` of each hardware id, as USD per hour (x 60 / 100).
@@ -583,41 +637,73 @@ class _HardwareList(BaseModel):
 
 _V1_REPLICAS = TypeAdapter(_V1Replicas)
 _HARDWARE = TypeAdapter(_HardwareList)
+
+
+def _as_v1(endpoint: Endpoint) -> Endpoint:
+    """The v1 account's facts, whatever the body said: a v1 endpoint is of no project (a matcher on project does
+    not match it, a protect on project does not protect it), and no server can make it look like one."""
+    if endpoint.api == "v1" and endpoint.project == "" and endpoint.project_id == "":
+        return endpoint
+    return replace(endpoint, api="v1", project="", project_id="")
+
+
 _pool_lock = threading.Lock()
-_pool: tuple[int, tuple[str, ...], EndpointsApi] | None = None
+_pools: dict[tuple[str, ...], tuple[int, EndpointsApi]] = {}
 
 
-def client_for(settings: Settings) -> EndpointsApi:
-    """One client (one connection pool) per process, made anew in a forked child, for the configured version.
+def client_for(settings: Settings, source: str | None = None, project: str | None = None) -> EndpointsApi:
+    """One client (one connection pool) per source and process, made anew in a forked child.
 
-    A pool inherited across ``fork`` would share sockets with the parent, so the pid is part of the key.
+    ``source`` is a source key (``v1``, ``v2:<project id>``; ``project`` the slug, when known); None asks for the
+    legacy single API (``Settings.single_api``), for a delete task queued before sources existed. A pool
+    inherited across ``fork`` would share sockets with the parent, so the pid is part of the key. This is the
+    one place a version name is compared.
     """
-    global _pool
     if settings.together_api_key is None:
         raise SettingsError("TOGETHER_API_KEY is not set; the janitor cannot list or delete endpoints")
+    api, project_id = _parse_source(settings, source)
     secret = settings.together_api_key.get_secret_value().encode()
     key = (
-        settings.together_api,
+        api,
         settings.together_base_url,
         str(settings.http_timeout_s),
-        settings.together_project_id or "",
+        project_id or "",
+        project or "",
         hashlib.sha256(secret).hexdigest(),
     )
     with _pool_lock:
-        if _pool is not None and _pool[0] == os.getpid() and _pool[1] == key:
-            return _pool[2]
+        held = _pools.get(key)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
         client: EndpointsApi
-        if settings.together_api == "v2":
+        if api == "v2":
             from worker.together_v2 import TogetherV2Client  # the v2 module builds on this one
 
             client = TogetherV2Client(
                 settings.together_base_url,
                 settings.together_api_key,
                 settings.http_timeout_s,
-                project_id=settings.together_project_id,
+                project_id=project_id,
+                project_slug=project,
                 step_budget_s=settings.step_budget_s,
             )
         else:
             client = TogetherClient(settings.together_base_url, settings.together_api_key, settings.http_timeout_s)
-        _pool = (os.getpid(), key, client)
+        _pools[key] = (os.getpid(), client)
         return client
+
+
+def _parse_source(settings: Settings, source: str | None) -> tuple[str, str | None]:
+    """(API name, project id or None) of a source key; None: the legacy single API, or an error."""
+    if source is None:
+        api = settings.single_api
+        if api is None:
+            raise SettingsError("no source: the task names none and several sources are configured")
+        ids = settings.project_ids
+        return api, (ids[0] if api == "v2" and ids else None)
+    if source in ("v1", "v2"):  # "v2": no project named (whoami's own; the project list needs none)
+        return source, None
+    name, colon, project_id = source.partition(":")
+    if name == "v2" and colon and project_id:
+        return "v2", check_path_segment(project_id, "project id")
+    raise SettingsError(f"unknown source {scrub_clip(source, 80)!r}")

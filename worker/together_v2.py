@@ -48,12 +48,14 @@ from worker.together import (
     Guard,
     HardwarePrice,
     HttpApi,
+    Source,
     Step,
     StepKind,
     StepPhase,
     check_endpoint_id,
     check_path_segment,
     summarise_validation,
+    v2_source,
 )
 
 _MAX_PAGE_BYTES = 64 * 1024 * 1024
@@ -165,11 +167,24 @@ class _WhoProject(_Wire):
     slug: str | None = None
 
 
-class _WhoAmI(_Wire):
+class _WhoOrganization(_Wire):
+    id: StrictStr
+
+
+class WhoAmI(_Wire):
     """``GET /v3/whoami`` (types/whoami_response.py), a union on ``type``; only what the janitor reads."""
 
     type: StrictStr
     project: _WhoProject | None = None
+    organization: _WhoOrganization | None = None
+
+
+class Project(_Wire):
+    """One item of ``GET /v1/projects`` (types/project.py; snake_case on the wire, every field required)."""
+
+    id: StrictStr
+    slug: StrictStr
+    organization_id: StrictStr
 
 
 class _RequestMetrics(_Wire):
@@ -287,9 +302,13 @@ def main_deployment(endpoint: V2Endpoint) -> Deployment | None:
     )
 
 
-def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _: None) -> Endpoint:
+def to_facts(
+    endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _: None, source: Source | None = None
+) -> Endpoint:
     """The endpoint as a policy reads it. ``names`` gives a model resource name's display name, None when it
-    is not known: ``model`` is then None, so a rule on ``model`` does not hold and a protect on it protects."""
+    is not known: ``model`` is then None, so a rule on ``model`` does not hold and a protect on it protects.
+    ``source`` is the project listed: its slug and id become ``project`` and ``project_id`` (without it, or
+    without a slug, ``project`` is None: unknown, which a protect on project counts as a match)."""
     main = main_deployment(endpoint)
     variants: list[tuple[str | None, str | None]] = []
     for d in endpoint.deployments:
@@ -313,6 +332,9 @@ def to_facts(endpoint: V2Endpoint, names: Callable[[str], str | None] = lambda _
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
+        api="v2",
+        project=source.project if source is not None else None,
+        project_id=source.project_id if source is not None else (endpoint.project_id or ""),
     )
 
 
@@ -570,6 +592,7 @@ class TogetherV2Client(HttpApi):
         timeout_s: float,
         *,
         project_id: str | None = None,
+        project_slug: str | None = None,
         step_budget_s: float | None = None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
@@ -583,6 +606,7 @@ class TogetherV2Client(HttpApi):
         inner = transport or httpx.HTTPTransport(limits=limits)
         super().__init__(root, api_key, timeout_s, transport=GuardedTransport(inner, timeout_s))  # type: ignore[arg-type]
         self._project_id = check_path_segment(project_id, "project id") if project_id else None
+        self._project_slug = project_slug or None
         # All the requests of one step (its reads, the experiments, the change) fit in this, whatever they are.
         self._step_budget_s = step_budget_s if step_budget_s is not None else 9 * timeout_s
         self._names: dict[str, str | None] = {}  # model resource name -> display name (None: not found)
@@ -639,12 +663,26 @@ class TogetherV2Client(HttpApi):
         except ValidationError as exc:
             raise MalformedResponse(self._scrub(f"{what}: {summarise_validation(exc)}")) from None
 
+    def whoami(self) -> WhoAmI:
+        """``GET /v3/whoami``: the key's type, organization and (a project key) project."""
+        return self._parse("GET /v3/whoami", self._call("GET /v3/whoami", self._sdk.with_raw_response.whoami), _WHOAMI)
+
+    def list_projects(self) -> list[Project]:
+        """``GET /v1/projects`` (SDK ``projects.list``), every page: the projects these credentials can access."""
+        call = self._sdk.projects.with_raw_response.list
+        pages = self._pages("GET /v1/projects", lambda after: call(limit=PAGE_SIZE, after=after), _PROJECT_PAGE)
+        return [project for page in pages for project in page]
+
+    @property
+    def source(self) -> Source:
+        """The project this client lists and changes (asks whoami for the key's own when none was given)."""
+        return v2_source(self.project_id, self._project_slug)
+
     @property
     def project_id(self) -> str:
         """From ``JANITOR_TOGETHER_PROJECT_ID``, else the key's own project (``GET /v3/whoami``, asked once)."""
         if self._project_id is None:
-            body = self._call("GET /v3/whoami", self._sdk.with_raw_response.whoami)
-            who = self._parse("GET /v3/whoami", body, _WHOAMI)
+            who = self.whoami()
             if who.type == "org_api_key":
                 raise SettingsError(
                     "the API key is an organization key: set JANITOR_TOGETHER_PROJECT_ID to the project to sweep"
@@ -655,6 +693,7 @@ class TogetherV2Client(HttpApi):
                     "use a project API key or set JANITOR_TOGETHER_PROJECT_ID"
                 )
             self._project_id = check_path_segment(who.project.id, "project id")
+            self._project_slug = self._project_slug or who.project.slug
         return self._project_id
 
     # -- reading
@@ -694,7 +733,7 @@ class TogetherV2Client(HttpApi):
                 if raw.id in seen:
                     raise MalformedResponse(self._scrub(f"GET /v2 endpoints: id {self._clip(raw.id)!r} listed twice"))
                 seen.add(raw.id)
-                facts = to_facts(raw, self._names.get)
+                facts = to_facts(raw, self._names.get, self.source)
                 if not wanted or facts.type in wanted:
                     endpoints.append(facts)
         return endpoints
@@ -741,7 +780,7 @@ class TogetherV2Client(HttpApi):
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         raw = self._get_raw(endpoint_id)
         self._resolve_models([d.model for d in raw.deployments if d.model])
-        return to_facts(raw, self._names.get)
+        return to_facts(raw, self._names.get, self.source)
 
     def count_requests(self, endpoint_id: str, start: datetime, end: datetime) -> int:
         """``totalRequests`` over [start, end) from the endpoint's analytics, in hour buckets (``1h``).
@@ -849,7 +888,7 @@ class TogetherV2Client(HttpApi):
         # Asked afresh right before a change: a model renamed since the sweep must meet the protect list by its
         # name of now.
         self._resolve_models([d.model for d in current.deployments if d.model], fresh=True)
-        reason = guard(to_facts(current, self._names.get))
+        reason = guard(to_facts(current, self._names.get, self.source))
         if reason is not None:
             return Step(StepKind.SPARED, "re-check", reason=reason)
         nxt = next_step(current, action)
@@ -1034,7 +1073,8 @@ _PAGE = TypeAdapter(Page[V2Endpoint])
 _ENDPOINT = TypeAdapter(V2Endpoint)
 _DEPLOYMENT = TypeAdapter(FullDeployment)
 _DEPLOYMENT_PAGE = TypeAdapter(Page[FullDeployment])
-_WHOAMI = TypeAdapter(_WhoAmI)
+_WHOAMI = TypeAdapter(WhoAmI)
+_PROJECT_PAGE = TypeAdapter(Page[Project])
 _ANALYTICS = TypeAdapter(_Analytics)
 _MODEL = TypeAdapter(_Model)
 _CATALOG = TypeAdapter(_Catalog)

@@ -16,7 +16,7 @@ def test_render_without_a_server() -> None:
     snapshot = {
         "sweeps": {},
         "candidates": 0,
-        "outcomes": {("failed", "delete", ""): 2},
+        "outcomes": {("failed", "delete", "", "prod"): 2},
         "retries": {},
         "limit_trips": 0,
         "spend_removed_usd_per_hour": 0.0,
@@ -30,7 +30,9 @@ def test_render_without_a_server() -> None:
     # No sweep on record: both sweep-time gauges are absent (not NaN, not 0).
     assert set(found) == EXPECTED - {"janitor_last_sweep_timestamp_seconds", "janitor_seconds_since_last_sweep"}
     assert found["janitor_sweeps"] == [] and found["janitor_retries"] == []
-    assert by_labels(found, "janitor_outcomes", "status", "action", "rule") == {("failed", "delete", ""): 2}
+    assert by_labels(found, "janitor_outcomes", "status", "action", "rule", "project") == {
+        ("failed", "delete", "", "prod"): 2
+    }
 
     later = samples(render(snapshot | {"last_sweep_finished": 1000.0}, now=1600.5).decode())
     assert value(later, "janitor_last_sweep_timestamp_seconds") == 1000.0
@@ -54,7 +56,9 @@ def test_counter_fields_are_read_by_name_and_labels() -> None:
                 f"sweeps{sep}limit_exceeded": "1",
                 "candidates": "32",
                 f"outcomes{sep}deleted{sep}delete{sep}ci": "3",
-                f"outcomes{sep}failed{sep}stop{sep}": "1",
+                f"outcomes{sep}failed{sep}stop{sep}": "1",  # written before projects: no project label
+                f"outcomes{sep}deleted{sep}delete{sep}ci{sep}prod": "2",
+                f"outcomes{sep}deleted{sep}delete{sep}ci{sep}": "1",  # v1: an empty project
                 f"retry{sep}delete": "4",
                 "retry": "1",  # written before retries had an action
                 f"limit{sep}delete": "1",
@@ -68,7 +72,11 @@ def test_counter_fields_are_read_by_name_and_labels() -> None:
     assert found == {
         "sweeps": {"ok": 2, "limit_exceeded": 1},
         "candidates": 32,
-        "outcomes": {("deleted", "delete", "ci"): 3, ("failed", "stop", ""): 1},
+        "outcomes": {
+            ("deleted", "delete", "ci", ""): 4,
+            ("deleted", "delete", "ci", "prod"): 2,
+            ("failed", "stop", "", ""): 1,
+        },
         "retries": {"delete": 4, "": 1},
         "limit_trips": 3,
         "spend_removed_usd_per_hour": 3.5,

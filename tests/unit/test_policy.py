@@ -61,6 +61,9 @@ class FullEp:
     display_name: str | None = "CI"
     hardware: str | None = "1x_nvidia_h100_80gb_sxm"
     variants: tuple[tuple[str | None, str | None], ...] = ()
+    api: str = "v1"
+    project: str | None = ""
+    project_id: str = ""
 
 
 # ---------------------------------------------------------------------------------------------- null keys
@@ -975,3 +978,76 @@ def test_v2_refuses_what_it_cannot_know_rather_than_lose_a_protection() -> None:
     mine = parse_policy("version: 1\nscope: {mine: true}\nrules:\n  - name: r\n    ttl: 1h\n")
     with pytest.raises(PolicyError, match="mine: true"):
         check_api_support(mine, V2_CAPABILITIES)
+
+
+# ---------------------------------------------------------------------------------------------- sources (issue 14)
+
+V2_PROD = FullEp(id="ep-prod", api="v2", project="prod", project_id="proj_prod", owner="prod")
+V2_STAGING = FullEp(id="ep-stg", api="v2", project="staging", project_id="proj_stg", owner="staging")
+V1_EP = FullEp(id="ep-v1")
+V2_UNKNOWN_SLUG = FullEp(id="ep-x", api="v2", project=None, project_id="proj_x")
+TTL_RULE = "rules:\n  - name: old\n    ttl: 1d\n"
+
+
+def _verdict(text: str, ep: FullEp) -> Verdict:
+    decision = evaluate(parse_policy("version: 1\n" + text), ep, None, NOW, detail_fetched=True)
+    assert not isinstance(decision, type(None))
+    return decision.verdict  # type: ignore[union-attr]
+
+
+def test_the_source_keys_are_matcher_keys() -> None:
+    assert {"api", "project", "project_id"} <= set(MATCH_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("ep", "verdict"),
+    [
+        (V2_PROD, Verdict.ACT),
+        (V2_STAGING, Verdict.OUT_OF_SCOPE),
+        (V1_EP, Verdict.ACT),
+        (V2_UNKNOWN_SLUG, Verdict.OUT_OF_SCOPE),
+    ],
+)
+def test_scope_projects_by_slug_and_the_v1_word(ep: FullEp, verdict: Verdict) -> None:
+    assert _verdict("scope: {projects: [prod, v1]}\n" + TTL_RULE, ep) is verdict
+
+
+def test_scope_projects_by_id_covers_a_project_whose_slug_is_not_known() -> None:
+    assert _verdict("scope: {projects: [proj_x]}\n" + TTL_RULE, V2_UNKNOWN_SLUG) is Verdict.ACT
+    assert _verdict("scope: {projects: [proj_x]}\n" + TTL_RULE, V1_EP) is Verdict.OUT_OF_SCOPE
+
+
+def test_scope_projects_absent_is_every_source_and_empty_is_an_error() -> None:
+    for ep in (V2_PROD, V2_STAGING, V1_EP, V2_UNKNOWN_SLUG):
+        assert _verdict(TTL_RULE, ep) is Verdict.ACT
+    with pytest.raises(PolicyError, match="projects"):
+        parse_policy("version: 1\nscope: {projects: []}\n")
+    with pytest.raises(PolicyError, match="projects"):
+        parse_policy("version: 1\nscope:\n  projects:\n")
+    with pytest.raises(PolicyError, match="projects"):
+        parse_policy("version: 1\nscope: {projects: ['']}\n")
+
+
+def test_a_protect_on_project_protects_that_project_and_an_unknown_slug_but_not_v1() -> None:
+    text = "protect:\n  - project: prod\n" + TTL_RULE
+    assert _verdict(text, V2_PROD) is Verdict.PROTECTED
+    assert _verdict(text, V2_UNKNOWN_SLUG) is Verdict.PROTECTED  # not known: the doubt protects
+    assert _verdict(text, V2_STAGING) is Verdict.ACT
+    assert _verdict(text, V1_EP) is Verdict.ACT  # v1 is known to be of no project
+
+
+def test_a_rule_on_project_or_api_holds_only_where_it_is_known_to_match() -> None:
+    rule = "rules:\n  - name: old\n    ttl: 1d\n    match: {project: staging}\n"
+    assert _verdict(rule, V2_STAGING) is Verdict.ACT
+    assert _verdict(rule, V2_PROD) is Verdict.KEEP
+    assert _verdict(rule, V2_UNKNOWN_SLUG) is Verdict.KEEP  # not known: the rule does not hold
+    assert _verdict(rule, V1_EP) is Verdict.KEEP
+    by_api = "rules:\n  - name: old\n    ttl: 1d\n    match: {api: v2, project_id: proj_prod}\n"
+    assert _verdict(by_api, V2_PROD) is Verdict.ACT
+    assert _verdict(by_api, V1_EP) is Verdict.KEEP
+
+
+def test_a_sequence_under_way_stops_when_its_project_leaves_the_scope() -> None:
+    policy = parse_policy("version: 1\nscope: {projects: [staging]}\n" + TTL_RULE)
+    assert hold_back(policy, V2_PROD, NOW) is not None
+    assert hold_back(policy, V2_STAGING, NOW) is None

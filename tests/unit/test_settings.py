@@ -37,7 +37,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
 
 
 def test_every_configurable_api_has_capabilities_and_each_client_declares_its_own() -> None:
-    assert set(API_CAPABILITIES) == set(get_args(Settings.model_fields["together_api"].annotation))
+    legacy = get_args(Settings.model_fields["together_api"].annotation)
+    assert set(API_CAPABILITIES) == {name for arg in legacy for name in get_args(arg)}
     assert TogetherClient.capabilities is API_CAPABILITIES["v1"] is V1_CAPABILITIES
     assert TogetherV2Client.capabilities is API_CAPABILITIES["v2"] is V2_CAPABILITIES
     declared_v1 = Capabilities(
@@ -69,7 +70,7 @@ def test_every_configurable_api_has_capabilities_and_each_client_declares_its_ow
 def test_the_factory_builds_the_client_whose_capabilities_the_settings_read(
     api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(together, "_pool", None)  # this client is closed below: it must not stay cached
+    monkeypatch.setattr(together, "_pools", {})  # this client is closed below: it must not stay cached
     settings = Settings(
         together_api=api, together_api_key="sk-test", together_base_url="http://127.0.0.1:1/v1", together_project_id="p"
     )
@@ -132,6 +133,7 @@ def test_the_poll_counts_against_the_visibility_timeout_only_where_the_api_polls
 
 
 def test_the_configured_name_selects_the_capabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v1")
     assert load_settings().capabilities is V1_CAPABILITIES
     monkeypatch.setenv("JANITOR_TOGETHER_API", " V2 ")
     assert load_settings().capabilities is V2_CAPABILITIES
@@ -236,7 +238,7 @@ def test_bad_key_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_switching_to_v2_is_one_setting_and_validates_with_every_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings().together_api == "v1"
+    assert load_settings().together_api is None and load_settings().api_names == ("v1", "v2")
     monkeypatch.setenv("JANITOR_TOGETHER_API", " V2 ")
     s = load_settings()
     assert s.together_api == "v2" and s.together_project_id is None
@@ -296,3 +298,84 @@ def test_env_example_lists_every_setting() -> None:
         if name == "together_api_key":
             continue
         assert re.search(rf"^#?{ENV_PREFIX}{name.upper()}=", text, re.M), name
+
+
+# ---------------------------------------------------------------------------------------------- sources (issue 14)
+
+
+def test_sources_default_to_both_and_the_budgets_cover_the_most_demanding(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.api_names == ("v1", "v2") and s.project_ids == () and s.single_api is None
+    caps = s.capabilities
+    # A budget as large as v2's, a feature only if both have it (owner: v1 only; request counts: v2 only).
+    assert caps.polls and caps.deletes_in_steps and caps.max_steps == 32 and caps.requests_per_attempt == 3
+    assert not caps.owner and not caps.request_counts and not caps.list_is_detailed
+    v2 = load_settings(together_api="v2")
+    assert s.task_time_limit_s == v2.task_time_limit_s and s.pending_ttl_s == v2.pending_ttl_s
+    assert s.dry_run is True  # still the default
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JANITOR_SOURCES": ""}, "JANITOR_SOURCES: an empty list"),
+        ({"JANITOR_SOURCES": " , "}, "JANITOR_SOURCES: an empty list"),
+        ({"JANITOR_SOURCES": "v1,"}, "JANITOR_SOURCES: an empty list"),
+        ({"JANITOR_SOURCES": "v1,V1"}, "JANITOR_SOURCES: an item is named twice"),
+        ({"JANITOR_SOURCES": "v3"}, "unknown source 'v3'"),
+        ({"JANITOR_TOGETHER_PROJECT_IDS": ""}, "JANITOR_TOGETHER_PROJECT_IDS: an empty list"),
+        ({"JANITOR_TOGETHER_PROJECT_IDS": "p1,p1"}, "JANITOR_TOGETHER_PROJECT_IDS: an item is named twice"),
+        ({"JANITOR_TOGETHER_PROJECT_IDS": "p1,a/b"}, "project id 'a/b'"),
+        ({"JANITOR_SOURCES": "v1", "JANITOR_TOGETHER_PROJECT_IDS": "p1"}, "JANITOR_SOURCES has no v2"),
+        ({"JANITOR_SOURCES": "v2", "JANITOR_TOGETHER_API": "v1"}, "JANITOR_SOURCES (v2) and the legacy"),
+        (
+            {"JANITOR_TOGETHER_PROJECT_IDS": "p1", "JANITOR_TOGETHER_PROJECT_ID": "p2"},
+            "JANITOR_TOGETHER_PROJECT_IDS (p1) and the legacy JANITOR_TOGETHER_PROJECT_ID (p2)",
+        ),
+    ],
+)
+def test_bad_sources_settings_name_the_variable(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings()
+
+
+def test_sources_and_projects_parse_and_legacy_settings_map_onto_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JANITOR_SOURCES", " V2 ")
+    monkeypatch.setenv("JANITOR_TOGETHER_PROJECT_IDS", "proj_a, proj_b")
+    s = load_settings()
+    assert s.api_names == ("v2",) and s.project_ids == ("proj_a", "proj_b") and s.legacy_note is None
+    assert s.single_api is None  # two projects: a task without a source has none to choose
+    monkeypatch.delenv("JANITOR_SOURCES")
+    monkeypatch.delenv("JANITOR_TOGETHER_PROJECT_IDS")
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v2")
+    monkeypatch.setenv("JANITOR_TOGETHER_PROJECT_ID", "proj_a")
+    legacy = load_settings()
+    assert legacy.api_names == ("v2",) and legacy.project_ids == ("proj_a",) and legacy.single_api == "v2"
+    note = legacy.legacy_note or ""
+    assert "JANITOR_TOGETHER_API and JANITOR_TOGETHER_PROJECT_ID" in note and "JANITOR_SOURCES" in note
+    # Both set and agreeing is fine.
+    monkeypatch.setenv("JANITOR_SOURCES", "v2")
+    assert load_settings().api_names == ("v2",)
+
+
+def test_the_client_factory_builds_one_client_per_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(together, "_pools", {})
+    settings = Settings(together_api_key="sk-test", together_base_url="http://127.0.0.1:1/v1")
+    v1 = client_for(settings, "v1")
+    a = client_for(settings, "v2:proj_a", "alpha")
+    b = client_for(settings, "v2:proj_b", "beta")
+    try:
+        assert client_for(settings, "v2:proj_a", "alpha") is a and a is not b
+        assert v1.source.key == "v1" and v1.source.project == "" and v1.source.project_id == ""
+        assert (a.source.key, a.source.project, a.source.project_id) == ("v2:proj_a", "alpha", "proj_a")
+        with pytest.raises(SettingsError, match="no source"):
+            client_for(settings)  # two APIs configured: a task without a source has none
+        with pytest.raises(SettingsError, match="unknown source"):
+            client_for(settings, "v3")
+    finally:
+        for client in (v1, a, b):
+            client.close()

@@ -11,7 +11,7 @@ from worker.models import OpenSequence
 from worker.policy import Action, Decision, Exemption, Mark, Observation, Verdict, parse_policy
 from worker.store import LimitState, SweepState
 from worker.sweep import SweepPlan, judge_limits, plan_sweep, read_and_plan
-from worker.together import V1_CAPABILITIES, Endpoint
+from worker.together import V1_CAPABILITIES, V1_SOURCE, Endpoint
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 POLICY = parse_policy(
@@ -172,6 +172,7 @@ class _ClockedList:
     """A client whose list takes five minutes of the clock; the store stand-in returns an empty state."""
 
     capabilities = V1_CAPABILITIES
+    source = V1_SOURCE
 
     def __init__(self, endpoints: list[Endpoint], clock: list[datetime]) -> None:
         self.endpoints, self.clock = endpoints, clock
@@ -182,7 +183,7 @@ class _ClockedList:
 
 
 class _EmptyStore:
-    def read_sweep_state(self, ids: list[str], now: datetime, stale_after_s: float, *, prune: bool) -> SweepState:
+    def read_sweep_state(self, ids: list[str], now: datetime, stale_after_s: float, **_: object) -> SweepState:
         return state_for([ep(1, "x")] * len(ids))
 
 

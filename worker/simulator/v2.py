@@ -10,6 +10,9 @@ Served (``{p}`` the key's project, ``{e}`` an endpoint; every route is in :data:
 
 * ``GET /v3/whoami``: ``project_api_key`` (default) or ``org_api_key`` (setting ``key_type``). ``/v1/whoami`` is
   not served (the v1 server answers it 404).
+* ``GET /v1/projects`` (SDK ``projects.list``; ``after``, ``limit``): the key's project and those of the setting
+  ``projects``; each seeded endpoint belongs to one (``projectId`` in its spec, default the key's), and each
+  project's routes serve only its own endpoints (another project's endpoint is 404).
 * ``GET /v2/projects/{p}/endpoints`` (pages ``{"data": [...], "next_cursor": str | null}``; ``after``, ``limit``,
   ``orderBy``), ``GET | PATCH | DELETE .../endpoints/{e}``, ``GET .../endpoints/{e}/analytics``,
   ``GET .../endpoints/{e}/events`` (newest first; seeded, and a ``deployment.scaled`` for each API scale),
@@ -98,6 +101,7 @@ __all__ = [
 ]
 
 SortKey = tuple[datetime, str]
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
 DEFAULT_PROJECT_ID: Final = "proj_sim0001"
@@ -194,6 +198,7 @@ _SUB: Final = _EP + "/{endpoint_id}"
 _SHADOW: Final = _SUB + "/shadowExperiments"
 V2_ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("/v3/whoami", "whoami", {"GET": _m()}),
+    RouteSpec("/v1/projects", "projects", {"GET": _m("after limit")}),
     RouteSpec(_EP, "list", {"GET": _m("after filter limit orderBy")}),
     RouteSpec(
         _EP + "/{id}",
@@ -277,7 +282,7 @@ def match_route(path: str) -> tuple[RouteSpec, dict[str, str]] | None:
 
 def is_v2_path(path: str) -> bool:
     """True for the paths this module serves or answers 404 for (``/v2/...`` and ``/v3/...``)."""
-    return path in ("/v2", "/v3") or path.startswith(("/v2/", "/v3/"))
+    return path in ("/v2", "/v3", "/v1/projects") or path.startswith(("/v2/", "/v3/"))
 
 
 # -- errors and small parsers ------------------------------------------------------------------------------------
@@ -906,6 +911,7 @@ class _Endpoint:
     version: int = 1
     extra: JSONDict = field(default_factory=dict)
     events: list[_Event] = field(default_factory=list)
+    project_id: str = ""  # the project that owns it; "" the key's (settings.project_id)
 
     @property
     def etag(self) -> str:
@@ -997,8 +1003,10 @@ _SETTINGS_KEYS: Final = frozenset(
         "analytics_omit",
         "stale_etag_status",
         "precondition_status",
+        "projects",
     }
 )
+_PROJECT_KEYS: Final = frozenset({"id", "slug", "name", "organization_id", "organization_name"})
 
 
 @dataclass
@@ -1020,6 +1028,18 @@ class _Settings:
     analytics_omit: str | None = None  # totalRequests | requestMetrics | metrics: left out of every answer
     stale_etag_status: int = 409
     precondition_status: int = 400
+    # More projects beside the key's own: {id, slug, name, organization_id?, organization_name?} (the
+    # organization defaults to the key's). An organization key sees them all; GET /v1/projects lists them.
+    projects: tuple[JSONDict, ...] = ()
+
+    def all_projects(self) -> list[JSONDict]:
+        """Every project as ``GET /v1/projects`` shows it (types/project.py), the key's own first."""
+        own = {"id": self.project_id, "name": self.project_name, "slug": self.project_slug}
+        org = {"organization_id": self.organization_id, "organization_name": self.organization_name}
+        return [org | own, *({**org, **p} for p in self.projects)]
+
+    def slugs(self) -> dict[str, str]:
+        return {p["id"]: p["slug"] for p in self.all_projects()}
 
     def view(self) -> JSONDict:
         return {k: getattr(self, k) for k in sorted(_SETTINGS_KEYS)}
@@ -1043,6 +1063,8 @@ class _Settings:
                 setattr(out, key, value)
         if "key_type" in body:
             out.key_type = _opt_choice(body, "key_type", "", ("project_api_key", "org_api_key"))
+        if "projects" in body:
+            out.projects = _projects_from(body["projects"], out.project_id)
         if "stop_delay_s" in body:
             delay = _opt_delay(body, "stop_delay_s")
             if delay is None:
@@ -1077,6 +1099,7 @@ class _Settings:
 
 _ENDPOINT_SPEC_KEYS: Final = frozenset(
     {
+        "projectId",
         "id",
         "name",
         "createdAt",
@@ -1163,6 +1186,25 @@ _ADMIN_DEPLOYMENT_PATCH_KEYS: Final = frozenset(
     }
 )
 _RESET_KEYS: Final = frozenset({"endpoints", "generate", "settings", "demo", "models"})
+
+
+def _projects_from(value: object, own: str) -> tuple[JSONDict, ...]:
+    if not isinstance(value, list):
+        raise SimError(400, "'projects' must be a list", "projects")
+    out: list[JSONDict] = []
+    seen = {own}
+    for item in value:
+        data = check_keys(item, _PROJECT_KEYS, "project")
+        for key in _PROJECT_KEYS:
+            if key in data and (not isinstance(data[key], str) or not data[key] or "/" in data[key]):
+                raise SimError(400, f"project '{key}' must be a non-empty string without '/'", key)
+        if not {"id", "slug", "name"} <= set(data):
+            raise SimError(400, "a project needs id, slug and name", "projects")
+        if data["id"] in seen:
+            raise SimError(409, f"duplicate project id {data['id']!r}", "projects")
+        seen.add(data["id"])
+        out.append(dict(data))
+    return tuple(out)
 
 
 def _opt_description(data: JSONDict) -> str | None:
@@ -1631,13 +1673,20 @@ class V2Simulator(ScriptedApi[Faults]):
     # -- seeding --------------------------------------------------------------------------------
 
     @staticmethod
-    def _build(specs: list[object], slug: str, existing: dict[str, _Endpoint], registry: _Registry) -> list[_Endpoint]:
+    def _build(
+        specs: list[object], settings: _Settings, existing: dict[str, _Endpoint], registry: _Registry
+    ) -> list[_Endpoint]:
         now = utc_now()
+        slugs = settings.slugs()
         dep_ids = {d.id for ep in existing.values() for d in ep.deployments}
         ep_ids = set(existing)
         built: list[_Endpoint] = []
         for i, spec in enumerate(specs):
-            ep = _endpoint_from_spec(spec, len(existing) + i, slug, now, registry)
+            pid = spec.get("projectId", settings.project_id) if isinstance(spec, dict) else settings.project_id
+            if pid not in slugs:
+                raise SimError(400, f"'projectId' {pid!r} is not a project of the simulator", "projectId")
+            ep = _endpoint_from_spec(spec, len(existing) + i, slugs[pid], now, registry)
+            ep.project_id = "" if pid == settings.project_id else pid
             if ep.id in ep_ids:
                 raise SimError(409, f"duplicate endpoint id {ep.id!r}", "id")
             ep_ids.add(ep.id)
@@ -1660,7 +1709,7 @@ class V2Simulator(ScriptedApi[Faults]):
         all_specs: list[object] = [*(demo_v2_specs() if data.get("demo") else []), *specs]
         if "generate" in data:
             all_specs.extend(_generated_specs(data["generate"], settings.project_slug))
-        built = self._build(all_specs, settings.project_slug, {}, registry)
+        built = self._build(all_specs, settings, {}, registry)
         with self.lock:
             self.settings = settings
             self.models = registry
@@ -1682,7 +1731,7 @@ class V2Simulator(ScriptedApi[Faults]):
                 "project": {"project_id": s.project_id, "project_slug": s.project_slug},
                 "settings": s.view(),
                 "models": [m.admin_view() for m in self.models.by_id.values()],
-                "endpoints": [ep.admin_view(s.project_id) for ep in eps],
+                "endpoints": [ep.admin_view(ep.project_id or s.project_id) for ep in eps],
                 "deleted": copy.deepcopy(self.deleted),
             }
 
@@ -1757,8 +1806,12 @@ class V2Simulator(ScriptedApi[Faults]):
         require_method(req.method, route.spec.allow, f"on {req.path}")
         with self.lock:
             project_id = self.settings.project_id
-        if route.target != "model" and route.project_id is not None and route.project_id != project_id:
+            known = set(self.settings.slugs())
+            owned = self.endpoints.get(route.endpoint_id or "")
+        if route.target != "model" and route.project_id is not None and route.project_id not in known:
             raise SimError(404, f"Project {route.project_id} not found", "projectId")
+        if owned is not None and (owned.project_id or project_id) != route.project_id:
+            raise SimError(404, f"Endpoint {route.endpoint_id} not found", "endpointId")
         params = query_params(req.query)
         serve = functools.partial(self._serve, req.method, route, params, req.body, entry)
         return self._scripted(req, route.script_keys(), route.target, route.target, serve)
@@ -1768,7 +1821,9 @@ class V2Simulator(ScriptedApi[Faults]):
         if target == "whoami":
             return Reply(200, self._whoami())
         if target == "list":
-            return self._list_endpoints(params)
+            return self._list_endpoints(params, route.project_id or "")
+        if target == "projects":
+            return self._list_projects(params)
         if target == "model":
             return self._get_model(route.project_id or "", leaf)
         if target == "instance_types":
@@ -1897,7 +1952,7 @@ class V2Simulator(ScriptedApi[Faults]):
 
     def _read(self, endpoint_id: str, view: Callable[[_Endpoint, str], JSONDict]) -> Reply:
         with self.lock:
-            return Reply(200, view(self._endpoint(endpoint_id), self.settings.project_id))
+            return Reply(200, view(ep := self._endpoint(endpoint_id), self._pid(ep)))
 
     # -- identity and models --------------------------------------------------------------------
 
@@ -1981,19 +2036,30 @@ class V2Simulator(ScriptedApi[Faults]):
                 del self.cursors[next(iter(self.cursors))]
         return page, cursor
 
-    def _list_endpoints(self, params: dict[str, str]) -> Reply:
+    def _pid(self, ep: _Endpoint) -> str:
+        return ep.project_id or self.settings.project_id
+
+    def _list_endpoints(self, params: dict[str, str], project_id: str) -> Reply:
         by, desc = self._order(params)
         with self.lock:
 
             def key(e: _Endpoint) -> SortKey:
                 return (e.updated_key, e.id) if by == "updated_at" else e.sort_key
 
-            page, cursor = self._page(f"endpoints:{by}", list(self.endpoints.values()), key, params, desc)
+            owned = [e for e in self.endpoints.values() if self._pid(e) == project_id]
+            page, cursor = self._page(f"endpoints:{project_id}:{by}", owned, key, params, desc)
             now = time.monotonic()
             for ep in page:
                 self._advance(ep, now)
-            pid, limit = self.settings.project_id, self.settings.summary_limit
-            return Reply(200, {"data": [ep.view(pid, limit) for ep in page], "next_cursor": cursor})
+            limit = self.settings.summary_limit
+            return Reply(200, {"data": [ep.view(project_id, limit) for ep in page], "next_cursor": cursor})
+
+    def _list_projects(self, params: dict[str, str]) -> Reply:
+        """``GET /v1/projects`` (SDK ``projects.list``): every project, a cursor page of ``Project``."""
+        with self.lock:
+            projects = self.settings.all_projects()
+            page, cursor = self._page("projects", projects, lambda p: (_EPOCH, p["id"]), params)
+            return Reply(200, {"data": [dict(p) for p in page], "next_cursor": cursor})
 
     def _list_deployments(self, endpoint_id: str, params: dict[str, str]) -> Reply:
         by, desc = self._order(params)
@@ -2004,7 +2070,7 @@ class V2Simulator(ScriptedApi[Faults]):
                 return (d.updated_key, d.id) if by == "updated_at" else d.sort_key
 
             page, cursor = self._page(f"deployments:{ep.id}:{by}", ep.deployments, key, params, desc)
-            pid = self.settings.project_id
+            pid = self._pid(ep)
             return Reply(200, {"data": [d.full(ep, pid) for d in page], "next_cursor": cursor})
 
     def _list_sub(
@@ -2020,7 +2086,7 @@ class V2Simulator(ScriptedApi[Faults]):
             ep = self._endpoint(endpoint_id)
             sort_key: Callable[[T], SortKey] = key or (lambda x: x.sort_key)  # type: ignore[attr-defined]
             page, cursor = self._page(f"{kind}:{ep.id}", items(ep), sort_key, params)
-            pid = self.settings.project_id
+            pid = self._pid(ep)
             return Reply(200, {"data": [view(x, ep, pid) for x in page], "next_cursor": cursor})
 
     def _list_rollouts(self, endpoint_id: str, params: dict[str, str]) -> Reply:
@@ -2148,7 +2214,7 @@ class V2Simulator(ScriptedApi[Faults]):
                 ep.traffic_split = split
             if changes:
                 ep.touch()
-            return Reply(200, ep.view(self.settings.project_id, self.settings.summary_limit))
+            return Reply(200, ep.view(self._pid(ep), self.settings.summary_limit))
 
     def _delete_endpoint(self, endpoint_id: str, params: dict[str, str]) -> Reply:
         with self.lock:
@@ -2217,7 +2283,7 @@ class V2Simulator(ScriptedApi[Faults]):
                 dep.touch()
                 if self.settings.endpoint_etag_covers_deployments:
                     ep.touch()
-            return Reply(200, dep.full(ep, self.settings.project_id))
+            return Reply(200, dep.full(ep, self._pid(ep)))
 
     @staticmethod
     def _scale(dep: _Deployment, lo: int, hi: int) -> None:
@@ -2293,7 +2359,7 @@ class V2Simulator(ScriptedApi[Faults]):
             if "description" in mask:
                 ab.description = description or None
             ab.touch()
-            return Reply(200, ab.view(ep, self.settings.project_id))
+            return Reply(200, ab.view(ep, self._pid(ep)))
 
     def _delete_ab(self, endpoint_id: str, ab_id: str, params: dict[str, str]) -> Reply:
         with self.lock:
@@ -2379,16 +2445,16 @@ class V2Simulator(ScriptedApi[Faults]):
     def _admin_add_endpoint(self, spec: JSONDict) -> Reply:
         with self.lock:
             existing = dict(self.endpoints)
-            slug = self.settings.project_slug
+            settings = self.settings
             registry = self.models.copy()
-        (ep,) = self._build([spec], slug, existing, registry)
+        (ep,) = self._build([spec], settings, existing, registry)
         with self.lock:
             if ep.id in self.endpoints:
                 raise SimError(409, f"duplicate endpoint id {ep.id!r}", "id")
             for model in registry.by_id.values():
                 self.models.by_id.setdefault(model.id, model)
             self.endpoints[ep.id] = ep
-            return Reply(201, ep.admin_view(self.settings.project_id))
+            return Reply(201, ep.admin_view(self._pid(ep)))
 
     def _admin_endpoint(self, method: str, endpoint_id: str, rest: list[str], body: bytes) -> Reply:
         if not rest:
@@ -2401,7 +2467,7 @@ class V2Simulator(ScriptedApi[Faults]):
             if method == "PATCH":
                 return self._admin_patch_endpoint(endpoint_id, json_object(body, required=True))
             with self.lock:
-                return Reply(200, self._endpoint(endpoint_id).admin_view(self.settings.project_id))
+                return Reply(200, (ep := self._endpoint(endpoint_id)).admin_view(self._pid(ep)))
         if rest == ["requests"]:
             require_method(method, "POST")
             data = json_object(body, required=True)
@@ -2409,7 +2475,7 @@ class V2Simulator(ScriptedApi[Faults]):
             with self.lock:
                 ep = self._endpoint(endpoint_id)
                 ep.requests.extend(items)
-                return Reply(200, ep.admin_view(self.settings.project_id))
+                return Reply(200, ep.admin_view(self._pid(ep)))
         if rest == ["deployments"]:
             require_method(method, "POST")
             return self._admin_add_deployment(endpoint_id, json_object(body, required=True))
@@ -2433,13 +2499,13 @@ class V2Simulator(ScriptedApi[Faults]):
                 if ab.id in taken:
                     raise SimError(409, f"duplicate id {ab.id!r}", "id")
                 ep.ab_experiments.append(ab)
-                return Reply(201, ab.view(ep, self.settings.project_id))
+                return Reply(201, ab.view(ep, self._pid(ep)))
             if kind == "shadowExperiments":
                 exp = _shadow_from_spec(spec, ep.deployments, now)
                 if exp.id in taken:
                     raise SimError(409, f"duplicate id {exp.id!r}", "id")
                 ep.shadow_experiments.append(exp)
-                return Reply(201, exp.view(ep, self.settings.project_id))
+                return Reply(201, exp.view(ep, self._pid(ep)))
             rollout = _rollout_from_spec(spec, ep.deployments, now)
             if rollout.id in taken:
                 raise SimError(409, f"duplicate id {rollout.id!r}", "id")
@@ -2477,7 +2543,7 @@ class V2Simulator(ScriptedApi[Faults]):
                 ep.touch()
             if updated is not None:
                 ep.updated_at, ep.updated_key = updated
-            return Reply(200, ep.admin_view(self.settings.project_id))
+            return Reply(200, ep.admin_view(self._pid(ep)))
 
     def _admin_add_deployment(self, endpoint_id: str, spec: JSONDict) -> Reply:
         """A deployment created behind the client's back (a new etag); it is not added to the traffic split."""

@@ -94,6 +94,8 @@ def _decision_event(sweep_id: str, planned: Planned) -> dict[str, Any]:
     }
     if decision.due_at is not None:
         event["due_at"] = iso(decision.due_at)
+    if endpoint.project:
+        event["project"] = endpoint.project
     return event
 
 
@@ -132,6 +134,16 @@ class SweepState:
     stale_claims: dict[str, str]  # endpoint id -> task id: claims older than the pending TTL
     stale_listed: set[str]  # those of ``stale_claims`` whose endpoint is still listed
     sequences: dict[str, OpenSequence]  # the open delete sequences (``P:sequences``)
+    # Endpoints of a source whose list failed this sweep (its last complete listing, ``P:listed:<key>``): not
+    # listed now, but not gone either; ``hold_all``: a source whose endpoints are not known failed, so every
+    # endpoint not listed is held.
+    held: frozenset[str] = frozenset()
+    hold_all: bool = False
+
+    def holds(self, endpoint_id: str) -> bool:
+        """Whether an endpoint not listed may belong to a source that failed: it is neither forgotten, unmarked,
+        nor its sequence ended or its lost task settled."""
+        return self.hold_all or endpoint_id in self.held
 
 
 @dataclass(frozen=True)
@@ -159,10 +171,17 @@ class SweepKeeping(RecordKeeping):
         return _parse_observation(raw) if raw else None
 
     def read_sweep_state(
-        self, endpoint_ids: Sequence[str], now: datetime, stale_after_s: float, *, prune: bool = True
+        self,
+        endpoint_ids: Sequence[str],
+        now: datetime,
+        stale_after_s: float,
+        *,
+        prune: bool = True,
+        failed_sources: Sequence[str] = (),
+        hold_all: bool = False,
     ) -> SweepState:
         """A sweep's reads after its list, in one round trip: observations, marks, exemptions, stale claims,
-        open sequences.
+        open sequences, and the last complete listing of each source in ``failed_sources`` (``P:listed:<key>``).
 
         Observations are read for the listed endpoints only (HMGET), and each distinct stored value is parsed
         once (:func:`observation_parser`). The ids of observations no longer listed are read only when there are
@@ -177,9 +196,13 @@ class SweepKeeping(RecordKeeping):
         pipe.hgetall(self.key("exemptions"))
         pipe.hgetall(self.key("sequences"))
         pipe.hlen(key)
+        for source in failed_sources:
+            pipe.smembers(self.key("listed", source))
         for start in range(0, len(endpoint_ids), _HMGET_CHUNK):
             pipe.hmget(key, endpoint_ids[start : start + _HMGET_CHUNK])
-        (seconds, micros), claims, marks, exemptions, sequences, held, *chunks = pipe.execute()
+        (seconds, micros), claims, marks, exemptions, sequences, held, *rest = pipe.execute()
+        kept: set[str] = set().union(*rest[: len(failed_sources)])
+        chunks = rest[len(failed_sources) :]
         raw: list[str | None] = chunks[0] if len(chunks) == 1 else [v for chunk in chunks for v in chunk]
         del chunks
         stale = _stale_claims(claims, seconds + micros / 1_000_000, stale_after_s)
@@ -193,6 +216,8 @@ class SweepKeeping(RecordKeeping):
             stale_claims=stale,
             stale_listed={e for e in stale if e in listed},
             sequences=_parse_sequences(sequences),
+            held=frozenset(kept - listed),
+            hold_all=hold_all,
         )
 
     def _forgotten(
@@ -232,7 +257,48 @@ class SweepKeeping(RecordKeeping):
         self._add_events(pipe, at, "unmarked", unmarked)
         ended = ({"sweep_id": sweep_id, "endpoint_id": e, "reason": why} for e, why in plan.ended.items())
         self._add_events(pipe, at, "sequence_ended", ended)
+        for source, ids in plan.listed_by_source.items():
+            self._replace_set(pipe, self.key("listed", source), ids)
         return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting])
+
+    def _replace_set(self, pipe: Pipeline, key: str, members: Sequence[str]) -> None:
+        """Replace a set as a whole (a temp key, then RENAME): a reader never sees half of it."""
+        if not members:
+            pipe.delete(key)
+            return
+        temp = f"{key}:new"
+        pipe.delete(temp)
+        for start in range(0, len(members), _HMGET_CHUNK):
+            pipe.sadd(temp, *members[start : start + _HMGET_CHUNK])
+        pipe.rename(temp, key)
+
+    def listed_ids(self, source: str) -> set[str]:
+        """A source's last complete listing (``P:listed:<key>``)."""
+        return cast(set[str], self.redis.smembers(self.key("listed", source)))
+
+    # ------------------------------------------------------------------ v1 closed
+
+    def note_v1_closed(self, status: int, now: float, log_every_s: float = _DAY_S) -> bool:
+        """Record that v1 answered its list with ``status`` (retired, or not open to this key); True when this
+        is worth a log line (the first time, or a day after the last line)."""
+        key = self.key("v1", "closed")
+        raw = cast(str | None, self.redis.get(key))
+        data: dict[str, Any] = json.loads(raw) if raw else {}
+        first = data.get("first_seen", iso(datetime.fromtimestamp(now, UTC)))
+        logged = float(data.get("logged_at", 0))
+        due = now - logged >= log_every_s
+        record = {
+            "first_seen": first,
+            "last_seen": iso(datetime.fromtimestamp(now, UTC)),
+            "status": status,
+            "logged_at": now if due else logged,
+        }
+        self.redis.set(key, json.dumps(record))
+        return due
+
+    def v1_closed(self) -> dict[str, Any] | None:
+        raw = cast(str | None, self.redis.get(self.key("v1", "closed")))
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
 
     # ------------------------------------------------------------------ marks (grace period)
 

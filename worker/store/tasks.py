@@ -17,7 +17,7 @@ from worker.redact import scrub_fields
 from worker.store import scripts as lua
 from worker.store.base import StorePart
 from worker.store.locks import RunLease
-from worker.store.records import OUTBOX_MAX, metric
+from worker.store.records import METRIC_LABEL_SEP, OUTBOX_MAX, metric
 from worker.together import StepPhase
 
 
@@ -194,7 +194,14 @@ class TaskKeeping(StorePart):
                 self.events_max_len,
                 "1" if outcome.status in SETTLED else "u" if outcome.may_have_changed else "0",
                 OUTBOX_MAX,
-                metric("outcomes", str(outcome.status), outcome.action, outcome.rule or ""),
+                # The project (v2) as a fourth label; a tab in it would split the field, so none is kept.
+                metric(
+                    "outcomes",
+                    str(outcome.status),
+                    outcome.action,
+                    outcome.rule or "",
+                    (outcome.project or "").replace(METRIC_LABEL_SEP, " "),
+                ),
                 _spend(outcome),
             ],
         )

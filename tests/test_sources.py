@@ -1,0 +1,336 @@
+"""Issue 14: one sweep over several sources (the v1 account, v2 projects, a whole organization), in-process,
+against a real Redis and the simulator over HTTP; the queue is a list here.
+
+A source that fails is reported and its endpoints are held (marks, observations, listings kept) while the others
+act; v1 answering its list with 404/410 while v2 answers is "closed"; an organization key lists every project
+of its organization and a delete goes to the endpoint's own project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Sim, write_policy
+from tests.store_reads import events
+from worker.cli import _outcomes_by_project
+from worker.doctor import check_api
+from worker.exporter import snapshot
+from worker.janitor import DeleteRequest, RunState, run_delete
+from worker.models import OutcomeStatus
+from worker.notify import build_notification
+from worker.policy import parse_policy
+from worker.settings import Settings
+from worker.simulator.v2 import DEFAULT_PROJECT_ID, DEFAULT_PROJECT_SLUG
+from worker.sources import Resolved, resolve_sources
+from worker.store import Store
+from worker.sweep import read_and_plan, run_sweep
+from worker.together import TogetherClient, client_for
+from worker.together_v2 import TogetherV2Client
+
+pytestmark = pytest.mark.integration
+
+READY = "DEPLOYMENT_STATE_READY"
+V2_KEY = f"v2:{DEFAULT_PROJECT_ID}"
+OLD_S = 7 * 3600
+
+
+def v1_ep(i: int, name: str, age_s: int = OLD_S) -> dict[str, object]:
+    return {"id": f"endpoint-{i:04d}", "name": name, "model": "m", "owner": "acme", "age_s": age_s}
+
+
+def v2_ep(n: int, name: str, project: str | None = None, age_s: int = OLD_S) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "id": f"ep_{n:04d}",
+        "name": name,
+        "age_s": age_s,
+        "endpointType": "ENDPOINT_TYPE_DEDICATED",
+        "deployments": [{"id": f"dep_{n}", "model": "m", "hardware": "1x_nvidia_h100_80gb_sxm", "state": READY}],
+    }
+    if project is not None:
+        spec["projectId"] = project
+    return spec
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> Store:
+    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
+
+
+@pytest.fixture
+def both(sim: Sim) -> Iterator[Resolved]:
+    """The v1 account and the key's v2 project, as the sweep gets them."""
+    v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
+    v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug="acme")
+    yield Resolved([(v1.source, v1), (v2.source, v2)])
+    v1.close()
+    v2.close()
+
+
+def sweep(store: Store, client: Any, policy: Path, queued: list[DeleteRequest]) -> Any:
+    return run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=False,
+        lock_ttl_s=60,
+        pending_ttl_s=120,
+        enqueue=queued.extend,
+    )
+
+
+# v1's old endpoints go at once; v2's are marked first (a day's grace), so a mark is there to keep.
+BY_API = """
+version: 1
+rules:
+  - name: v1-old
+    match: {api: v1, name: "acme/ci-*"}
+    ttl: 6h
+  - name: v2-old
+    match: {api: v2, name: "acme/ci-*"}
+    ttl: 6h
+    grace: 1d
+"""
+
+
+def test_a_failed_source_keeps_its_endpoints_while_the_other_s_deletes_go_out(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", BY_API)
+    sim.reset([v1_ep(1, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    first = sweep(store, both, policy, queued)
+    assert first.status == "ok" and queued == []
+    assert first.sources == {"v1": {"status": "ok", "listed": 1}, V2_KEY: {"status": "ok", "listed": 1}}
+    assert set(store.load_marks()) == {"ep_0001"} and store.listed_ids(V2_KEY) == {"ep_0001"}
+
+    # v2's list now fails; v1 has a new candidate.
+    sim.reset([v1_ep(1, "acme/keep"), v1_ep(2, "acme/ci-old")])
+    sim.v2_faults(scripts={"_project": {"GET list": [500] * 5}})
+    second = sweep(store, both, policy, queued)
+    assert second.status == "ok", second.error
+    assert second.sources["v1"] == {"status": "ok", "listed": 2}
+    failed = second.sources[V2_KEY]
+    assert failed["status"] == "error" and failed["listed"] == 0 and "500" in failed["error"]
+    assert sim.api_key not in failed["error"]
+    # v1's delete went out, for its own source.
+    assert [(r.endpoint_id, r.source, r.project) for r in queued] == [("endpoint-0002", "v1", "")]
+    # v2's endpoint is not gone: its mark, observation and last listing stay, and no unmark is recorded.
+    assert set(store.load_marks()) == {"ep_0001"}
+    assert store.observation("ep_0001") is not None
+    assert store.listed_ids(V2_KEY) == {"ep_0001"}
+    assert store.listed_ids("v1") == {"endpoint-0001", "endpoint-0002"}
+    assert not [e for e in events(store, 200) if e["kind"] == "unmarked"]
+
+    # Once v2 answers again without it, it is forgotten as usual.
+    sim.v2_faults(clear=True)
+    sim.v2_reset([], project_slug="acme")
+    third = sweep(store, both, policy, queued)
+    assert third.sources[V2_KEY] == {"status": "ok", "listed": 0}
+    assert store.load_marks() == {} and store.observation("ep_0001") is None
+
+
+def test_every_source_failing_is_an_error_that_says_what_each_answered(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", BY_API)
+    sim.faults(list_mode="status_500")
+    sim.v2_faults(scripts={"_project": {"GET list": [503] * 5}})
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, both, policy, queued)
+    assert summary.status == "error" and queued == []
+    assert {k: v["status"] for k, v in summary.sources.items()} == {"v1": "error", V2_KEY: "error"}
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_v1_answering_its_list_with_404_or_410_is_closed_and_v2_goes_on(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", "version: 1\nrules:\n  - {name: old, ttl: 6h}\n")
+    sim.faults(scripts={"_project": {"GET list": [status] * 10}})
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    caplog.set_level(logging.WARNING, logger="worker.sweep")
+    for _ in range(2):
+        summary = sweep(store, both, policy, queued)
+        assert summary.status == "ok", summary.error
+        assert summary.sources["v1"]["status"] == "closed" and summary.sources[V2_KEY]["status"] == "ok"
+    assert [(r.endpoint_id, r.source, r.project) for r in queued] == [("ep_0001", V2_KEY, "acme")]
+    closed = store.v1_closed()
+    assert closed is not None and closed["status"] == status and closed["first_seen"] <= closed["last_seen"]
+    assert len([r for r in caplog.records if "v1 answers its list" in r.getMessage()]) == 1  # once a day
+    # janitor doctor says so, and passes while v2 lists.
+    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, http_timeout_s=2)
+    detail = check_api(settings, store)
+    assert f"v1 closed: its list answered HTTP {status}" in detail and "acme: 1 dedicated endpoint(s)" in detail
+
+
+def test_v1_answering_500_is_an_error_not_closed(sim: Sim, store: Store, both: Resolved, tmp_path: Path) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", "version: 1\nrules:\n  - {name: old, ttl: 6h}\n")
+    sim.faults(list_mode="status_500")
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    summary = sweep(store, both, policy, [])
+    assert summary.status == "ok" and summary.sources["v1"]["status"] == "error"
+    assert store.v1_closed() is None
+
+
+# ---------------------------------------------------------------------------------------------- an organization
+
+PROJECTS = [
+    {"id": "proj_beta", "slug": "beta", "name": "Beta"},
+    {"id": "proj_gamma", "slug": "gamma", "name": "Gamma"},
+    {"id": "proj_other", "slug": "other", "name": "Other", "organization_id": "org_else", "organization_name": "Else"},
+]
+ORG_POLICY = f"""
+version: 1
+scope: {{projects: [{DEFAULT_PROJECT_SLUG}, beta]}}
+protect:
+  - project: beta
+    name: "beta/keep-*"
+rules:
+  - name: old
+    ttl: 6h
+"""
+
+
+def _org(sim: Sim) -> None:
+    sim.v2_reset(
+        [
+            v2_ep(1, "old-own"),
+            v2_ep(2, "old-beta", "proj_beta"),
+            v2_ep(3, "keep-beta", "proj_beta"),
+            v2_ep(4, "old-gamma", "proj_gamma"),
+            v2_ep(5, "old-other", "proj_other"),
+        ],
+        key_type="org_api_key",
+        projects=PROJECTS,
+    )
+
+
+def _settings(sim: Sim, tmp_path: Path, sources: str = "v2", **overrides: Any) -> Settings:
+    policy = write_policy(tmp_path / "policy.yaml", ORG_POLICY)
+    return Settings(
+        together_api_key=sim.api_key,
+        together_base_url=sim.base_url,
+        sources=sources,
+        http_timeout_s=2,
+        policy_file=policy,
+        dry_run=False,
+        **overrides,
+    )
+
+
+def test_an_organization_key_sweeps_each_project_of_its_organization_with_scope_and_protect(
+    sim: Sim, store: Store, tmp_path: Path
+) -> None:
+    _org(sim)
+    settings = _settings(sim, tmp_path)
+    resolved = resolve_sources(settings)
+    assert not resolved.failed
+    labels = {s.key: s.label for s, _ in resolved.clients}
+    # Every project of the organization, none of another's.
+    assert labels == {V2_KEY: DEFAULT_PROJECT_SLUG, "v2:proj_beta": "beta", "v2:proj_gamma": "gamma"}
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, resolved, settings.policy_file, queued)
+    assert summary.status == "ok", summary.error
+    assert {k: v["listed"] for k, v in summary.sources.items()} == {V2_KEY: 1, "v2:proj_beta": 2, "v2:proj_gamma": 1}
+    assert summary.protected == 1 and summary.in_scope == 3  # gamma is out of scope
+    got = sorted((r.endpoint_id, r.source, r.project) for r in queued)
+    assert got == [("ep_0001", V2_KEY, DEFAULT_PROJECT_SLUG), ("ep_0002", "v2:proj_beta", "beta")]
+    listed = {r["route"] for r in sim.v2_requests() if r["method"] == "GET"}
+    assert "/v1/projects" in listed
+    lists = {r["path"] for r in sim.v2_requests() if r.get("target") == "list"}
+    assert not any("proj_other" in path for path in lists)
+
+    # The delete goes to the endpoint's own project: the worker builds that source's client (the sweep claimed).
+    for request in queued:
+        for _ in range(40):
+            result = run_delete(
+                request,
+                RunState(),
+                settings=settings,
+                store=store,
+                client=lambda r=request: client_for(settings, r.source or None, r.project or None),
+            )
+            if hasattr(result, "outcome"):
+                break
+        assert result.outcome.status is OutcomeStatus.DELETED, result.outcome.error  # type: ignore[union-attr]
+        assert result.outcome.project == request.project and result.outcome.api == "v2"  # type: ignore[union-attr]
+    remaining = {e["id"] for e in sim.v2_snapshot()["endpoints"]}
+    assert remaining == {"ep_0003", "ep_0004", "ep_0005"}
+    # The project goes with the outcome: the exporter's label, the report's grouping, the webhook's items.
+    outcomes = snapshot(store.metrics())["outcomes"]
+    assert outcomes == {("deleted", "delete", "old", DEFAULT_PROJECT_SLUG): 1, ("deleted", "delete", "old", "beta"): 1}
+    recorded = [dataclasses.asdict(o) | {"status": str(o.status)} for o in store.latest_outcomes(10)]
+    assert _outcomes_by_project(recorded) == {DEFAULT_PROJECT_SLUG: {"deleted": 1}, "beta": {"deleted": 1}}
+    text = build_notification({"sweep_id": "s"}, [], store.drain_outbox())["text"]  # type: ignore[index]
+    assert "(ep_0002) in project beta" in text
+    deletes = [r["path"] for r in sim.v2_requests() if r["method"] == "DELETE" and r.get("target") == "endpoint"]
+    assert set(deletes) == {
+        f"/v2/projects/{DEFAULT_PROJECT_ID}/endpoints/ep_0001",
+        "/v2/projects/proj_beta/endpoints/ep_0002",
+    }
+
+
+def test_the_same_policy_decides_a_project_alike_alone_or_within_its_organization(
+    sim: Sim, store: Store, tmp_path: Path
+) -> None:
+    _org(sim)
+    policy = parse_policy(ORG_POLICY)
+
+    def decisions(settings: Settings) -> dict[str, tuple[str, str | None]]:
+        plan, _ = read_and_plan(store, resolve_sources(settings), policy, _now(), dry=True, every_decision=True)
+        return {p.endpoint.id: (p.decision.label, p.decision.rule) for p in plan.noted}
+
+    whole = decisions(_settings(sim, tmp_path))
+    alone = decisions(_settings(sim, tmp_path, together_project_ids="proj_beta"))
+    assert set(alone) == {"ep_0002", "ep_0003"}
+    assert {k: whole[k] for k in alone} == alone
+    assert alone == {"ep_0002": ("delete", "old"), "ep_0003": ("protected", "old")}
+
+
+def test_a_task_without_a_source_fails_with_no_source_and_sends_nothing(sim: Sim, store: Store, tmp_path: Path) -> None:
+    _org(sim)
+    settings = _settings(sim, tmp_path, sources="v1,v2")  # two APIs: no single one to choose
+    request = DeleteRequest("task-1", "ep_0001", "acme/old-own", "sweep-1", "old", False)
+    store.claim_pending({"ep_0001": "task-1"}, 120, requests={"ep_0001": request.task_kwargs()}, live=True)
+    before = len(sim.v2_requests()) + len(sim.requests())
+    result = run_delete(
+        request, RunState(), settings=settings, store=store, client=lambda: client_for(settings, None, None)
+    )
+    outcome = result.outcome  # type: ignore[union-attr]
+    assert outcome.status is OutcomeStatus.FAILED and "no source" in (outcome.error or "")
+    assert len(sim.v2_requests()) + len(sim.requests()) == before
+
+
+def _now() -> Any:
+    from worker.clock import utc_now
+
+    return utc_now()
+
+
+def test_v2_projects_that_cannot_be_found_hold_every_endpoint_not_listed(
+    sim: Sim, store: Store, tmp_path: Path
+) -> None:
+    """whoami failing: the v2 projects are not even known, so no endpoint missing from v1's list is let go."""
+    policy = write_policy(tmp_path / "policy.yaml", BY_API)
+    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, sources="v1,v2", http_timeout_s=2)
+    sim.reset([v1_ep(1, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    assert sweep(store, resolve_sources(settings), policy, queued).status == "ok"
+    assert set(store.load_marks()) == {"ep_0001"}
+
+    sim.v2_faults(scripts={"_project": {"GET whoami": [500] * 5}})
+    resolved = resolve_sources(settings)
+    assert [s.key for s, _ in resolved.clients] == ["v1"] and "500" in resolved.failed["v2"]
+    summary = sweep(store, resolved, policy, queued)
+    assert summary.status == "ok" and summary.sources["v2"]["status"] == "error"
+    assert set(store.load_marks()) == {"ep_0001"} and store.observation("ep_0001") is not None
