@@ -194,6 +194,25 @@ class Simulator:
     def remaining(self) -> int:
         return len(self.admin.get("/endpoints").json()["data"])
 
+    # -- v2 (``/_sim/v2``): the same control API for the v2 side
+
+    def v2_reset(self, endpoints: list[dict[str, Any]], **settings: Any) -> None:
+        body = {"endpoints": endpoints, "settings": settings, "demo": False}
+        self.admin.post("/v2/reset", json=body).raise_for_status()
+
+    def v2_faults(self, **faults: Any) -> None:
+        self.admin.post("/v2/faults", json=faults).raise_for_status()
+
+    def v2_requests(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.admin.get("/v2/requests").json()["data"]
+        return data
+
+    def v2_clear_requests(self) -> None:
+        self.admin.delete("/v2/requests").raise_for_status()
+
+    def v2_remaining(self) -> int:
+        return len(self.admin.get("/v2/state").json()["endpoints"])
+
     def close(self) -> None:
         self.admin.close()
 

@@ -17,6 +17,9 @@ Figures (each with its goal; see the module functions for exactly what is timed)
 3. The same with a fraction of the DELETEs answering 500 once: efficiency counting the retries' calls.
 4. Peak RSS (VmHWM) of the worker process and its children over three sweeps of each size, triggered through Celery.
 5. Latency from the on-demand trigger to the first DELETE on the wire (the simulator's request log).
+6. A v2 organization (``bench/org.py``; ``--only 6`` runs it alone): an organization key over ``--org-projects``
+   projects of ``--org-endpoints`` endpoints, L = ``--org-latency`` per v2 request: the sweep against its floor
+   (the requests on its critical path x L), Redis round trips, the worker's peak RSS, API requests per delete.
 
 Exit status: 0 whether or not each goal is met (the verdicts are in the output and the JSON: ratios at small sizes
 are noisy), 1 if a step crashed, 130 if interrupted or out of time. CI runs ``--smoke`` to catch crashes.
@@ -44,7 +47,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,7 @@ import httpx
 import redis
 
 from bench.counting import BrokerConnection, StoreConnection, count_broker_traffic, counted_redis
+from bench.figures import Figure, Results
 from bench.procs import (
     ROOT,
     Procs,
@@ -82,51 +86,6 @@ rules:
 limits:
   max_deletes_per_sweep: {limit}
 """
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-@dataclass
-class Figure:
-    figure: str
-    name: str
-    size: int | None
-    value: float | None
-    unit: str
-    goal: str | None = None
-    passed: bool | None = None  # None: informational, no goal
-    note: str = ""
-
-    def line(self) -> str:
-        verdict = {True: "PASS", False: "FAIL", None: "info"}[self.passed]
-        size = f"{self.size:>7}" if self.size is not None else " " * 7
-        value = "n/a" if self.value is None else _fmt(self.value)
-        goal = f"  goal {self.goal}" if self.goal else ""
-        note = f"  ({self.note})" if self.note else ""
-        return f"[{verdict}] {self.figure:<2} {self.name:<58} {size}  {value:>10} {self.unit:<6}{goal}{note}"
-
-
-def _fmt(value: float) -> str:
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
-
-
-class Results:
-    def __init__(self) -> None:
-        self.figures: list[Figure] = []
-        self.raw: dict[str, Any] = {}
-
-    def add(self, figure: Figure) -> Figure:
-        self.figures.append(figure)
-        print(figure.line(), flush=True)
-        return figure
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -627,6 +586,16 @@ class Bench:
             )
         )
 
+    # -- figure 6 ------------------------------------------------------------------------------
+
+    def fig_org(self) -> None:
+        """A v2 organization: see bench/org.py."""
+        from bench.org import OrgShape, run_org
+
+        args = self.args
+        shape = OrgShape(args.org_projects, args.org_endpoints, args.org_candidates, args.org_latency, args.concurrency)
+        self.results.raw["org"] = run_org(self, shape)
+
     # -- figures 4 and 5 -----------------------------------------------------------------------
 
     def fig_memory(self, size: int) -> dict[str, Any]:
@@ -799,7 +768,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-n", type=int, default=200, help="deletes the sequential baseline really makes")
     p.add_argument("--fail-fraction", type=float, default=0.2, help="DELETEs answering 500 once, figure 3")
     p.add_argument("--memory-sweeps", type=int, default=3, help="sweeps one worker runs for figure 4 (peak of all)")
-    p.add_argument("--only", default="1,2,3,4", help="figures to run (5 comes with 2 and 4)")
+    p.add_argument("--only", default="1,2,3,4,6", help="figures to run (5 comes with 2 and 4; 6: the organization)")
+    p.add_argument("--org-projects", type=int, default=10, help="figure 6: v2 projects of the organization")
+    p.add_argument("--org-endpoints", type=int, default=1000, help="figure 6: endpoints per project")
+    p.add_argument("--org-candidates", type=int, default=10, help="figure 6: candidates per project")
+    p.add_argument("--org-latency", type=float, default=0.1, help="figure 6: simulator latency per v2 request")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--timeout", type=float, default=None, help="overall limit in seconds (1800; --smoke: 120)")
     p.add_argument("--smoke", action="store_true", help="a small run (< 30 s, for CI): one small size, 200 deletes")
@@ -808,6 +781,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.sizes, args.repeats, args.throughput_n, args.baseline_n = "1000", 1, 200, 10
         args.also_concurrency = ""
+        args.org_projects, args.org_endpoints, args.org_candidates, args.org_latency = 3, 100, 3, 0.02
         if args.out == DEFAULT_OUT:
             args.out = ROOT / "bench" / "results-smoke.json"
     if args.timeout is None:
@@ -860,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("2", bench.fig_throughput))
     if "3" in args.figures:
         steps.append(("3", bench.fig_faults))
+    if "6" in args.figures:
+        steps.append(("6", bench.fig_org))
     if "4" in args.figures or "5" in args.figures:
         steps += [(f"4@{s}", lambda s=s: memory.append(bench.fig_memory(s))) for s in args.size_list]
     try:
