@@ -517,10 +517,11 @@ def learn(observed: Observation, history_since: datetime | None, created_at: dat
 
 
 def observe(previous: Observation | None, state: str, now: datetime) -> Observation:
-    """First sighting counts as now; a change of state resets the clock."""
+    """First sighting counts as now; a change of state resets the clock. A change the janitor saw itself is
+    ``learnt``: no history may place its start earlier than the janitor's own sweep."""
     if previous is not None and previous.state == state:
         return previous
-    return Observation(state, now)
+    return Observation(state, now, learnt=previous is not None)
 
 
 class Action(StrEnum):

@@ -138,6 +138,14 @@ class Settings(BaseSettings):
             )
         if self.together_project_ids is not None and "v2" not in self.api_names:
             raise ValueError("JANITOR_TOGETHER_PROJECT_IDS names v2 projects, but JANITOR_SOURCES has no v2")
+        if not self.dry_run and self.sources is None and self.together_api is None:
+            # Until sources existed, an installation with neither variable swept v1 alone. The default is now
+            # every source, so an upgraded live installation would start deleting in v2 projects (a whole
+            # organization's, with an organization key) that nobody chose: live deletes need the sources named.
+            raise ValueError(
+                "JANITOR_SOURCES is not set: with JANITOR_DRY_RUN=false, name the sources to act on "
+                "(v1, v2 or v1,v2); without it an installation swept v1 alone, and the default now sweeps both"
+            )
         return self
 
     @field_validator("log_level", mode="before")

@@ -63,6 +63,7 @@ _START_TRIES = 3
 # a retry and outcomes within a minute. With a real key none of these is touched.
 SIMULATOR_DEFAULTS: dict[str, str] = {
     "JANITOR_DRY_RUN": "false",
+    "JANITOR_SOURCES": "v1",  # live deletes need their sources named; the demo's are the simulator's v1 account
     "JANITOR_SWEEP_SCHEDULE": "30s",
     "JANITOR_POLICY_FILE": "config/policy.demo.yaml",
     "JANITOR_RETRY_BACKOFF_S": "1",

@@ -132,12 +132,19 @@ class _Observer:
         self._fresh: dict[str, Observation] = {}
 
     def __call__(self, previous: Observation | None, state: str) -> Observation | None:
-        """The observation now, or None if ``previous`` still holds (nothing to write)."""
+        """The observation now, or None if ``previous`` still holds (nothing to write).
+
+        A change of state the janitor saw itself is ``learnt`` at once: the state began between its last two
+        sweeps, and no history may place it earlier (a deployment deleted meanwhile takes its events out of
+        view, so a history could say "stopped for a month" of an endpoint that served traffic an hour ago). Only
+        a first sighting leaves the history to be asked.
+        """
         if previous is not None and previous.state == state:
             return None
-        fresh = self._fresh.get(state)
+        witnessed = previous is not None
+        fresh = self._fresh.get(f"{witnessed}|{state}")
         if fresh is None:
-            fresh = self._fresh[state] = Observation(state, self.now)
+            fresh = self._fresh[f"{witnessed}|{state}"] = Observation(state, self.now, learnt=witnessed)
         return fresh
 
 

@@ -70,6 +70,7 @@ PAGE_SIZE = 100
 HISTORY_PAGE_SIZE = 500
 HISTORY_PAGES = 4
 _MAX_HISTORY_PAGE_BYTES = 8 * 1024 * 1024
+DEPLOYMENT_EVENTS = frozenset({"deployment.scaled", "deployment.created", "deployment.deleted"})
 SCALED = "deployment.scaled"  # the event a change of a deployment's replica count emits (newReplicas, oldReplicas)
 # ``projects/{projectId}/models/{modelId}/revisions/{revisionId}`` (types/endpoint_deployment_summary.py).
 MODEL_RESOURCE = re.compile(r"projects/([^/]+)/models/([^/]+)(?:/revisions/([^/]+))?")
@@ -339,38 +340,38 @@ def to_facts(
 
 
 def scaled_to_zero_since(pages: Iterable[Sequence[Event]], deployments: Collection[str]) -> datetime | None:
-    """Since when every one of ``deployments`` has been at zero replicas, from ``deployment.scaled`` events read
-    newest first (the SDK's order for an endpoint's events); None when the events do not tell.
+    """Since when the endpoint has been stopped, from its deployments' events read newest first (the SDK's
+    order); None when the events do not tell.
 
-    Each deployment's newest ``deployment.scaled`` event decides it: to zero (``newReplicas == 0``), it reached
-    zero then; anything else (a scale up after the last scale down, a missing count) and it is not known to be
-    at zero by the events. The endpoint has been stopped since the latest of those moments. The pages are read
-    only until every deployment is decided. Unknown (None), never a guess: a deployment without such an event
-    among the pages read (the events retained may not reach back, or a stop may emit no such event), an event
-    without a readable time, or events out of the promised order.
+    Every one of ``deployments`` (the current ones) must be at zero by its newest ``deployment.scaled`` event
+    (``newReplicas == 0``). The answer is then the newest deployment event of *any* deployment, current or
+    deleted (scaled, created or deleted): whatever ran last, it ran until at least then. Not the moment the
+    current ones reached zero: a deployment that served traffic and was deleted an hour ago would be missed.
+    Unknown (None), never a guess: a current deployment without such an event among the pages read (the events
+    retained may not reach back, or a stop may emit none), an event without a readable time, or events out of
+    the promised order.
     """
     wanted = set(deployments)
     if not wanted:
         return None
-    newest: dict[str, datetime | None] = {}
+    newest: dict[str, bool] = {}  # current deployment -> its newest scale event went to zero
+    latest: datetime | None = None  # the newest deployment event of any deployment
     previous: datetime | None = None
     for page in pages:
         for event in page:
             if event.created_at is None or (previous is not None and event.created_at > previous):
                 return None  # an unreadable time, or not newest first: nothing read can be trusted
             previous = event.created_at
+            if event.type in DEPLOYMENT_EVENTS and latest is None:
+                latest = event.created_at
             dep = event.deployment_id
-            if event.type != SCALED or dep not in wanted or dep in newest:
-                continue
-            newest[dep] = event.created_at if event.new_replicas == 0 else None
+            if event.type == SCALED and dep in wanted and dep not in newest:
+                newest[dep] = event.new_replicas == 0
         if newest.keys() == wanted:
             break
-    if newest.keys() != wanted:
+    if newest.keys() != wanted or not all(newest.values()):
         return None
-    moments = list(newest.values())
-    if any(moment is None for moment in moments):
-        return None
-    return max(m for m in moments if m is not None)
+    return latest
 
 
 def billable_replicas(endpoint: V2Endpoint) -> tuple[tuple[str | None, int], ...] | None:
@@ -814,7 +815,7 @@ class TogetherV2Client(HttpApi):
         """Since when the endpoint has been in ``state`` by its own event history; None when it does not tell.
 
         Only STOPPED is known (every deployment scaled to zero: :func:`scaled_to_zero_since` over the endpoint's
-        ``deployment.scaled`` events of its current deployments, since its creation). Every other state, an
+        deployment events of every deployment, current or deleted, since its creation). Every other state, an
         endpoint read now in another state than asked, one without deployments or of unknown creation: None.
         The endpoint is read first (its deployments are the events' filter), then at most
         :data:`HISTORY_PAGES` pages of events, each body capped.
@@ -830,9 +831,9 @@ class TogetherV2Client(HttpApi):
             self._sdk.endpoints.with_raw_response.list_events,
             endpoint_id,
             project_id=pid,
-            types=[SCALED],
+            # Every deployment's changes, the deleted ones' too (no deploymentIds filter): see scaled_to_zero_since.
+            types=sorted(DEPLOYMENT_EVENTS),
             source_kinds=["SOURCE_KIND_DEPLOYMENT"],
-            deployment_ids=deployments,
             since=since,
             limit=HISTORY_PAGE_SIZE,
         )

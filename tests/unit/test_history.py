@@ -12,6 +12,7 @@ import pytest
 from worker.errors import ApiStatusError
 from worker.janitor import resolve
 from worker.policy import Ask, Decision, Observation, Verdict, Wanted, evaluate, learn, parse_policy
+from worker.store import SweepState
 from worker.store.sweep import _parse_observation, format_observation
 from worker.together_v2 import Event, scaled_to_zero_since
 
@@ -197,3 +198,56 @@ def test_an_unreadable_event_time_makes_the_history_unknown() -> None:
     assert bad.created_at is None
     assert scaled_to_zero_since([[bad, ev("a", NOW - DAY, 0)]], ["a"]) is None
     assert scaled_to_zero_since([[ev("a", NOW - DAY, 0)]], []) is None  # no deployments: not from events
+
+
+def test_a_deployment_deleted_after_the_others_stopped_dates_the_stop_not_the_older_scale_downs() -> None:
+    # dep a stopped 30 days ago; dep b served traffic and was scaled down and deleted an hour ago: only a is
+    # current, but the endpoint has been stopped for an hour, not for 30 days.
+    hour = timedelta(hours=1)
+    page = [
+        ev("b", NOW - hour, None, kind="deployment.deleted"),
+        ev("b", NOW - hour - timedelta(minutes=1), 0),
+        ev("a", NOW - 30 * DAY, 0),
+    ]
+    assert scaled_to_zero_since([page], ["a"]) == NOW - hour
+    # A deployment deleted while running (no scale down at all) dates it too.
+    assert (
+        scaled_to_zero_since(
+            [[ev("b", NOW - hour, None, kind="deployment.deleted"), ev("a", NOW - 30 * DAY, 0)]], ["a"]
+        )
+        == NOW - hour
+    )
+
+
+def test_a_change_of_state_the_janitor_saw_is_never_dated_earlier_by_a_history() -> None:
+    from worker.sweep import plan_sweep
+
+    stopped = Ep(state="STOPPED", created_at=NOW - 60 * DAY)
+    seen_running = Observation("STARTED", NOW - DAY)
+    reads: list[str] = []
+
+    def history(endpoint_id: str, state: str) -> datetime | None:
+        reads.append(endpoint_id)
+        return NOW - 30 * DAY
+
+    state = SweepState(
+        observed=[seen_running],
+        forgotten=[],
+        marks={},
+        exemptions={},
+        stale_claims={},
+        stale_listed=set(),
+        sequences={},
+    )
+    plan = plan_sweep(
+        POLICY,
+        [stopped],  # type: ignore[list-item]
+        state,
+        NOW,
+        fetch_detail=lambda _: None,
+        count_requests=None,
+        listed_in_detail=True,
+        read_history=history,
+    )
+    assert reads == [] and plan.acting == []
+    assert plan.observed[stopped.id] == Observation("STOPPED", NOW, learnt=True)

@@ -165,9 +165,25 @@ def test_api_key_from_either_variable_and_never_in_repr(monkeypatch: pytest.Monk
 
 def test_env_file_is_read(tmp_path: object) -> None:
 
-    Path(".env").write_text("JANITOR_DRY_RUN=false\nJANITOR_SWEEP_SCHEDULE=*/5 * * * *\n")
+    Path(".env").write_text("JANITOR_DRY_RUN=false\nJANITOR_SOURCES=v1\nJANITOR_SWEEP_SCHEDULE=*/5 * * * *\n")
     s = load_settings()
     assert s.dry_run is False and s.sweep_schedule == "*/5 * * * *"
+
+
+def test_live_deletes_need_their_sources_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installation with neither variable swept v1 alone; the default is now every source, so a live one
+    # must say which (an upgrade must not start deleting in v2 projects nobody chose).
+    monkeypatch.setenv("JANITOR_DRY_RUN", "false")
+    with pytest.raises(SettingsError, match="JANITOR_SOURCES is not set"):
+        load_settings()
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v1")  # the legacy name names it too
+    assert load_settings().api_names == ("v1",)
+    monkeypatch.delenv("JANITOR_TOGETHER_API")
+    monkeypatch.setenv("JANITOR_SOURCES", "v1,v2")
+    assert load_settings().api_names == ("v1", "v2")
+    monkeypatch.delenv("JANITOR_SOURCES")
+    monkeypatch.setenv("JANITOR_DRY_RUN", "true")
+    assert load_settings().api_names == ("v1", "v2")  # a dry run may use the default
 
 
 @pytest.mark.parametrize(

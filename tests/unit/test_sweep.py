@@ -100,7 +100,8 @@ def test_observations_kept_written_and_forgotten() -> None:
     earlier = Observation("STOPPED", NOW - timedelta(days=2))
     started = Observation("STARTED", NOW - timedelta(days=2))
     p = plan(endpoints, state_for(endpoints, observed=[earlier, started], forgotten=["gone"]))
-    assert p.observed == {"e2": Observation("STOPPED", NOW)}  # e1's still holds; e2's state changed
+    # e1's still holds; e2's state changed under the janitor's eyes: learnt, no history may place it earlier.
+    assert p.observed == {"e2": Observation("STOPPED", NOW, learnt=True)}
     assert p.forgotten == ["gone"]
     assert [pl.endpoint.id for pl in p.acting] == ["e1"]  # stale for two days by the janitor's own clock
 

@@ -567,7 +567,7 @@ def _scaled(dep_id: str, at: str, new: int) -> dict[str, Any]:
     }
 
 
-def test_state_since_reads_the_scale_events_of_the_current_deployments_since_creation() -> None:
+def test_state_since_reads_every_deployment_s_changes_since_creation() -> None:
     stopped = wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPED"), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")], split=[])
     page = [_scaled("dep_b", "2026-11-20T00:00:00Z", 0), _scaled("dep_a", "2026-11-10T00:00:00Z", 0)]
     api = HistoryApi(stopped, [page])
@@ -577,9 +577,9 @@ def test_state_since_reads_the_scale_events_of_the_current_deployments_since_cre
     assert sent.url.path == "/v2/projects/proj_1/endpoints/ep_1/events"
     params = dict(sent.url.params)
     assert params == {
-        "types": "deployment.scaled",
+        # Every deployment's changes, a deleted one's too: no deploymentIds filter.
+        "types": "deployment.created,deployment.deleted,deployment.scaled",
         "sourceKinds": "SOURCE_KIND_DEPLOYMENT",
-        "deploymentIds": "dep_a,dep_b",
         "since": "2026-11-01T10:00:00Z",  # the endpoint's createdAt: nothing older is read
         "limit": "500",
     }
