@@ -286,7 +286,7 @@ def test_the_same_policy_decides_a_project_alike_alone_or_within_its_organizatio
     policy = parse_policy(ORG_POLICY)
 
     def decisions(settings: Settings) -> dict[str, tuple[str, str | None]]:
-        plan, _ = read_and_plan(store, resolve_sources(settings), policy, _now(), dry=True, every_decision=True)
+        plan, _ = read_and_plan(store, resolve_sources(settings), policy, _now, dry=True, every_decision=True)
         return {p.endpoint.id: (p.decision.label, p.decision.rule) for p in plan.noted}
 
     whole = decisions(_settings(sim, tmp_path))
@@ -334,3 +334,52 @@ def test_v2_projects_that_cannot_be_found_hold_every_endpoint_not_listed(
     summary = sweep(store, resolved, policy, queued)
     assert summary.status == "ok" and summary.sources["v2"]["status"] == "error"
     assert set(store.load_marks()) == {"ep_0001"} and store.observation("ep_0001") is not None
+
+
+def test_one_endpoint_listed_by_two_sources_fails_both_and_neither_acts(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    """Neither source can be trusted to own an id the other lists too: a protect on one project must not be
+    escaped by acting through the other."""
+    policy = write_policy(tmp_path / "policy.yaml", "version: 1\nrules:\n  - name: old\n    ttl: 6h\n")
+    sim.reset([v1_ep(1, "acme/ci-old") | {"id": "ep_0001"}])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, both, policy, queued)
+    assert queued == []
+    assert summary.sources["v1"]["status"] == "error" and summary.sources[V2_KEY]["status"] == "error"
+    assert "listed by another source" in summary.sources[V2_KEY]["error"]
+
+
+def test_a_project_missing_from_this_sweep_keeps_its_endpoints(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    """A project that listed before and is not swept now (missing from the organization's list for a sweep, or
+    taken out of the settings) is held like a failed one: its marks, observations and sequences stay."""
+    policy = write_policy(tmp_path / "policy.yaml", BY_API)
+    sim.reset([v1_ep(1, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    assert sweep(store, both, policy, queued).status == "ok"
+    assert set(store.load_marks()) == {"ep_0001"}
+    v1_only = Resolved([c for c in both.clients if c[0].key == "v1"])
+    summary = sweep(store, v1_only, policy, queued)
+    assert summary.status == "ok" and V2_KEY not in summary.sources
+    assert set(store.load_marks()) == {"ep_0001"} and store.observation("ep_0001") is not None
+    assert not [e for e in events(store, 200) if e["kind"] == "unmarked"]
+
+
+def test_a_key_v2_is_not_open_to_is_v2_closed_and_holds_nothing_of_v1(sim: Sim, store: Store, tmp_path: Path) -> None:
+    """whoami answering 401 (a v1 key with the default sources): v2 is closed, not failed, so v1's endpoints
+    that are gone are let go as usual (a v2 that failed to answer would hold them)."""
+    policy = write_policy(tmp_path / "policy.yaml", BY_API)
+    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, sources="v1,v2", http_timeout_s=2)
+    sim.reset([v1_ep(1, "acme/keep"), v1_ep(2, "acme/gone-soon")])
+    sim.v2_faults(scripts={"_project": {"GET whoami": [401] * 10}})
+    queued: list[DeleteRequest] = []
+    first = sweep(store, resolve_sources(settings), policy, queued)
+    assert first.status == "ok" and first.sources["v2"]["status"] == "closed"
+    assert store.observation("endpoint-0002") is not None
+    sim.reset([v1_ep(1, "acme/keep")])
+    sweep(store, resolve_sources(settings), policy, queued)
+    assert store.observation("endpoint-0002") is None  # forgotten: v2's closing holds nothing of v1's

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from worker.errors import JanitorError, TogetherError
+from worker.errors import ApiStatusError, JanitorError, TogetherError
 from worker.redact import scrub_line
 from worker.settings import Settings
 from worker.together import V1_SOURCE, EndpointsApi, Source, client_for, v2_source
@@ -31,6 +31,8 @@ class Resolved:
 
     clients: list[tuple[Source, EndpointsApi]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    # Of ``failed``: those the API said are not open to this key (401/403), not that it failed to answer.
+    closed: set[str] = field(default_factory=set)
 
 
 def single(client: EndpointsApi) -> Resolved:
@@ -49,6 +51,9 @@ def resolve_sources(settings: Settings, factory: Callable[..., EndpointsApi] = c
                 resolved.clients.append((source, factory(settings, source.key, source.project)))
         except (TogetherError, JanitorError) as exc:
             resolved.failed[V2_UNRESOLVED] = f"finding the v2 projects failed: {scrub_line(str(exc), 300)}"
+            if isinstance(exc, ApiStatusError) and exc.status_code in (401, 403):
+                # v2 is not open to this key (a v1 key with the default sources): nothing of v2's to hold.
+                resolved.closed.add(V2_UNRESOLVED)
     return resolved
 
 

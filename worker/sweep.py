@@ -357,7 +357,8 @@ def read_and_plan(
         pending_ttl_s,
         prune=not dry,
         failed_sources=[k for k in listing.failed if k != V2_UNRESOLVED],
-        hold_all=V2_UNRESOLVED in listing.failed,
+        swept_sources=list(listing.results),
+        v2_unresolved=listing.unresolved_v2,
     )
     owner = listing.owner
 
@@ -420,6 +421,8 @@ class Listing:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     closed_status: int | None = None  # v1's status when it is closed
+    # The v2 projects could not be found (not: v2 is not open to this key): whose endpoints are v2's is unknown.
+    unresolved_v2: bool = False
 
     @property
     def listed_any(self) -> bool:
@@ -430,8 +433,10 @@ def list_sources(resolved: Resolved, policy: Policy) -> Listing:
     """List every source in parallel (at most :data:`LIST_WORKERS`); a failure stays that source's."""
     listing = Listing()
     for key, error in resolved.failed.items():
-        listing.results[key] = {"status": "error", "listed": 0, "error": error}
+        status = "closed" if key in resolved.closed else "error"
+        listing.results[key] = {"status": status, "listed": 0, "error": error}
         listing.failed.append(key)
+        listing.unresolved_v2 |= key == V2_UNRESOLVED and status == "error"
     pairs = resolved.clients
     if not pairs:
         return listing
@@ -461,8 +466,9 @@ def _add_listing(
         listing.failed.append(key)
         return
     twice = next((e.id for e in answer if e.id in listing.owner), None)
-    if twice is not None:  # one endpoint in two sources: neither can be trusted to own it
+    if twice is not None:  # one endpoint in two sources: neither can be trusted to own it, so both fail
         error = f"listing failed: endpoint {scrub_line(twice, 80)!r} is listed by another source too"
+        _fail_source(listing, listing.owner[twice].source.key, error)
         listing.results[key] = {"status": "error", "listed": 0, "error": error}
         listing.failed.append(key)
         return
@@ -470,6 +476,16 @@ def _add_listing(
     listing.owner.update((e.id, client) for e in answer)
     listing.ids[key] = [e.id for e in answer]
     listing.results[key] = {"status": "ok", "listed": len(answer)}
+
+
+def _fail_source(listing: Listing, key: str, error: str) -> None:
+    """Take back a source that listed: its endpoints are held like those of a source whose list failed."""
+    gone = set(listing.ids.pop(key, ()))
+    listing.endpoints = [e for e in listing.endpoints if e.id not in gone]
+    for endpoint_id in gone:
+        listing.owner.pop(endpoint_id, None)
+    listing.results[key] = {"status": "error", "listed": 0, "error": error}
+    listing.failed.append(key)
 
 
 def _close_v1(listing: Listing) -> None:
@@ -598,6 +614,8 @@ def _note_sources(store: Store, summary: SweepSummary, plan: SweepPlan) -> None:
     for key, result in plan.sources.items():
         if result["status"] == "error":
             log.warning("sweep %s: source %s: %s", summary.sweep_id, key, result.get("error"))
+        elif result["status"] == "closed" and key == V2_UNRESOLVED:
+            log.info("sweep %s: v2 is not open to this key: %s", summary.sweep_id, result.get("error"))
         elif result["status"] == "closed" and store.note_v1_closed(int(result["http_status"]), time.time()):
             log.warning(
                 "sweep %s: v1 answers its list with %s while v2 answers: v1 is retired or not open to this key; "

@@ -35,6 +35,7 @@ key                            type      what
 ``P:prices:<api>``             string    the API's hardware price list (JSON, :class:`PriceList`), kept ~1 h
 ``P:prices:<api>:fetch``       string    the lock of its one fetch (SET NX with an expiry)
 ``P:listed:<source key>``      set       the endpoint ids of a source's last complete listing (v1, v2:<project>)
+``P:sources``                  set       every source key that has listed (a source known but not swept is held)
 ``P:v1:closed``                string    v1 answering its list with 401/403/404/410 (JSON: first/last seen, status)
 =============================  ========  ===================================================================
 """

@@ -112,6 +112,17 @@ def _parse_sequences(raw: Mapping[str, str]) -> dict[str, OpenSequence]:
     return {endpoint_id: OpenSequence.decode(value) for endpoint_id, value in raw.items()}
 
 
+def _unseen_sources(
+    known: set[str], failed: Sequence[str], swept: Sequence[str] | None, v2_unresolved: bool
+) -> list[str]:
+    """Sources that listed before and are held now without a list failure of their own: not swept this time
+    (when ``swept`` is known), or v2 ones when the v2 projects could not be found at all."""
+    unseen = {k for k in known if swept is not None and k not in swept}
+    if v2_unresolved:
+        unseen |= {k for k in known if k.startswith("v2:")}
+    return sorted(unseen - set(failed))
+
+
 def _update_hash(pipe: Pipeline, key: str, changed: Mapping[str, str], removed: Sequence[str]) -> None:
     """HSET and HDEL in chunks, added to ``pipe`` (the caller executes it)."""
     items = list(changed.items())
@@ -134,9 +145,10 @@ class SweepState:
     stale_claims: dict[str, str]  # endpoint id -> task id: claims older than the pending TTL
     stale_listed: set[str]  # those of ``stale_claims`` whose endpoint is still listed
     sequences: dict[str, OpenSequence]  # the open delete sequences (``P:sequences``)
-    # Endpoints of a source whose list failed this sweep (its last complete listing, ``P:listed:<key>``): not
-    # listed now, but not gone either; ``hold_all``: a source whose endpoints are not known failed, so every
-    # endpoint not listed is held.
+    # Endpoints of a source whose list failed this sweep (its last complete listing, ``P:listed:<key>``), or
+    # that listed before and was not swept this time: not listed now, but not gone either. ``hold_all``: the v2
+    # projects could not be found and no v2 source has listed before (an installation from before sources):
+    # whose endpoints those are is not known, so every endpoint not listed is held.
     held: frozenset[str] = frozenset()
     hold_all: bool = False
 
@@ -178,10 +190,16 @@ class SweepKeeping(RecordKeeping):
         *,
         prune: bool = True,
         failed_sources: Sequence[str] = (),
-        hold_all: bool = False,
+        swept_sources: Sequence[str] | None = None,
+        v2_unresolved: bool = False,
     ) -> SweepState:
         """A sweep's reads after its list, in one round trip: observations, marks, exemptions, stale claims,
         open sequences, and the last complete listing of each source in ``failed_sources`` (``P:listed:<key>``).
+
+        A source that listed before (``P:sources``) but is not among ``swept_sources`` this time (its project
+        missing from the organization's list, or taken out of the settings), and with ``v2_unresolved`` every v2
+        source known, is held as a failed one: its endpoints are not gone, only not seen (one more round trip,
+        only then).
 
         Observations are read for the listed endpoints only (HMGET), and each distinct stored value is parsed
         once (:func:`observation_parser`). The ids of observations no longer listed are read only when there are
@@ -196,12 +214,14 @@ class SweepKeeping(RecordKeeping):
         pipe.hgetall(self.key("exemptions"))
         pipe.hgetall(self.key("sequences"))
         pipe.hlen(key)
+        pipe.smembers(self.key("sources"))
         for source in failed_sources:
             pipe.smembers(self.key("listed", source))
         for start in range(0, len(endpoint_ids), _HMGET_CHUNK):
             pipe.hmget(key, endpoint_ids[start : start + _HMGET_CHUNK])
-        (seconds, micros), claims, marks, exemptions, sequences, held, *rest = pipe.execute()
+        (seconds, micros), claims, marks, exemptions, sequences, held, known, *rest = pipe.execute()
         kept: set[str] = set().union(*rest[: len(failed_sources)])
+        kept |= self._listed_of(_unseen_sources(known, failed_sources, swept_sources, v2_unresolved))
         chunks = rest[len(failed_sources) :]
         raw: list[str | None] = chunks[0] if len(chunks) == 1 else [v for chunk in chunks for v in chunk]
         del chunks
@@ -217,8 +237,17 @@ class SweepKeeping(RecordKeeping):
             stale_listed={e for e in stale if e in listed},
             sequences=_parse_sequences(sequences),
             held=frozenset(kept - listed),
-            hold_all=hold_all,
+            hold_all=v2_unresolved and not any(k.startswith("v2:") for k in known),
         )
+
+    def _listed_of(self, sources: Sequence[str]) -> set[str]:
+        """The last complete listing of each of ``sources``, in one round trip (none when there are none)."""
+        if not sources:
+            return set()
+        pipe = self._pipeline()
+        for source in sources:
+            pipe.smembers(self.key("listed", source))
+        return set().union(*pipe.execute())
 
     def _forgotten(
         self, raw: Sequence[str | None], held: int, endpoint_ids: Sequence[str], listed: set[str]
@@ -259,6 +288,8 @@ class SweepKeeping(RecordKeeping):
         self._add_events(pipe, at, "sequence_ended", ended)
         for source, ids in plan.listed_by_source.items():
             self._replace_set(pipe, self.key("listed", source), ids)
+        if plan.listed_by_source:
+            pipe.sadd(self.key("sources"), *plan.listed_by_source)
         return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting])
 
     def _replace_set(self, pipe: Pipeline, key: str, members: Sequence[str]) -> None:
