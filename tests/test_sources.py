@@ -286,7 +286,7 @@ def test_the_same_policy_decides_a_project_alike_alone_or_within_its_organizatio
     policy = parse_policy(ORG_POLICY)
 
     def decisions(settings: Settings) -> dict[str, tuple[str, str | None]]:
-        plan, _ = read_and_plan(store, resolve_sources(settings), policy, _now(), dry=True, every_decision=True)
+        plan, _ = read_and_plan(store, resolve_sources(settings), policy, _now, dry=True, every_decision=True)
         return {p.endpoint.id: (p.decision.label, p.decision.rule) for p in plan.noted}
 
     whole = decisions(_settings(sim, tmp_path))
