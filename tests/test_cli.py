@@ -107,6 +107,7 @@ def test_report_json_shape(
         "by_project",
         "marked",
         "paused",
+        "paused_projects",
         "spend_removed_usd_per_hour",
         "deletes_unpriced",
         "spend_removed",

@@ -154,3 +154,37 @@ def test_dropping_a_claim_spares_a_newer_one(redis_client: redis.Redis, key_pref
         store.drop_claim("e1", "old", keep_counted=keep_counted)
     assert reads.pending_task(store, "e1") == "new" and set(store.claims()) == {"e1"}
     assert reads.acted_last_day(store) == 1
+
+
+def test_each_project_s_24h_count_moves_with_the_overall_one(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    claims = {"e1": "t1", "e2": "t2", "e3": "t3", "e4": "t4"}
+    projects = {"e1": "prod", "e2": "prod", "e3": "v1", "e4": "prod"}
+    requests = {e: {"x": e} for e in claims}
+    assert store.claim_pending(claims, 60, requests=requests, live=True, projects=projects) == set(claims)
+    state = store.limit_state([], ["prod", "v1", "idle"])
+    assert (state.acted_last_day, state.acted_by_project) == (4, {"prod": 3, "v1": 1, "idle": 0})
+    store.drop_claim("e1", "t1", keep_counted=False, project="prod")  # never published
+    store.drop_claim("e2", "t2", keep_counted=True, project="prod")  # a lost task: it may have acted
+    store.record_outcome("t3", outcome("e3", OutcomeStatus.SPARED), project="v1")  # changed nothing
+    store.record_outcome("t4", outcome("e4"), project="prod")  # deleted: stays counted
+    state = store.limit_state([], ["prod", "v1"])
+    assert (state.acted_last_day, state.acted_by_project) == (2, {"prod": 2, "v1": 0})
+    # A dry run's claims count nowhere.
+    store.claim_pending({"e5": "t5"}, 60, requests={"e5": {}}, projects={"e5": "prod"})
+    assert store.limit_state([], ["prod"]).acted_by_project == {"prod": 2}
+
+
+def test_a_project_s_pause_and_approval_are_its_own(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = make_store(redis_client, key_prefix)
+    store.set_pause("max_deletes_per_sweep: 3 candidates > 2", "s1", 3, project="prod")
+    store.approve_resume("bob", 3, project="prod")
+    assert store.pause() is None and store.take_resume(1) is None  # the overall ones are untouched
+    assert set(store.project_pauses()) == {"prod"}
+    state = store.limit_state([], ["prod", "staging"])
+    assert state.paused_projects == {"prod"} and state.approvals == {"prod": 3} and not state.pause_or_approval
+    taken = store.take_resume(3, project="prod")
+    assert taken is not None and taken["by"] == "bob" and taken["project"] == "prod"
+    assert store.take_resume(3, project="prod") is None  # one sweep
+    assert store.clear_pause("no limit trips any more", project="prod")
+    assert store.project_pauses() == {} and store.limit_state([], ["prod"]).paused_projects == frozenset()

@@ -102,10 +102,13 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
         settings = get_settings()
         api, capabilities = ",".join(settings.api_names), settings.capabilities
     policy = load_policy(path, capabilities)
+    per = policy.limits.per_project
+    each = per.max_deletes_per_sweep if per is not None else None
+    per_project = f", at most {each} per project" if each is not None else ""
     print(
         f"{path}: ok: {len(policy.rules)} rule(s), {len(policy.protect)} protect matcher(s), "
-        f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep "
-        f"(API {api})"
+        f"scope types {policy.scope.types}, at most {policy.limits.max_deletes_per_sweep} deletes per sweep"
+        f"{per_project} (API {api})"
     )
     return 0
 
@@ -173,16 +176,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for p in plan.noted
     ]
     # As a live sweep would count: endpoints whose delete is still queued do not count again.
-    limit_state: LimitState = store.limit_state([p.endpoint.id for p in plan.acting])
+    limit_state: LimitState = store.limit_state([p.endpoint.id for p in plan.acting], plan.limit_projects())
     verdict = judge_limits(plan, policy.limits, limit_state, dry_run=False)
     acting, in_scope, trip = len(verdict.to_queue), plan.in_scope, verdict.trip
+    held = {t.project: t.limit for t in verdict.project_trips if not t.approved}
     if args.json:
-        _print_json({"endpoints": rows, "acting": acting, "in_scope": in_scope, "limit_tripped": trip})
+        _print_json(
+            {
+                "endpoints": rows,
+                "acting": acting,
+                "in_scope": in_scope,
+                "limit_tripped": trip,
+                "project_limits_tripped": held,
+            }
+        )
         return 0
     table = [[r["decision"], r["rule"], r["name"], r["state"], r["due_at"] or "", r["reason"]] for r in rows]
     print(_table(table, ["DECISION", "RULE", "NAME", "STATE", "DUE", "REASON"]))
     note = f"; a sweep now would queue none (limit tripped: {trip})" if trip else ""
     print(f"\n{acting} of {in_scope} endpoint(s) in scope would be deleted or stopped{note}")
+    for project, limit in held.items():
+        print(f"project {project}: none of its endpoints would be queued (its limit tripped: {limit})")
     return 0
 
 
@@ -199,6 +213,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for eid, m in sorted(store.load_marks().items(), key=lambda item: item[1].due_at)
     ]
     pause = store.pause()
+    project_pauses = store.project_pauses()
     counters = snapshot(store.metrics())
     spend, unpriced = counters["spend_removed_usd_per_hour"], counters["deletes_unpriced"]
     windows, spend_by_project = _spend_windows(store)
@@ -211,6 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "by_project": by_project,
                 "marked": marked,
                 "paused": pause,
+                "paused_projects": project_pauses,
                 "spend_removed_usd_per_hour": spend,
                 "deletes_unpriced": unpriced,
                 "spend_removed": {name: s.to_dict() for name, s in windows.items()},
@@ -223,6 +239,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if pause:
         print(_colour(f"DELETES PAUSED: {pause['limit']} (sweep {pause['sweep_id']}); see `janitor resume`", "red"))
+    for project, paused in project_pauses.items():
+        print(
+            _colour(
+                f"PROJECT {project} PAUSED: {paused.get('limit')} (sweep {paused.get('sweep_id')}); "
+                f"see `janitor resume --project {project}`",
+                "red",
+            )
+        )
+    if pause or project_pauses:
         print()
     print("Sweeps")
     rows = [
@@ -385,14 +410,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from worker.store import Store
 
     store = Store.from_settings(get_settings())
-    pause = store.pause()
+    project: str | None = args.project
+    if project is not None and not project.strip():
+        print("janitor resume: --project needs a project (v1, a v2 project's slug, or its id)", file=sys.stderr)
+        return 2
+    pause = store.pause(project)
+    what = "deletes are" if project is None else f"project {project} is"
     if pause is None:
-        print("deletes are not paused; nothing to resume")
+        print(f"{what} not paused; nothing to resume")
         return 0
     # Approve what tripped, no more: as many endpoints as the refused sweep would have acted on.
     up_to = int(pause.get("acting", 0)) if args.up_to is None else args.up_to
-    store.approve_resume(_who(args.by), up_to)
-    print(f"the next sweep may act on up to {up_to} endpoint(s) despite: {pause['limit']}")
+    store.approve_resume(_who(args.by), up_to, project=project)
+    whose = "" if project is None else f" of project {project}"
+    print(f"the next sweep may act on up to {up_to} endpoint(s){whose} despite: {pause['limit']}")
     return 0
 
 
@@ -508,6 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="let the next sweep act although a limit tripped (after checking why)")
     p.add_argument("--up-to", type=int, help="the most endpoints it may act on (default: the number that tripped)")
     p.add_argument("--by", help="who asks (default: $USER)")
+    p.add_argument(
+        "--project",
+        help="approve one project whose own limit (limits.per_project) tripped: v1, a v2 project's slug, or its id "
+        "when the slug is unknown (as `janitor report` names it); without it, the overall limits",
+    )
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("check-policy", help="validate a policy file (default: JANITOR_POLICY_FILE)")

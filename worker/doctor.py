@@ -90,8 +90,15 @@ def check_beat(settings: Settings, store: Store) -> str:
 
 def check_limits(settings: Settings, store: Store) -> str:
     pause = store.pause()
+    projects = store.project_pauses()
+    paused = [
+        f"project {project} is paused by its tripped limit: {p.get('limit')} (see `janitor resume --project {project}`)"
+        for project, p in projects.items()
+    ]
     if pause is not None:
-        raise JanitorError(f"deletes are paused by a tripped limit: {pause['limit']} (see `janitor resume`)")
+        paused.insert(0, f"deletes are paused by a tripped limit: {pause['limit']} (see `janitor resume`)")
+    if paused:
+        raise JanitorError("; ".join(paused))
     return "deletes are not paused"
 
 

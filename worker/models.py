@@ -99,6 +99,9 @@ class SweepSummary:
     # Each source's result: source key -> {status: ok|error|closed, listed, error}; a failed source does not
     # fail the sweep unless every source failed.
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each project whose own limit (limits.per_project) tripped: project -> {limit, acting, queued, resumed_by?};
+    # its endpoints are not queued unless a person approved them (``janitor resume --project``).
+    limit_trips: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

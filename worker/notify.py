@@ -37,12 +37,16 @@ def build_notification(
         if status in lists:
             lists[str(status)].append(outcome)
     limit = sweep.get("error") if sweep.get("status") == "limit_exceeded" else None
-    if not marked and not limit and not any(lists.values()):
+    # Projects held back by their own limit (limits.per_project); one queued on a person's approval is not news.
+    held = {p: t for p, t in (sweep.get("limit_trips") or {}).items() if not t.get("queued")}
+    if not marked and not limit and not held and not any(lists.values()):
         return None
     mode = " (dry run)" if sweep.get("dry_run") else ""
     lines = [f"endpoint-janitor sweep {sweep.get('sweep_id')}{mode}:"]
     if limit:
         lines.append(f":warning: limit tripped, nothing queued: {limit}")
+    for project, trip in held.items():
+        lines.append(f":warning: project {project}: its limit tripped, its endpoints not queued: {trip.get('limit')}")
     for item in marked:
         lines.append(
             f"• marked {item['endpoint_name']} ({item['endpoint_id']}){_in(item)} by rule {item['rule']}, "
@@ -65,6 +69,7 @@ def build_notification(
         "marked": list(marked),
         **{name: lists[name] for name in _OUTCOME_LISTS},
         "limit": limit,
+        "project_limits": {project: trip.get("limit") for project, trip in held.items()},
         # Of the deletes and stops made: USD/h of the priced ones; None when there were some and none is priced
         # (unknown, not $0); the unpriced ones are counted apart.
         "spend_removed_usd_per_hour": None if removed["deletes"] and not removed["priced"] else removed["usd_per_hour"],

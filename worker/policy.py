@@ -418,15 +418,41 @@ class Rule(_Strict):
         return "; ".join(reasons)
 
 
+def _fraction(value: object) -> object:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ProjectLimits(_Strict):
+    """``limits.per_project``: the same limits, each applied to one project at a time (the v1 account is the
+    project ``v1``; a v2 project is named by its slug, or its id when the slug is unknown). Every key is
+    optional; one left out sets no limit per project (the overall limits still hold), an empty block is an
+    error (never "no limit" by accident)."""
+
+    max_deletes_per_sweep: int | None = Field(default=None, ge=0)
+    max_delete_fraction: float | None = Field(default=None, ge=0, le=1)
+    max_deletes_per_day: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_empty(cls, data: object) -> object:
+        if isinstance(data, dict) and not data:
+            raise ValueError(
+                "an empty block sets no limit and is not allowed: give at least one of max_deletes_per_sweep, "
+                "max_delete_fraction, max_deletes_per_day, or remove it"
+            )
+        return data
+
+    _int_is_a_fraction_too = field_validator("max_delete_fraction", mode="before")(_fraction)
+
+
 class Limits(_Strict):
     max_deletes_per_sweep: int = Field(default=25, ge=0)
     max_delete_fraction: float | None = Field(default=None, ge=0, le=1)
     max_deletes_per_day: int | None = Field(default=None, ge=0)
+    # Absent: no limit per project; the limits above cover every source together whatever this says.
+    per_project: ProjectLimits | None = None
 
-    @field_validator("max_delete_fraction", mode="before")
-    @classmethod
-    def _int_is_a_fraction_too(cls, value: object) -> object:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _int_is_a_fraction_too = field_validator("max_delete_fraction", mode="before")(_fraction)
 
 
 class Policy(_Strict):
@@ -824,14 +850,15 @@ def check_api_support(policy: Policy, capabilities: ApiCapabilities) -> None:
             raise PolicyError(f"rule {rule.name!r}: {_UNMET[unmet[0]]}")
 
 
-def check_limits(limits: Limits, acting: int, in_scope: int, acted_last_day: int) -> str | None:
+def check_limits(limits: Limits | ProjectLimits, acting: int, in_scope: int, acted_last_day: int) -> str | None:
     """Which limit a sweep that would act on ``acting`` endpoints trips, with the numbers; None if none.
 
-    A stop counts like a delete: it takes an endpoint out of service, and a bad rule can stop a whole account.
+    The overall ``limits`` with every source's numbers, or ``limits.per_project`` with one project's. A stop
+    counts like a delete: it takes an endpoint out of service, and a bad rule can stop a whole account.
     """
     if acting == 0:
         return None  # a sweep that acts on nothing cannot exceed anything
-    if acting > limits.max_deletes_per_sweep:
+    if limits.max_deletes_per_sweep is not None and acting > limits.max_deletes_per_sweep:
         return f"max_deletes_per_sweep: {acting} candidates > {limits.max_deletes_per_sweep}"
     # floor(), with a little slack for binary fractions: 29 of 100 is within 0.29 although 0.29 * 100 < 29.
     if limits.max_delete_fraction is not None and acting > math.floor(limits.max_delete_fraction * in_scope + 1e-9):

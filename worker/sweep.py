@@ -58,6 +58,8 @@ from worker.together import (
     Source,
     check_endpoint_id,
     combine_capabilities,
+    project_name,
+    task_project,
 )
 
 log = logging.getLogger(__name__)
@@ -108,19 +110,49 @@ class SweepPlan:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Each acting endpoint's source key and project label (the delete task carries them).
     source_of: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # In scope per project (:func:`project_name`: ``v1``, a slug, or an id): a per-project fraction's base.
+    in_scope_by_project: dict[str, int] = field(default_factory=dict)
+    # The projects of the sources that listed completely: their pauses are cleared when they no longer trip.
+    listed_projects: set[str] = field(default_factory=set)
 
     @property
     def in_scope(self) -> int:
         return self.listed - self.out_of_scope
+
+    def limit_projects(self) -> list[str]:
+        """The projects whose limit state the sweep reads: each listed, each with an endpoint in scope."""
+        return sorted(self.listed_projects.union(self.in_scope_by_project))
+
+
+def planned_project(planned: Planned) -> str:
+    """The project an endpoint counts in for the limits (:func:`project_name`)."""
+    endpoint = planned.endpoint
+    return project_name(endpoint.api, endpoint.project, endpoint.project_id)
+
+
+@dataclass(frozen=True)
+class ProjectTrip:
+    """A project whose own limit (``limits.per_project``) trips."""
+
+    project: str
+    limit: str  # the limit tripped, with the project's numbers
+    acting: int  # its endpoints the sweep would queue (none already pending)
+    approved: bool  # a person's approval for the project covers them (a live sweep only): they are queued
 
 
 @dataclass(frozen=True)
 class LimitVerdict:
     """What the limits let a sweep queue (:func:`judge_limits`)."""
 
-    to_queue: list[Planned]  # acting endpoints without a delete queued already
+    to_queue: list[Planned]  # acting endpoints without a delete queued already, of no project held back
     already_pending: int
-    trip: str | None  # the limit tripped, with its numbers; None if none
+    trip: str | None  # the overall limit tripped by ``to_queue``, with its numbers; None if none
+    project_trips: list[ProjectTrip] = field(default_factory=list)
+
+    @property
+    def held_projects(self) -> set[str]:
+        """The projects whose endpoints are not queued: their limit trips and no approval covers it."""
+        return {t.project for t in self.project_trips if not t.approved}
 
 
 class _Observer:
@@ -281,6 +313,8 @@ def _note(plan: SweepPlan, planned: Planned, every_decision: bool) -> None:
     if verdict is Verdict.OUT_OF_SCOPE:
         plan.out_of_scope += 1
         return
+    project = planned_project(planned)
+    plan.in_scope_by_project[project] = plan.in_scope_by_project.get(project, 0) + 1
     if verdict is Verdict.KEEP and decision.rule is None and not every_decision:
         return
     plan.noted.append(planned)
@@ -312,16 +346,42 @@ def _plan_unmarks(plan: SweepPlan, state: SweepState) -> None:
 
 
 def judge_limits(plan: SweepPlan, limits: Limits, limit_state: LimitState, *, dry_run: bool) -> LimitVerdict:
-    """Which of the plan's acting endpoints may be queued, and which limit (if any) the rest would trip.
+    """Which of the plan's acting endpoints may be queued, and which limits (if any) the rest would trip.
 
-    Endpoints whose delete or stop is still queued were counted when it was queued; only new ones count. A dry
-    run does not count the last 24 hours' live deletes (it queues nothing that acts).
+    Per project first (``limits.per_project``): each project's new acting endpoints against its own in-scope
+    count and 24 h count; a project that trips is held back (none of its endpoints queued) unless a person's
+    approval for it covers them. Then the overall limits against what remains, with every source's in-scope
+    count and 24 h count. Endpoints whose delete or stop is still queued were counted when it was queued; only
+    new ones count. A dry run does not count the last 24 hours' live deletes (it queues nothing that acts) and
+    uses no approval.
     """
     pending = limit_state.pending
-    to_queue = [p for p in plan.acting if p.endpoint.id not in pending]
+    fresh = [p for p in plan.acting if p.endpoint.id not in pending]
+    trips = [] if limits.per_project is None else _project_trips(plan, fresh, limits, limit_state, dry_run)
+    held = {t.project for t in trips if not t.approved}
+    to_queue = [p for p in fresh if planned_project(p) not in held] if held else fresh
     acted = 0 if dry_run else limit_state.acted_last_day
     trip = check_limits(limits, len(to_queue), plan.in_scope, acted)
-    return LimitVerdict(to_queue, len(plan.acting) - len(to_queue), trip)
+    return LimitVerdict(to_queue, len(plan.acting) - len(fresh), trip, trips)
+
+
+def _project_trips(
+    plan: SweepPlan, fresh: Sequence[Planned], limits: Limits, limit_state: LimitState, dry_run: bool
+) -> list[ProjectTrip]:
+    assert limits.per_project is not None
+    acting: dict[str, int] = {}
+    for p in fresh:
+        project = planned_project(p)
+        acting[project] = acting.get(project, 0) + 1
+    trips = []
+    for project, count in sorted(acting.items()):
+        acted = 0 if dry_run else limit_state.acted_by_project.get(project, 0)
+        in_scope = plan.in_scope_by_project.get(project, 0)
+        trip = check_limits(limits.per_project, count, in_scope, acted)
+        if trip is not None:
+            approved = not dry_run and limit_state.approvals.get(project, -1) >= count
+            trips.append(ProjectTrip(project, trip, count, approved))
+    return trips
 
 
 def read_and_plan(
@@ -388,6 +448,8 @@ def read_and_plan(
     )
     plan.listed_by_source, plan.sources = listing.ids, listing.results
     plan.source_of = {p.endpoint.id: (owner[p.endpoint.id].source.key, p.endpoint.project or "") for p in plan.acting}
+    listed = listing.ids
+    plan.listed_projects = {source.label for source, _ in resolved.clients if source.key in listed}
     state.observed = []  # the raw list goes now; the plan keeps what it needs
     return plan, state
 
@@ -603,10 +665,11 @@ def _sweep_locked(
     verdict = judge_limits(plan, policy.limits, limit_state, dry_run=summary.dry_run)
     summary.already_pending = verdict.already_pending
     summary.limit = policy.limits.max_deletes_per_sweep
-    if not _limits_allow(store, verdict, limit_state, summary):
+    to_queue = _limits_allow(store, verdict, limit_state, summary)
+    if to_queue is None:
         return plan.newly_marked
     check_deadline("queuing")
-    _queue(store, verdict.to_queue, summary, enqueue, pending_ttl_s, listed_at, clock, plan.source_of)
+    _queue(store, to_queue, summary, enqueue, pending_ttl_s, listed_at, clock, plan.source_of)
     summary.status = "ok"
     return plan.newly_marked
 
@@ -660,25 +723,76 @@ def _log_decisions(sweep_id: str, noted: Sequence[Planned]) -> None:
         )
 
 
-def _limits_allow(store: Store, verdict: LimitVerdict, limit_state: LimitState, summary: SweepSummary) -> bool:
-    """Whether the sweep may queue: no limit trips, or a person approved this many. Records a trip and its pause."""
+def _limits_allow(
+    store: Store, verdict: LimitVerdict, limit_state: LimitState, summary: SweepSummary
+) -> list[Planned] | None:
+    """What the sweep may queue; None: nothing, an overall limit trips and no person approved this many.
+
+    A project whose own limit trips is paused and left out (the others go on); one that no longer trips is
+    unpaused. Records each trip, its pause and the approvals used.
+    """
     dry, acting = summary.dry_run, len(verdict.to_queue)
-    if verdict.trip is None:
-        if not dry and limit_state.pause_or_approval:
-            store.clear_pause("no limit trips any more")
-        return True
-    # A dry run reports the trip but neither pauses live sweeps nor uses a person's approval.
-    approval = None if dry else store.take_resume(acting)
-    if approval is None:
-        summary.status = "limit_exceeded"
-        summary.error = f"limit tripped, nothing queued: {verdict.trip}"
+    _note_project_trips(store, verdict, limit_state, summary)
+    if verdict.trip is not None:
+        # A dry run reports the trip but neither pauses live sweeps nor uses a person's approval.
+        approval = None if dry else store.take_resume(acting)
+        if approval is None:
+            summary.status = "limit_exceeded"
+            summary.error = f"limit tripped, nothing queued: {verdict.trip}"
+            if not dry:
+                store.set_pause(verdict.trip, summary.sweep_id, acting)
+            store.record_event("limit", sweep_id=summary.sweep_id, limit=verdict.trip, dry_run=dry)
+            return None
+        store.record_event("resumed", sweep_id=summary.sweep_id, limit=verdict.trip, by=approval.get("by"))
+        store.clear_pause(f"resumed by {approval.get('by')}")
+    elif not dry and limit_state.pause_or_approval:
+        store.clear_pause("no limit trips any more")
+    lapsed = _take_project_approvals(store, verdict, summary)
+    return [p for p in verdict.to_queue if planned_project(p) not in lapsed] if lapsed else verdict.to_queue
+
+
+def _note_project_trips(store: Store, verdict: LimitVerdict, limit_state: LimitState, summary: SweepSummary) -> None:
+    """Record each project whose own limit trips (the summary's ``limit_trips``, an event, and in a live sweep its
+    pause); unpause the projects that no longer trip."""
+    dry = summary.dry_run
+    tripped = {t.project for t in verdict.project_trips}
+    for trip in verdict.project_trips:
+        summary.limit_trips[trip.project] = {"limit": trip.limit, "acting": trip.acting, "queued": trip.approved}
+        if trip.approved:
+            continue
+        log.warning(
+            "sweep %s: project %s: limit tripped, its endpoints not queued: %s",
+            summary.sweep_id,
+            trip.project,
+            trip.limit,
+        )
         if not dry:
-            store.set_pause(verdict.trip, summary.sweep_id, acting)
-        store.record_event("limit", sweep_id=summary.sweep_id, limit=verdict.trip, dry_run=dry)
-        return False
-    store.record_event("resumed", sweep_id=summary.sweep_id, limit=verdict.trip, by=approval.get("by"))
-    store.clear_pause(f"resumed by {approval.get('by')}")
-    return True
+            store.set_pause(trip.limit, summary.sweep_id, trip.acting, project=trip.project)
+        store.record_event("limit", sweep_id=summary.sweep_id, limit=trip.limit, dry_run=dry, project=trip.project)
+    if dry:
+        return
+    for project in sorted(limit_state.paused_projects - tripped):
+        store.clear_pause("no limit trips any more", project=project)
+
+
+def _take_project_approvals(store: Store, verdict: LimitVerdict, summary: SweepSummary) -> set[str]:
+    """Use the approval of each project queued despite its trip; returns the projects whose approval is gone
+    meanwhile (taken by another sweep, expired): they are held back after all."""
+    lapsed: set[str] = set()
+    for trip in verdict.project_trips:
+        if not trip.approved:
+            continue
+        approval = store.take_resume(trip.acting, project=trip.project)
+        if approval is None:
+            lapsed.add(trip.project)
+            summary.limit_trips[trip.project]["queued"] = False
+            store.set_pause(trip.limit, summary.sweep_id, trip.acting, project=trip.project)
+            continue
+        by = approval.get("by")
+        summary.limit_trips[trip.project]["resumed_by"] = by
+        store.record_event("resumed", sweep_id=summary.sweep_id, limit=trip.limit, by=by, project=trip.project)
+        store.clear_pause(f"resumed by {by}", project=trip.project)
+    return lapsed
 
 
 def _queue(
@@ -717,6 +831,8 @@ def _queue(
         listed_at,
         requests={eid: r.task_kwargs() for eid, r in requests.items()},
         live=not summary.dry_run,
+        # As judge_limits counted them (a task's own project names the same one: the source's label).
+        projects={p.endpoint.id: planned_project(p) for p in acting if p.endpoint.id in requests},
     )
     summary.already_pending += len(requests) - len(claimed)
     _publish(store, [r for eid, r in requests.items() if eid in claimed], summary, enqueue)
@@ -747,7 +863,12 @@ def _publish(
     finally:
         # A claim whose task never reached the broker must not block the endpoint until its TTL.
         for request in to_send[queued:]:
-            store.drop_claim(request.endpoint_id, request.task_id, keep_counted=False)
+            store.drop_claim(
+                request.endpoint_id,
+                request.task_id,
+                keep_counted=False,
+                project=task_project(request.source, request.project),
+            )
 
 
 def _settle_lost_tasks(

@@ -344,7 +344,22 @@ V1_SOURCE = Source("v1", "v1", "v1")
 
 
 def v2_source(project_id: str, slug: str | None) -> Source:
-    return Source(f"v2:{project_id}", slug or project_id, "v2", slug, project_id)
+    return Source(f"v2:{project_id}", project_name("v2", slug, project_id), "v2", slug, project_id)
+
+
+def project_name(api: str, slug: str | None, project_id: str) -> str:
+    """The project a per-project limit, its 24 h count and its pause are kept under (a source's label): the v1
+    account is ``v1``, a v2 project its slug, or its id when the slug is not known."""
+    return slug or project_id or api
+
+
+def task_project(source: str, slug: str) -> str:
+    """:func:`project_name` of a delete task, from its source key and slug; "" for a task queued before sources
+    (it counts only overall)."""
+    if not source:
+        return ""
+    _, _, project_id = source.partition(":")
+    return slug or project_id or source
 
 
 # JANITOR_TOGETHER_API -> what its client can do, so the settings can derive their budgets without a client.

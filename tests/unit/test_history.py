@@ -45,6 +45,9 @@ class Ep:
     display_name: str | None = None
     hardware: str | None = "h"
     variants: tuple[tuple[str | None, str | None], ...] = ()
+    api: str = "v2"
+    project: str | None = "acme"
+    project_id: str = "proj_1"
 
 
 SEEN_NOW = Observation("STOPPED", NOW)

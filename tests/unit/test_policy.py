@@ -1052,3 +1052,39 @@ def test_a_sequence_under_way_stops_when_its_project_leaves_the_scope() -> None:
     policy = parse_policy("version: 1\nscope: {projects: [staging]}\n" + TTL_RULE)
     assert hold_back(policy, V2_PROD, NOW) is not None
     assert hold_back(policy, V2_STAGING, NOW) is None
+
+
+# ---------------------------------------------------------------------------------------------- limits per project
+
+
+def test_per_project_limits_are_optional_inside_and_absent_means_none() -> None:
+    assert parse_policy("version: 1\n").limits.per_project is None
+    limits = parse_policy("version: 1\nlimits:\n  per_project: {max_delete_fraction: 1}\n").limits
+    assert limits.per_project is not None
+    per = limits.per_project
+    assert (per.max_deletes_per_sweep, per.max_delete_fraction, per.max_deletes_per_day) == (None, 1.0, None)
+    assert limits.max_deletes_per_sweep == 25  # the overall default stays
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("  per_project: {}\n", "p.yaml: limits: per_project: an empty block sets no limit"),
+        ("  per_project:\n", "p.yaml: limits: per_project: an empty value (null)"),
+        ("  per_project:\n    max_deletes_per_day:\n", "p.yaml: limits: per_project: max_deletes_per_day: an empty"),
+        ("  per_project: {max_deletes_per_sweep: -1}\n", "p.yaml: limits: per_project: max_deletes_per_sweep:"),
+        ("  per_project: {max_delete_fraction: 1.5}\n", "p.yaml: limits: per_project: max_delete_fraction:"),
+        ("  per_project: {max_deletes: 1}\n", "p.yaml: limits: per_project: max_deletes: unknown key"),
+    ],
+)
+def test_a_per_project_block_that_sets_no_limit_or_a_bad_one_is_refused(snippet: str, expected: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(f"version: 1\nlimits:\n{snippet}", "p.yaml")
+    assert str(info.value).startswith(expected), info.value
+
+
+def test_check_limits_takes_a_per_project_block_whose_missing_keys_set_no_limit() -> None:
+    per = parse_policy("version: 1\nlimits:\n  per_project: {max_deletes_per_day: 3}\n").limits.per_project
+    assert per is not None
+    assert check_limits(per, 3, 3, 0) is None  # no per-sweep nor fraction limit per project (25 overall)
+    assert check_limits(per, 2, 10, 2) == "max_deletes_per_day: 2 in the last 24 h + 2 now > 3"

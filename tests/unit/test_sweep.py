@@ -250,3 +250,147 @@ def test_a_sweep_reads_a_bounded_number_of_histories_and_the_rest_wait_for_the_n
         endpoints, state_for(endpoints, observed=[p.observed[e] for e in ("e1", "e2", "e3")]), read_history=history
     )
     assert reads == ["e1", "e2", "e3"] and [pl.endpoint.id for pl in again.acting] == ["e1", "e2", "e3"]
+
+
+# ---------------------------------------------------------------------------------------------- limits per project
+
+PER_PROJECT = parse_policy(
+    """
+version: 1
+rules:
+  - name: ci
+    match: {name: "*/ci-*"}
+    ttl: 6h
+limits:
+  max_deletes_per_sweep: 10
+  per_project: {max_deletes_per_sweep: 2, max_delete_fraction: 0.5, max_deletes_per_day: 4}
+"""
+)
+
+
+def proj_ep(n: int, project: str, name: str, *, slug: bool = True) -> Endpoint:
+    """A v2 endpoint of ``project`` (its slug, or only its id with ``slug=False``), or a v1 one for ``v1``."""
+    if project == "v1":
+        return Endpoint(f"e{n}", f"acme/{name}", "m", "dedicated", "acme", "STARTED", NOW - timedelta(days=1))
+    return Endpoint(
+        f"e{n}",
+        f"{project}/{name}",
+        "m",
+        "dedicated",
+        project,
+        "STARTED",
+        NOW - timedelta(days=1),
+        api="v2",
+        project=project if slug else None,
+        project_id=f"id-{project}",
+    )
+
+
+def per_project_plan(endpoints: list[Endpoint]) -> SweepPlan:
+    return plan_sweep(
+        PER_PROJECT,
+        endpoints,
+        state_for(endpoints),
+        NOW,
+        fetch_detail=lambda _e: None,
+        count_requests=None,
+        listed_in_detail=True,
+    )
+
+
+def queued_ids(verdict: object) -> list[str]:
+    return [pl.endpoint.id for pl in verdict.to_queue]  # type: ignore[attr-defined]
+
+
+def test_in_scope_is_counted_per_project_v1_as_v1_and_a_v2_project_by_slug_or_id() -> None:
+    endpoints = [
+        proj_ep(1, "v1", "ci-1"),
+        proj_ep(2, "v1", "keep"),
+        proj_ep(3, "prod", "ci-1"),
+        proj_ep(4, "anon", "keep", slug=False),
+    ]
+    p = per_project_plan(endpoints)
+    assert p.in_scope_by_project == {"v1": 2, "prod": 1, "id-anon": 1}
+    assert p.limit_projects() == ["id-anon", "prod", "v1"]
+
+
+def test_one_project_tripping_holds_back_only_its_own_endpoints() -> None:
+    # prod: 3 candidates > 2 per project; staging: 2 of 8 in scope, within every limit.
+    endpoints = [proj_ep(i, "prod", f"ci-{i}") for i in range(1, 4)]
+    endpoints += [proj_ep(i, "staging", f"ci-{i}") for i in range(4, 6)]
+    endpoints += [proj_ep(i, "staging", f"keep-{i}") for i in range(6, 12)]
+    p = per_project_plan(endpoints)
+    verdict = judge_limits(p, PER_PROJECT.limits, LimitState(set(), 0, False), dry_run=False)
+    assert verdict.trip is None
+    assert [(t.project, t.acting, t.approved) for t in verdict.project_trips] == [("prod", 3, False)]
+    assert "max_deletes_per_sweep: 3 candidates > 2" in verdict.project_trips[0].limit
+    assert verdict.held_projects == {"prod"}
+    assert queued_ids(verdict) == ["e4", "e5"]
+
+
+def test_a_project_s_fraction_is_of_its_own_in_scope_count() -> None:
+    # 2 of prod's 3 (67 % > 50 %) trips although 2 of the 13 in scope overall would not; staging: 2 of 10.
+    endpoints = [proj_ep(1, "prod", "ci-1"), proj_ep(2, "prod", "ci-2"), proj_ep(3, "prod", "keep")]
+    endpoints += [proj_ep(i, "staging", f"ci-{i}") for i in (4, 5)]
+    endpoints += [proj_ep(i, "staging", f"keep-{i}") for i in range(6, 14)]
+    p = per_project_plan(endpoints)
+    verdict = judge_limits(p, PER_PROJECT.limits, LimitState(set(), 0, False), dry_run=False)
+    assert [t.project for t in verdict.project_trips] == ["prod"]
+    assert "max_delete_fraction: 2 of 3 endpoints in scope" in verdict.project_trips[0].limit
+    assert queued_ids(verdict) == ["e4", "e5"]
+
+
+def test_a_project_s_24h_count_is_its_own_and_a_dry_run_does_not_count_it() -> None:
+    endpoints = [proj_ep(1, "prod", "ci-1"), proj_ep(2, "staging", "ci-2")]
+    endpoints += [proj_ep(i, p, f"keep-{i}") for i, p in ((3, "prod"), (4, "staging"))]
+    p = per_project_plan(endpoints)
+    state = LimitState(set(), 4, False, acted_by_project={"prod": 4, "staging": 3})
+    verdict = judge_limits(p, PER_PROJECT.limits, state, dry_run=False)
+    assert [t.project for t in verdict.project_trips] == ["prod"]
+    assert "max_deletes_per_day: 4 in the last 24 h + 1 now > 4" in verdict.project_trips[0].limit
+    assert queued_ids(verdict) == ["e2"]
+    assert judge_limits(p, PER_PROJECT.limits, state, dry_run=True).project_trips == []
+
+
+def test_pending_endpoints_do_not_count_against_their_project() -> None:
+    endpoints = [proj_ep(i, "prod", f"ci-{i}") for i in range(1, 4)] + [proj_ep(9, "prod", "keep")]
+    endpoints += [proj_ep(i, "prod", f"keep-{i}") for i in range(10, 14)]
+    p = per_project_plan(endpoints)
+    verdict = judge_limits(p, PER_PROJECT.limits, LimitState({"e1"}, 0, False), dry_run=False)
+    assert verdict.project_trips == [] and queued_ids(verdict) == ["e2", "e3"]
+    assert verdict.already_pending == 1
+
+
+def test_the_overall_limit_judges_what_the_projects_let_through() -> None:
+    limits = parse_policy(
+        "version: 1\nlimits:\n  max_deletes_per_sweep: 3\n  per_project: {max_deletes_per_sweep: 2}\n"
+    ).limits
+    endpoints = [proj_ep(i, "prod", f"ci-{i}") for i in range(1, 4)]  # prod trips: held back
+    endpoints += [proj_ep(i, "staging", f"ci-{i}") for i in (4, 5)]
+    endpoints += [proj_ep(i, "v1", f"ci-{i}") for i in (6, 7)]
+    p = per_project_plan(endpoints)
+    verdict = judge_limits(p, limits, LimitState(set(), 0, False), dry_run=False)
+    assert [t.project for t in verdict.project_trips] == ["prod"]
+    # staging's and v1's 4 are left, more than the overall 3: the overall limit trips on them.
+    assert verdict.trip is not None and "max_deletes_per_sweep: 4 candidates > 3" in verdict.trip
+    assert queued_ids(verdict) == ["e4", "e5", "e6", "e7"]
+
+
+def test_an_approval_lets_its_project_through_when_it_covers_it_and_never_in_a_dry_run() -> None:
+    endpoints = [proj_ep(i, "prod", f"ci-{i}") for i in range(1, 4)]
+    endpoints += [proj_ep(i, "prod", f"keep-{i}") for i in range(4, 10)]
+    p = per_project_plan(endpoints)
+    approved = LimitState(set(), 0, False, paused_projects=frozenset({"prod"}), approvals={"prod": 3})
+    verdict = judge_limits(p, PER_PROJECT.limits, approved, dry_run=False)
+    assert [(t.project, t.approved) for t in verdict.project_trips] == [("prod", True)]
+    assert queued_ids(verdict) == ["e1", "e2", "e3"]
+    assert judge_limits(p, PER_PROJECT.limits, approved, dry_run=True).held_projects == {"prod"}
+    short = LimitState(set(), 0, False, approvals={"prod": 2})
+    assert judge_limits(p, PER_PROJECT.limits, short, dry_run=False).held_projects == {"prod"}
+
+
+def test_without_per_project_limits_only_the_overall_ones_hold() -> None:
+    limits = parse_policy("version: 1\nlimits: {max_deletes_per_sweep: 5}\n").limits
+    endpoints = [proj_ep(i, "prod", f"ci-{i}") for i in range(1, 5)]
+    verdict = judge_limits(per_project_plan(endpoints), limits, LimitState(set(), 0, False), dry_run=False)
+    assert verdict.project_trips == [] and verdict.trip is None and len(verdict.to_queue) == 4

@@ -5,7 +5,8 @@ They take their keys from the Store (KEYS) and never build one; each comment say
 
 # Records a task's outcome only if the task has none yet, and in the same step clears the endpoint's
 # pending key (if it is still this task's), appends the event, clears the mark of a settled endpoint
-# (ARGV[7] '1'), takes a task known to have changed nothing out of the 24 h count ('0'; with 'u', a result
+# (ARGV[7] '1'), takes a task known to have changed nothing out of the 24 h count ('0': out of ``P:acted`` and,
+# when KEYS[11] is given, its project's ``P:acted:<project>``; with 'u', a result
 # that may have changed something, now or in an earlier run of the task, it stays counted), adds a settled
 # delete's price to the spend removed (ARGV[10]: USD/h, or 'unpriced' to count one of unknown price) and fills
 # the notify outbox.
@@ -21,6 +22,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
     redis.call('HDEL', KEYS[6], ARGV[4])
   elseif ARGV[7] == '0' then
     redis.call('ZREM', KEYS[8], ARGV[5])
+    if KEYS[11] then redis.call('ZREM', KEYS[11], ARGV[5]) end
   end
   local claim = redis.call('HGET', KEYS[10], ARGV[4])
   if claim and string.match(claim, '^([^|]*)|') == ARGV[5] then redis.call('HDEL', KEYS[10], ARGV[4]) end
@@ -39,23 +41,26 @@ return redis.call('GET', KEYS[1])
 
 # Claims each endpoint's pending key (SET NX with expiry) unless an outcome was recorded for the endpoint at
 # or after ARGV[1] (Redis time): a delete that finished between the sweep's listing and this claim has
-# settled what that listing showed, and must not be queued again.
+# settled what that listing showed, and must not be queued again. Every endpoint of one call is of one project:
+# KEYS[4] is its 24 h count (``P:acted:<project>``), used only when ARGV[5] is '1' (a task with a project).
 CLAIM_PENDING = """
 local since = tonumber(ARGV[1])
 local live, now = ARGV[3] == '1', tonumber(ARGV[4])
+local per_project = live and ARGV[5] == '1'
 local t = redis.call('TIME')
 local claimed = {}
-for i = 4, #KEYS do
-  local j = i - 3
-  local endpoint_id, task_id, request = ARGV[3 * j + 2], ARGV[3 * j + 3], ARGV[3 * j + 4]
+for i = 5, #KEYS do
+  local j = i - 4
+  local endpoint_id, task_id, request = ARGV[3 * j + 3], ARGV[3 * j + 4], ARGV[3 * j + 5]
   local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
   if not (score and tonumber(score) >= since) then
     if redis.call('SET', KEYS[i], task_id, 'NX', 'EX', ARGV[2]) then
       redis.call('HSET', KEYS[2], endpoint_id, task_id .. '|' .. t[1] .. '|' .. request)
-      -- A live claim counts for max_deletes_per_day from this moment: nothing between here and the publish
-      -- (a killed sweep, a failed write) can leave a published delete uncounted. An unpublished one is
-      -- taken out again by drop_claim (keep_counted=False).
+      -- A live claim counts for max_deletes_per_day (overall and its project's) from this moment: nothing
+      -- between here and the publish (a killed sweep, a failed write) can leave a published delete uncounted.
+      -- An unpublished one is taken out again by drop_claim (keep_counted=False).
       if live then redis.call('ZADD', KEYS[3], now, task_id) end
+      if per_project then redis.call('ZADD', KEYS[4], now, task_id) end
       table.insert(claimed, endpoint_id)
     end
   end
@@ -63,6 +68,10 @@ end
 if live and #claimed > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400)
   redis.call('EXPIRE', KEYS[3], 172800)
+  if per_project then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 86400)
+    redis.call('EXPIRE', KEYS[4], 172800)
+  end
 end
 return claimed
 """
@@ -97,12 +106,15 @@ return 0
 """
 
 # Drops an endpoint's claim and its pending key, each only if it still names the task (ARGV[1]), so a newer
-# claim on the endpoint survives. With ARGV[3] '1' the task also leaves the 24 h count (``P:acted``): it
-# never reached the broker, so it cannot have acted.
+# claim on the endpoint survives. With ARGV[3] '1' the task also leaves the 24 h count (``P:acted``, and its
+# project's, KEYS[4], when given): it never reached the broker, so it cannot have acted.
 DROP_CLAIM = """
 local claim = redis.call('HGET', KEYS[2], ARGV[2])
 if claim and string.match(claim, '^([^|]*)|') == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
-if ARGV[3] == '1' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  if KEYS[4] then redis.call('ZREM', KEYS[4], ARGV[1]) end
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """

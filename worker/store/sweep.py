@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -165,6 +165,11 @@ class LimitState:
     pending: set[str]  # endpoints with a delete or stop queued already
     acted_last_day: int
     pause_or_approval: bool  # ``P:pause`` or ``P:resume`` exists: only then is there something to clear
+    # Per project (of those asked for): its 24 h count (``P:acted:<project>``), whether its pause or approval
+    # exists (``P:pause:<project>``, ``P:resume:<project>``), and how many endpoints its approval covers.
+    acted_by_project: dict[str, int] = field(default_factory=dict)
+    paused_projects: frozenset[str] = frozenset()
+    approvals: dict[str, int] = field(default_factory=dict)
 
 
 class SweepKeeping(RecordKeeping):
@@ -266,7 +271,8 @@ class SweepKeeping(RecordKeeping):
 
         The observations and marks it changed, the events of its decisions, of its unmarks and of the sequences
         it ended; then (after those writes) the pending keys of its acting endpoints, the 24 h count and whether
-        a pause or an approval is recorded.
+        a pause or an approval is recorded, overall and for each of the plan's projects
+        (:meth:`SweepPlan.limit_projects`).
         """
         pipe = self._pipeline()
         formatted: dict[Observation, str] = {}  # one string per shared observation
@@ -290,7 +296,7 @@ class SweepKeeping(RecordKeeping):
             self._replace_set(pipe, self.key("listed", source), ids)
         if plan.listed_by_source:
             pipe.sadd(self.key("sources"), *plan.listed_by_source)
-        return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting])
+        return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting], plan.limit_projects())
 
     def _replace_set(self, pipe: Pipeline, key: str, members: Sequence[str]) -> None:
         """Replace a set as a whole (a temp key, then RENAME): a reader never sees half of it."""
@@ -337,47 +343,70 @@ class SweepKeeping(RecordKeeping):
         return _parse_marks(cast(dict[str, str], self.redis.hgetall(self.key("marks"))))
 
     # ------------------------------------------------------------------ blast-radius limits
+    # ``project`` None: the overall pause and approval (``P:pause``, ``P:resume``); a project's name
+    # (:func:`~worker.together.project_name`): that project's (``P:pause:<project>``, ``P:resume:<project>``).
 
-    def set_pause(self, limit: str, sweep_id: str, acting: int) -> None:
+    def _limit_key(self, name: str, project: str | None) -> str:
+        return self.key(name) if project is None else self.key(name, project)
+
+    def set_pause(self, limit: str, sweep_id: str, acting: int, project: str | None = None) -> None:
         """Record the tripped limit and how many endpoints the refused sweep would have acted on."""
-        data = json.dumps({"limit": limit, "sweep_id": sweep_id, "acting": acting, "at": iso(utc_now())})
-        self.redis.set(self.key("pause"), data)
+        data: dict[str, Any] = {"limit": limit, "sweep_id": sweep_id, "acting": acting, "at": iso(utc_now())}
+        if project is not None:
+            data["project"] = project
+        self.redis.set(self._limit_key("pause", project), json.dumps(data))
 
-    def clear_pause(self, reason: str) -> bool:
+    def clear_pause(self, reason: str, project: str | None = None) -> bool:
         """Clear the pause and any approval given for it (an approval serves only the trip it was for)."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.key("pause"))
-        pipe.delete(self.key("resume"))
+        pipe.delete(self._limit_key("pause", project))
+        pipe.delete(self._limit_key("resume", project))
         cleared = bool(pipe.execute()[0])
         if cleared:
-            self.record_event("unpaused", reason=reason)
+            self.record_event("unpaused", reason=reason, **({} if project is None else {"project": project}))
         return cleared
 
-    def pause(self) -> dict[str, Any] | None:
-        raw = cast(str | None, self.redis.get(self.key("pause")))
+    def pause(self, project: str | None = None) -> dict[str, Any] | None:
+        raw = cast(str | None, self.redis.get(self._limit_key("pause", project)))
         return cast(dict[str, Any], json.loads(raw)) if raw else None
 
-    def approve_resume(self, by: str, up_to: int, ttl_s: int = _DAY_S) -> None:
-        """A person's go-ahead: the next live sweep may act on up to ``up_to`` endpoints although a limit trips."""
-        data = {"by": by, "up_to": up_to, "at": iso(utc_now())}
-        self.redis.set(self.key("resume"), json.dumps(data), ex=ttl_s)
+    def project_pauses(self) -> dict[str, dict[str, Any]]:
+        """Every project's pause (project -> its record), for ``janitor report`` and ``janitor doctor``."""
+        prefix = self.key("pause", "")
+        keys = sorted(cast(list[str], list(self.redis.scan_iter(match=f"{prefix}*", count=1000))))
+        if not keys:
+            return {}
+        values = cast(list[str | None], self.redis.mget(keys))
+        return {k.removeprefix(prefix): json.loads(v) for k, v in zip(keys, values, strict=True) if v}
+
+    def approve_resume(self, by: str, up_to: int, ttl_s: int = _DAY_S, project: str | None = None) -> None:
+        """A person's go-ahead: the next live sweep may act on up to ``up_to`` endpoints although a limit trips
+        (of ``project``'s, with one)."""
+        data: dict[str, Any] = {"by": by, "up_to": up_to, "at": iso(utc_now())}
+        if project is not None:
+            data["project"] = project
+        self.redis.set(self._limit_key("resume", project), json.dumps(data), ex=ttl_s)
         self.record_event("resume", **data)
 
-    def take_resume(self, acting: int) -> dict[str, Any] | None:
+    def take_resume(self, acting: int, project: str | None = None) -> dict[str, Any] | None:
         """Use the approval if it covers ``acting`` endpoints; each approval serves one sweep."""
-        raw = cast(str | None, self.redis.get(self.key("resume")))
+        key = self._limit_key("resume", project)
+        raw = cast(str | None, self.redis.get(key))
         if not raw:
             return None
         data = cast(dict[str, Any], json.loads(raw))
-        if acting > int(data.get("up_to", 0)) or not self.redis.delete(self.key("resume")):
+        if acting > int(data.get("up_to", 0)) or not self.redis.delete(key):
             return None
         return data
 
-    def limit_state(self, endpoint_ids: Sequence[str]) -> LimitState:
-        """Which of these endpoints have a delete queued, the 24 h count, whether a pause or approval exists."""
-        return self._read_limit_state(self._pipeline(), endpoint_ids)
+    def limit_state(self, endpoint_ids: Sequence[str], projects: Sequence[str] = ()) -> LimitState:
+        """Which of these endpoints have a delete queued, the 24 h count, whether a pause or approval exists,
+        overall and for each of ``projects``."""
+        return self._read_limit_state(self._pipeline(), endpoint_ids, projects)
 
-    def _read_limit_state(self, pipe: Pipeline, endpoint_ids: Sequence[str], now: float | None = None) -> LimitState:
+    def _read_limit_state(
+        self, pipe: Pipeline, endpoint_ids: Sequence[str], projects: Sequence[str] = (), now: float | None = None
+    ) -> LimitState:
         """Add the limit state's reads after what ``pipe`` holds, execute it, and return them."""
         now = time.time() if now is None else now
         start = len(pipe)
@@ -385,6 +414,32 @@ class SweepKeeping(RecordKeeping):
             pipe.mget([self.key("pending", e) for e in endpoint_ids])
         pipe.zcount(self.key("acted"), now - _DAY_S, "+inf")
         pipe.exists(self.key("pause"), self.key("resume"))
-        *values, acted, recorded = pipe.execute()[start:]
-        pending = {e for e, v in zip(endpoint_ids, values[0], strict=True) if v is not None} if values else set()
-        return LimitState(pending, int(acted), bool(recorded))
+        for project in projects:
+            pipe.zcount(self.key("acted", project), now - _DAY_S, "+inf")
+            pipe.exists(self.key("pause", project), self.key("resume", project))
+            pipe.get(self.key("resume", project))
+        values = pipe.execute()[start:]
+        per_project = values[len(values) - 3 * len(projects) :]
+        *pending_values, acted, recorded = values[: len(values) - 3 * len(projects)]
+        pending = (
+            {e for e, v in zip(endpoint_ids, pending_values[0], strict=True) if v is not None}
+            if pending_values
+            else set()
+        )
+        acted_by, paused, approvals = {}, set(), {}
+        for i, project in enumerate(projects):
+            count, exists, approval = per_project[3 * i : 3 * i + 3]
+            acted_by[project] = int(count)
+            if exists:
+                paused.add(project)
+            if approval:
+                approvals[project] = _approved_up_to(approval)
+        return LimitState(pending, int(acted), bool(recorded), acted_by, frozenset(paused), approvals)
+
+
+def _approved_up_to(raw: str) -> int:
+    """How many endpoints an approval covers; an unreadable one covers none (the limit holds)."""
+    try:
+        return int(json.loads(raw).get("up_to", -1))
+    except (ValueError, TypeError, AttributeError):
+        return -1

@@ -64,47 +64,56 @@ class TaskKeeping(StorePart):
         requests: Mapping[str, Mapping[str, Any]] | None = None,
         *,
         live: bool = False,
+        projects: Mapping[str, str] | None = None,
     ) -> set[str]:
         """SET NX each endpoint's pending key to its new task id; return the endpoints claimed now.
 
         ``requests`` holds each task's kwargs, kept in the claim (:class:`Claim`): a delete task acts only if its
         own id and arguments are the claim's. A claim without them lets no task act. A ``live`` claim enters the
-        24 h count of ``max_deletes_per_day`` in the same step (:meth:`drop_claim` takes it out again).
+        24 h count of ``max_deletes_per_day`` in the same step, and its project's (``projects``: endpoint id ->
+        project, :func:`~worker.together.project_name`; none for an endpoint without one) in ``P:acted:<project>``
+        (:meth:`drop_claim` takes it out of both again).
 
         An endpoint with an outcome recorded at or after ``listed_at`` (Redis time, taken before the list
         was fetched) is skipped: its state changed since the sweep saw it. One script per 500 endpoints (none
         blocks Redis for long), all in one round trip; EVAL, not EVALSHA, so the first sweep after a Redis
         restart pays no NOSCRIPT and SCRIPT LOAD either.
         """
-        ids = list(claims)
+        by_project: dict[str, list[str]] = {}  # one script is of one project (its count is one key)
+        for endpoint_id in claims:
+            by_project.setdefault((projects or {}).get(endpoint_id, ""), []).append(endpoint_id)
         pipe = self._pipeline()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            args: list[str | float] = [min(listed_at, 1e300), ttl_s, "1" if live else "0", time.time()]
-            for endpoint_id in chunk:
-                request = (requests or {}).get(endpoint_id)
-                payload = json.dumps(request, separators=(",", ":"), sort_keys=True) if request is not None else ""
-                args += [endpoint_id, claims[endpoint_id], payload]
-            keys = [self.key("outcomes"), self.key("claims"), self.key("acted")]
-            keys += [self.key("pending", e) for e in chunk]
-            pipe.eval(lua.CLAIM_PENDING, len(keys), *keys, *args)
+        now = time.time()
+        for project, ids in by_project.items():
+            acted = self.key("acted", project) if project else self.key("acted")
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                args: list[str | float] = [min(listed_at, 1e300), ttl_s, "1" if live else "0", now]
+                args.append("1" if project else "0")
+                for endpoint_id in chunk:
+                    request = (requests or {}).get(endpoint_id)
+                    payload = json.dumps(request, separators=(",", ":"), sort_keys=True) if request is not None else ""
+                    args += [endpoint_id, claims[endpoint_id], payload]
+                keys = [self.key("outcomes"), self.key("claims"), self.key("acted"), acted]
+                keys += [self.key("pending", e) for e in chunk]
+                pipe.eval(lua.CLAIM_PENDING, len(keys), *keys, *args)
         claimed: set[str] = set()
         for chunk_claimed in pipe.execute():
             claimed.update(cast(list[str], chunk_claimed))
         return claimed
 
-    def drop_claim(self, endpoint_id: str, task_id: str, *, keep_counted: bool) -> None:
+    def drop_claim(self, endpoint_id: str, task_id: str, *, keep_counted: bool, project: str = "") -> None:
         """Drop the endpoint's claim and its pending key, each only if it still names ``task_id``.
 
         ``keep_counted=False`` for a task that never reached the broker: it also leaves the 24 h count of
         ``max_deletes_per_day``, and the endpoint is not blocked until the pending key's TTL. ``True`` for a claim
         that outlived its lost task (the sweep queues the endpoint again): that task may have acted, so it stays
-        counted.
+        counted. ``project``: the task's project, whose 24 h count it leaves too.
         """
-        self._drop_claim(
-            keys=[self.key("pending", endpoint_id), self.key("claims"), self.key("acted")],
-            args=[task_id, endpoint_id, "0" if keep_counted else "1"],
-        )
+        keys = [self.key("pending", endpoint_id), self.key("claims"), self.key("acted")]
+        if project:
+            keys.append(self.key("acted", project))
+        self._drop_claim(keys=keys, args=[task_id, endpoint_id, "0" if keep_counted else "1"])
 
     def claims(self) -> dict[str, Claim]:
         """Every claim whose task has not recorded its outcome yet (endpoint id -> claim)."""
@@ -170,21 +179,27 @@ class TaskKeeping(StorePart):
 
     # ------------------------------------------------------------------ outcomes
 
-    def record_outcome(self, task_id: str, outcome: Outcome) -> tuple[Outcome, bool]:
-        """Record a task's one outcome. Returns (the outcome on record, whether this call wrote it)."""
+    def record_outcome(self, task_id: str, outcome: Outcome, project: str = "") -> tuple[Outcome, bool]:
+        """Record a task's one outcome. Returns (the outcome on record, whether this call wrote it).
+
+        ``project`` (:func:`~worker.together.task_project`): the project whose 24 h count the task is in.
+        """
+        keys = [
+            self.key("task", task_id),
+            self.key("outcome", outcome.endpoint_id),
+            self.key("outcomes"),
+            self.key("pending", outcome.endpoint_id),
+            self.key("events"),
+            self.key("marks"),
+            self.key("notify", "outbox"),
+            self.key("acted"),
+            self.key("metrics"),
+            self.key("claims"),
+        ]
+        if project:
+            keys.append(self.key("acted", project))
         existing = self._record_outcome(
-            keys=[
-                self.key("task", task_id),
-                self.key("outcome", outcome.endpoint_id),
-                self.key("outcomes"),
-                self.key("pending", outcome.endpoint_id),
-                self.key("events"),
-                self.key("marks"),
-                self.key("notify", "outbox"),
-                self.key("acted"),
-                self.key("metrics"),
-                self.key("claims"),
-            ],
+            keys=keys,
             args=[
                 outcome.to_json(),
                 self.retention_s,

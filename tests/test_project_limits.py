@@ -1,0 +1,243 @@
+"""Issue 14: limits per project (``limits.per_project``), in-process sweeps against a real Redis and the simulator
+over HTTP (the v1 account, project ``v1``, and the key's v2 project, ``acme``); the queue is a list here.
+
+A project whose own limit trips is paused and its endpoints are not queued while the other's are; ``janitor
+resume --project`` (the command, as a process) lets the next live sweep queue it; each project keeps its own 24 h
+count, which a task known to have changed nothing leaves again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import ROOT, Sim, env_for, write_policy
+from tests.store_reads import events
+from worker.doctor import check_limits
+from worker.errors import JanitorError
+from worker.janitor import DeleteRequest, RunState, run_delete
+from worker.models import OutcomeStatus
+from worker.settings import Settings
+from worker.simulator.v2 import DEFAULT_PROJECT_ID
+from worker.sources import Resolved
+from worker.store import Store
+from worker.sweep import run_sweep
+from worker.together import TogetherClient, client_for
+from worker.together_v2 import TogetherV2Client
+
+pytestmark = pytest.mark.integration
+
+READY = "DEPLOYMENT_STATE_READY"
+V2_KEY = f"v2:{DEFAULT_PROJECT_ID}"
+OLD_S = 7 * 3600
+
+
+def v1_ep(i: int, name: str) -> dict[str, object]:
+    return {"id": f"endpoint-{i:04d}", "name": name, "model": "m", "owner": "acme", "age_s": OLD_S}
+
+
+def v2_ep(n: int, name: str) -> dict[str, Any]:
+    return {
+        "id": f"ep_{n:04d}",
+        "name": name,
+        "age_s": OLD_S,
+        "endpointType": "ENDPOINT_TYPE_DEDICATED",
+        "deployments": [{"id": f"dep_{n}", "model": "m", "hardware": "1x_nvidia_h100_80gb_sxm", "state": READY}],
+    }
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> Store:
+    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
+
+
+@pytest.fixture
+def both(sim: Sim) -> Iterator[Resolved]:
+    v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
+    v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug="acme")
+    yield Resolved([(v1.source, v1), (v2.source, v2)])
+    v1.close()
+    v2.close()
+
+
+def sweep(store: Store, client: Resolved, policy: Path, queued: list[DeleteRequest], dry_run: bool = False) -> Any:
+    return run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=dry_run,
+        lock_ttl_s=60,
+        pending_ttl_s=120,
+        enqueue=queued.extend,
+    )
+
+
+def janitor(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args], env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60
+    )
+
+
+PER_SWEEP = """
+version: 1
+rules:
+  - name: old
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+limits:
+  max_deletes_per_sweep: 10
+  per_project: {max_deletes_per_sweep: 1}
+"""
+
+
+def test_a_project_over_its_limit_is_paused_alone_until_resumed_for_that_project(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", PER_SWEEP)
+    sim.reset([v1_ep(1, "acme/ci-a"), v1_ep(2, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "ci-b")], project_slug="acme")
+
+    # A dry run reports acme's trip but pauses nothing.
+    dry: list[DeleteRequest] = []
+    report = sweep(store, both, policy, dry, dry_run=True)
+    assert report.status == "ok" and report.limit_trips["acme"]["acting"] == 2
+    assert store.pause("acme") is None and store.project_pauses() == {}
+    for request in dry:  # as if the dry run's tasks had ended (they would hold their endpoints meanwhile)
+        store.drop_claim(request.endpoint_id, request.task_id, keep_counted=False)
+
+    queued: list[DeleteRequest] = []
+    first = sweep(store, both, policy, queued)
+    assert first.status == "ok", first.error  # only a project tripped: the sweep goes on
+    assert [(r.endpoint_id, r.source) for r in queued] == [("endpoint-0001", "v1")]
+    assert first.queued == 1
+    trip = first.limit_trips["acme"]
+    assert trip["acting"] == 2 and trip["queued"] is False
+    assert "max_deletes_per_sweep: 2 candidates > 1" in trip["limit"]
+    assert list(first.limit_trips) == ["acme"]
+    paused = store.pause("acme")
+    assert paused is not None and paused["acting"] == 2 and paused["project"] == "acme"
+    assert store.pause() is None and store.pause("v1") is None
+    assert set(store.project_pauses()) == {"acme"}
+    limit_events = [e for e in events(store, 200) if e["kind"] == "limit"]
+    assert [e["project"] for e in limit_events] == ["acme", "acme"]  # the dry run's and the live one's
+    # janitor doctor and janitor report name the paused project.
+    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, http_timeout_s=2)
+    with pytest.raises(JanitorError, match="project acme is paused by its tripped limit"):
+        check_limits(settings, store)
+    env = env_for(redis_url, key_prefix, sim, policy)
+    shown = janitor(["report", "--json"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert set(json.loads(shown.stdout)["paused_projects"]) == {"acme"}
+    assert "PROJECT acme PAUSED" in janitor(["report"], env).stdout
+
+    # Another sweep without approval: still paused, still nothing of acme's queued.
+    again = sweep(store, both, policy, queued)
+    assert again.status == "ok" and len(queued) == 1 and store.pause("acme") is not None
+
+    # The overall resume does not touch acme; the project's own does.
+    overall = janitor(["resume", "--by", "alice"], env)
+    assert overall.returncode == 0 and "not paused" in overall.stdout
+    resumed = janitor(["resume", "--project", "acme", "--by", "alice"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "up to 2 endpoint(s) of project acme" in resumed.stdout
+    third = sweep(store, both, policy, queued)
+    assert third.status == "ok", third.error
+    assert sorted(r.endpoint_id for r in queued[1:]) == ["ep_0001", "ep_0002"]
+    assert all(r.source == V2_KEY for r in queued[1:])
+    assert third.limit_trips["acme"]["queued"] is True and third.limit_trips["acme"]["resumed_by"] == "alice"
+    assert store.pause("acme") is None and store.project_pauses() == {}
+    assert check_limits(settings, store) == "deletes are not paused"
+    # The approval served that one sweep.
+    assert janitor(["resume", "--project", "acme"], env).stdout.startswith("project acme is not paused")
+
+
+def test_a_project_that_no_longer_trips_is_unpaused_and_the_overall_limit_still_covers_every_source(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", PER_SWEEP)
+    sim.reset([v1_ep(1, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "ci-b")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    assert sweep(store, both, policy, queued).limit_trips["acme"]["queued"] is False
+    assert store.pause("acme") is not None
+
+    sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "keep-b")], project_slug="acme")
+    within = sweep(store, both, policy, queued)
+    assert within.status == "ok" and within.limit_trips == {}
+    assert [r.endpoint_id for r in queued] == ["ep_0001"]
+    assert store.pause("acme") is None
+    assert any(e["kind"] == "unpaused" and e.get("project") == "acme" for e in events(store, 200))
+
+    # Each project within its own limit, but together over the overall one: nothing queued, the overall pause.
+    overall = PER_SWEEP.replace("max_deletes_per_sweep: 10", "max_deletes_per_sweep: 1")
+    write_policy(policy, overall)
+    sim.reset([v1_ep(1, "acme/ci-a")])
+    sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(3, "ci-c")], project_slug="acme")  # ep_0001 is pending still
+    before = len(queued)
+    tripped = sweep(store, both, policy, queued)
+    assert tripped.status == "limit_exceeded" and "max_deletes_per_sweep: 2 candidates > 1" in (tripped.error or "")
+    assert len(queued) == before and tripped.limit_trips == {}
+    assert store.pause() is not None and store.project_pauses() == {}
+
+
+PER_DAY = """
+version: 1
+rules:
+  - name: old
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+limits:
+  per_project: {max_deletes_per_day: 1}
+"""
+
+
+def test_each_project_keeps_its_own_24h_count(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", PER_DAY)
+    sim.reset([v1_ep(1, "acme/ci-a")])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    first = sweep(store, both, policy, queued)
+    assert first.status == "ok" and first.limit_trips == {} and len(queued) == 2
+
+    def count(project: str | None = None) -> int:
+        key = f"{key_prefix}:acted" if project is None else f"{key_prefix}:acted:{project}"
+        return int(redis_client.zcard(key))
+
+    assert (count(), count("v1"), count("acme")) == (2, 1, 1)
+
+    # v1's task finds its endpoint protected meanwhile: spared, it changed nothing, so it leaves both counts.
+    write_policy(policy, PER_DAY.replace("rules:", 'protect:\n  - name: "acme/ci-a"\nrules:'))
+    settings = Settings(
+        together_api_key=sim.api_key,
+        together_base_url=sim.base_url,
+        sources="v1,v2",
+        http_timeout_s=2,
+        policy_file=policy,
+        dry_run=False,
+    )
+    v1_task = next(r for r in queued if r.source == "v1")
+    result = run_delete(
+        v1_task, RunState(), settings=settings, store=store, client=lambda: client_for(settings, "v1", None)
+    )
+    assert result.outcome.status is OutcomeStatus.SPARED  # type: ignore[union-attr]
+    assert (count(), count("v1"), count("acme")) == (1, 0, 1)
+
+    # A second live sweep with one new candidate in each: acme has used its day (1 + 1 > 1), v1 has not.
+    write_policy(policy, PER_DAY)
+    sim.reset([v1_ep(2, "acme/ci-b")])
+    sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "ci-b")], project_slug="acme")  # ep_0001 still pending
+    second = sweep(store, both, policy, queued)
+    assert second.status == "ok", second.error
+    assert [r.endpoint_id for r in queued[2:]] == ["endpoint-0002"]
+    assert "max_deletes_per_day: 1 in the last 24 h + 1 now > 1" in second.limit_trips["acme"]["limit"]
+    assert (count(), count("v1"), count("acme")) == (2, 1, 1)
+    assert store.pause("acme") is not None and store.pause("v1") is None
