@@ -145,10 +145,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from worker.clock import iso, utc_now
+    from worker.limits import judge_limits
     from worker.policy import load_policy
     from worker.sources import resolve_sources
     from worker.store import LimitState, Store
-    from worker.sweep import judge_limits, read_and_plan
+    from worker.sweep import read_and_plan
 
     settings = get_settings()
     client = resolve_sources(settings)
