@@ -187,15 +187,15 @@ def timed_sweep(bench: Bench, store: Store, settings: Settings, enqueue: Any, ki
 
 @contextlib.contextmanager
 def list_workers(n: int) -> Iterator[None]:
-    """``worker.sweep.LIST_WORKERS`` set to ``n`` for a while (``list_sources`` reads it at each call)."""
-    import worker.sweep as sweep_module
+    """``worker.listing.LIST_WORKERS`` set to ``n`` for a while (``list_sources`` reads it at each call)."""
+    import worker.listing as listing_module
 
-    before = sweep_module.LIST_WORKERS
-    sweep_module.LIST_WORKERS = n
+    before = listing_module.LIST_WORKERS
+    listing_module.LIST_WORKERS = n
     try:
         yield
     finally:
-        sweep_module.LIST_WORKERS = before
+        listing_module.LIST_WORKERS = before
 
 
 def in_process_sweeps(bench: Bench, shape: OrgShape, policy: Path) -> list[dict[str, Any]]:
@@ -375,7 +375,7 @@ def add_time_figure(bench: Bench, shape: OrgShape, run: dict[str, Any]) -> None:
 
 def add_bound_figure(bench: Bench, shape: OrgShape, judged: list[dict[str, Any]]) -> None:
     """The floor the janitor's own bound allows: ceil(sources / LIST_WORKERS) rounds of the slowest's pages."""
-    from worker.sweep import LIST_WORKERS
+    from worker.listing import LIST_WORKERS
 
     req = judged[0]["requests"]
     sources = len(req["pages_per_source"])

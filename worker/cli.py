@@ -145,10 +145,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from worker.clock import iso, utc_now
+    from worker.limits import judge_limits
     from worker.policy import load_policy
     from worker.sources import resolve_sources
     from worker.store import LimitState, Store
-    from worker.sweep import judge_limits, read_and_plan
+    from worker.sweep import read_and_plan
 
     settings = get_settings()
     client = resolve_sources(settings)
@@ -201,13 +202,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from worker.clock import iso
-    from worker.exporter import snapshot
     from worker.store import Store
 
-    store = Store.from_settings(get_settings())
-    sweeps = [s.to_dict() for s in store.recent_sweeps(args.limit)]
-    outcomes = [dataclasses.asdict(o) | {"status": str(o.status)} for o in store.latest_outcomes(args.limit)]
+    report = _report_data(Store.from_settings(get_settings()), args.limit)
+    if args.json:
+        _print_json(report)
+        return 0
+    _print_pauses(report["paused"], report["paused_projects"])
+    _print_sweeps(report["sweeps"])
+    _print_marked(report["marked"])
+    _print_outcomes_by_project(report["by_project"])
+    _print_latest_outcomes(report["endpoints"])
+    _print_spend(report)
+    return 0
+
+
+def _report_data(store: Store, limit: int) -> dict[str, Any]:
+    """Everything ``janitor report`` shows, as ``--json`` prints it."""
+    from worker.clock import iso
+    from worker.exporter import snapshot
+
+    sweeps = [s.to_dict() for s in store.recent_sweeps(limit)]
+    outcomes = [dataclasses.asdict(o) | {"status": str(o.status)} for o in store.latest_outcomes(limit)]
     marked = [
         {"endpoint_id": eid, "rule": m.rule, "marked_at": iso(m.marked_at), "due_at": iso(m.due_at)}
         for eid, m in sorted(store.load_marks().items(), key=lambda item: item[1].due_at)
@@ -215,28 +231,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     pause = store.pause()
     project_pauses = store.project_pauses()
     counters = snapshot(store.metrics())
-    spend, unpriced = counters["spend_removed_usd_per_hour"], counters["deletes_unpriced"]
     windows, spend_by_project = _spend_windows(store)
-    by_project = _outcomes_by_project(outcomes)
-    if args.json:
-        _print_json(
-            {
-                "sweeps": sweeps,
-                "endpoints": outcomes,
-                "by_project": by_project,
-                "marked": marked,
-                "paused": pause,
-                "paused_projects": project_pauses,
-                "spend_removed_usd_per_hour": spend,
-                "deletes_unpriced": unpriced,
-                "spend_removed": {name: s.to_dict() for name, s in windows.items()},
-                "spend_removed_by_project": {
-                    project: {name: s.to_dict() for name, s in spans.items()}
-                    for project, spans in spend_by_project.items()
-                },
-            }
-        )
-        return 0
+    return {
+        "sweeps": sweeps,
+        "endpoints": outcomes,
+        "by_project": _outcomes_by_project(outcomes),
+        "marked": marked,
+        "paused": pause,
+        "paused_projects": project_pauses,
+        "spend_removed_usd_per_hour": counters["spend_removed_usd_per_hour"],
+        "deletes_unpriced": counters["deletes_unpriced"],
+        "spend_removed": {name: s.to_dict() for name, s in windows.items()},
+        "spend_removed_by_project": {
+            project: {name: s.to_dict() for name, s in spans.items()} for project, spans in spend_by_project.items()
+        },
+    }
+
+
+def _print_pauses(pause: dict[str, Any] | None, project_pauses: dict[str, dict[str, Any]]) -> None:
     if pause:
         print(_colour(f"DELETES PAUSED: {pause['limit']} (sweep {pause['sweep_id']}); see `janitor resume`", "red"))
     for project, paused in project_pauses.items():
@@ -249,29 +261,46 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     if pause or project_pauses:
         print()
+
+
+# The report's tables: each column's header and the record's key it shows (a None cell is shown empty).
+_SWEEP_COLUMNS = {
+    "STARTED": "started_at",
+    "STATUS": "status",
+    "DRY": "dry_run",
+    "LISTED": "listed",
+    "CANDIDATES": "candidates",
+    "QUEUED": "queued",
+    "MARKED": "marked",
+    "PROTECTED": "protected",
+    "EXEMPT": "exempt",
+    "ERROR": "error",
+}
+_OUTCOME_COLUMNS = {
+    "AT": "at",
+    "STATUS": "status",
+    "ACTION": "action",
+    "PROJECT": "project",
+    "ENDPOINT": "endpoint_id",
+    "NAME": "endpoint_name",
+    "RULE": "rule",
+    "ATTEMPTS": "attempts",
+    "HTTP": "http_status",
+    "ERROR": "error",
+}
+
+
+def _column_table(records: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
+    """The records as a table of ``columns``, the second (the status) coloured on a terminal."""
+    return _table([[r[key] for key in columns.values()] for r in records], list(columns), status_col=1)
+
+
+def _print_sweeps(sweeps: Sequence[dict[str, Any]]) -> None:
     print("Sweeps")
-    rows = [
-        [
-            s["started_at"],
-            s["status"],
-            s["dry_run"],
-            s["listed"],
-            s["candidates"],
-            s["queued"],
-            s["marked"],
-            s["protected"],
-            s["exempt"],
-            s["error"] or "",
-        ]
-        for s in sweeps
-    ]
-    print(
-        _table(
-            rows,
-            ["STARTED", "STATUS", "DRY", "LISTED", "CANDIDATES", "QUEUED", "MARKED", "PROTECTED", "EXEMPT", "ERROR"],
-            status_col=1,
-        )
-    )
+    print(_column_table(sweeps, _SWEEP_COLUMNS))
+
+
+def _print_marked(marked: Sequence[dict[str, Any]]) -> None:
     print("\nMarked (waiting out their grace period)")
     print(
         _table(
@@ -279,6 +308,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             ["DUE", "ENDPOINT", "RULE", "MARKED"],
         )
     )
+
+
+def _print_outcomes_by_project(by_project: dict[str, dict[str, int]]) -> None:
     print("\nOutcomes per project (v1: the v1 account)")
     statuses = sorted({status for counts in by_project.values() for status in counts})
     print(
@@ -287,38 +319,27 @@ def cmd_report(args: argparse.Namespace) -> int:
             ["PROJECT", *(s.upper() for s in statuses)],
         )
     )
+
+
+def _print_latest_outcomes(outcomes: Sequence[dict[str, Any]]) -> None:
     print("\nLatest outcomes (failures first)")
     failures_first = sorted(outcomes, key=lambda o: o["status"] not in ("failed", "forbidden", "blocked"))
-    rows = [
-        [
-            o["at"],
-            o["status"],
-            o["action"],
-            o.get("project") or "v1",
-            o["endpoint_id"],
-            o["endpoint_name"],
-            o["rule"],
-            o["attempts"],
-            o["http_status"],
-            o["error"] or "",
-        ]
-        for o in failures_first
-    ]
-    print(
-        _table(
-            rows,
-            ["AT", "STATUS", "ACTION", "PROJECT", "ENDPOINT", "NAME", "RULE", "ATTEMPTS", "HTTP", "ERROR"],
-            status_col=1,
-        )
-    )
+    # An outcome without a project is the v1 account's (or older than projects).
+    print(_column_table([o | {"project": o.get("project") or "v1"} for o in failures_first], _OUTCOME_COLUMNS))
+
+
+def _print_spend(report: dict[str, Any]) -> None:
+    from worker.spend import Spend
+
     print("\nHourly spend removed by deletes and stops (running replicas x Together's prices, or the policy's)")
+    windows, by_project = report["spend_removed"], report["spend_removed_by_project"]
     for name, label in (("1d", "last day"), ("30d", "last 30 days")):
-        print(f"  {label}: {windows[name].describe()}")
-        for project in sorted(spend_by_project):
-            print(f"    {project}: {spend_by_project[project][name].describe()}")
+        print(f"  {label}: {Spend(**windows[name]).describe()}")
+        for project in sorted(by_project):
+            print(f"    {project}: {Spend(**by_project[project][name]).describe()}")
+    spend, unpriced = report["spend_removed_usd_per_hour"], report["deletes_unpriced"]
     more = f" (+ {unpriced} delete{'s' if unpriced != 1 else ''} of unknown price)" if unpriced else ""
     print(f"  since the counters began: ${spend:,.2f}/h removed{more}")
-    return 0
 
 
 def _spend_windows(store: Store) -> tuple[dict[str, Spend], dict[str, dict[str, Spend]]]:

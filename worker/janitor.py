@@ -80,15 +80,7 @@ class DeleteRequest:
     project: str = ""
 
     def task_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {
-            "endpoint_id": self.endpoint_id,
-            "endpoint_name": self.endpoint_name,
-            "sweep_id": self.sweep_id,
-            "rule": self.rule,
-            "dry_run": self.dry_run,
-            "action": str(self.action),  # a plain string on the wire and in the claim
-        }
-        return _with_source(kwargs, self.source, self.project)
+        return _task_kwargs(self)
 
     def label(self) -> str:
         """The task's one-line label, e.g. ``acme-prod/ci-run-7 · rule ci-endpoints · delete · endpoint-7``.
@@ -518,19 +510,24 @@ class UnknownAction:
     project: str = ""
 
     def task_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {
-            "endpoint_id": self.endpoint_id,
-            "endpoint_name": self.endpoint_name,
-            "sweep_id": self.sweep_id,
-            "rule": self.rule,
-            "dry_run": self.dry_run,
-            "action": self.action,
-        }
-        return _with_source(kwargs, self.source, self.project)
+        return _task_kwargs(self)
 
     def label(self) -> str:
         """As :meth:`DeleteRequest.label`; the unknown action is shown (clipped), as the task carries it."""
         return task_label(self.endpoint_id, self.endpoint_name, self.rule, self.action, self.dry_run)
+
+
+def _task_kwargs(request: DeleteRequest | UnknownAction) -> dict[str, object]:
+    """The task's keyword arguments (what its message and its claim carry)."""
+    kwargs: dict[str, object] = {
+        "endpoint_id": request.endpoint_id,
+        "endpoint_name": request.endpoint_name,
+        "sweep_id": request.sweep_id,
+        "rule": request.rule,
+        "dry_run": request.dry_run,
+        "action": str(request.action),  # a plain string on the wire and in the claim (an unknown one as it came)
+    }
+    return _with_source(kwargs, request.source, request.project)
 
 
 def parse_request(

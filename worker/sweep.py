@@ -16,14 +16,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from worker.clock import iso, utc_now
-from worker.errors import ApiStatusError, InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
+from worker.errors import InvalidEndpointId, JanitorError, PolicyError, SettingsError, TogetherError
 from worker.janitor import (
     DeleteRequest,
     HistoryReader,
@@ -32,18 +31,18 @@ from worker.janitor import (
     resolve,
     sequence_hold,
 )
+from worker.limits import LimitVerdict, judge_limits, planned_project
+from worker.listing import NoSourceListed, list_sources
 from worker.logs import context
 from worker.models import OpenSequence, Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
 from worker.policy import (
     Action,
     Decision,
-    Limits,
     Mark,
     Observation,
     Policy,
     Verdict,
-    check_limits,
     decide,
     load_policy,
 )
@@ -51,14 +50,11 @@ from worker.redact import scrub_line
 from worker.sources import V2_UNRESOLVED, Resolved, single
 from worker.store import LimitState, Store, SweepState
 from worker.together import (
-    V1_SOURCE,
     Capabilities,
     Endpoint,
     EndpointsApi,
-    Source,
     check_endpoint_id,
     combine_capabilities,
-    project_name,
     task_project,
 )
 
@@ -124,37 +120,6 @@ class SweepPlan:
         return sorted(self.listed_projects.union(self.in_scope_by_project))
 
 
-def planned_project(planned: Planned) -> str:
-    """The project an endpoint counts in for the limits (:func:`project_name`)."""
-    endpoint = planned.endpoint
-    return project_name(endpoint.api, endpoint.project, endpoint.project_id)
-
-
-@dataclass(frozen=True)
-class ProjectTrip:
-    """A project whose own limit (``limits.per_project``) trips."""
-
-    project: str
-    limit: str  # the limit tripped, with the project's numbers
-    acting: int  # its endpoints the sweep would queue (none already pending)
-    approved: bool  # a person's approval for the project covers them (a live sweep only): they are queued
-
-
-@dataclass(frozen=True)
-class LimitVerdict:
-    """What the limits let a sweep queue (:func:`judge_limits`)."""
-
-    to_queue: list[Planned]  # acting endpoints without a delete queued already, of no project held back
-    already_pending: int
-    trip: str | None  # the overall limit tripped by ``to_queue``, with its numbers; None if none
-    project_trips: list[ProjectTrip] = field(default_factory=list)
-
-    @property
-    def held_projects(self) -> set[str]:
-        """The projects whose endpoints are not queued: their limit trips and no approval covers it."""
-        return {t.project for t in self.project_trips if not t.approved}
-
-
 class _Observer:
     """:func:`worker.policy.observe`, sharing one Observation per new state (a first sweep of 100k endpoints
     would otherwise hold 100k equal objects)."""
@@ -211,41 +176,14 @@ def plan_sweep(
     forgotten = [e for e in state.forgotten if not state.holds(e)]
     plan = SweepPlan(now=now, listed=len(endpoints), forgotten=forgotten)
     in_detail = listed_in_detail if callable(listed_in_detail) else (lambda _e, _v=listed_in_detail: _v)
+    reads = _Reads(fetch_detail, count_requests, _HistoryBudget(read_history, history_reads), in_detail, keeps_history)
     observe = _Observer(now)
     sequences = dict(state.sequences)
-    histories = _HistoryBudget(read_history, history_reads)
-    for endpoint, previous in zip(endpoints, state.observed, strict=True):
-        fresh = observe(previous, endpoint.state)
+    for listed, previous in zip(endpoints, state.observed, strict=True):
+        fresh = observe(previous, listed.state)
         if fresh is not None:
-            plan.observed[endpoint.id] = fresh
-        observed = previous if fresh is None else fresh
-        exemption, mark = state.exemptions.get(endpoint.id), state.marks.get(endpoint.id)
-        detailed = in_detail(endpoint)
-        decision = decide(
-            policy,
-            endpoint,
-            observed,
-            now,
-            exemption=exemption,
-            mark=mark,
-            detail_fetched=detailed,
-            state_history=histories.left > 0 and keeps_history(endpoint),
-        )
-        if not isinstance(decision, Decision):  # the rule asks for a detail, the history or a request count
-            endpoint, decision, learnt = resolve(
-                policy,
-                endpoint,
-                observed,
-                now,
-                fetch_detail=fetch_detail,
-                count_requests=count_requests,
-                read_history=histories.reader(),
-                exemption=exemption,
-                mark=mark,
-                detail_fetched=detailed,
-            )
-            if learnt is not None and learnt != observed:
-                plan.observed[endpoint.id] = learnt
+            plan.observed[listed.id] = fresh
+        endpoint, decision = _decide_one(policy, listed, previous if fresh is None else fresh, now, state, plan, reads)
         sequence = sequences.pop(endpoint.id, None)
         if sequence is not None:
             decision = _resumed(policy, endpoint, decision, sequence, now, state, plan)
@@ -255,6 +193,59 @@ def plan_sweep(
     plan.ended.update(dict.fromkeys((e for e in sequences if not state.holds(e)), "not listed"))
     _plan_unmarks(plan, state)
     return plan
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What :func:`plan_sweep` may read for an endpoint whose decision hangs on it, and what each list holds."""
+
+    fetch_detail: Callable[[str], Endpoint | None]
+    count_requests: RequestCounter | None
+    histories: _HistoryBudget
+    listed_in_detail: Callable[[Endpoint], bool]
+    keeps_history: Callable[[Endpoint], bool]
+
+
+def _decide_one(
+    policy: Policy,
+    endpoint: Endpoint,
+    observed: Observation | None,
+    now: datetime,
+    state: SweepState,
+    plan: SweepPlan,
+    reads: _Reads,
+) -> Planned:
+    """One endpoint's decision, with the reads it asks for; what a history taught goes to ``plan.observed``."""
+    exemption, mark = state.exemptions.get(endpoint.id), state.marks.get(endpoint.id)
+    detailed = reads.listed_in_detail(endpoint)
+    decision = decide(
+        policy,
+        endpoint,
+        observed,
+        now,
+        exemption=exemption,
+        mark=mark,
+        detail_fetched=detailed,
+        state_history=reads.histories.left > 0 and reads.keeps_history(endpoint),
+    )
+    if isinstance(decision, Decision):
+        return Planned(endpoint, decision)
+    # The rule asks for a detail, the history or a request count.
+    endpoint, resolved, learnt = resolve(
+        policy,
+        endpoint,
+        observed,
+        now,
+        fetch_detail=reads.fetch_detail,
+        count_requests=reads.count_requests,
+        read_history=reads.histories.reader(),
+        exemption=exemption,
+        mark=mark,
+        detail_fetched=detailed,
+    )
+    if learnt is not None and learnt != observed:
+        plan.observed[endpoint.id] = learnt
+    return Planned(endpoint, resolved)
 
 
 class _HistoryBudget:
@@ -345,45 +336,6 @@ def _plan_unmarks(plan: SweepPlan, state: SweepState) -> None:
     plan.unmarked = {eid: mark for eid, mark in marks.items() if eid not in still and not state.holds(eid)}
 
 
-def judge_limits(plan: SweepPlan, limits: Limits, limit_state: LimitState, *, dry_run: bool) -> LimitVerdict:
-    """Which of the plan's acting endpoints may be queued, and which limits (if any) the rest would trip.
-
-    Per project first (``limits.per_project``): each project's new acting endpoints against its own in-scope
-    count and 24 h count; a project that trips is held back (none of its endpoints queued) unless a person's
-    approval for it covers them. Then the overall limits against what remains, with every source's in-scope
-    count and 24 h count. Endpoints whose delete or stop is still queued were counted when it was queued; only
-    new ones count. A dry run does not count the last 24 hours' live deletes (it queues nothing that acts) and
-    uses no approval.
-    """
-    pending = limit_state.pending
-    fresh = [p for p in plan.acting if p.endpoint.id not in pending]
-    trips = [] if limits.per_project is None else _project_trips(plan, fresh, limits, limit_state, dry_run)
-    held = {t.project for t in trips if not t.approved}
-    to_queue = [p for p in fresh if planned_project(p) not in held] if held else fresh
-    acted = 0 if dry_run else limit_state.acted_last_day
-    trip = check_limits(limits, len(to_queue), plan.in_scope, acted)
-    return LimitVerdict(to_queue, len(plan.acting) - len(fresh), trip, trips)
-
-
-def _project_trips(
-    plan: SweepPlan, fresh: Sequence[Planned], limits: Limits, limit_state: LimitState, dry_run: bool
-) -> list[ProjectTrip]:
-    assert limits.per_project is not None
-    acting: dict[str, int] = {}
-    for p in fresh:
-        project = planned_project(p)
-        acting[project] = acting.get(project, 0) + 1
-    trips = []
-    for project, count in sorted(acting.items()):
-        acted = 0 if dry_run else limit_state.acted_by_project.get(project, 0)
-        in_scope = plan.in_scope_by_project.get(project, 0)
-        trip = check_limits(limits.per_project, count, in_scope, acted)
-        if trip is not None:
-            approved = not dry_run and limit_state.approvals.get(project, -1) >= count
-            trips.append(ProjectTrip(project, trip, count, approved))
-    return trips
-
-
 def read_and_plan(
     store: Store,
     client: EndpointsApi | Resolved,
@@ -407,12 +359,11 @@ def read_and_plan(
     listing = list_sources(resolved, policy)
     if not listing.listed_any:
         raise NoSourceListed(listing.results)
-    endpoints = listing.endpoints
     # After the list, not before: a state first seen in it is seen from now on, never earlier (a long list must
     # not make a stale clock or a grace period start before the janitor saw anything).
     now = clock()
     state = store.read_sweep_state(
-        [e.id for e in endpoints],
+        [e.id for e in listing.endpoints],
         now,
         pending_ttl_s,
         prune=not dry,
@@ -421,29 +372,17 @@ def read_and_plan(
         v2_unresolved=listing.unresolved_v2,
     )
     owner = listing.owner
-
-    def detail(endpoint_id: str) -> Endpoint | None:
-        before_fetch("fetching endpoint details")
-        return fetch_detail(owner[endpoint_id], endpoint_id)
-
-    def count(endpoint_id: str, start: datetime, end: datetime) -> int:
-        before_fetch("fetching request counts")
-        return owner[endpoint_id].count_requests(endpoint_id, start, end)
-
-    def history(endpoint_id: str, state: str) -> datetime | None:
-        before_fetch("reading event histories")
-        return owner[endpoint_id].state_since(endpoint_id, state)
-
+    reads = _OwnerReads(owner, before_fetch)
     plan = plan_sweep(
         policy,
-        endpoints,
+        listing.endpoints,
         state,
         now,
-        fetch_detail=detail,
-        count_requests=count,
-        listed_in_detail=lambda e: owner[e.id].capabilities.list_is_detailed,
-        read_history=history,
-        keeps_history=lambda e: owner[e.id].capabilities.state_history,
+        fetch_detail=reads.detail,
+        count_requests=reads.count,
+        listed_in_detail=reads.listed_in_detail,
+        read_history=reads.history,
+        keeps_history=reads.keeps_history,
         every_decision=every_decision,
     )
     plan.listed_by_source, plan.sources = listing.ids, listing.results
@@ -454,111 +393,29 @@ def read_and_plan(
     return plan, state
 
 
-class NoSourceListed(TogetherError):
-    """Every source failed: the sweep is an error, and the summary still says what each source answered."""
+class _OwnerReads:
+    """The reads a rule may ask for, each from the endpoint's own source, with ``before_fetch`` run first."""
 
-    def __init__(self, results: dict[str, dict[str, Any]]) -> None:
-        errors = {key: str(r.get("error") or "").removeprefix("listing failed: ") for key, r in results.items()}
-        if len(errors) == 1:  # one source: its error as it is, as before sources existed
-            what = next(iter(errors.values()))
-        else:
-            what = "; ".join(f"{key}: {error}" for key, error in errors.items()) or "no source is configured"
-        super().__init__(what)
-        self.results = results
+    def __init__(self, owner: Mapping[str, EndpointsApi], before_fetch: Callable[[str], None]) -> None:
+        self._owner, self._before_fetch = owner, before_fetch
 
+    def detail(self, endpoint_id: str) -> Endpoint | None:
+        self._before_fetch("fetching endpoint details")
+        return fetch_detail(self._owner[endpoint_id], endpoint_id)
 
-# At most this many sources are listed at once (each source's pages one after another). An organization's sweep
-# takes as long as its slowest project only if every project is listed at once (the bench's 10 projects took
-# three rounds at 4); each listing holds one page at a time, so 16 threads cost little memory.
-LIST_WORKERS = 16
-# What v1 answers its list with once it is retired or not open to this key (docs/api-v2.md): "closed".
-_CLOSED_STATUSES = frozenset({401, 403, 404, 410})
+    def count(self, endpoint_id: str, start: datetime, end: datetime) -> int:
+        self._before_fetch("fetching request counts")
+        return self._owner[endpoint_id].count_requests(endpoint_id, start, end)
 
+    def history(self, endpoint_id: str, state: str) -> datetime | None:
+        self._before_fetch("reading event histories")
+        return self._owner[endpoint_id].state_since(endpoint_id, state)
 
-@dataclass
-class Listing:
-    """Every source's list: the endpoints of those that listed, their ids per source, each source's result."""
+    def listed_in_detail(self, endpoint: Endpoint) -> bool:
+        return self._owner[endpoint.id].capabilities.list_is_detailed
 
-    endpoints: list[Endpoint] = field(default_factory=list)
-    owner: dict[str, EndpointsApi] = field(default_factory=dict)  # endpoint id -> the client of its source
-    ids: dict[str, list[str]] = field(default_factory=dict)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failed: list[str] = field(default_factory=list)
-    closed_status: int | None = None  # v1's status when it is closed
-    # The v2 projects could not be found (not: v2 is not open to this key): whose endpoints are v2's is unknown.
-    unresolved_v2: bool = False
-
-    @property
-    def listed_any(self) -> bool:
-        return bool(self.ids)
-
-
-def list_sources(resolved: Resolved, policy: Policy) -> Listing:
-    """List every source in parallel (at most :data:`LIST_WORKERS`); a failure stays that source's."""
-    listing = Listing()
-    for key, error in resolved.failed.items():
-        status = "closed" if key in resolved.closed else "error"
-        listing.results[key] = {"status": status, "listed": 0, "error": error}
-        listing.failed.append(key)
-        listing.unresolved_v2 |= key == V2_UNRESOLVED and status == "error"
-    pairs = resolved.clients
-    if not pairs:
-        return listing
-    scope = policy.scope
-    with ThreadPoolExecutor(max_workers=min(LIST_WORKERS, len(pairs)), thread_name_prefix="list") as pool:
-        futures = [pool.submit(c.list_endpoints, scope.types, scope.mine) for _, c in pairs]
-        answers: list[list[Endpoint] | BaseException] = []
-        for future in futures:
-            try:
-                answers.append(future.result())
-            except Exception as exc:
-                answers.append(exc)
-    for (source, client), answer in zip(pairs, answers, strict=True):
-        _add_listing(listing, source, client, answer)
-    _close_v1(listing)
-    return listing
-
-
-def _add_listing(
-    listing: Listing, source: Source, client: EndpointsApi, answer: list[Endpoint] | BaseException
-) -> None:
-    key = source.key
-    if isinstance(answer, BaseException):
-        status = answer.status_code if isinstance(answer, ApiStatusError) else None
-        error = f"listing failed: {scrub_line(str(answer), 300)}"
-        listing.results[key] = {"status": "error", "listed": 0, "error": error, "http_status": status}
-        listing.failed.append(key)
-        return
-    twice = next((e.id for e in answer if e.id in listing.owner), None)
-    if twice is not None:  # one endpoint in two sources: neither can be trusted to own it, so both fail
-        error = f"listing failed: endpoint {scrub_line(twice, 80)!r} is listed by another source too"
-        _fail_source(listing, listing.owner[twice].source.key, error)
-        listing.results[key] = {"status": "error", "listed": 0, "error": error}
-        listing.failed.append(key)
-        return
-    listing.endpoints.extend(answer)
-    listing.owner.update((e.id, client) for e in answer)
-    listing.ids[key] = [e.id for e in answer]
-    listing.results[key] = {"status": "ok", "listed": len(answer)}
-
-
-def _fail_source(listing: Listing, key: str, error: str) -> None:
-    """Take back a source that listed: its endpoints are held like those of a source whose list failed."""
-    gone = set(listing.ids.pop(key, ()))
-    listing.endpoints = [e for e in listing.endpoints if e.id not in gone]
-    for endpoint_id in gone:
-        listing.owner.pop(endpoint_id, None)
-    listing.results[key] = {"status": "error", "listed": 0, "error": error}
-    listing.failed.append(key)
-
-
-def _close_v1(listing: Listing) -> None:
-    """v1 answering 401/403/404/410 while another source listed is closed (retired, or not open to this key)."""
-    v1 = listing.results.get(V1_SOURCE.key)
-    if v1 is None or v1["status"] != "error" or v1.get("http_status") not in _CLOSED_STATUSES or not listing.ids:
-        return
-    listing.closed_status = int(v1["http_status"])
-    v1["status"] = "closed"
+    def keeps_history(self, endpoint: Endpoint) -> bool:
+        return self._owner[endpoint.id].capabilities.state_history
 
 
 def _deadline_check(deadline: float) -> Callable[[str], None]:

@@ -1,4 +1,4 @@
-"""The sweep's pure plan (worker.sweep.plan_sweep, judge_limits): no Redis, no HTTP."""
+"""The sweep's pure plan (worker.sweep.plan_sweep, worker.limits.judge_limits): no Redis, no HTTP."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from worker.limits import judge_limits
 from worker.models import OpenSequence
 from worker.policy import Action, Decision, Exemption, Mark, Observation, Verdict, parse_policy
 from worker.store import LimitState, SweepState
-from worker.sweep import SweepPlan, judge_limits, plan_sweep, read_and_plan
+from worker.sweep import SweepPlan, plan_sweep, read_and_plan
 from worker.together import V1_CAPABILITIES, V1_SOURCE, Endpoint
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

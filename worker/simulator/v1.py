@@ -168,51 +168,26 @@ class _Endpoint:
     extra: JSONDict = field(default_factory=dict)
 
     def list_view(self) -> JSONDict:
-        base: JSONDict = {
-            "object": "endpoint",
-            "id": self.id,
-            "name": self.name,
-            "model": self.model,
-            "type": self.type,
-            "owner": self.owner,
-            "state": self.state,
-            "created_at": self.created_at,
-        }
         # Extras go last so a test can also mimic the API returning a field in an odd shape.
-        return base | self.extra
+        return {"object": "endpoint"} | self._fields(_LIST_FIELDS) | self.extra
 
     def detail_view(self) -> JSONDict:
-        base: JSONDict = {
-            "object": "endpoint",
-            "id": self.id,
-            "name": self.name,
-            "display_name": self.display_name,
-            "model": self.model,
-            "hardware": self.hardware,
-            "type": self.type,
-            "owner": self.owner,
-            "state": self.state,
-            "autoscaling": dict(self.autoscaling),
-            "created_at": self.created_at,
-        }
-        return base | self.extra
+        return {"object": "endpoint"} | self._fields(_DETAIL_FIELDS) | self.extra
 
     def admin_view(self) -> JSONDict:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "display_name": self.display_name,
-            "model": self.model,
-            "hardware": self.hardware,
-            "type": self.type,
-            "owner": self.owner,
-            "state": self.state,
-            "created_at": self.created_at,
-            "autoscaling": dict(self.autoscaling),
-            "inactive_timeout": self.inactive_timeout,
-            "usage_type": self.usage_type,
-            "extra": dict(self.extra),
-        }
+        return self._fields(_ADMIN_FIELDS)
+
+    def _fields(self, names: tuple[str, ...]) -> JSONDict:
+        """The named fields in that order; a dict field (autoscaling, extra) copied, so no caller shares ours."""
+        values = ((name, getattr(self, name)) for name in names)
+        return {name: dict(value) if isinstance(value, dict) else value for name, value in values}
+
+
+# The fields each view shows, in the order the API gives them; the detail and the admin view share the first.
+_LIST_FIELDS = ("id", "name", "model", "type", "owner", "state", "created_at")
+_DESCRIBED = ("id", "name", "display_name", "model", "hardware", "type", "owner", "state")
+_DETAIL_FIELDS = (*_DESCRIBED, "autoscaling", "created_at")
+_ADMIN_FIELDS = (*_DESCRIBED, "created_at", "autoscaling", "inactive_timeout", "usage_type", "extra")
 
 
 def _created_at_from(spec: JSONDict, now: datetime) -> str | None:
