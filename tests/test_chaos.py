@@ -91,6 +91,8 @@ def celery_settings(env: dict[str, str]) -> Settings:
         http_timeout_s=float(env["JANITOR_HTTP_TIMEOUT_S"]),
         retry_backoff_s=float(env["JANITOR_RETRY_BACKOFF_S"]),
         retry_backoff_max_s=float(env["JANITOR_RETRY_BACKOFF_MAX_S"]),
+        # The workers' own sources (env_for: the v1 account), so the derived budgets are theirs.
+        sources=env.get("JANITOR_SOURCES") or env.get("JANITOR_TOGETHER_API") or "v1",
     )
 
 
