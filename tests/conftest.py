@@ -119,6 +119,12 @@ def redis_client(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> Store:
+    """A Store on the test's own key prefix (the in-process sweeps' and deletes')."""
+    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
+
+
 API_KEY = "test-key-5f0c1e"
 
 

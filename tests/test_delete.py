@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Sim, spec
@@ -39,11 +38,6 @@ from worker.together import EndpointsApi, StepPhase, TogetherClient
 from worker.together_v2 import TogetherV2Client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
 
 
 @pytest.fixture

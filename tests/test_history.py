@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import API_KEY, Sim
 from worker.clock import utc_now
@@ -50,11 +49,6 @@ def endpoint(
         "trafficSplit": [],
         "deployments": [{"id": f"dep_{n}", "model": "m", "state": state, "age_s": age_s}],
     } | extra
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
 
 
 @pytest.fixture

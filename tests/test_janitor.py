@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Sim, wait_for
@@ -24,11 +23,6 @@ from worker.together import TogetherClient
 def ep(name: str, i: int, **fields: object) -> dict[str, object]:
     base = {"id": f"endpoint-{i:04d}", "name": name, "model": "m", "owner": "acme", "age_s": 7 * 3600} | fields
     return {k: v for k, v in base.items() if v is not None}
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
 
 
 @pytest.fixture

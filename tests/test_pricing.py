@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import BASIC_POLICY, Sim, spec
 from tests.exposition import samples, value
@@ -29,11 +28,6 @@ pytestmark = pytest.mark.integration
 
 H100 = 2.99  # the simulator's catalog: 299 cents per hour of one running 1x_nvidia_h100_80gb_sxm replica
 H100_X4 = 11.96
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
 
 
 @pytest.fixture

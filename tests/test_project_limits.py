@@ -54,11 +54,6 @@ def v2_ep(n: int, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
-
-
-@pytest.fixture
 def both(sim: Sim) -> Iterator[Resolved]:
     v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
     v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug="acme")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import Sim, write_policy
 from tests.store_reads import events
@@ -56,11 +55,6 @@ def v2_ep(n: int, name: str, project: str | None = None, age_s: int = OLD_S) -> 
     if project is not None:
         spec["projectId"] = project
     return spec
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
 
 
 @pytest.fixture

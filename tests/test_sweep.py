@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests import store_reads as reads
 from tests.conftest import API_KEY, Sim, env_for
@@ -28,11 +27,6 @@ from worker.together import StepPhase
 from worker.together_v2 import TogetherV2Client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, key_prefix: str) -> Store:
-    return Store(redis_client, key_prefix, retention_s=3600, events_max_len=10_000)
 
 
 POLICY = """
