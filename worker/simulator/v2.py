@@ -61,7 +61,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import parse_qs, unquote
 
 from worker.simulator.common import (
@@ -578,8 +578,26 @@ def _default_registry(public_project: str) -> _Registry:
 # -- state -------------------------------------------------------------------------------------------------------
 
 
+class _Resource:
+    """What every versioned resource shares: its etag (a new one at each change) and its listing order."""
+
+    KIND: ClassVar[str]
+    id: str
+    version: int
+    created_key: datetime
+
+    @property
+    def etag(self) -> str:
+        return _etag(self.KIND, self.id, self.version)
+
+    @property
+    def sort_key(self) -> SortKey:
+        return (self.created_key, self.id)
+
+
 @dataclass
-class _Deployment:
+class _Deployment(_Resource):
+    KIND: ClassVar[str] = "deployment"
     id: str
     name: str  # the short name; the API shows <project_slug>/<endpoint_name>/<name>
     model: str  # projects/{p}/models/{m}/revisions/{r}
@@ -602,14 +620,6 @@ class _Deployment:
     max_concurrent: str | None = None
     version: int = 1
     extra: JSONDict = field(default_factory=dict)
-
-    @property
-    def etag(self) -> str:
-        return _etag("deployment", self.id, self.version)
-
-    @property
-    def sort_key(self) -> SortKey:
-        return (self.created_key, self.id)
 
     def touch(self) -> None:
         self.version += 1
@@ -691,7 +701,8 @@ _STATUS_MESSAGES: Final = {
 
 
 @dataclass
-class _AbExperiment:
+class _AbExperiment(_Resource):
+    KIND: ClassVar[str] = "abExperiment"
     id: str
     name: str
     description: str | None
@@ -701,14 +712,6 @@ class _AbExperiment:
     updated_at: str
     created_by: str = _PRINCIPAL
     version: int = 1
-
-    @property
-    def etag(self) -> str:
-        return _etag("abExperiment", self.id, self.version)
-
-    @property
-    def sort_key(self) -> SortKey:
-        return (self.created_key, self.id)
 
     def touch(self) -> None:
         self.version += 1
@@ -763,7 +766,8 @@ class _ShadowTarget:
 
 
 @dataclass
-class _ShadowExperiment:
+class _ShadowExperiment(_Resource):
+    KIND: ClassVar[str] = "shadowExperiment"
     id: str
     name: str
     description: str | None
@@ -774,14 +778,6 @@ class _ShadowExperiment:
     updated_at: str
     created_by: str = _PRINCIPAL
     version: int = 1
-
-    @property
-    def etag(self) -> str:
-        return _etag("shadowExperiment", self.id, self.version)
-
-    @property
-    def sort_key(self) -> SortKey:
-        return (self.created_key, self.id)
 
     def target(self, target_id: str) -> _ShadowTarget | None:
         return next((t for t in self.targets if t.id == target_id), None)
@@ -892,7 +888,8 @@ def _event(endpoint_id: str, at: datetime, kind: str, **fields: object) -> _Even
 
 
 @dataclass
-class _Endpoint:
+class _Endpoint(_Resource):
+    KIND: ClassVar[str] = "endpoint"
     id: str
     name: str
     endpoint_type: str
@@ -912,14 +909,6 @@ class _Endpoint:
     extra: JSONDict = field(default_factory=dict)
     events: list[_Event] = field(default_factory=list)
     project_id: str = ""  # the project that owns it; "" the key's (settings.project_id)
-
-    @property
-    def etag(self) -> str:
-        return _etag("endpoint", self.id, self.version)
-
-    @property
-    def sort_key(self) -> SortKey:
-        return (self.created_key, self.id)
 
     @property
     def active_rollout(self) -> _Rollout | None:
