@@ -769,8 +769,10 @@ def test_a_delete_that_settles_between_a_sweeps_list_and_its_claim_is_not_queued
         )
 
     class SettlesRightAfterTheList(TogetherClient):
-        def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
-            listed = super().list_endpoints(types=types, mine=mine)
+        def list_endpoints(
+            self, types: Sequence[str] = (), mine: bool = False, *, model_names: bool = True
+        ) -> list[Endpoint]:
+            listed = super().list_endpoints(types=types, mine=mine, model_names=model_names)
             (first,) = queued
             assert self.delete_endpoint(first.endpoint_id) == 204
             outcome = Outcome(

@@ -317,3 +317,82 @@ def test_a_v2_delete_taking_too_many_runs_fails(delete_v2: Delete) -> None:
     worn_out = RunState(0, waiting.state.waiting_since, runs=delete_v2.settings.v2_max_runs)
     outcome = _done(delete_v2.run(request, worn_out)).outcome
     assert outcome.status == "failed" and "more than" in (outcome.error or "")
+
+
+def _run_to_the_end(delete: Delete, request: DeleteRequest, limit: int = 20) -> Done:
+    state, result = RunState(), delete.run(request)
+    for _ in range(limit):
+        if not isinstance(result, Continue):
+            break
+        state, result = result.state, delete.run(request, result.state)
+    assert state.runs < limit
+    return _done(result)
+
+
+def _calls_since(delete: Delete, start: int) -> list[str]:
+    """The v2 calls from ``start`` on, but the price list's (fetched once an hour, for every delete) and whoami's
+    (this harness makes a client without a project for each run; a worker's client knows its task's project)."""
+    calls = delete.sim.v2_requests()[start:]
+    return [f"{r['method']} {r['target']}" for r in calls if r["target"] not in ("instance_types", "whoami")]
+
+
+def test_a_v2_delete_reads_what_each_change_needs_and_no_more(delete_v2: Delete) -> None:
+    """An endpoint with one deployment, deleted in four changes (no poll: it stops at once): each change after
+    the endpoint's read and the full deployment list (whose etags make the deployment changes conditional); the
+    experiments before the first change and before the deployment's delete, not before the scale-down between
+    them (it can be undone); no model name (the policy names none); no separate read of the deployment."""
+    delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    start = len(delete_v2.sim.v2_requests())
+    assert _run_to_the_end(delete_v2, request).outcome.status == "deleted"
+    read, experiments, listed = "GET endpoint", ["GET ab_experiments", "GET shadow_experiments"], "GET deployments"
+    assert _calls_since(delete_v2, start) == [
+        *[read, *experiments, listed, "PATCH endpoint"],
+        *[read, listed, "PATCH deployment"],
+        *[read, *experiments, listed, "DELETE deployment"],
+        *[read, listed, "DELETE endpoint"],
+    ]
+
+
+def test_a_v2_delete_asks_for_model_names_before_each_change_when_the_policy_reads_them(
+    delete_v2: Delete, tmp_path: Path
+) -> None:
+    policy = tmp_path / "model-policy.yaml"
+    policy.write_text(BASIC_POLICY.replace('  - name: "acme/prod-*"\n', '  - name: "acme/prod-*"\n  - model: "x/*"\n'))
+    delete_v2.configure(policy_file=policy)
+    delete_v2.policy = policy
+    delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    start = len(delete_v2.sim.v2_requests())
+    assert _run_to_the_end(delete_v2, request).outcome.status == "deleted"
+    # Each step with a deployment left asks for its model's name right before its change; the endpoint's
+    # own delete has none to ask for.
+    assert _calls_since(delete_v2, start).count("GET model") == 3
+
+
+def test_an_experiment_made_after_the_scale_down_stops_the_deployment_s_delete(delete_v2: Delete, store: Store) -> None:
+    """The experiments are not read again before the second scale-down (it can be undone), but they are before a
+    deployment is deleted: one made meanwhile ends the delete blocked, every deployment still there."""
+    delete_v2.sim.v2_reset([v2_endpoint(1, deployments=2)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    result = delete_v2.run(request)
+    while reads.open_sequences(store)["ep_0001"].last_phase is not StepPhase.SCALE_DOWN:
+        assert isinstance(result, Continue), result
+        result = delete_v2.run(request, result.state)
+    assert isinstance(result, Continue)
+    made = delete_v2.sim.admin.post("/v2/endpoints/ep_0001/abExperiments", json={"id": "abx_late", "name": "late"})
+    assert made.status_code == 201, made.text
+    outcome = _run_to_the_end_from(delete_v2, request, result.state)
+    assert outcome.status == "blocked" and "abx_late" in (outcome.error or "")
+    left = delete_v2.sim.v2_endpoint("ep_0001")
+    assert left is not None and len(left["deployments"]) == 2
+    assert not any(r["method"] == "DELETE" for r in delete_v2.sim.v2_requests())
+
+
+def _run_to_the_end_from(delete: Delete, request: DeleteRequest, state: RunState, limit: int = 20) -> Any:
+    result = delete.run(request, state)
+    for _ in range(limit):
+        if not isinstance(result, Continue):
+            break
+        result = delete.run(request, result.state)
+    return _done(result).outcome

@@ -135,6 +135,8 @@ class _Always:
     """A guard that lets every step through (the policy allows no detaching)."""
 
     detach_experiments = False
+    reads_model = True
+    experiments_checked = False
 
     def __call__(self, fresh: Endpoint, /) -> str | None:
         return None
@@ -145,6 +147,9 @@ _always = _Always()
 
 class _Pass(Recheck):
     """A guard that lets every step through and can act in the moment between the read and the change."""
+
+    reads_model = True  # type: ignore[assignment]
+    experiments_checked = False  # type: ignore[assignment]
 
     def __init__(self, during: Any = None, detach: bool = False) -> None:
         self.during = during

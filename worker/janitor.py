@@ -49,6 +49,7 @@ from worker.redact import scrub, scrub_line
 from worker.settings import Settings
 from worker.store import Store, TaskState
 from worker.together import (
+    EXPERIMENTS_CHECKED_PHASES,
     SCALED_DOWN_PHASES,
     UNROUTED_PHASES,
     Endpoint,
@@ -344,6 +345,29 @@ class Recheck:
     @property
     def passed(self) -> bool:
         return self.cleared is not None
+
+    @property
+    def reads_model(self) -> bool:
+        """Whether the policy as it is now names ``model`` in a matcher. A policy that cannot be read says yes:
+        the call that follows fails on it anyway, and a name asked for is never less safe than one left out."""
+        try:
+            return load_policy(self.policy_file, self.client.capabilities).reads_model
+        except PolicyError:
+            return True
+
+    @property
+    def experiments_checked(self) -> bool:
+        """The delete sequence this task carries on read the experiments before a change of its own (its last
+        step's phase says so; a sequence recorded before phases, a stop, or another rule's: no)."""
+        sequence = self.sequence
+        return (
+            sequence is not None
+            and self.continues_sequence
+            and self.action == Action.DELETE
+            and sequence.unreadable is None
+            and sequence.phased
+            and sequence.last_phase in EXPERIMENTS_CHECKED_PHASES
+        )
 
     @property
     def continues_sequence(self) -> bool:

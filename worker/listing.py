@@ -65,7 +65,9 @@ def list_sources(resolved: Resolved, policy: Policy) -> Listing:
         return listing
     scope = policy.scope
     with ThreadPoolExecutor(max_workers=min(LIST_WORKERS, len(pairs)), thread_name_prefix="list") as pool:
-        futures = [pool.submit(c.list_endpoints, scope.types, scope.mine) for _, c in pairs]
+        # Model names only when a matcher reads them (v2 asks the API for each model's name).
+        names = policy.reads_model
+        futures = [pool.submit(c.list_endpoints, scope.types, scope.mine, model_names=names) for _, c in pairs]
         answers: list[list[Endpoint] | BaseException] = []
         for future in futures:
             try:

@@ -484,6 +484,13 @@ class Policy(_Strict):
                 return price
         return None
 
+    @property
+    def reads_model(self) -> bool:
+        """Whether any matcher (a rule's or a protect) names ``model``. Without one, the API need not be asked for
+        model names: an unresolved name is None, which no decision of this policy reads."""
+        matchers = [*self.protect, *(rule.match for rule in self.rules if rule.match is not None)]
+        return any(key == "model" for matcher in matchers for key, _ in matcher.fields)
+
     def grace_for(self, rule_name: str | None) -> timedelta:
         for rule in self.rules:
             if rule.name == rule_name and rule.grace is not None:

@@ -37,6 +37,9 @@ from worker.together import client_for
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
+if "v2" in _settings.api_names:
+    # The SDK at the worker's start, not in its first sweep or delete (about half a second; docs/performance.md).
+    import worker.together_v2  # noqa: F401
 
 
 @functools.cache

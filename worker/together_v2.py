@@ -16,18 +16,27 @@ project's slug as ``owner``. See docs/api-v2.md.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import itertools
 import os
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 import httpx
+
+# What the SDK's client imports at its first use of each resource, imported with this module instead: a worker
+# imports it at start, so its first sweep does not pay for it (about 0.1 s).
+import together.resources.endpoints
+import together.resources.models
+import together.resources.projects  # noqa: F401
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 from together import APIConnectionError, APIStatusError, APITimeoutError, Together, omit
@@ -55,6 +64,7 @@ from worker.together import (
     check_endpoint_id,
     check_path_segment,
     summarise_validation,
+    tls_context,
     v2_source,
 )
 
@@ -317,7 +327,7 @@ def to_facts(
         # id of any deployment; an unresolved display name is None, which protects.
         variants.append((names(d.model) if d.model else None, d.hardware))
         variants += [(text, d.hardware) for text in (d.model, d.model_id) if text]
-    return Endpoint(
+    return Endpoint.from_checked(
         id=endpoint.id,
         name=endpoint.name,
         model=(names(main.model) if main.model else None) if main else "",
@@ -472,14 +482,22 @@ class NextStep:
 
 
 def next_step(
-    endpoint: V2Endpoint, action: Action, found: Sequence[Membership] | None = None, *, detach: bool = False
+    endpoint: V2Endpoint,
+    action: Action,
+    found: Sequence[Membership] | None = None,
+    *,
+    detach: bool = False,
+    checked: bool = False,
 ) -> NextStep:
     """Together's own order (lib/cli/api/endpoints/rm.py, force): leave an endpoint with a rollout in flight
     alone; detach its deployments from experiments (only if the policy allows; ``experiments`` asks for them
     when ``found`` is None); take it out of live traffic (``trafficSplit: []``); scale each deployment to zero,
     wait until each is STOPPED, delete each; then delete the endpoint. A stop only scales to zero.
 
-    Pure and read from the current state alone, so a sequence interrupted anywhere resumes correctly.
+    The experiments are asked for before every change of a delete but two: a wait (no change) and a scale-down
+    in a sequence that ``checked`` them before a change of its own (a scale-down can be undone; every deleting
+    step reads them again). Pure and read from the current state alone (and ``checked``, from the sequence's
+    record), so a sequence interrupted anywhere resumes correctly.
     """
     hidden = hidden_deployments(endpoint)
     if hidden is not None:
@@ -492,14 +510,20 @@ def next_step(
             if not d.scaled_to_zero and d.short_state != "STOPPED":
                 return NextStep("scale_down", d.id)
         return NextStep("stopped")
-    if deployments:
-        if found is None:
-            return NextStep("experiments")
-        if found:
-            if not detach:
-                listed = "; ".join(m.describe() for m in found[:3])
-                return NextStep("refuse", reason=f"not deleted: {listed} (the policy's experiments: detach allows it)")
-            return NextStep("detach", found[0].deployment_id, found[0])
+    change = _change_after_experiments(endpoint)
+    if deployments and found is None and change.kind != "wait" and not (checked and change.kind == "scale_down"):
+        return NextStep("experiments")
+    if found:
+        if not detach:
+            listed = "; ".join(m.describe() for m in found[:3])
+            return NextStep("refuse", reason=f"not deleted: {listed} (the policy's experiments: detach allows it)")
+        return NextStep("detach", found[0].deployment_id, found[0])
+    return change
+
+
+def _change_after_experiments(endpoint: V2Endpoint) -> NextStep:
+    """What a delete does once no experiment holds its deployments."""
+    deployments = endpoint.deployments
     if endpoint.traffic_split:
         return NextStep("unroute")
     for d in deployments:
@@ -604,7 +628,7 @@ class TogetherV2Client(HttpApi):
         # JANITOR_TOGETHER_BASE_URL names the v1 base (…/v1); v2 lives beside it on the same origin.
         root = base_url.rstrip("/").removesuffix("/v1")
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        inner = transport or httpx.HTTPTransport(limits=limits)
+        inner = transport or httpx.HTTPTransport(limits=limits, verify=tls_context())
         super().__init__(root, api_key, timeout_s, transport=GuardedTransport(inner, timeout_s))  # type: ignore[arg-type]
         self._project_id = check_path_segment(project_id, "project id") if project_id else None
         self._project_slug = project_slug or None
@@ -700,9 +724,11 @@ class TogetherV2Client(HttpApi):
     # -- reading
 
     def iter_pages(self) -> Iterator[list[V2Endpoint]]:
-        """Every endpoint of the project, a page at a time: one page's body is held at once, never the list."""
+        """Every endpoint of the project, a page at a time, read ahead (:func:`read_ahead`): at most three pages
+        are held at once (the caller's, the next one, the one being read), never the list."""
         list_page = functools.partial(self._sdk.endpoints.with_raw_response.list, project_id=self.project_id)
-        return self._pages("GET /v2 endpoints", lambda after: list_page(limit=PAGE_SIZE, after=after), _PAGE)
+        page = functools.partial(list_page, limit=PAGE_SIZE)
+        return read_ahead(self._pages("GET /v2 endpoints", lambda after: page(after=after), _PAGE))
 
     def _pages(
         self, what: str, call: Callable[[Any], Any], adapter: TypeAdapter[Any], cap: int = _MAX_PAGE_BYTES
@@ -721,20 +747,25 @@ class TogetherV2Client(HttpApi):
             after = page.next_cursor
         raise MalformedResponse(f"{what}: more than {_MAX_PAGES} pages")
 
-    def list_endpoints(self, types: Sequence[str] = (), mine: bool = False) -> list[Endpoint]:
+    def list_endpoints(
+        self, types: Sequence[str] = (), mine: bool = False, *, model_names: bool = True
+    ) -> list[Endpoint]:
         """Every page, or nothing: a sweep never acts on half a list. ``mine`` means nothing here: a v2 key
-        belongs to one project, and the project is what is swept."""
+        belongs to one project, and the project is what is swept. Without ``model_names`` no model's name is
+        asked and ``model`` is None (not known), which only a matcher on ``model`` would read."""
         wanted = set(types)
         seen: set[str] = set()
         endpoints = []
         self._names.clear()  # a model may have been renamed since the last sweep: names are asked once per sweep
+        names = self._names.get if model_names else _not_known
         for page in self.iter_pages():
-            self._resolve_models(d.model for e in page for d in e.deployments if d.model)
+            if model_names:
+                self._resolve_models(d.model for e in page for d in e.deployments if d.model)
             for raw in page:
                 if raw.id in seen:
                     raise MalformedResponse(self._scrub(f"GET /v2 endpoints: id {self._clip(raw.id)!r} listed twice"))
                 seen.add(raw.id)
-                facts = to_facts(raw, self._names.get, self.source)
+                facts = to_facts(raw, names, self.source)
                 if not wanted or facts.type in wanted:
                     endpoints.append(facts)
         return endpoints
@@ -886,17 +917,21 @@ class TogetherV2Client(HttpApi):
         for d in current.deployments:
             # Every id that a later step puts into a URL is checked before the first change, not at its turn.
             check_path_segment(d.id, "deployment id")
-        # Asked afresh right before a change: a model renamed since the sweep must meet the protect list by its
-        # name of now.
-        self._resolve_models([d.model for d in current.deployments if d.model], fresh=True)
-        reason = guard(to_facts(current, self._names.get, self.source))
+        names: Callable[[str], str | None] = _not_known
+        if guard.reads_model:
+            # Asked afresh right before a change: a model renamed since the sweep must meet the protect list by
+            # its name of now. A policy that names no model is not asked for it (model: None, not known).
+            self._resolve_models([d.model for d in current.deployments if d.model], fresh=True)
+            names = self._names.get
+        reason = guard(to_facts(current, names, self.source))
         if reason is not None:
             return Step(StepKind.SPARED, "re-check", reason=reason)
-        nxt = next_step(current, action)
+        checked = guard.experiments_checked
+        nxt = next_step(current, action, checked=checked)
         if nxt.kind == "experiments":
             ab, shadow = self._experiments(endpoint_id)
             found = memberships([d.id for d in current.deployments], ab, shadow)
-            nxt = next_step(current, action, found, detach=guard.detach_experiments)
+            nxt = next_step(current, action, found, detach=guard.detach_experiments, checked=checked)
         if nxt.kind == "refuse":
             raise SequenceRefused(self._line(nxt.reason, 300))  # it names deployment ids from the API
         if nxt.kind == "rollout":
@@ -914,12 +949,13 @@ class TogetherV2Client(HttpApi):
             )
         if nxt.kind == "stopped":
             return Step(StepKind.DONE, "every deployment scaled to zero", 200)
-        self._check_all_deployments_seen(endpoint_id, current)
-        return self._change_step(endpoint_id, current, nxt)
+        listed = self._all_deployments_seen(endpoint_id, current)
+        return self._change_step(endpoint_id, current, nxt, listed)
 
-    def _check_all_deployments_seen(self, endpoint_id: str, current: V2Endpoint) -> None:
+    def _all_deployments_seen(self, endpoint_id: str, current: V2Endpoint) -> dict[str, FullDeployment]:
         """The endpoint's summary is not promised to list every deployment (the SDK calls it "lightweight"): before
-        any change, the full list must be exactly the deployments the guard saw, with the same models."""
+        any change, the full list must be exactly the deployments the guard saw, with the same models. The list
+        is returned: each deployment's etag, for a change conditional on what was just read."""
         pid = self.project_id
         listed = self._all_pages(
             "GET /v2 deployments",
@@ -930,7 +966,7 @@ class TogetherV2Client(HttpApi):
         )
         seen = {d.id: d.model for d in current.deployments}
         full = {d.id: d.model for d in listed}
-        if full != seen:
+        if full != seen or len(listed) != len(full):
             raise SequenceRefused(
                 self._line(
                     f"not changed: the endpoint's deployments are not all the ones its summary showed "
@@ -938,9 +974,13 @@ class TogetherV2Client(HttpApi):
                     300,
                 )
             )
+        return {d.id: d for d in listed}
 
-    def _change_step(self, endpoint_id: str, current: V2Endpoint, nxt: NextStep) -> Step:
-        """The one change of this step, through the SDK, as Together's own delete makes it."""
+    def _change_step(
+        self, endpoint_id: str, current: V2Endpoint, nxt: NextStep, listed: Mapping[str, FullDeployment]
+    ) -> Step:
+        """The one change of this step, through the SDK, as Together's own delete makes it. A deployment's change
+        is conditional on its etag in ``listed``, the full list read right before it."""
         pid = self.project_id
         endpoints = self._sdk.endpoints.with_raw_response
         deployments = self._sdk.endpoints.deployments.with_raw_response
@@ -957,12 +997,9 @@ class TogetherV2Client(HttpApi):
             return Step(StepKind.NEXT, "take the endpoint out of live traffic", 200, phase=StepPhase.UNROUTE)
         if nxt.kind in ("scale_down", "delete_deployment"):
             deployment = check_path_segment(nxt.deployment_id, "deployment id")
-            seen = next((d for d in current.deployments if d.id == deployment), None)
-            full = self._deployment(endpoint_id, deployment, seen)
-            if seen is None or full.model != seen.model:
-                # Changed between the guard's read and now (another model): the change would be conditional on a
-                # state the guard never saw.
-                raise SequenceRefused(f"not changed: deployment {deployment} changed since the re-check read it")
+            full = listed.get(deployment)
+            if full is None:  # pragma: no cover - the list was just held equal to the summary the step came from
+                raise SequenceRefused(f"not changed: deployment {deployment} is not in the endpoint's list")
             etag = full.etag
             if nxt.kind == "scale_down":
                 self._change(
@@ -989,20 +1026,6 @@ class TogetherV2Client(HttpApi):
             gone_is_fine=False,
         )
         return Step(StepKind.DONE, "delete endpoint", 200, phase=StepPhase.DELETE_ENDPOINT)
-
-    def _deployment(self, endpoint_id: str, deployment_id: str, seen: Deployment | None) -> FullDeployment:
-        """The deployment's own etag (the summary in the endpoint carries none), so the change is conditional."""
-        what = "GET /v2 deployment"
-        body = self._call(
-            what,
-            lambda: self._sdk.endpoints.deployments.with_raw_response.retrieve(
-                deployment_id, endpoint_id=endpoint_id, project_id=self.project_id
-            ),
-        )
-        found = self._parse(what, body, _DEPLOYMENT)
-        if found.id != deployment_id:
-            raise MalformedResponse(self._scrub(f"{what}: answered with another deployment ({self._clip(found.id)!r})"))
-        return found
 
     def _detach(self, endpoint_id: str, m: Membership) -> Step:
         pid = self.project_id
@@ -1064,6 +1087,51 @@ class TogetherV2Client(HttpApi):
     def close(self) -> None:
         self._sdk.close()
         super().close()
+
+
+def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items`` read in a thread of its own, at most ``depth`` ahead of the caller: a listing's next request goes
+    out as soon as the page before it is read, while the caller works on that page, with no hand-over between
+    threads on the requests' path. An error is raised to the caller in its turn; a caller that stops early stops
+    the reader after the request under way."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for item in items:
+                slots.put((True, item))
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the caller, who raises it
+            slots.put((False, exc))
+        else:
+            slots.put((False, None))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            more, value = slots.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        while reader.is_alive():  # a reader blocked on a full slot must get to see the stop
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.05)
+        reader.join()
+
+
+def _not_known(_: str) -> str | None:
+    return None
 
 
 def _rfc3339(moment: datetime) -> str:

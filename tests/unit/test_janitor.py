@@ -314,3 +314,55 @@ def test_a_task_of_another_rule_beside_an_open_sequence_gets_the_full_re_check(t
     assert reason is not None and "now" in reason and store.sent == []
     carried_on, store = _recheck(tmp_path, "stop-old", Action.STOP)
     assert carried_on is None and store.sent == ["t1"]
+
+
+# ------------------------------------------------------------------ what the guard tells the client before the read
+
+
+def _guard(
+    tmp_path: Path, sequence: OpenSequence | None, *, rule: str = "delete-old", policy: str = RECHECK_POLICY
+) -> Recheck:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy)
+    action = Action.STOP if rule == "stop-old" else Action.DELETE
+    return Recheck(_RecheckClient(), _RecheckStore(), path, action, rule, NOW, sequence=sequence)  # type: ignore[arg-type]
+
+
+def _open(phase: StepPhase | None, *, rule: str = "delete-old", **kw: object) -> OpenSequence:
+    action = Action.STOP if rule == "stop-old" else Action.DELETE
+    return OpenSequence(rule, action, NOW - timedelta(minutes=5), steps=1, last_phase=phase, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sequence", "rule", "checked"),
+    [
+        (None, "delete-old", False),  # no sequence: its first change is still to come
+        (_open(StepPhase.UNROUTE), "delete-old", True),
+        (_open(StepPhase.SCALE_DOWN), "delete-old", True),
+        (_open(StepPhase.WAIT), "delete-old", True),
+        (_open(StepPhase.DELETE_DEPLOYMENT), "delete-old", True),
+        (_open(StepPhase.DETACH), "delete-old", False),  # what is left after a detach is read again
+        (_open(None), "delete-old", False),
+        (_open(StepPhase.UNROUTE, phased=False), "delete-old", False),  # recorded before phases
+        (_open(StepPhase.UNROUTE, unreadable="not a JSON object"), "delete-old", False),
+        (_open(StepPhase.SCALE_DOWN, rule="stop-old"), "stop-old", False),  # a stop never reads experiments
+        (_open(StepPhase.SCALE_DOWN, rule="stop-old"), "delete-old", False),  # another rule's sequence
+    ],
+)
+def test_only_a_delete_sequence_that_made_a_change_has_its_experiments_checked(
+    tmp_path: Path, sequence: OpenSequence | None, rule: str, checked: bool
+) -> None:
+    assert _guard(tmp_path, sequence, rule=rule).experiments_checked is checked
+
+
+@pytest.mark.parametrize(
+    ("policy", "reads"),
+    [
+        (RECHECK_POLICY, False),
+        (RECHECK_POLICY + "protect:\n  - model: 'meta-llama/*'\n", True),
+        ("version: 1\nrules:\n  - name: delete-old\n    match: {model: 'x/*'}\n    ttl: 1h\n", True),
+        ("version: 1\nrules: [", True),  # unreadable: the call fails on it anyway; asking is never less safe
+    ],
+)
+def test_the_guard_says_whether_the_policy_reads_model_names(tmp_path: Path, policy: str, reads: bool) -> None:
+    assert _guard(tmp_path, None, policy=policy).reads_model is reads

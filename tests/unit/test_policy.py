@@ -1088,3 +1088,16 @@ def test_check_limits_takes_a_per_project_block_whose_missing_keys_set_no_limit(
     assert per is not None
     assert check_limits(per, 3, 3, 0) is None  # no per-sweep nor fraction limit per project (25 overall)
     assert check_limits(per, 2, 10, 2) == "max_deletes_per_day: 2 in the last 24 h + 2 now > 3"
+
+
+@pytest.mark.parametrize(
+    ("text", "reads"),
+    [
+        ("version: 1\nrules:\n  - name: r\n    match: {name: 'a/*'}\n    ttl: 1h\n", False),
+        ("version: 1\nprotect:\n  - {name: 'a/*', hardware: '*h100*'}\nrules:\n  - name: r\n    ttl: 1h\n", False),
+        ("version: 1\nprotect:\n  - {model: 'meta-llama/*'}\nrules:\n  - name: r\n    ttl: 1h\n", True),
+        ("version: 1\nrules:\n  - name: r\n    match: {name: 'a/*', model: 're:^x'}\n    ttl: 1h\n", True),
+    ],
+)
+def test_a_policy_says_whether_any_matcher_reads_the_model(text: str, reads: bool) -> None:
+    assert parse_policy(text).reads_model is reads

@@ -179,7 +179,7 @@ class _ClockedList:
     def __init__(self, endpoints: list[Endpoint], clock: list[datetime]) -> None:
         self.endpoints, self.clock = endpoints, clock
 
-    def list_endpoints(self, types: object = (), mine: bool = False) -> list[Endpoint]:
+    def list_endpoints(self, types: object = (), mine: bool = False, *, model_names: bool = True) -> list[Endpoint]:
         self.clock[0] += timedelta(minutes=5)
         return self.endpoints
 

@@ -343,3 +343,24 @@ def test_an_error_body_echoing_the_key_is_scrubbed() -> None:
     ):
         c.delete_endpoint("endpoint-1")
     assert "sk-secret-9" not in str(info.value) and "***" in str(info.value)
+
+
+def test_every_client_of_the_process_shares_one_tls_context() -> None:
+    """An organization's sweep makes a client per project: each loading the CA bundle again cost tens of ms and
+    about a megabyte apiece (docs/performance.md)."""
+    from worker.together import tls_context
+
+    def context_of(client: TogetherClient | TogetherV2Client) -> object:
+        transport = client._http._transport
+        transport = getattr(transport, "_inner", transport)  # v2's guard wraps httpx's transport
+        return transport._pool._ssl_context  # type: ignore[attr-defined]
+
+    clients: list[TogetherClient | TogetherV2Client] = [
+        TogetherClient("https://api.test/v1", "sk-a", 5) for _ in range(2)
+    ]
+    clients += [TogetherV2Client("https://api.test/v1", "sk-b", 5, project_id=f"proj_{n}") for n in range(2)]
+    try:
+        assert {id(context_of(c)) for c in clients} == {id(tls_context())}
+    finally:
+        for c in clients:
+            c.close()

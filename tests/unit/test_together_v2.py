@@ -3,6 +3,7 @@ use of Together's SDK, against an in-memory transport (``httpx.MockTransport``: 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.errors import ApiRefusal, ApiStatusError, ApiTransportError, MalformedResponse, SettingsError
 from worker.policy import Action, Verdict, evaluate, parse_policy
@@ -24,6 +27,7 @@ from worker.together_v2 import (
     endpoint_type,
     memberships,
     next_step,
+    read_ahead,
     to_facts,
 )
 
@@ -291,7 +295,9 @@ class FakeApi:
             return httpx.Response(200, json={"data": [], "next_cursor": None})
         if "/deployments/" in path and request.method == "GET":
             dep_id = path.rsplit("/", 1)[1]
-            return httpx.Response(200, json={"id": dep_id, "etag": '"d7"', "model": deployments[dep_id].get("model")})
+            # Another etag than the list's: a change must be conditional on the list read right before it.
+            etag = '"d-single"'
+            return httpx.Response(200, json={"id": dep_id, "etag": etag, "model": deployments[dep_id].get("model")})
         if "/models/" in path:
             return httpx.Response(404, json={"error": {"message": "no such model", "type": "not_found"}})
         if path.endswith("/endpoints") and request.method == "GET":
@@ -306,6 +312,8 @@ class FakeApi:
 
 class PassingGuard:
     detach_experiments = False
+    reads_model = True
+    experiments_checked = False
 
     def __call__(self, endpoint: Endpoint, /) -> str | None:
         return None
@@ -328,7 +336,7 @@ def test_the_unroute_sends_etag_in_the_body_and_update_mask_in_the_query() -> No
     assert paths[0] == "/v3/whoami" and any(p.endswith("/abExperiments") for p in paths)
 
 
-def test_scaling_down_reads_the_deployment_s_etag_and_sends_it_with_the_update_mask() -> None:
+def test_scaling_down_sends_the_etag_of_the_deployment_list_just_read_with_the_update_mask() -> None:
     api = FakeApi(wire([dep("dep_a")], split=[]))
     step = client(api, project_id="proj_1").step("ep_1", Action.DELETE, PassingGuard())
     assert step.phase is StepPhase.SCALE_DOWN
@@ -337,6 +345,8 @@ def test_scaling_down_reads_the_deployment_s_etag_and_sends_it_with_the_update_m
     assert dict(patch.url.params) == {"updateMask": "autoscaling"}
     assert json.loads(patch.content) == {"autoscaling": {"minReplicas": 0, "maxReplicas": 0}, "etag": '"d7"'}
     assert all(r.url.path != "/v3/whoami" for r in api.requests)  # a configured project asks nobody
+    # The full list (read before every change) carries each deployment's etag: no read of the one deployment.
+    assert not any(r.url.path.endswith("/deployments/dep_a") and r.method == "GET" for r in api.requests)
 
 
 def test_the_deletes_carry_their_etags_in_the_query() -> None:
@@ -597,3 +607,203 @@ def test_state_since_reads_a_bounded_number_of_pages() -> None:
     api = HistoryApi(stopped, [noise], endless=True)
     assert client(api).state_since("ep_1", "STOPPED") is None
     assert len(api.events()) == HISTORY_PAGES
+
+
+# ---------------------------------------------------------------------------------------------- reads per step
+
+_DEP_STATES = st.sampled_from(
+    [
+        "DEPLOYMENT_STATE_READY",
+        "DEPLOYMENT_STATE_PROVISIONING",
+        "DEPLOYMENT_STATE_STOPPING",
+        "DEPLOYMENT_STATE_STOPPED",
+        "DEPLOYMENT_STATE_FAILED",
+        "DEPLOYMENT_STATE_SOMETHING_NEW",
+    ]
+)
+
+
+@st.composite
+def _endpoints(draw: st.DrawFn) -> V2Endpoint:
+    states = draw(st.lists(_DEP_STATES, max_size=4))
+    deployments = [dep(f"dep_{i}", state) for i, state in enumerate(states)]
+    routed = draw(st.booleans()) and bool(deployments)
+    split = [{"deploymentId": deployments[0]["id"], "weight": 1.0}] if routed else []
+    return endpoint(deployments, split=split)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_endpoints(), st.booleans())
+def test_a_delete_never_changes_a_deployment_or_the_routing_before_asking_for_the_experiments(
+    e: V2Endpoint, checked: bool
+) -> None:
+    """The experiments are asked for before every change of a delete with deployments left, but two: a wait (no
+    change at all) and a scale-down in a sequence that checked them before a change of its own."""
+    nxt = next_step(e, Action.DELETE, checked=checked)
+    if e.deployments:
+        assert nxt.kind not in ("unroute", "delete_deployment", "detach", "delete_endpoint")
+        if not checked:
+            assert nxt.kind != "scale_down"
+    if nxt.kind == "experiments":
+        # What comes once none is found is the change the order names: never skipped by the question.
+        after = next_step(e, Action.DELETE, [], checked=checked)
+        assert after.kind in ("unroute", "scale_down", "delete_deployment", "wait")
+
+
+def test_which_steps_ask_for_the_experiments() -> None:
+    routed = endpoint([dep("dep_a")])
+    running = endpoint([dep("dep_a")], split=[])
+    stopping = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPING")], split=[])
+    stopped = endpoint([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[])
+    for checked in (False, True):
+        assert next_step(routed, Action.DELETE, checked=checked).kind == "experiments"  # the first change
+        assert next_step(stopped, Action.DELETE, checked=checked).kind == "experiments"  # a deployment's delete
+        assert next_step(stopping, Action.DELETE, checked=checked).kind == "wait"  # no change: nothing to ask
+    assert next_step(running, Action.DELETE).kind == "experiments"  # a sequence's first change
+    assert next_step(running, Action.DELETE, checked=True).kind == "scale_down"  # can be undone, checked before
+
+
+class _Guard(PassingGuard):
+    def __init__(self, *, reads_model: bool = True, checked: bool = False) -> None:
+        self.reads_model, self.experiments_checked = reads_model, checked  # type: ignore[misc]
+        self.seen: list[Endpoint] = []
+
+    def __call__(self, endpoint: Endpoint, /) -> str | None:
+        self.seen.append(endpoint)
+        return None
+
+
+def _named(api: FakeApi) -> Callable[[httpx.Request], httpx.Response]:
+    base = api.__call__
+
+    def with_models(request: httpx.Request) -> httpx.Response:
+        if "/models/" in request.url.path:
+            api.requests.append(request)
+            return httpx.Response(200, json={"id": "ml_llama", "name": "meta-llama/Llama-3.3-70B"})
+        return base(request)
+
+    return with_models
+
+
+@pytest.mark.parametrize("reads_model", [True, False])
+def test_a_step_asks_for_model_names_only_when_the_policy_can_read_them(reads_model: bool) -> None:
+    api = FakeApi(wire([dep("dep_a", model=LLAMA)], split=[]))
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(_named(api)), project_id="p")
+    guard = _Guard(reads_model=reads_model)
+    assert c.step("ep_1", Action.DELETE, guard).phase is StepPhase.SCALE_DOWN
+    models = [r for r in api.requests if "/models/" in r.url.path]
+    (seen,) = guard.seen
+    if reads_model:
+        assert len(models) == 1 and seen.model == "meta-llama/Llama-3.3-70B"
+    else:
+        # Not asked: not known (None), which a protect on model would count as a match.
+        assert models == [] and seen.model is None
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_scale_down_in_a_checked_sequence_reads_the_endpoint_and_the_list_only(checked: bool) -> None:
+    api = FakeApi(wire([dep("dep_a")], split=[]))
+    c = client(api, project_id="proj_1")
+    assert c.step("ep_1", Action.DELETE, _Guard(reads_model=False, checked=checked)).phase is StepPhase.SCALE_DOWN
+    reads = [r.url.path.rsplit("/", 1)[1] for r in api.requests if r.method == "GET"]
+    experiments = ["abExperiments", "shadowExperiments"]
+    assert reads == ["ep_1", *([] if checked else experiments), "deployments"]
+
+
+def test_the_list_asks_for_no_model_name_when_none_is_read() -> None:
+    api = FakeApi(wire([dep("dep_a", model=LLAMA)]))
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(_named(api)), project_id="p")
+    (facts,) = c.list_endpoints(model_names=False)
+    assert facts.model is None and not any("/models/" in r.url.path for r in api.requests)
+    assert c.list_endpoints()[0].model == "meta-llama/Llama-3.3-70B"
+
+
+@settings(max_examples=200, deadline=None)
+@given(_endpoints(), st.sampled_from([None, "acme"]), st.booleans())
+def test_the_mapping_builds_the_endpoint_the_validating_constructor_would(
+    e: V2Endpoint, slug: str | None, resolved: bool
+) -> None:
+    """``Endpoint.from_checked`` skips a second validation of values the wire model checked: it must make exactly
+    the object ``Endpoint(...)`` makes from them, whatever the endpoint."""
+    from worker.together import v2_source
+
+    facts = to_facts(e, (lambda _: "acme/model") if resolved else (lambda _: None), v2_source("proj_1", slug))
+    validated = Endpoint(**{f.name: getattr(facts, f.name) for f in dataclasses.fields(Endpoint)})
+    assert facts == validated and repr(facts) == repr(validated) and hash(facts) == hash(validated)
+
+
+def test_from_checked_refuses_a_missing_or_unknown_field() -> None:
+    with pytest.raises(TypeError, match="id is required"):
+        Endpoint.from_checked(name="a")
+    base = {"id": "e", "name": "n", "model": None, "type": "dedicated", "owner": "", "state": "S", "created_at": NOW}
+    with pytest.raises(TypeError, match="unknown fields"):
+        Endpoint.from_checked(**base, colour="red")
+
+
+# ---------------------------------------------------------------------------------------------- reading ahead
+
+
+def _counted(n: int, fail_at: int | None = None) -> tuple[Iterator[int], list[int]]:
+    made: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(n):
+            if i == fail_at:
+                raise MalformedResponse(f"page {i} is bad")
+            made.append(i)
+            yield i
+
+    return items(), made
+
+
+def test_reading_ahead_gives_every_item_in_order_and_leaves_no_thread() -> None:
+    import threading
+
+    items, _ = _counted(50)
+    assert list(read_ahead(items)) == list(range(50))
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+def test_an_error_reading_ahead_reaches_the_caller_after_the_items_before_it() -> None:
+    items, _ = _counted(10, fail_at=3)
+    got: list[int] = []
+    with pytest.raises(MalformedResponse, match="page 3"):
+        for item in read_ahead(items):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+
+def test_a_caller_that_stops_early_stops_the_reader_within_a_page_or_two() -> None:
+    import threading
+
+    items, made = _counted(1000)
+    reader = read_ahead(items, depth=1)
+    assert [next(reader), next(reader)] == [0, 1]
+    reader.close()
+    assert len(made) <= 4  # the caller's two, one waiting in the slot, one being read when the stop came
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+def test_the_project_s_pages_are_read_ahead_one_at_a_time() -> None:
+    """The next page is asked for while the caller maps the one before it, and never two pages ahead."""
+    pages = [wire([dep("dep_a")], id=f"ep_{n}") for n in range(4)]
+    asked: list[str | None] = []
+
+    def paged(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("after")
+        asked.append(after)
+        n = int(after) if after else 0
+        following = str(n + 1) if n + 1 < len(pages) else None
+        return httpx.Response(200, json={"data": [pages[n]], "next_cursor": following})
+
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(paged), project_id="p")
+    seen: list[int] = []
+    for _page in c.iter_pages():
+        seen.append(len(asked))
+        assert len(asked) <= len(seen) + 2  # this page, the next, and at most the one being read
+    assert asked == [None, "1", "2", "3"] and [e.id for e in c.list_endpoints(model_names=False)] == [
+        "ep_0",
+        "ep_1",
+        "ep_2",
+        "ep_3",
+    ]

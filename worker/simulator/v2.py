@@ -1658,6 +1658,9 @@ class V2Simulator(ScriptedApi[Faults]):
         self.endpoints: dict[str, _Endpoint] = {}
         self.deleted: dict[str, list[Any]] = _no_deletes()
         self.cursors: dict[str, tuple[tuple[str, str], SortKey]] = {}  # cursor -> ((list, order), last key)
+        # Each project's endpoints in creation order, and their keys: a listing reads it a page at a time. Built
+        # when first asked; dropped whenever an endpoint comes or goes (the creation order itself never changes).
+        self._created_order: dict[str, tuple[list[_Endpoint], list[SortKey]]] = {}
 
     # -- seeding --------------------------------------------------------------------------------
 
@@ -1703,6 +1706,7 @@ class V2Simulator(ScriptedApi[Faults]):
             self.settings = settings
             self.models = registry
             self.endpoints = {ep.id: ep for ep in built}
+            self._created_order = {}
             self.deleted = _no_deletes()
             self.faults = Faults()
             self.requests = []
@@ -1993,13 +1997,14 @@ class V2Simulator(ScriptedApi[Faults]):
         params: dict[str, str],
         desc: bool = False,
         limit: int | None = None,
+        presorted: tuple[list[T], list[SortKey]] | None = None,
     ) -> tuple[list[T], str | None]:
-        """One page of a seek-paginated list: stable while items come and go between pages."""
+        """One page of a seek-paginated list: stable while items come and go between pages. ``presorted``: the
+        items already in ``key`` order, with their keys."""
         if params.get("filter") is not None:
             raise SimError(400, "'filter' expressions are not evaluated by the simulator", "filter")
         limit = self._limit(params) if limit is None else limit
-        ordered = sorted(items, key=key)
-        keys = [key(i) for i in ordered]
+        ordered, keys = presorted if presorted is not None else _ordered(items, key)
         scope = (kind, "desc" if desc else "asc")  # a cursor is only good for the list and order it came from
         after = params.get("after")
         if after is not None:
@@ -2028,6 +2033,14 @@ class V2Simulator(ScriptedApi[Faults]):
     def _pid(self, ep: _Endpoint) -> str:
         return ep.project_id or self.settings.project_id
 
+    def _in_created_order(self, project_id: str) -> tuple[list[_Endpoint], list[SortKey]]:
+        """The project's endpoints by ``sort_key`` (creation), with their keys; under the lock."""
+        cached = self._created_order.get(project_id)
+        if cached is None:
+            owned = [e for e in self.endpoints.values() if self._pid(e) == project_id]
+            cached = self._created_order[project_id] = _ordered(owned, lambda e: e.sort_key)
+        return cached
+
     def _list_endpoints(self, params: dict[str, str], project_id: str) -> Reply:
         by, desc = self._order(params)
         with self.lock:
@@ -2035,8 +2048,11 @@ class V2Simulator(ScriptedApi[Faults]):
             def key(e: _Endpoint) -> SortKey:
                 return (e.updated_key, e.id) if by == "updated_at" else e.sort_key
 
-            owned = [e for e in self.endpoints.values() if self._pid(e) == project_id]
-            page, cursor = self._page(f"endpoints:{project_id}:{by}", owned, key, params, desc)
+            if by == "created_at":
+                owned, presorted = [], self._in_created_order(project_id)
+            else:
+                owned, presorted = [e for e in self.endpoints.values() if self._pid(e) == project_id], None
+            page, cursor = self._page(f"endpoints:{project_id}:{by}", owned, key, params, desc, presorted=presorted)
             now = time.monotonic()
             for ep in page:
                 self._advance(ep, now)
@@ -2215,6 +2231,7 @@ class V2Simulator(ScriptedApi[Faults]):
             if ep.active_rollout is not None:
                 raise self._refuse(f"endpoint has an active rollout: {ep.active_rollout.id}", "id")
             del self.endpoints[endpoint_id]
+            self._created_order = {}
             self.deleted["endpoints"].append(endpoint_id)
         return Reply(200, {})
 
@@ -2443,6 +2460,7 @@ class V2Simulator(ScriptedApi[Faults]):
             for model in registry.by_id.values():
                 self.models.by_id.setdefault(model.id, model)
             self.endpoints[ep.id] = ep
+            self._created_order = {}
             return Reply(201, ep.admin_view(self._pid(ep)))
 
     def _admin_endpoint(self, method: str, endpoint_id: str, rest: list[str], body: bytes) -> Reply:
@@ -2452,6 +2470,7 @@ class V2Simulator(ScriptedApi[Faults]):
                 with self.lock:
                     self._endpoint(endpoint_id)
                     del self.endpoints[endpoint_id]
+                    self._created_order = {}
                 return Reply(204)
             if method == "PATCH":
                 return self._admin_patch_endpoint(endpoint_id, json_object(body, required=True))
@@ -2590,3 +2609,8 @@ class V2Simulator(ScriptedApi[Faults]):
 
 def _no_deletes() -> dict[str, list[Any]]:
     return {"endpoints": [], "deployments": [], "abExperiments": [], "shadowExperiments": [], "shadowTargets": []}
+
+
+def _ordered(items: Sequence[T], key: Callable[[T], SortKey]) -> tuple[list[T], list[SortKey]]:
+    ordered = sorted(items, key=key)
+    return ordered, [key(i) for i in ordered]
