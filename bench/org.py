@@ -267,7 +267,7 @@ def worker_sweep(bench: Bench, shape: OrgShape, specs: list[dict[str, Any]], pol
 
     sim = bench.simulator
     sim.v2_reset(specs, **org_settings(shape))
-    sim.v2_faults(clear=True, answer_after_s=shape.latency_s)
+    sim.v2_faults(clear=True, latency_s=shape.latency_s)
     prefix = f"bench6w-{uuid.uuid4().hex[:6]}"
     env = worker_env(bench.redis_url, prefix, sim, policy, JANITOR_SOURCES="v2")
     worker = start_worker(bench.procs, env, shape.concurrency)
@@ -328,7 +328,7 @@ def run_org(bench: Bench, shape: OrgShape) -> dict[str, Any]:
     sim = bench.simulator
     specs = org_specs(shape)
     sim.v2_reset(specs, **org_settings(shape))
-    sim.v2_faults(clear=True, answer_after_s=shape.latency_s)
+    sim.v2_faults(clear=True, latency_s=shape.latency_s)
     policy = bench.workdir / "policy-org.yaml"
     policy.write_text(ORG_POLICY.format(limit=shape.to_delete))
     sweeps = in_process_sweeps(bench, shape, policy)

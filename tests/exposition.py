@@ -17,6 +17,7 @@ EXPECTED = {
     "janitor_marked_endpoints",
     "janitor_exempt_endpoints",
     "janitor_deletes_paused",
+    "janitor_project_deletes_paused",
     "janitor_last_sweep_timestamp_seconds",
     "janitor_seconds_since_last_sweep",
 }

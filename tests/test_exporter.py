@@ -140,6 +140,7 @@ def test_exporter_serves_every_counter_and_gauge(
     store.set_exemption(Exemption("e6", "demo", "alice", now, now + timedelta(hours=1)))
     store.set_exemption(Exemption("e7", "old", "bob", now - timedelta(hours=2), now - timedelta(hours=1)))  # expired
     store.set_pause("max_deletes_per_sweep", "s3", 30)
+    store.set_pause("max_deletes_per_sweep: 3 > 2", "s3", 3, project="prod")
 
     exporter = start_exporter(redis_url, key_prefix)
     response = exporter.scrape()
@@ -179,13 +180,16 @@ def test_exporter_serves_every_counter_and_gauge(
     assert value(found, "janitor_marked_endpoints") == 1
     assert value(found, "janitor_exempt_endpoints") == 1
     assert value(found, "janitor_deletes_paused") == 1
+    assert by_labels(found, "janitor_project_deletes_paused", "project") == {("prod",): 1}
     last = value(found, "janitor_last_sweep_timestamp_seconds")
     assert last == pytest.approx((now - timedelta(seconds=95)).timestamp(), abs=0.01)  # s3, the newest
     assert 95 <= value(found, "janitor_seconds_since_last_sweep") < 95 + 60
 
     # Read at every scrape, not cached: a resume shows at once.
     store.clear_pause("resumed")
-    assert value(samples(exporter.scrape().text), "janitor_deletes_paused") == 0
+    store.clear_pause("resumed", project="prod")
+    after = samples(exporter.scrape().text)
+    assert value(after, "janitor_deletes_paused") == 0 and after["janitor_project_deletes_paused"] == []
 
     assert exporter.stop() == 0  # SIGTERM is a normal stop
     out = exporter.output()

@@ -902,25 +902,7 @@ def test_drop_drop_after_and_hang(sim: Sim, api: httpx.Client) -> None:
     assert api.get(f"{EPS}/ep_1").status_code == 200
     assert time.monotonic() - started >= 0.3
     sim.v2_faults(clear=True)
-    assert sim.v2_faults() == {"scripts": {}, "hang_s": 5.0, "latency_s": 0.0, "answer_after_s": 0.0}
-
-
-def test_answer_after_is_a_response_time_that_counts_the_simulator_s_own_work(sim: Sim, api: httpx.Client) -> None:
-    """``answer_after_s`` models an API whose every answer takes that long (the bench's "L per request"):
-    unlike ``latency_s``, added before the work, the work is done at once and only the answer waits."""
-    sim.v2_reset([{"id": "ep_1"}, {"id": "ep_2", "deployments": []}])
-    sim.v2_faults(answer_after_s=0.4)
-    started = time.monotonic()
-    assert api.get(f"{EPS}/ep_1").status_code == 200
-    assert time.monotonic() - started >= 0.4
-    headers = {"Authorization": f"Bearer {sim.api_key}"}
-    with httpx.Client(base_url=sim.root_url, headers=headers, timeout=0.1) as impatient:
-        with pytest.raises(httpx.ReadTimeout):
-            impatient.delete(f"{EPS}/ep_2")
-        # Gave up before the answer, yet the delete was made when the call arrived.
-        assert sim.v2_endpoint("ep_2") is None
-    assert sim.admin.post("/v2/faults", json={"answer_after_s": -1}).status_code == 400
-    assert sim.v2_faults(clear=True)["answer_after_s"] == 0.0
+    assert sim.v2_faults() == {"scripts": {}, "hang_s": 5.0, "latency_s": 0.0}
 
 
 # -- the request log ------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ def snapshot(reading: MetricsReading) -> dict[str, Any]:
 
     Counters: ``sweeps`` {status: n}, ``candidates`` n, ``outcomes`` {(status, action, rule, project): n},
     ``retries`` {action: n}, ``limit_trips`` n, ``spend_removed_usd_per_hour`` (a sum), ``deletes_unpriced`` n.
-    Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``last_sweep_finished`` (epoch seconds or None).
+    Gauges: ``marked``, ``exempt``, ``paused`` (0/1), ``paused_projects`` (those a limit of their own pauses),
+    ``last_sweep_finished`` (epoch seconds or None).
     A malformed counter raises (ValueError, IndexError): the scrape then reports ``janitor_up 0``.
     """
     result: dict[str, Any] = {
@@ -72,6 +73,7 @@ def snapshot(reading: MetricsReading) -> dict[str, Any]:
         "marked": reading.marked,
         "exempt": reading.exempt,
         "paused": reading.paused,
+        "paused_projects": reading.paused_projects,
         "last_sweep_finished": reading.last_sweep_finished,
     }
     for field_name, value in reading.counters.items():
@@ -180,6 +182,7 @@ def families(snapshot: Snapshot | None, now: float) -> list[Metric]:
             "1 while a tripped blast-radius limit pauses live deletes and stops until a person resumes them, else 0.",
             value=snapshot["paused"],
         ),
+        _project_pauses(snapshot.get("paused_projects", ())),
     ]
     finished = snapshot.get("last_sweep_finished")
     if finished is not None and math.isfinite(finished):
@@ -324,3 +327,15 @@ def run_exporter(host: str, port: int) -> int:
         server.server_close()
         thread.join(5)
     return 0
+
+
+def _project_pauses(projects: Sequence[str]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "janitor_project_deletes_paused",
+        "1 for each project whose own tripped limit (limits.per_project) pauses its live deletes and stops until "
+        "a person resumes it (janitor resume --project); a project not paused has no sample.",
+        labels=["project"],
+    )
+    for project in projects:
+        family.add_metric([project], 1)
+    return family

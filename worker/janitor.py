@@ -357,11 +357,14 @@ class Recheck:
 
     @property
     def experiments_checked(self) -> bool:
-        """The delete sequence this task carries on read the experiments before a change of its own (its last
-        step's phase says so; a sequence recorded before phases, a stop, or another rule's: no)."""
+        """This task's own delete sequence read the experiments before a change of its own (its last step's phase
+        says so). Not a sequence another task began (a later sweep resuming it: time has passed), one recorded
+        before phases, a stop, or another rule's."""
         sequence = self.sequence
         return (
             sequence is not None
+            and self.task_id is not None
+            and sequence.task_id == self.task_id
             and self.continues_sequence
             and self.action == Action.DELETE
             and sequence.unreadable is None

@@ -20,9 +20,15 @@ _OUTCOME_LISTS = ("deleted", "stopped", "spared", "failed", "forbidden", "blocke
 _TIMEOUT_S = 10.0
 
 
+def _esc(value: object) -> str:
+    """A value in the ``text`` as Slack reads it: ``&``, ``<`` and ``>`` escaped (Slack's own rule), so a name or an
+    error from the API cannot become a mention (``<!channel>``) or a link in somebody's channel."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _in(item: Mapping[str, Any]) -> str:
     """`` in project <slug>`` for an item of a v2 project; nothing for v1 (or an older record)."""
-    return f" in project {item['project']}" if item.get("project") else ""
+    return f" in project {_esc(item['project'])}" if item.get("project") else ""
 
 
 def build_notification(
@@ -44,21 +50,22 @@ def build_notification(
     mode = " (dry run)" if sweep.get("dry_run") else ""
     lines = [f"endpoint-janitor sweep {sweep.get('sweep_id')}{mode}:"]
     if limit:
-        lines.append(f":warning: limit tripped, nothing queued: {limit}")
+        lines.append(f":warning: limit tripped, nothing queued: {_esc(limit)}")
     for project, trip in held.items():
-        lines.append(f":warning: project {project}: its limit tripped, its endpoints not queued: {trip.get('limit')}")
+        why = _esc(trip.get("limit"))
+        lines.append(f":warning: project {_esc(project)}: its limit tripped, its endpoints not queued: {why}")
     for item in marked:
         lines.append(
-            f"• marked {item['endpoint_name']} ({item['endpoint_id']}){_in(item)} by rule {item['rule']}, "
-            f"{item['action']} due {item['due_at']}"
+            f"• marked {_esc(item['endpoint_name'])} ({_esc(item['endpoint_id'])}){_in(item)} by rule "
+            f"{_esc(item['rule'])}, {item['action']} due {item['due_at']}"
         )
     removed = _removed(outcomes)
     for name in _OUTCOME_LISTS:
         for item in lists[name]:
-            why = f": {item['error']}" if item.get("error") else ""
+            why = f": {_esc(item['error'])}" if item.get("error") else ""
             lines.append(
-                f"• {name} {item.get('endpoint_name') or ''} ({item['endpoint_id']}){_in(item)}, "
-                f"rule {item.get('rule')}{_price(item)}{why}"
+                f"• {name} {_esc(item.get('endpoint_name') or '')} ({_esc(item['endpoint_id'])}){_in(item)}, "
+                f"rule {_esc(item.get('rule'))}{_price(item)}{why}"
             )
     if removed["deletes"]:
         lines.append(f"hourly spend removed: {_describe(removed)}")

@@ -327,7 +327,9 @@ class Scope(_Strict):
             return None
         if not endpoint.project_id:
             return None if NO_PROJECT in projects else "the v1 account is not in scope.projects"
-        if endpoint.project_id in projects or (endpoint.project and endpoint.project in projects):
+        # A v2 project slugged "v1" is not the v1 account: the word names the account only (its id still works).
+        slug = endpoint.project if endpoint.project != NO_PROJECT else None
+        if endpoint.project_id in projects or (slug and slug in projects):
             return None
         return f"project {endpoint.project or endpoint.project_id!r} is not in scope.projects"
 

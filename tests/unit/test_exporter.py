@@ -84,6 +84,7 @@ def test_counter_fields_are_read_by_name_and_labels() -> None:
         "marked": 1,
         "exempt": 2,
         "paused": 0,
+        "paused_projects": (),
         "last_sweep_finished": None,
     }
 

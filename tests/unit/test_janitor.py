@@ -325,12 +325,14 @@ def _guard(
     path = tmp_path / "policy.yaml"
     path.write_text(policy)
     action = Action.STOP if rule == "stop-old" else Action.DELETE
-    return Recheck(_RecheckClient(), _RecheckStore(), path, action, rule, NOW, sequence=sequence)  # type: ignore[arg-type]
+    store = _RecheckStore()
+    return Recheck(_RecheckClient(), store, path, action, rule, NOW, sequence=sequence, task_id="t1")  # type: ignore[arg-type]
 
 
-def _open(phase: StepPhase | None, *, rule: str = "delete-old", **kw: object) -> OpenSequence:
+def _open(phase: StepPhase | None, *, rule: str = "delete-old", task_id: str = "t1", **kw: object) -> OpenSequence:
     action = Action.STOP if rule == "stop-old" else Action.DELETE
-    return OpenSequence(rule, action, NOW - timedelta(minutes=5), steps=1, last_phase=phase, **kw)  # type: ignore[arg-type]
+    started = NOW - timedelta(minutes=5)
+    return OpenSequence(rule, action, started, steps=1, last_phase=phase, task_id=task_id, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -347,6 +349,8 @@ def _open(phase: StepPhase | None, *, rule: str = "delete-old", **kw: object) ->
         (_open(StepPhase.UNROUTE, unreadable="not a JSON object"), "delete-old", False),
         (_open(StepPhase.SCALE_DOWN, rule="stop-old"), "stop-old", False),  # a stop never reads experiments
         (_open(StepPhase.SCALE_DOWN, rule="stop-old"), "delete-old", False),  # another rule's sequence
+        # Begun by another task: a later sweep resumes it, time has passed, so the experiments are read again.
+        (_open(StepPhase.SCALE_DOWN, task_id="t0"), "delete-old", False),
     ],
 )
 def test_only_a_delete_sequence_that_made_a_change_has_its_experiments_checked(

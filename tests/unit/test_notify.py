@@ -47,3 +47,18 @@ def test_a_project_held_back_by_its_own_limit_is_news_and_one_queued_on_approval
     assert "staging" not in body["text"]
     approved_only = {"staging": trips["staging"]}
     assert build_notification({"sweep_id": "s", "status": "ok", "limit_trips": approved_only}, [], []) is None
+
+
+def test_names_and_errors_from_the_api_cannot_become_mentions_or_links_in_the_text() -> None:
+    hostile = item(1, "failed", None) | {
+        "endpoint_name": "acme/<!channel>",
+        "project": "p<@U123>",
+        "error": "HTTP 400: see <https://evil.example|the docs> & more",
+    }
+    marked = {"endpoint_name": "a/<!here>", "endpoint_id": "e<2>", "rule": "r", "action": "delete", "due_at": "t"}
+    body = build_notification(SWEEP, [marked], [hostile])
+    assert body is not None
+    text = body["text"]
+    assert "<" not in text.replace("&lt;", "") and ">" not in text.replace("&gt;", "")
+    assert "acme/&lt;!channel&gt;" in text and "&amp; more" in text and "a/&lt;!here&gt;" in text
+    assert body["failed"][0]["endpoint_name"] == "acme/<!channel>"  # the structured fields stay as they are

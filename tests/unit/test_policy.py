@@ -1013,6 +1013,13 @@ def test_scope_projects_by_slug_and_the_v1_word(ep: FullEp, verdict: Verdict) ->
     assert _verdict("scope: {projects: [prod, v1]}\n" + TTL_RULE, ep) is verdict
 
 
+def test_the_v1_word_in_scope_never_names_a_v2_project_slugged_v1() -> None:
+    slugged_v1 = FullEp(id="ep-odd", api="v2", project="v1", project_id="proj_odd")
+    assert _verdict("scope: {projects: [v1]}\n" + TTL_RULE, slugged_v1) is Verdict.OUT_OF_SCOPE
+    assert _verdict("scope: {projects: [v1]}\n" + TTL_RULE, V1_EP) is Verdict.ACT
+    assert _verdict("scope: {projects: [proj_odd]}\n" + TTL_RULE, slugged_v1) is Verdict.ACT
+
+
 def test_scope_projects_by_id_covers_a_project_whose_slug_is_not_known() -> None:
     assert _verdict("scope: {projects: [proj_x]}\n" + TTL_RULE, V2_UNKNOWN_SLUG) is Verdict.ACT
     assert _verdict("scope: {projects: [proj_x]}\n" + TTL_RULE, V1_EP) is Verdict.OUT_OF_SCOPE

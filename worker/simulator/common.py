@@ -111,8 +111,6 @@ class Request:
     conn: int = 0
     pause: Callable[[float], None] = lambda seconds: None
     body_error: SimError | None = None
-    arrived: float = 0.0  # time.monotonic() when the request was read
-    answer_at: float | None = None  # the answer goes out no sooner (time.monotonic()); the response-time fault
 
 
 def iso(ts: datetime) -> str:

@@ -78,29 +78,25 @@ def parse_scripts(value: object, targets: frozenset[str]) -> Scripts:
 
 @dataclass
 class Faults:
-    """The faults both APIs take: scripts, the length of a ``hang``, a latency added to every API call, and a
-    response time for every API call (``answer_after_s``: the call is answered no sooner than that after it
-    arrived, the simulator's own work counted in it, as an API whose every answer takes that long).
+    """The faults both APIs take: scripts, the length of a ``hang``, and a latency added to every API call.
     A version's faults may add keys of their own (a subclass, with ``KEYS``, ``apply`` and ``view`` extended)."""
 
-    KEYS: ClassVar[frozenset[str]] = frozenset({"clear", "scripts", "hang_s", "latency_s", "answer_after_s"})
+    KEYS: ClassVar[frozenset[str]] = frozenset({"clear", "scripts", "hang_s", "latency_s"})
 
     scripts: Scripts = field(default_factory=dict)
     hang_s: float = 5.0
     latency_s: float = 0.0
-    answer_after_s: float = 0.0
 
     def view(self) -> JSONDict:
         return {
             "scripts": {k: {m: list(q) for m, q in by.items()} for k, by in self.scripts.items()},
             "hang_s": self.hang_s,
             "latency_s": self.latency_s,
-            "answer_after_s": self.answer_after_s,
         }
 
     def apply(self, body: JSONDict, targets: frozenset[str]) -> None:
         """Sets what ``body`` names (validated); new scripts merge into the current ones per id and name."""
-        for key in ("hang_s", "latency_s", "answer_after_s"):
+        for key in ("hang_s", "latency_s"):
             if key in body:
                 setattr(self, key, non_negative(body, key))
         if "scripts" in body:
@@ -164,11 +160,9 @@ class ScriptedApi(Generic[F]):
             return faults.view()
 
     def _admit(self, req: Request, entry: JSONDict, bad_key_status: int) -> None:
-        """The latency fault and the response time, then the key check (v1 answers a bad key 403, v2 401)."""
+        """The latency fault, then the key check (v1 answers a bad key 403, v2 401)."""
         with self.lock:
-            latency, answer_after = self.faults.latency_s, self.faults.answer_after_s
-        if answer_after > 0:
-            req.answer_at = req.arrived + answer_after  # the server waits for it before the answer goes out
+            latency = self.faults.latency_s
         req.pause(latency)
         with self.lock:
             entry["authorized"] = req.authorized

@@ -13,7 +13,6 @@ import hmac
 import ipaddress
 import socket
 import threading
-import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -191,7 +190,6 @@ class _Handler(BaseHTTPRequestHandler):
             conn=self._conn_id,
             pause=self._pause,
             body_error=body_error,
-            arrived=time.monotonic(),
         )
         try:
             reply = self.server.sim.handle(req)
@@ -202,12 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self.close_connection = True
         else:
-            self._send(reply, req.answer_at)
+            self._send(reply)
 
-    def _send(self, reply: Reply, answer_at: float | None = None) -> None:
+    def _send(self, reply: Reply) -> None:
         body, content_type = reply.payload()
-        if answer_at is not None:
-            self._pause(answer_at - time.monotonic())
         if reply.close or reply.truncate:
             self.close_connection = True
         try:

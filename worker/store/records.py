@@ -37,6 +37,7 @@ class MetricsReading:
     exempt: int
     paused: int  # 0 or 1
     last_sweep_finished: float | None  # epoch seconds; None while no finished sweep is on record
+    paused_projects: tuple[str, ...] = ()  # the projects a limit of their own pauses (limits.per_project)
 
 
 def _parse_exemption(raw: str) -> Exemption | None:
@@ -157,7 +158,14 @@ class RecordKeeping(StorePart):
             exempt=len(self.exemptions(now)),
             paused=int(paused),
             last_sweep_finished=last_sweep_finished,
+            paused_projects=tuple(self._project_pause_keys()),
         )
+
+    def _project_pause_keys(self) -> dict[str, str]:
+        """Each paused project's pause key (``P:pause:<project>``), by project."""
+        prefix = self.key("pause", "")
+        keys = sorted(cast(list[str], list(self.redis.scan_iter(match=f"{prefix}*", count=1000))))
+        return {key.removeprefix(prefix): key for key in keys}
 
     # ------------------------------------------------------------------ exemptions
 

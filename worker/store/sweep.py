@@ -372,12 +372,11 @@ class SweepKeeping(RecordKeeping):
 
     def project_pauses(self) -> dict[str, dict[str, Any]]:
         """Every project's pause (project -> its record), for ``janitor report`` and ``janitor doctor``."""
-        prefix = self.key("pause", "")
-        keys = sorted(cast(list[str], list(self.redis.scan_iter(match=f"{prefix}*", count=1000))))
+        keys = self._project_pause_keys()
         if not keys:
             return {}
-        values = cast(list[str | None], self.redis.mget(keys))
-        return {k.removeprefix(prefix): json.loads(v) for k, v in zip(keys, values, strict=True) if v}
+        values = cast(list[str | None], self.redis.mget(list(keys.values())))
+        return {project: json.loads(v) for project, v in zip(keys, values, strict=True) if v}
 
     def approve_resume(self, by: str, up_to: int, ttl_s: int = _DAY_S, project: str | None = None) -> None:
         """A person's go-ahead: the next live sweep may act on up to ``up_to`` endpoints although a limit trips
