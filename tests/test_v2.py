@@ -135,8 +135,10 @@ class _Always:
     """A guard that lets every step through (the policy allows no detaching)."""
 
     detach_experiments = False
-    reads_model = True
     experiments_checked = False
+
+    def reads_model(self) -> bool:
+        return True
 
     def __call__(self, fresh: Endpoint, /) -> str | None:
         return None
@@ -148,8 +150,10 @@ _always = _Always()
 class _Pass(Recheck):
     """A guard that lets every step through and can act in the moment between the read and the change."""
 
-    reads_model = True  # type: ignore[assignment]
     experiments_checked = False  # type: ignore[assignment]
+
+    def reads_model(self) -> bool:
+        return True
 
     def __init__(self, during: Any = None, detach: bool = False) -> None:
         self.during = during

@@ -341,19 +341,21 @@ class Recheck:
         # What ran when the guard passed, and the policy's price overrides: priced after the step (worker/pricing).
         self.billable: tuple[tuple[str | None, int], ...] | None = None
         self.overrides: Callable[[str], float | None] = lambda _: None
+        self._names_asked = True  # False when reads_model() said this step need not ask for model names
 
     @property
     def passed(self) -> bool:
         return self.cleared is not None
 
-    @property
     def reads_model(self) -> bool:
-        """Whether the policy as it is now names ``model`` in a matcher. A policy that cannot be read says yes:
-        the call that follows fails on it anyway, and a name asked for is never less safe than one left out."""
+        """Whether the policy as it is now names ``model`` in a matcher, asked once per step before the facts are
+        read (a policy that cannot be read says yes). The call that follows reads the file again; if the policy
+        names ``model`` by then and the names were not asked, it holds the step (see ``__call__``)."""
         try:
-            return load_policy(self.policy_file, self.client.capabilities).reads_model
+            self._names_asked = load_policy(self.policy_file, self.client.capabilities).reads_model
         except PolicyError:
-            return True
+            self._names_asked = True
+        return self._names_asked
 
     @property
     def experiments_checked(self) -> bool:
@@ -381,6 +383,11 @@ class Recheck:
 
     def __call__(self, fresh: Endpoint) -> str | None:
         policy = load_policy(self.policy_file, self.client.capabilities)
+        names_asked, self._names_asked = self._names_asked, True
+        if policy.reads_model and not names_asked:
+            # Edited since this step asked: a rule on model would be undecided on the unasked name, and the next
+            # rule could act in its place. The next sweep decides anew, with the names.
+            return "the policy names model since this step began; not changed: the next sweep decides again"
         self.detach_experiments = policy.experiments == "detach"
         exemption = self.store.exemption(fresh.id, self.now)
         reason: str | None = None

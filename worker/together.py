@@ -240,12 +240,10 @@ class StepPhase(StrEnum):
 SCALED_DOWN_PHASES = frozenset({StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
 # After these phases the endpoint was taken out of live traffic: routed again, a person put it back.
 UNROUTED_PHASES = frozenset({StepPhase.UNROUTE, StepPhase.SCALE_DOWN, StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
-# A delete sequence that recorded one of these read the endpoint's experiments (and found none, or detached
-# them all) before its first change: unroute, scale down and delete deployment each read them first; a wait
-# follows a scale-down. Not DETACH: the next step must read them again to see what is left.
-EXPERIMENTS_CHECKED_PHASES = frozenset(
-    {StepPhase.UNROUTE, StepPhase.SCALE_DOWN, StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT}
-)
+# A step of these phases read the endpoint's experiments (and found none), or followed one of the same task that
+# did: unroute and a deployment's delete read them first, a scale-down unless its task's last step was one of
+# these. Not DETACH (what is left is read again) and not WAIT (it reads nothing, and may be a task's first step).
+EXPERIMENTS_CHECKED_PHASES = frozenset({StepPhase.UNROUTE, StepPhase.SCALE_DOWN, StepPhase.DELETE_DEPLOYMENT})
 
 
 @dataclass(frozen=True)
@@ -264,15 +262,15 @@ class Guard(Protocol):
 
     ``detach_experiments``: what the policy it read says of a v2 endpoint whose deployments take part in A/B
     or shadow experiments (``experiments: detach``); a client reads it only after calling the guard.
-    ``reads_model``: whether the guard's decision can read ``model`` (a matcher names it), asked before the
-    call; if not, a client need not ask the API for model names (``model`` is then None, not known).
+    ``reads_model()``: whether the guard's decision can read ``model`` (a matcher names it), asked once per step
+    before the facts are read, and the call then decides by the same reading of the policy; if not, a client
+    need not ask the API for model names (``model`` is then None, not known).
     ``experiments_checked``: the sequence this step continues read the endpoint's experiments before a change
     of its own (:data:`EXPERIMENTS_CHECKED_PHASES`), so a step that can be undone need not read them again.
     """
 
     detach_experiments: bool
 
-    @property
     def reads_model(self) -> bool: ...
     @property
     def experiments_checked(self) -> bool: ...

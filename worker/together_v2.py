@@ -918,7 +918,7 @@ class TogetherV2Client(HttpApi):
             # Every id that a later step puts into a URL is checked before the first change, not at its turn.
             check_path_segment(d.id, "deployment id")
         names: Callable[[str], str | None] = _not_known
-        if guard.reads_model:
+        if guard.reads_model():
             # Asked afresh right before a change: a model renamed since the sweep must meet the protect list by
             # its name of now. A policy that names no model is not asked for it (model: None, not known).
             self._resolve_models([d.model for d in current.deployments if d.model], fresh=True)

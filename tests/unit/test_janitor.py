@@ -341,7 +341,7 @@ def _open(phase: StepPhase | None, *, rule: str = "delete-old", task_id: str = "
         (None, "delete-old", False),  # no sequence: its first change is still to come
         (_open(StepPhase.UNROUTE), "delete-old", True),
         (_open(StepPhase.SCALE_DOWN), "delete-old", True),
-        (_open(StepPhase.WAIT), "delete-old", True),
+        (_open(StepPhase.WAIT), "delete-old", False),  # a wait reads nothing, and may be the task's first step
         (_open(StepPhase.DELETE_DEPLOYMENT), "delete-old", True),
         (_open(StepPhase.DETACH), "delete-old", False),  # what is left after a detach is read again
         (_open(None), "delete-old", False),
@@ -369,4 +369,28 @@ def test_only_a_delete_sequence_that_made_a_change_has_its_experiments_checked(
     ],
 )
 def test_the_guard_says_whether_the_policy_reads_model_names(tmp_path: Path, policy: str, reads: bool) -> None:
-    assert _guard(tmp_path, None, policy=policy).reads_model is reads
+    assert _guard(tmp_path, None, policy=policy).reads_model() is reads
+
+
+def test_a_policy_that_names_model_since_the_step_began_holds_the_step(tmp_path: Path) -> None:
+    """The file edited between the step's question (no matcher on model: names not asked) and the guard's call:
+    the new policy's first rule, a stop on ``model``, would be undecided on the unasked name and let the delete
+    rule act. The step is held; the next sweep decides with the names."""
+    from dataclasses import replace
+
+    before = "version: 1\nrules:\n  - name: delete-old\n    match: {name: 'acme/*'}\n    ttl: 1h\n"
+    after = "version: 1\nrules:\n  - name: stop-m\n    match: {model: 'm'}\n    ttl: 1h\n    action: stop\n"
+    after += "  - name: delete-old\n    match: {name: 'acme/*'}\n    ttl: 1h\n"
+    guard = _guard(tmp_path, None, policy=before)
+    assert guard.reads_model() is False
+    (tmp_path / "policy.yaml").write_text(after)
+    unnamed = replace(endpoint(state="STARTED"), model=None)  # the names were not asked
+    reason = guard(unnamed)
+    assert reason is not None and "names model since this step began" in reason
+    # The next step asks for the names; with them the stop rule wins, and the delete is not this rule's now.
+    assert guard.reads_model() is True
+    now = guard(endpoint(state="STARTED"))
+    assert now is not None and "stop-m" in now
+    # Unchanged, the same policy lets the step through.
+    (tmp_path / "policy.yaml").write_text(before)
+    assert guard.reads_model() is False and guard(unnamed) is None

@@ -312,8 +312,11 @@ class FakeApi:
 
 class PassingGuard:
     detach_experiments = False
-    reads_model = True
     experiments_checked = False
+    names = True
+
+    def reads_model(self) -> bool:
+        return self.names
 
     def __call__(self, endpoint: Endpoint, /) -> str | None:
         return None
@@ -665,7 +668,7 @@ def test_which_steps_ask_for_the_experiments() -> None:
 
 class _Guard(PassingGuard):
     def __init__(self, *, reads_model: bool = True, checked: bool = False) -> None:
-        self.reads_model, self.experiments_checked = reads_model, checked  # type: ignore[misc]
+        self.names, self.experiments_checked = reads_model, checked  # type: ignore[misc]
         self.seen: list[Endpoint] = []
 
     def __call__(self, endpoint: Endpoint, /) -> str | None:
