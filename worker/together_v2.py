@@ -1112,7 +1112,8 @@ def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             if close is not None:
                 close()
 
-    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    # The caller's context goes along (a step's deadline, a body cap), as if the caller read the pages itself.
+    reader = threading.Thread(target=contextvars.copy_context().run, args=(read,), name="read-ahead", daemon=True)
     reader.start()
     try:
         while True:

@@ -810,3 +810,18 @@ def test_the_project_s_pages_are_read_ahead_one_at_a_time() -> None:
         "ep_2",
         "ep_3",
     ]
+
+
+def test_reading_ahead_carries_the_caller_s_context() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("test_read_ahead_var", default="unset")
+
+    def items() -> Iterator[str]:
+        yield var.get()
+
+    token = var.set("the caller's")
+    try:
+        assert list(read_ahead(items())) == ["the caller's"]
+    finally:
+        var.reset(token)
