@@ -319,13 +319,13 @@ def test_a_v2_delete_taking_too_many_runs_fails(delete_v2: Delete) -> None:
     assert outcome.status == "failed" and "more than" in (outcome.error or "")
 
 
-def _run_to_the_end(delete: Delete, request: DeleteRequest, limit: int = 20) -> Done:
-    state, result = RunState(), delete.run(request)
+def _run_to_the_end(delete: Delete, request: DeleteRequest, state: RunState | None = None, limit: int = 20) -> Done:
+    """Run after run of one task (each Continue's state carried to the next) until it is done."""
+    result = delete.run(request, state)
     for _ in range(limit):
         if not isinstance(result, Continue):
             break
-        state, result = result.state, delete.run(request, result.state)
-    assert state.runs < limit
+        result = delete.run(request, result.state)
     return _done(result)
 
 
@@ -382,17 +382,8 @@ def test_an_experiment_made_after_the_scale_down_stops_the_deployment_s_delete(d
     assert isinstance(result, Continue)
     made = delete_v2.sim.admin.post("/v2/endpoints/ep_0001/abExperiments", json={"id": "abx_late", "name": "late"})
     assert made.status_code == 201, made.text
-    outcome = _run_to_the_end_from(delete_v2, request, result.state)
+    outcome = _run_to_the_end(delete_v2, request, result.state).outcome
     assert outcome.status == "blocked" and "abx_late" in (outcome.error or "")
     left = delete_v2.sim.v2_endpoint("ep_0001")
     assert left is not None and len(left["deployments"]) == 2
     assert not any(r["method"] == "DELETE" for r in delete_v2.sim.v2_requests())
-
-
-def _run_to_the_end_from(delete: Delete, request: DeleteRequest, state: RunState, limit: int = 20) -> Any:
-    result = delete.run(request, state)
-    for _ in range(limit):
-        if not isinstance(result, Continue):
-            break
-        result = delete.run(request, result.state)
-    return _done(result).outcome
