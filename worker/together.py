@@ -263,8 +263,8 @@ class Guard(Protocol):
     ``detach_experiments``: what the policy it read says of a v2 endpoint whose deployments take part in A/B
     or shadow experiments (``experiments: detach``); a client reads it only after calling the guard.
     ``reads_model()``: whether the guard's decision can read ``model`` (a matcher names it), asked once per step
-    before the facts are read, and the call then decides by the same reading of the policy; if not, a client
-    need not ask the API for model names (``model`` is then None, not known).
+    before the facts are read; if not, a client need not ask the API for model names (``model`` is then None,
+    not known), and a guard whose policy names ``model`` by the time of the call holds the step.
     ``experiments_checked``: the sequence this step continues read the endpoint's experiments before a change
     of its own (:data:`EXPERIMENTS_CHECKED_PHASES`), so a step that can be undone need not read them again.
     """

@@ -153,8 +153,8 @@ class V2Endpoint(_Wire):
 
 
 class FullDeployment(_Wire):
-    """``GET .../deployments/{id}`` (types/endpoint_deployment.py): what a conditional change needs, and what
-    shows the deployment is still the one the guard saw."""
+    """An item of ``GET .../deployments`` (``EndpointDeployment``, types/endpoint_deployment.py): what a
+    conditional change needs (its etag), and what shows the deployment is still the one the guard saw."""
 
     id: StrictStr
     etag: StrictStr
@@ -1141,7 +1141,6 @@ def _rfc3339(moment: datetime) -> str:
 
 _PAGE = TypeAdapter(Page[V2Endpoint])
 _ENDPOINT = TypeAdapter(V2Endpoint)
-_DEPLOYMENT = TypeAdapter(FullDeployment)
 _DEPLOYMENT_PAGE = TypeAdapter(Page[FullDeployment])
 _WHOAMI = TypeAdapter(WhoAmI)
 _PROJECT_PAGE = TypeAdapter(Page[Project])
