@@ -319,13 +319,19 @@ def test_a_v2_delete_taking_too_many_runs_fails(delete_v2: Delete) -> None:
     assert outcome.status == "failed" and "more than" in (outcome.error or "")
 
 
-def _run_to_the_end(delete: Delete, request: DeleteRequest, state: RunState | None = None, limit: int = 20) -> Done:
+def _run_to_the_end(
+    delete: Delete,
+    request: DeleteRequest,
+    state: RunState | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    limit: int = 20,
+) -> Done:
     """Run after run of one task (each Continue's state carried to the next) until it is done."""
-    result = delete.run(request, state)
+    result = delete.run(request, state, clock)
     for _ in range(limit):
         if not isinstance(result, Continue):
             break
-        result = delete.run(request, result.state)
+        result = delete.run(request, result.state, clock)
     return _done(result)
 
 
@@ -387,3 +393,39 @@ def test_an_experiment_made_after_the_scale_down_stops_the_deployment_s_delete(d
     left = delete_v2.sim.v2_endpoint("ep_0001")
     assert left is not None and len(left["deployments"]) == 2
     assert not any(r["method"] == "DELETE" for r in delete_v2.sim.v2_requests())
+
+
+def test_a_late_run_of_the_same_task_reads_the_experiments_again_before_scaling_down(
+    delete_v2: Delete, store: Store
+) -> None:
+    """A task's next run can come late (a queue backlog, a 500's backoff, a redelivery): the experiments it found
+    clear minutes ago may not be clear now. Here a person starts an A/B experiment on the two deployments still
+    running while the run waits two hours: that run reads the lists first and changes nothing."""
+    sim = delete_v2.sim
+    sim.v2_reset([v2_endpoint(1, deployments=3)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    result = delete_v2.run(request)
+    while reads.open_sequences(store)["ep_0001"].last_phase is not StepPhase.SCALE_DOWN:
+        assert isinstance(result, Continue), result
+        result = delete_v2.run(request, result.state)
+    assert isinstance(result, Continue)
+    sequence = reads.open_sequences(store)["ep_0001"]
+    assert sequence.task_id == request.task_id and sequence.experiments_clear_at is not None
+    scaled = {r["deployment_id"] for r in delete_v2.changes() if r["method"] == "PATCH" and r["target"] == "deployment"}
+    running = sorted({"dep_1_0", "dep_1_1", "dep_1_2"} - scaled)
+    members = [
+        {"deploymentId": running[0], "percent": 50, "role": "AB_EXPERIMENT_MEMBER_ROLE_CONTROL"},
+        {"deploymentId": running[1], "percent": 50, "role": "AB_EXPERIMENT_MEMBER_ROLE_VARIANT"},
+    ]
+    made = sim.admin.post("/v2/endpoints/ep_0001/abExperiments", json={"id": "abx_person", "members": members})
+    assert made.status_code == 201, made.text
+    changes_before = len(delete_v2.changes())
+    later = utc_now() + timedelta(hours=2)
+    outcome = _run_to_the_end(delete_v2, request, result.state, lambda: later).outcome
+    assert outcome.status == "blocked" and "abx_person" in (outcome.error or "")
+    assert len(delete_v2.changes()) == changes_before  # nothing more was changed
+    left = sim.v2_endpoint("ep_0001")
+    assert left is not None
+    assert {d["id"]: d["state"] for d in left["deployments"] if d["id"] in running} == dict.fromkeys(
+        running, "DEPLOYMENT_STATE_READY"
+    )

@@ -49,7 +49,6 @@ from worker.redact import scrub, scrub_line
 from worker.settings import Settings
 from worker.store import Store, TaskState
 from worker.together import (
-    EXPERIMENTS_CHECKED_PHASES,
     SCALED_DOWN_PHASES,
     UNROUTED_PHASES,
     Endpoint,
@@ -359,20 +358,16 @@ class Recheck:
 
     @property
     def experiments_checked(self) -> bool:
-        """This task's own delete sequence read the experiments before a change of its own (its last step's phase
-        says so). Not a sequence another task began (a later sweep resuming it: time has passed), one recorded
-        before phases, a stop, or another rule's."""
+        """This task's own delete sequence read the experiments and found none within
+        :data:`EXPERIMENTS_FRESH_FOR` (``OpenSequence.experiments_clear_at``). Not a read older than that (a run
+        that came late: a person may have started an experiment since), one by another task, a stop, or another
+        rule's sequence."""
         sequence = self.sequence
-        return (
-            sequence is not None
-            and self.task_id is not None
-            and sequence.task_id == self.task_id
-            and self.continues_sequence
-            and self.action == Action.DELETE
-            and sequence.unreadable is None
-            and sequence.phased
-            and sequence.last_phase in EXPERIMENTS_CHECKED_PHASES
-        )
+        if sequence is None or sequence.experiments_clear_at is None or sequence.unreadable is not None:
+            return False
+        fresh = timedelta(0) <= self.now - sequence.experiments_clear_at <= EXPERIMENTS_FRESH_FOR
+        own = self.task_id is not None and sequence.task_id == self.task_id
+        return fresh and own and self.continues_sequence and self.action == Action.DELETE
 
     @property
     def continues_sequence(self) -> bool:
@@ -427,6 +422,9 @@ class Recheck:
 
 # A delete sequence older than this is not resumed: whatever it waited for is not coming.
 MAX_SEQUENCE_AGE = timedelta(hours=24)
+# A scale-down skips reading the experiments only if its task's sequence found none this recently: the steps of one
+# task follow each other within seconds; a run that comes later reads them again.
+EXPERIMENTS_FRESH_FOR = timedelta(minutes=5)
 
 
 def sequence_hold(
@@ -766,6 +764,7 @@ class _DeleteRun:
                 phase=result.phase,
                 http_status=result.http_status,
                 reason=result.reason,
+                experiments_clear=result.experiments_clear,
                 hardware=cleared.hardware if cleared else None,
                 usd_per_hour=cleared.usd_per_hour if cleared else None,
             )

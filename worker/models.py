@@ -174,6 +174,8 @@ class OpenSequence:
     hardware: str | None = None
     usd_per_hour: float | None = None
     unreadable: str | None = None
+    # When a step of it last read the endpoint's experiments and none held a deployment (v2).
+    experiments_clear_at: datetime | None = None
 
     def encode(self) -> str:
         record: dict[str, Any] = {
@@ -188,6 +190,8 @@ class OpenSequence:
             "hardware": self.hardware,
             "usd_per_hour": self.usd_per_hour,
         }
+        if self.experiments_clear_at is not None:  # absent otherwise: a record as workers before it wrote one
+            record["experiments_clear_at"] = iso(self.experiments_clear_at)
         if not self.phased:
             del record["last_phase"]
         return json.dumps(scrub_fields(record), separators=(",", ":"))
@@ -221,6 +225,7 @@ class OpenSequence:
             updated_at=parse_aware_time(data.get("updated_at")),
             hardware=_str_or_none(data.get("hardware")),
             usd_per_hour=float(price) if isinstance(price, int | float) and not isinstance(price, bool) else None,
+            experiments_clear_at=parse_aware_time(data.get("experiments_clear_at")),
         )
 
     @classmethod

@@ -240,10 +240,6 @@ class StepPhase(StrEnum):
 SCALED_DOWN_PHASES = frozenset({StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
 # After these phases the endpoint was taken out of live traffic: routed again, a person put it back.
 UNROUTED_PHASES = frozenset({StepPhase.UNROUTE, StepPhase.SCALE_DOWN, StepPhase.WAIT, StepPhase.DELETE_DEPLOYMENT})
-# A step of these phases read the endpoint's experiments (and found none), or followed one of the same task that
-# did: unroute and a deployment's delete read them first, a scale-down unless its task's last step was one of
-# these. Not DETACH (what is left is read again) and not WAIT (it reads nothing, and may be a task's first step).
-EXPERIMENTS_CHECKED_PHASES = frozenset({StepPhase.UNROUTE, StepPhase.SCALE_DOWN, StepPhase.DELETE_DEPLOYMENT})
 
 
 @dataclass(frozen=True)
@@ -255,6 +251,8 @@ class Step:
     http_status: int | None = None
     reason: str | None = None  # why SPARED or WAIT
     phase: StepPhase | None = None
+    # v2: this step read the endpoint's experiments and none held its deployments (kept with the sequence).
+    experiments_clear: bool = False
 
 
 class Guard(Protocol):
@@ -265,8 +263,8 @@ class Guard(Protocol):
     ``reads_model()``: whether the guard's decision can read ``model`` (a matcher names it), asked once per step
     before the facts are read; if not, a client need not ask the API for model names (``model`` is then None,
     not known), and a guard whose policy names ``model`` by the time of the call holds the step.
-    ``experiments_checked``: the sequence this step continues read the endpoint's experiments before a change
-    of its own (:data:`EXPERIMENTS_CHECKED_PHASES`), so a step that can be undone need not read them again.
+    ``experiments_checked``: the task's own sequence read the endpoint's experiments and found none moments ago
+    (``OpenSequence.experiments_clear_at``), so a step that can be undone need not read them again.
     """
 
     detach_experiments: bool

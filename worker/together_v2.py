@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import itertools
 import os
@@ -928,9 +929,11 @@ class TogetherV2Client(HttpApi):
             return Step(StepKind.SPARED, "re-check", reason=reason)
         checked = guard.experiments_checked
         nxt = next_step(current, action, checked=checked)
+        clear = False  # this step read the experiments and none holds a deployment
         if nxt.kind == "experiments":
             ab, shadow = self._experiments(endpoint_id)
             found = memberships([d.id for d in current.deployments], ab, shadow)
+            clear = not found
             nxt = next_step(current, action, found, detach=guard.detach_experiments, checked=checked)
         if nxt.kind == "refuse":
             raise SequenceRefused(self._line(nxt.reason, 300))  # it names deployment ids from the API
@@ -950,7 +953,8 @@ class TogetherV2Client(HttpApi):
         if nxt.kind == "stopped":
             return Step(StepKind.DONE, "every deployment scaled to zero", 200)
         listed = self._all_deployments_seen(endpoint_id, current)
-        return self._change_step(endpoint_id, current, nxt, listed)
+        step = self._change_step(endpoint_id, current, nxt, listed)
+        return dataclasses.replace(step, experiments_clear=clear) if clear else step
 
     def _all_deployments_seen(self, endpoint_id: str, current: V2Endpoint) -> dict[str, FullDeployment]:
         """The endpoint's summary is not promised to list every deployment (the SDK calls it "lightweight"): before

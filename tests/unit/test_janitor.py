@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # ------------------------------------------------------------------ unknown results
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from worker import redact
 from worker.clock import parse_time
 from worker.errors import ApiStatusError, ApiTransportError, MalformedResponse, TogetherError
 from worker.janitor import (
+    EXPERIMENTS_FRESH_FOR,
     LABEL_MAX,
     MAX_SEQUENCE_AGE,
     Attempt,
@@ -329,31 +330,37 @@ def _guard(
     return Recheck(_RecheckClient(), store, path, action, rule, NOW, sequence=sequence, task_id="t1")  # type: ignore[arg-type]
 
 
-def _open(phase: StepPhase | None, *, rule: str = "delete-old", task_id: str = "t1", **kw: object) -> OpenSequence:
+_JUST = NOW - timedelta(seconds=20)  # a read moments ago
+
+
+def _open(
+    clear_at: datetime | None = _JUST, *, rule: str = "delete-old", task_id: str = "t1", **kw: object
+) -> OpenSequence:
     action = Action.STOP if rule == "stop-old" else Action.DELETE
     started = NOW - timedelta(minutes=5)
-    return OpenSequence(rule, action, started, steps=1, last_phase=phase, task_id=task_id, **kw)  # type: ignore[arg-type]
+    return OpenSequence(
+        rule, action, started, steps=1, last_phase=StepPhase.SCALE_DOWN, task_id=task_id,
+        experiments_clear_at=clear_at, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("sequence", "rule", "checked"),
     [
         (None, "delete-old", False),  # no sequence: its first change is still to come
-        (_open(StepPhase.UNROUTE), "delete-old", True),
-        (_open(StepPhase.SCALE_DOWN), "delete-old", True),
-        (_open(StepPhase.WAIT), "delete-old", False),  # a wait reads nothing, and may be the task's first step
-        (_open(StepPhase.DELETE_DEPLOYMENT), "delete-old", True),
-        (_open(StepPhase.DETACH), "delete-old", False),  # what is left after a detach is read again
-        (_open(None), "delete-old", False),
-        (_open(StepPhase.UNROUTE, phased=False), "delete-old", False),  # recorded before phases
-        (_open(StepPhase.UNROUTE, unreadable="not a JSON object"), "delete-old", False),
-        (_open(StepPhase.SCALE_DOWN, rule="stop-old"), "stop-old", False),  # a stop never reads experiments
-        (_open(StepPhase.SCALE_DOWN, rule="stop-old"), "delete-old", False),  # another rule's sequence
-        # Begun by another task: a later sweep resumes it, time has passed, so the experiments are read again.
-        (_open(StepPhase.SCALE_DOWN, task_id="t0"), "delete-old", False),
+        (_open(), "delete-old", True),  # this task found none moments ago
+        (_open(None), "delete-old", False),  # never read by it (a wait, a detach, a record before the marker)
+        (_open(NOW - EXPERIMENTS_FRESH_FOR), "delete-old", True),
+        # A run that came late (a queue backlog, a retry, a redelivery): a person may have started one since.
+        (_open(NOW - EXPERIMENTS_FRESH_FOR - timedelta(seconds=1)), "delete-old", False),
+        (_open(NOW + timedelta(minutes=1)), "delete-old", False),  # a read "after" now: clocks disagree, read again
+        (_open(unreadable="not a JSON object"), "delete-old", False),
+        (_open(rule="stop-old"), "stop-old", False),  # a stop never reads experiments
+        (_open(rule="stop-old"), "delete-old", False),  # another rule's sequence
+        (_open(task_id="t0"), "delete-old", False),  # another task's read: a later sweep resuming the sequence
     ],
 )
-def test_only_a_delete_sequence_that_made_a_change_has_its_experiments_checked(
+def test_only_the_task_s_own_recent_read_counts_the_experiments_as_checked(
     tmp_path: Path, sequence: OpenSequence | None, rule: str, checked: bool
 ) -> None:
     assert _guard(tmp_path, sequence, rule=rule).experiments_checked is checked

@@ -77,3 +77,15 @@ def test_fields_that_matter_to_no_decision_are_read_leniently() -> None:
     assert sequence.unreadable is None
     assert (sequence.steps, sequence.last_phase, sequence.usd_per_hour, sequence.updated_at) == (0, None, None, None)
     assert OpenSequence.decode(json.dumps({**odd, "usd_per_hour": 3})).usd_per_hour == 3.0
+
+
+def test_when_a_sequence_last_found_no_experiment_is_kept_and_absent_in_an_older_record() -> None:
+    assert OpenSequence.decode(STORED).experiments_clear_at is None  # written before the marker: never "checked"
+    marked = OpenSequence.decode(STORED.removesuffix("}") + ',"experiments_clear_at":"2026-11-28T23:01:00.000Z"}')
+    assert marked.experiments_clear_at == parse_time("2026-11-28T23:01:00Z")
+    assert OpenSequence.decode(marked.encode()) == marked
+    for bad in ("yesterday", 1764370860, "2026-11-28T23:01:00"):  # no zone, a number, words: not a time
+        assert (
+            OpenSequence.decode(json.dumps({**json.loads(STORED), "experiments_clear_at": bad})).experiments_clear_at
+            is None
+        )

@@ -825,3 +825,34 @@ def test_reading_ahead_carries_the_caller_s_context() -> None:
         assert list(read_ahead(items())) == ["the caller's"]
     finally:
         var.reset(token)
+
+
+def test_a_step_says_when_it_read_the_experiments_and_found_none() -> None:
+    """What the sequence keeps as the time of its last clear read: only a step that read both lists and found
+    no experiment holding a deployment says so."""
+    c = client(api := FakeApi(wire([dep("dep_a")])), project_id="proj_1")
+    assert c.step("ep_1", Action.DELETE, _Guard()).experiments_clear  # read before the unroute: none
+    api.ep = wire([dep("dep_a")], split=[])
+    assert not c.step("ep_1", Action.DELETE, _Guard(checked=True)).experiments_clear  # not read: not renewed
+    api.ep = wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPING")], split=[])
+    assert not c.step("ep_1", Action.DELETE, _Guard()).experiments_clear  # a wait reads nothing
+    base = api.__call__
+    ab = {"id": "abx_1", "etag": "e", "members": [{"deploymentId": "dep_a", "role": "AB_EXPERIMENT_MEMBER_ROLE_CONTROL",
+                                                   "percent": 100}]}  # fmt: skip
+
+    def in_an_experiment(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/abExperiments") and request.method == "GET":
+            api.requests.append(request)
+            return httpx.Response(200, json={"data": [ab], "next_cursor": None})
+        return base(request)
+
+    api.ep = wire([dep("dep_a")])
+    detaching = TogetherV2Client(
+        "http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(in_an_experiment), project_id="proj_1"
+    )
+
+    class Detaching(_Guard):
+        detach_experiments = True
+
+    step = detaching.step("ep_1", Action.DELETE, Detaching())
+    assert step.phase is StepPhase.DETACH and not step.experiments_clear  # found one: what is left is read again

@@ -270,6 +270,7 @@ class TaskKeeping(StorePart):
         hardware: str | None = None,
         usd_per_hour: float | None = None,
         open_sequence: bool = True,
+        experiments_clear: bool = False,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
@@ -294,6 +295,10 @@ class TaskKeeping(StorePart):
                 phased=True,
                 task_id=task_id,
                 updated_at=moment,
+                # The time of the last read that found no experiment, by this task; never moved by other steps.
+                experiments_clear_at=moment
+                if experiments_clear
+                else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
         payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
