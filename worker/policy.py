@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -332,6 +332,18 @@ class Scope(_Strict):
         if endpoint.project_id in projects or (slug and slug in projects):
             return None
         return f"project {endpoint.project or endpoint.project_id!r} is not in scope.projects"
+
+    def ambiguous_projects(self, sources: Iterable[tuple[str | None, str]]) -> str | None:
+        """Why a word of ``projects`` is ambiguous among these sources ((slug, id) each), or None: one word that
+        is one project's id and another's slug would put both in scope (a sweep refuses it; write the id)."""
+        if self.projects is None:
+            return None
+        known = list(sources)
+        for word in self.projects:
+            named = {pid for slug, pid in known if pid and (pid == word or (slug == word and slug != NO_PROJECT))}
+            if len(named) > 1:
+                return f"scope.projects: {word!r} names more than one project ({', '.join(sorted(named))}); write ids"
+        return None
 
     @property
     def needs(self) -> frozenset[Need]:

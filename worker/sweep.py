@@ -356,6 +356,9 @@ def read_and_plan(
     fetch: the sweep checks its deadline there, ``janitor plan`` shows progress.
     """
     resolved = client if isinstance(client, Resolved) else single(client)
+    ambiguous = policy.scope.ambiguous_projects((s.project, s.project_id) for s, _ in resolved.clients)
+    if ambiguous is not None:
+        raise PolicyError(ambiguous)  # before any request: nothing is listed, planned or acted on
     listing = list_sources(resolved, policy)
     if not listing.listed_any:
         raise NoSourceListed(listing.results)

@@ -1108,3 +1108,16 @@ def test_check_limits_takes_a_per_project_block_whose_missing_keys_set_no_limit(
 )
 def test_a_policy_says_whether_any_matcher_reads_the_model(text: str, reads: bool) -> None:
     assert parse_policy(text).reads_model is reads
+
+
+def test_a_scope_word_naming_one_project_by_id_and_another_by_slug_is_ambiguous() -> None:
+    scope = parse_policy("version: 1\nscope: {projects: [proj_b, prod]}\n").scope
+    clear = [("prod", "proj_a"), ("staging", "proj_b"), ("", "")]  # the v1 account: no slug, no id
+    assert scope.ambiguous_projects(clear) is None
+    clash = [("prod", "proj_a"), ("proj_b", "proj_c"), ("staging", "proj_b")]
+    why = scope.ambiguous_projects(clash)
+    assert why is not None and "'proj_b'" in why and "proj_b, proj_c" in why
+    assert parse_policy("version: 1\n").scope.ambiguous_projects(clash) is None  # no scope.projects: all in scope
+    # The word v1 names the v1 account only, never a project slugged v1 (see Scope.covers).
+    v1 = parse_policy("version: 1\nscope: {projects: [v1]}\n").scope
+    assert v1.ambiguous_projects([("v1", "proj_odd"), ("", "")]) is None
