@@ -225,6 +225,64 @@ def sim() -> Iterator[Sim]:
     server.stop()
 
 
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    """A policy file holding :data:`BASIC_POLICY` (a module with a policy of its own overrides this)."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(BASIC_POLICY)
+    return path
+
+
+@pytest.fixture
+def delete(sim: Sim, store: Any, policy: Path) -> Iterator[Any]:
+    """Runs of delete tasks in-process against v1 (``tests.test_delete.Delete``)."""
+    from tests.test_delete import Delete
+
+    made = Delete(sim, store, policy)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def delete_v2(sim: Sim, store: Any, policy: Path) -> Iterator[Any]:
+    """The same against v2."""
+    from tests.test_delete import Delete
+
+    made = Delete(sim, store, policy, "v2")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def both(sim: Sim) -> Iterator[Any]:
+    """The v1 account and the key's v2 project, as the sweep gets them (a ``worker.sources.Resolved``)."""
+    from worker.simulator.v2 import DEFAULT_PROJECT_ID
+    from worker.sources import Resolved
+    from worker.together import TogetherClient
+    from worker.together_v2 import TogetherV2Client
+
+    v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
+    v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug="acme")
+    yield Resolved([(v1.source, v1), (v2.source, v2)])
+    v1.close()
+    v2.close()
+
+
+def sweep_into(store: Any, client: Any, policy: Path, queued: list[Any], dry_run: bool = False) -> Any:
+    """One ``run_sweep`` in-process whose delete tasks are appended to ``queued`` instead of published."""
+    from worker.sweep import run_sweep
+
+    return run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=dry_run,
+        lock_ttl_s=60,
+        pending_ttl_s=120,
+        enqueue=queued.extend,
+    )
+
+
 def write_policy(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -6,7 +6,7 @@ Each test queues its deletes with a real sweep (so they hold their claims), then
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,6 @@ from worker.together import EndpointsApi, StepPhase, TogetherClient
 from worker.together_v2 import TogetherV2Client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(BASIC_POLICY)
-    return path
 
 
 class Delete:
@@ -117,20 +110,6 @@ class Delete:
     def close(self) -> None:
         for client in self.clients:
             client.close()
-
-
-@pytest.fixture
-def delete(sim: Sim, store: Store, policy: Path) -> Iterator[Delete]:
-    made = Delete(sim, store, policy)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def delete_v2(sim: Sim, store: Store, policy: Path) -> Iterator[Delete]:
-    made = Delete(sim, store, policy, "v2")
-    yield made
-    made.close()
 
 
 def _done(result: DeleteResult) -> Done:
@@ -319,7 +298,7 @@ def test_a_v2_delete_taking_too_many_runs_fails(delete_v2: Delete) -> None:
     assert outcome.status == "failed" and "more than" in (outcome.error or "")
 
 
-def _run_to_the_end(
+def run_to_the_end(
     delete: Delete,
     request: DeleteRequest,
     state: RunState | None = None,
@@ -350,7 +329,7 @@ def test_a_v2_delete_reads_what_each_change_needs_and_no_more(delete_v2: Delete)
     delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
     (request,) = delete_v2.sweep()
     start = len(delete_v2.sim.v2_requests())
-    assert _run_to_the_end(delete_v2, request).outcome.status == "deleted"
+    assert run_to_the_end(delete_v2, request).outcome.status == "deleted"
     read, experiments, listed = "GET endpoint", ["GET ab_experiments", "GET shadow_experiments"], "GET deployments"
     assert _calls_since(delete_v2, start) == [
         *[read, *experiments, listed, "PATCH endpoint"],
@@ -370,7 +349,7 @@ def test_a_v2_delete_asks_for_model_names_before_each_change_when_the_policy_rea
     delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
     (request,) = delete_v2.sweep()
     start = len(delete_v2.sim.v2_requests())
-    assert _run_to_the_end(delete_v2, request).outcome.status == "deleted"
+    assert run_to_the_end(delete_v2, request).outcome.status == "deleted"
     # Each step with a deployment left asks for its model's name right before its change; the endpoint's
     # own delete has none to ask for.
     assert _calls_since(delete_v2, start).count("GET model") == 3
@@ -388,7 +367,7 @@ def test_an_experiment_made_after_the_scale_down_stops_the_deployment_s_delete(d
     assert isinstance(result, Continue)
     made = delete_v2.sim.admin.post("/v2/endpoints/ep_0001/abExperiments", json={"id": "abx_late", "name": "late"})
     assert made.status_code == 201, made.text
-    outcome = _run_to_the_end(delete_v2, request, result.state).outcome
+    outcome = run_to_the_end(delete_v2, request, result.state).outcome
     assert outcome.status == "blocked" and "abx_late" in (outcome.error or "")
     left = delete_v2.sim.v2_endpoint("ep_0001")
     assert left is not None and len(left["deployments"]) == 2
@@ -421,7 +400,7 @@ def test_a_late_run_of_the_same_task_reads_the_experiments_again_before_scaling_
     assert made.status_code == 201, made.text
     changes_before = len(delete_v2.changes())
     later = utc_now() + timedelta(hours=2)
-    outcome = _run_to_the_end(delete_v2, request, result.state, lambda: later).outcome
+    outcome = run_to_the_end(delete_v2, request, result.state, lambda: later).outcome
     assert outcome.status == "blocked" and "abx_person" in (outcome.error or "")
     assert len(delete_v2.changes()) == changes_before  # nothing more was changed
     left = sim.v2_endpoint("ep_0001")

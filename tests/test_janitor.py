@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import store_reads as reads
-from tests.conftest import BASIC_POLICY, Sim, wait_for
+from tests.conftest import Sim, wait_for
 from worker import sweep as sweep_module
 from worker.clock import utc_now
 from worker.janitor import Attempt, DeleteRequest, Recheck, take_step
@@ -49,13 +49,6 @@ def sweep(  # type: ignore[no-untyped-def]
         pending_ttl_s=pending_ttl_s,
         enqueue=enqueue or queued.extend,
     )
-
-
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(BASIC_POLICY)
-    return path
 
 
 def test_sweep_queues_expired_and_spares_protected_and_young(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from tests.conftest import BASIC_POLICY, Sim, spec
 from tests.exposition import samples, value
-from tests.test_delete import Delete
+from tests.test_delete import Delete, run_to_the_end
 from tests.test_v2 import v2_endpoint
 from worker.exporter import render, snapshot
 from worker.janitor import Continue, DeleteRequest, Done
@@ -30,37 +29,6 @@ H100 = 2.99  # the simulator's catalog: 299 cents per hour of one running 1x_nvi
 H100_X4 = 11.96
 
 
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(BASIC_POLICY)
-    return path
-
-
-@pytest.fixture
-def delete(sim: Sim, store: Store, policy: Path) -> Iterator[Delete]:
-    made = Delete(sim, store, policy)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def delete_v2(sim: Sim, store: Store, policy: Path) -> Iterator[Delete]:
-    made = Delete(sim, store, policy, "v2")
-    yield made
-    made.close()
-
-
-def run_to_end(delete: Delete, request: DeleteRequest) -> Outcome:
-    result = delete.run(request)
-    for _ in range(20):
-        if not isinstance(result, Continue):
-            break
-        result = delete.run(request, result.state)
-    assert isinstance(result, Done), result
-    return result.outcome
-
-
 def v1_catalog_calls(sim: Sim) -> int:
     return sum(1 for r in sim.requests() if r["path"] == "/v1/hardware")
 
@@ -70,7 +38,7 @@ def v2_catalog_calls(sim: Sim) -> int:
 
 
 def by_id(delete: Delete, requests: list[DeleteRequest]) -> dict[str, Outcome]:
-    return {r.endpoint_id: run_to_end(delete, r) for r in requests}
+    return {r.endpoint_id: run_to_the_end(delete, r).outcome for r in requests}
 
 
 def test_v1_deletes_are_priced_from_the_catalog_times_the_replicas(delete: Delete, store: Store) -> None:
@@ -151,7 +119,7 @@ def test_hardware_missing_from_the_catalog_is_unknown_not_zero(delete: Delete, s
 def test_the_catalog_is_fetched_once_within_the_hour_across_deletes(delete: Delete, store: Store) -> None:
     delete.sim.reset([spec(i) for i in range(1, 4)])
     for request in delete.sweep():
-        run_to_end(delete, request)
+        run_to_the_end(delete, request)
     delete.sim.reset([spec(i) for i in range(4, 7)])  # clears the simulator's request log, not Redis
     outcomes = by_id(delete, delete.sweep())
     assert [o.usd_per_hour for o in outcomes.values()] == [pytest.approx(H100)] * 3
@@ -166,7 +134,7 @@ def test_concurrent_deletes_make_one_fetch(delete: Delete) -> None:
     results: dict[str, Any] = {}
 
     def run(request: DeleteRequest) -> None:
-        results[request.endpoint_id] = run_to_end(delete, request)
+        results[request.endpoint_id] = run_to_the_end(delete, request).outcome
 
     threads = [threading.Thread(target=run, args=(r,)) for r in requests]
     for thread in threads:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import redis
 
 from tests.conftest import ROOT, Sim, env_for, write_policy
+from tests.conftest import sweep_into as sweep
 from tests.store_reads import events
 from worker.doctor import check_limits
 from worker.errors import JanitorError
@@ -28,9 +28,7 @@ from worker.settings import Settings
 from worker.simulator.v2 import DEFAULT_PROJECT_ID
 from worker.sources import Resolved
 from worker.store import Store
-from worker.sweep import run_sweep
-from worker.together import TogetherClient, client_for
-from worker.together_v2 import TogetherV2Client
+from worker.together import client_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,27 +49,6 @@ def v2_ep(n: int, name: str) -> dict[str, Any]:
         "endpointType": "ENDPOINT_TYPE_DEDICATED",
         "deployments": [{"id": f"dep_{n}", "model": "m", "hardware": "1x_nvidia_h100_80gb_sxm", "state": READY}],
     }
-
-
-@pytest.fixture
-def both(sim: Sim) -> Iterator[Resolved]:
-    v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
-    v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug="acme")
-    yield Resolved([(v1.source, v1), (v2.source, v2)])
-    v1.close()
-    v2.close()
-
-
-def sweep(store: Store, client: Resolved, policy: Path, queued: list[DeleteRequest], dry_run: bool = False) -> Any:
-    return run_sweep(
-        store=store,
-        client=client,
-        policy_file=policy,
-        dry_run=dry_run,
-        lock_ttl_s=60,
-        pending_ttl_s=120,
-        enqueue=queued.extend,
-    )
 
 
 def janitor(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Sim, write_policy
+from tests.conftest import sweep_into as sweep
 from tests.store_reads import events
 from worker.cli import _outcomes_by_project
 from worker.doctor import check_api
@@ -29,9 +29,8 @@ from worker.settings import Settings
 from worker.simulator.v2 import DEFAULT_PROJECT_ID, DEFAULT_PROJECT_SLUG
 from worker.sources import Resolved, resolve_sources
 from worker.store import Store
-from worker.sweep import read_and_plan, run_sweep
-from worker.together import TogetherClient, client_for
-from worker.together_v2 import TogetherV2Client
+from worker.sweep import read_and_plan
+from worker.together import client_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,28 +54,6 @@ def v2_ep(n: int, name: str, project: str | None = None, age_s: int = OLD_S) -> 
     if project is not None:
         spec["projectId"] = project
     return spec
-
-
-@pytest.fixture
-def both(sim: Sim) -> Iterator[Resolved]:
-    """The v1 account and the key's v2 project, as the sweep gets them."""
-    v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
-    v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug="acme")
-    yield Resolved([(v1.source, v1), (v2.source, v2)])
-    v1.close()
-    v2.close()
-
-
-def sweep(store: Store, client: Any, policy: Path, queued: list[DeleteRequest]) -> Any:
-    return run_sweep(
-        store=store,
-        client=client,
-        policy_file=policy,
-        dry_run=False,
-        lock_ttl_s=60,
-        pending_ttl_s=120,
-        enqueue=queued.extend,
-    )
 
 
 # v1's old endpoints go at once; v2's are marked first (a day's grace), so a mark is there to keep.
