@@ -272,3 +272,34 @@ def test_cli_errors_never_print_the_redis_password(url: str) -> None:
         assert proc.returncode != 0, (command, proc.stdout, proc.stderr)
         assert "hunter2" not in proc.stdout + proc.stderr, (command, proc.stdout, proc.stderr)
     assert "cannot reach Redis at" in proc.stderr or "redis" in proc.stdout.lower()
+
+
+def test_plan_and_report_show_escapes_not_terminal_controls(
+    env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """A name from the API that holds terminal controls (erase the line, move up, a bidirectional override) is
+    shown escaped: what a person reads in ``plan`` is what the janitor will do."""
+    forged = "acme/ci-old\x1b[2K\x1b[1A\r\u202epeek-dorp"
+    sim.reset([{"id": "endpoint-0009", "name": forged, "model": "m", "owner": "acme", "age_s": 7 * 3600}])
+    text = janitor(["plan"], env)
+    assert text.returncode == 0, text.stderr
+    assert all(line.isprintable() for line in text.stdout.splitlines()), text.stdout
+    assert "acme/ci-old\\x1b[2K\\x1b[1A\\r\\u202epeek-dorp" in text.stdout
+    store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
+    with TogetherClient(sim.base_url, sim.api_key, 2) as client:
+        run_sweep(
+            store=store,
+            client=client,
+            policy_file=Path(env["JANITOR_POLICY_FILE"]),
+            dry_run=True,
+            lock_ttl_s=30,
+            pending_ttl_s=60,
+            enqueue=lambda r: None,
+        )
+    error = "409: deployment busy\x1b]8;;https://evil.example\x07here\x1b]8;;\x07"
+    outcome = Outcome("endpoint-0009", OutcomeStatus.BLOCKED, 409, 1, "ci\x1b[8m", "s", iso(utc_now()), error, forged)
+    store.record_outcome("t9", outcome)
+    report = janitor(["report"], env)
+    assert report.returncode == 0, report.stderr
+    assert all(line.isprintable() for line in report.stdout.splitlines()), report.stdout
+    assert "\\x1b]8;;https://evil.example\\x07here" in report.stdout and "ci\\x1b[8m" in report.stdout

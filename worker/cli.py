@@ -25,6 +25,7 @@ import redis
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from worker.errors import JanitorError, PolicyError, TogetherError
+from worker.logs import shown
 from worker.redact import register_settings_secrets, scrub, scrub_handler, scrub_handlers
 from worker.settings import Settings, get_settings, redact_url
 from worker.together import API_CAPABILITIES
@@ -75,7 +76,7 @@ def _colour(text: str, colour: str | None) -> str:
 
 def _table(rows: Sequence[Sequence[object]], headers: Sequence[str], status_col: int | None = None) -> str:
     """A plain-text table; the ``status_col`` cells are coloured by their value on a terminal."""
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    cells = [[str(h) for h in headers], *[[shown(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def cell(row_index: int, col: int, text: str) -> str:
@@ -156,12 +157,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     policy = load_policy(settings.policy_file, settings.capabilities)
     store = Store.from_settings(settings)
     # The sweep's own read and plan, with nothing written (open sequences and all); lost tasks are not settled.
-    shown: dict[str, int] = {}
+    fetched: dict[str, int] = {}
 
     def progress(doing: str) -> None:
-        shown[doing] = shown.get(doing, 0) + 1
+        fetched[doing] = fetched.get(doing, 0) + 1
         if sys.stderr.isatty():
-            print(f"\r{doing}: {shown[doing]}", end="", file=sys.stderr, flush=True)
+            print(f"\r{doing}: {fetched[doing]}", end="", file=sys.stderr, flush=True)
 
     plan, _ = read_and_plan(store, client, policy, utc_now, before_fetch=progress, dry=True, every_decision=True)
     rows = [
@@ -194,10 +195,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     table = [[r["decision"], r["rule"], r["name"], r["state"], r["due_at"] or "", r["reason"]] for r in rows]
     print(_table(table, ["DECISION", "RULE", "NAME", "STATE", "DUE", "REASON"]))
-    note = f"; a sweep now would queue none (limit tripped: {trip})" if trip else ""
+    note = f"; a sweep now would queue none (limit tripped: {shown(trip)})" if trip else ""
     print(f"\n{acting} of {in_scope} endpoint(s) in scope would be deleted or stopped{note}")
     for project, limit in held.items():
-        print(f"project {project}: none of its endpoints would be queued (its limit tripped: {limit})")
+        print(f"project {shown(project)}: none of its endpoints would be queued (its limit tripped: {shown(limit)})")
     return 0
 
 
@@ -250,11 +251,13 @@ def _report_data(store: Store, limit: int) -> dict[str, Any]:
 
 def _print_pauses(pause: dict[str, Any] | None, project_pauses: dict[str, dict[str, Any]]) -> None:
     if pause:
-        print(_colour(f"DELETES PAUSED: {pause['limit']} (sweep {pause['sweep_id']}); see `janitor resume`", "red"))
-    for project, paused in project_pauses.items():
+        limit, sweep_id = shown(pause["limit"]), shown(pause["sweep_id"])
+        print(_colour(f"DELETES PAUSED: {limit} (sweep {sweep_id}); see `janitor resume`", "red"))
+    for raw_project, paused in project_pauses.items():
+        project = shown(raw_project)
         print(
             _colour(
-                f"PROJECT {project} PAUSED: {paused.get('limit')} (sweep {paused.get('sweep_id')}); "
+                f"PROJECT {project} PAUSED: {shown(paused.get('limit'))} (sweep {shown(paused.get('sweep_id'))}); "
                 f"see `janitor resume --project {project}`",
                 "red",
             )
@@ -336,7 +339,7 @@ def _print_spend(report: dict[str, Any]) -> None:
     for name, label in (("1d", "last day"), ("30d", "last 30 days")):
         print(f"  {label}: {Spend(**windows[name]).describe()}")
         for project in sorted(by_project):
-            print(f"    {project}: {Spend(**by_project[project][name]).describe()}")
+            print(f"    {shown(project)}: {Spend(**by_project[project][name]).describe()}")
     spend, unpriced = report["spend_removed_usd_per_hour"], report["deletes_unpriced"]
     more = f" (+ {unpriced} delete{'s' if unpriced != 1 else ''} of unknown price)" if unpriced else ""
     print(f"  since the counters began: ${spend:,.2f}/h removed{more}")
@@ -385,7 +388,8 @@ def cmd_exempt(args: argparse.Namespace) -> int:
     now = utc_now()
     exemption = Exemption(endpoint_id, args.reason.strip(), _who(args.by), now, now + length)
     Store.from_settings(get_settings()).set_exemption(exemption)
-    print(f"exempted {endpoint_id} until {iso(exemption.expires_at)} ({exemption.by}: {exemption.reason})")
+    by, reason = shown(exemption.by), shown(exemption.reason)
+    print(f"exempted {endpoint_id} until {iso(exemption.expires_at)} ({by}: {reason})")
     return 0
 
 
@@ -436,15 +440,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print("janitor resume: --project needs a project (v1, a v2 project's slug, or its id)", file=sys.stderr)
         return 2
     pause = store.pause(project)
-    what = "deletes are" if project is None else f"project {project} is"
+    what = "deletes are" if project is None else f"project {shown(project)} is"
     if pause is None:
         print(f"{what} not paused; nothing to resume")
         return 0
     # Approve what tripped, no more: as many endpoints as the refused sweep would have acted on.
     up_to = int(pause.get("acting", 0)) if args.up_to is None else args.up_to
     store.approve_resume(_who(args.by), up_to, project=project)
-    whose = "" if project is None else f" of project {project}"
-    print(f"the next sweep may act on up to {up_to} endpoint(s){whose} despite: {pause['limit']}")
+    whose = "" if project is None else f" of project {shown(project)}"
+    print(f"the next sweep may act on up to {up_to} endpoint(s){whose} despite: {shown(pause['limit'])}")
     return 0
 
 
@@ -469,7 +473,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         for r in results:
             mark = _colour("ok  ", "green") if r.ok else _colour("FAIL", "red")
-            print(f"{mark}  {r.name:<7} {r.detail}")
+            print(f"{mark}  {r.name:<7} {shown(r.detail)}")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -619,7 +623,7 @@ def _scrubbed(text: str) -> str:
 
 def _print_error(text: str) -> None:
     """The one line of a failed command, on stderr, scrubbed: an error can quote a server that echoed the key."""
-    print(f"janitor: {_scrubbed(text)}", file=sys.stderr)
+    print(f"janitor: {shown(_scrubbed(text), keep=chr(10))}", file=sys.stderr)
 
 
 def _scrub_logging() -> None:
@@ -630,7 +634,7 @@ def _scrub_logging() -> None:
         scrub_handler(logging.lastResort)
 
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        sys.stderr.write(_scrubbed("".join(traceback.format_exception(kind, value, tb))))
+        sys.stderr.write(shown(_scrubbed("".join(traceback.format_exception(kind, value, tb))), keep=chr(10)))
 
     sys.excepthook = excepthook
 

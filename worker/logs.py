@@ -36,13 +36,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def shown(value: object, keep: str = "") -> str:
+    """A value as a terminal or a text log must show it. Names, reasons and error texts come from the API or
+    Redis: a line break could forge a second line, an escape sequence erase or rewrite lines already shown, a
+    bidirectional override or a zero-width character make a name read as another. Every non-printable character
+    but those in ``keep`` is shown as its Python escape (``\\x1b``, ``\\u202e``); printable text is unchanged."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class OneLineFilter(logging.Filter):
-    """Escape line breaks in a text log line: an endpoint name from the API must not forge a second line."""
+    """Escape what a text log line must not hold (:func:`shown`; a tab stays): an endpoint name from the API must
+    not forge a second line or rewrite the terminal it is read on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(ch in message for ch in "\r\n\u2028\u2029\x85"):
-            record.msg = "".join(ch if ch.isprintable() or ch == "\t" else repr(ch)[1:-1] for ch in message)
+        escaped = shown(message, keep="\t")
+        if escaped != message:
+            record.msg = escaped
             record.args = None
         return True
 

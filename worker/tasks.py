@@ -33,12 +33,14 @@ from worker.settings import Settings, get_settings
 from worker.sources import resolve_sources
 from worker.store import Store
 from worker.sweep import run_sweep
-from worker.together import client_for
+from worker.together import client_for, tls_context
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
+# At the worker's start, not in its first sweep or delete (docs/performance.md): the process's one TLS context (the
+# CA bundle, about 20 ms) and, with v2, the SDK (about half a second).
+tls_context()
 if "v2" in _settings.api_names:
-    # The SDK at the worker's start, not in its first sweep or delete (about half a second; docs/performance.md).
     import worker.together_v2  # noqa: F401
 
 

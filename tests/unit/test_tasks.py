@@ -30,3 +30,11 @@ def test_a_500_is_retried_with_its_count_and_the_api_s_answer() -> None:
     assert options["kwargs"] == {**ARGS, "action": "delete", "server_errors": 2, "waiting_since": None}
     assert isinstance(options["exc"], RetryableApiError) and "HTTP 500" in str(options["exc"])
     assert options["kwargsrepr"] == "acme/ci-1 · rule r · delete · e1"
+
+
+def test_the_worker_loads_its_tls_context_at_start() -> None:
+    """A worker's first sweep or delete does not pay for loading the CA bundle (docs/performance.md)."""
+    import worker.tasks  # noqa: F401
+    from worker.together import tls_context
+
+    assert tls_context.cache_info().currsize == 1
