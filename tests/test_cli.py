@@ -161,6 +161,19 @@ def test_report_says_unknown_for_deletes_of_unknown_price(
     assert "since the counters began: $17.40/h removed (+ 2 deletes of unknown price)" in text
 
 
+def test_report_says_unknown_not_zero_when_no_delete_had_a_known_price(
+    env: dict[str, str], redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = Store(redis_client, key_prefix, retention_s=40 * 86400, events_max_len=1000)
+    for n in range(3):
+        outcome = Outcome(f"e{n}", OutcomeStatus.DELETED, 204, 1, "r", "s", iso(utc_now()), usd_per_hour=None)
+        store.record_outcome(f"t{n}", outcome)
+    report = json.loads(janitor(["report", "--json"], env).stdout)
+    assert (report["spend_removed_usd_per_hour"], report["deletes_unpriced"]) == (None, 3)
+    text = janitor(["report"], env).stdout
+    assert "since the counters began: unknown (3 deletes of unknown price)" in text and "$0.00" not in text
+
+
 def test_sweep_wait_goes_through_the_broker(
     env: dict[str, str], spawn: Callable[..., Proc], sim: Sim, redis_client: redis.Redis, key_prefix: str
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.conftest import Sim, write_policy
 from tests.conftest import sweep_into as sweep
 from tests.store_reads import events
 from worker.cli import _outcomes_by_project
+from worker.clock import utc_now
 from worker.doctor import check_api
 from worker.exporter import snapshot
 from worker.janitor import DeleteRequest, RunState, run_delete
@@ -29,7 +31,7 @@ from worker.settings import Settings
 from worker.simulator.v2 import DEFAULT_PROJECT_ID, DEFAULT_PROJECT_SLUG
 from worker.sources import Resolved, resolve_sources
 from worker.store import Store
-from worker.sweep import read_and_plan
+from worker.sweep import read_and_plan, run_sweep
 from worker.together import client_for
 
 pytestmark = pytest.mark.integration
@@ -354,3 +356,70 @@ def test_a_key_v2_is_not_open_to_is_v2_closed_and_holds_nothing_of_v1(sim: Sim, 
     sim.reset([v1_ep(1, "acme/keep")])
     sweep(store, resolve_sources(settings), policy, queued)
     assert store.observation("endpoint-0002") is None  # forgotten: v2's closing holds nothing of v1's
+
+
+STOPPED_2H = """
+version: 1
+rules:
+  - name: stopped
+    match: {api: v1}
+    stale: {states: [STOPPED], for: 2h}
+"""
+
+
+@pytest.mark.parametrize(
+    ("sweeps", "queued_at_end", "restarted", "v2_restarted"),
+    [
+        # Swept every 30 minutes, v1's list failing once: the janitor saw it all along; the rule fires.
+        ([(0, "ok"), (30, "ok"), (60, "500"), (90, "ok"), (120, "ok"), (150, "ok")], True, False, False),
+        # v1's list failing for 3 hours (v2 listing): what the endpoint did meanwhile is unknown.
+        ([(0, "ok"), (30, "500"), (90, "500"), (150, "500"), (180, "ok")], False, True, False),
+        # The janitor not running for 3 hours: the same, for both sources.
+        ([(0, "ok"), (180, "ok")], False, True, True),
+        # Forgetting P:listed_at (an installation from before it was kept): the newest sweep stands for it.
+        ([(0, "ok"), (30, "ok"), (60, "ok"), (90, "forget"), (120, "ok"), (150, "ok")], True, False, False),
+    ],
+)
+def test_a_stale_clock_counts_only_the_time_the_janitor_saw(
+    sim: Sim,
+    store: Store,
+    both: Resolved,
+    tmp_path: Path,
+    sweeps: list[tuple[int, str]],
+    queued_at_end: bool,
+    restarted: bool,
+    v2_restarted: bool,
+) -> None:
+    """A source not listed for longer than ``UNSEEN_LIMIT_S`` (its list failed, or no sweep ran) may have run and
+    stopped again meanwhile: when it lists again, its endpoints' stale clocks start then, not when they were last
+    seen; a failure now and then restarts nothing."""
+    policy = write_policy(tmp_path / "policy.yaml", STOPPED_2H)
+    sim.reset([v1_ep(1, "acme/x") | {"state": "STOPPED"}])
+    sim.v2_reset([v2_ep(1, "other")], project_slug="acme")
+    start = utc_now()
+    queued: list[DeleteRequest] = []
+    summary = None
+    for minutes, v1_list in sweeps:
+        sim.faults(list_mode="status_500" if v1_list == "500" else "ok")
+        if v1_list == "forget":
+            store.redis.delete(store.key("listed_at"))
+        moment = start + timedelta(minutes=minutes)
+        summary = run_sweep(
+            store=store,
+            client=both,
+            policy_file=policy,
+            dry_run=False,
+            lock_ttl_s=60,
+            pending_ttl_s=120,
+            enqueue=queued.extend,
+            clock=lambda moment=moment: moment,
+        )
+        assert summary.status == "ok", summary.error
+    assert summary is not None
+    assert [r.endpoint_id for r in queued] == (["endpoint-0001"] if queued_at_end else [])
+    observed = store.observation("endpoint-0001")
+    assert observed is not None and observed.state == "STOPPED"
+    last = start + timedelta(minutes=sweeps[-1][0])
+    assert (abs(observed.since - last) < timedelta(seconds=1)) is restarted  # kept to the millisecond
+    assert ("clocks_restarted" in summary.sources["v1"]) is restarted
+    assert ("clocks_restarted" in summary.sources[V2_KEY]) is v2_restarted

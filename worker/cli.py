@@ -164,7 +164,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{doing}: {fetched[doing]}", end="", file=sys.stderr, flush=True)
 
-    plan, _ = read_and_plan(store, client, policy, utc_now, before_fetch=progress, dry=True, every_decision=True)
+    plan, _ = read_and_plan(
+        store,
+        client,
+        policy,
+        utc_now,
+        before_fetch=progress,
+        dry=True,
+        every_decision=True,
+        unseen_limit_s=settings.unseen_limit_s,
+    )
     rows = [
         {
             "endpoint_id": p.endpoint.id,
@@ -231,7 +240,13 @@ def _report_data(store: Store, limit: int) -> dict[str, Any]:
     ]
     pause = store.pause()
     project_pauses = store.project_pauses()
-    counters = snapshot(store.metrics())
+    reading = store.metrics()
+    counters = snapshot(reading)
+    # The sum exists once a delete of known price was recorded; deletes all of unknown price removed an unknown
+    # spend (None), never $0.
+    all_time = counters["spend_removed_usd_per_hour"]
+    if "spend_removed_usd_per_hour" not in reading.counters and counters["deletes_unpriced"]:
+        all_time = None
     windows, spend_by_project = _spend_windows(store)
     return {
         "sweeps": sweeps,
@@ -240,7 +255,7 @@ def _report_data(store: Store, limit: int) -> dict[str, Any]:
         "marked": marked,
         "paused": pause,
         "paused_projects": project_pauses,
-        "spend_removed_usd_per_hour": counters["spend_removed_usd_per_hour"],
+        "spend_removed_usd_per_hour": all_time,
         "deletes_unpriced": counters["deletes_unpriced"],
         "spend_removed": {name: s.to_dict() for name, s in windows.items()},
         "spend_removed_by_project": {
@@ -341,8 +356,9 @@ def _print_spend(report: dict[str, Any]) -> None:
         for project in sorted(by_project):
             print(f"    {shown(project)}: {Spend(**by_project[project][name]).describe()}")
     spend, unpriced = report["spend_removed_usd_per_hour"], report["deletes_unpriced"]
-    more = f" (+ {unpriced} delete{'s' if unpriced != 1 else ''} of unknown price)" if unpriced else ""
-    print(f"  since the counters began: ${spend:,.2f}/h removed{more}")
+    # ``Spend`` words it as the windows are: "unknown" when no delete's price was known, never $0.
+    since_start = Spend(spend or 0.0, int(spend is not None), unpriced)
+    print(f"  since the counters began: {since_start.describe()}")
 
 
 def _spend_windows(store: Store) -> tuple[dict[str, Spend], dict[str, dict[str, Spend]]]:

@@ -74,14 +74,30 @@ def list_sources(resolved: Resolved, policy: Policy) -> Listing:
                 answers.append(future.result())
             except Exception as exc:
                 answers.append(exc)
+    shared = _listed_by_several([a for a in answers if not isinstance(a, BaseException)])
     for (source, client), answer in zip(pairs, answers, strict=True):
-        _add_listing(listing, source, client, answer)
+        _add_listing(listing, source, client, answer, shared)
     _close_v1(listing)
     return listing
 
 
+def _listed_by_several(answers: list[list[Endpoint]]) -> set[str]:
+    """The ids that more than one source listed: no source can be trusted to own them."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for answer in answers:
+        ids = {e.id for e in answer}
+        shared |= ids & seen
+        seen |= ids
+    return shared
+
+
 def _add_listing(
-    listing: Listing, source: Source, client: EndpointsApi, answer: list[Endpoint] | BaseException
+    listing: Listing,
+    source: Source,
+    client: EndpointsApi,
+    answer: list[Endpoint] | BaseException,
+    shared: set[str],
 ) -> None:
     key = source.key
     if isinstance(answer, BaseException):
@@ -90,10 +106,9 @@ def _add_listing(
         listing.results[key] = {"status": "error", "listed": 0, "error": error, "http_status": status}
         listing.failed.append(key)
         return
-    twice = next((e.id for e in answer if e.id in listing.owner), None)
-    if twice is not None:  # one endpoint in two sources: neither can be trusted to own it, so both fail
+    twice = next((e.id for e in answer if e.id in shared), None) if shared else None
+    if twice is not None:  # one endpoint in two sources: none of them can be trusted to own it, so all fail
         error = f"listing failed: endpoint {scrub_line(twice, 80)!r} is listed by another source too"
-        _fail_source(listing, listing.owner[twice].source.key, error)
         listing.results[key] = {"status": "error", "listed": 0, "error": error}
         listing.failed.append(key)
         return
@@ -101,16 +116,6 @@ def _add_listing(
     listing.owner.update((e.id, client) for e in answer)
     listing.ids[key] = [e.id for e in answer]
     listing.results[key] = {"status": "ok", "listed": len(answer)}
-
-
-def _fail_source(listing: Listing, key: str, error: str) -> None:
-    """Take back a source that listed: its endpoints are held like those of a source whose list failed."""
-    gone = set(listing.ids.pop(key, ()))
-    listing.endpoints = [e for e in listing.endpoints if e.id not in gone]
-    for endpoint_id in gone:
-        listing.owner.pop(endpoint_id, None)
-    listing.results[key] = {"status": "error", "listed": 0, "error": error}
-    listing.failed.append(key)
 
 
 def _close_v1(listing: Listing) -> None:

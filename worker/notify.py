@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from worker.logs import shown
 from worker.redact import Redactor, scrub_line, url_secrets
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ _TIMEOUT_S = 10.0
 
 def _esc(value: object) -> str:
     """A value in the ``text`` as Slack reads it: ``&``, ``<`` and ``>`` escaped (Slack's own rule), so a name or an
-    error from the API cannot become a mention (``<!channel>``) or a link in somebody's channel."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    error from the API cannot become a mention (``<!channel>``) or a link in somebody's channel; and a line break
+    or another non-printable character shown as its escape (:func:`worker.logs.shown`), so it cannot add a line."""
+    return shown(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _in(item: Mapping[str, Any]) -> str:

@@ -8,6 +8,11 @@ from celery.schedules import crontab
 
 from worker.durations import parse_duration
 
+# A source not listed for longer than this (its list failed, it was not swept, the janitor was down): what its
+# endpoints did meanwhile is unknown, so their stale clocks start again when it lists (docs/design.md). The sweep
+# task uses the larger of this and two schedule intervals (``Settings.unseen_limit_s``).
+UNSEEN_LIMIT_S = 3600.0
+
 
 def parse_schedule(text: str) -> timedelta | crontab:
     """Return what beat needs; raise ``ValueError`` that says which form was expected.

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import scheme_chars, unquote, unquote_plus, urlsplit
 
 import httpx
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import SettingsError
 from worker.redact import register_settings_secrets
-from worker.schedule import parse_schedule
+from worker.schedule import UNSEEN_LIMIT_S, parse_schedule, schedule_interval
 from worker.together import API_CAPABILITIES, Capabilities, combine_capabilities
 
 ENV_PREFIX = "JANITOR_"
@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         populate_by_name=True,
+        # A number of seconds or days is finite: "inf" would pass gt=0 and overflow when a time is computed.
+        allow_inf_nan=False,
     )
 
     together_api_key: SecretStr | None = Field(
@@ -78,24 +80,28 @@ class Settings(BaseSettings):
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "janitor"
     http_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     visibility_timeout_s: Annotated[float, Field(gt=0)] = 600.0
-    retention_days: Annotated[float, Field(gt=0)] = 30.0
+    # At least an hour: a record kept for less (1e-9 days is 0 s) would be written with an expiry Redis refuses.
+    retention_days: Annotated[float, Field(ge=1 / 24, le=3650)] = 30.0
     events_max_len: Annotated[int, Field(ge=100)] = 100_000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # A Slack-style incoming webhook URL carries its own credential, so it is kept like a secret.
     notify_webhook_url: SecretStr | None = None
 
-    @field_validator("together_api", mode="before")
+    @field_validator("together_api", "together_project_id", mode="before")
     @classmethod
-    def _lower_api(cls, value: Any) -> Any:
+    def _blank_legacy_is_an_error(cls, value: Any, info: ValidationInfo) -> Any:
+        # A blank value is not "unset": read as unset, a blank JANITOR_TOGETHER_PROJECT_ID with an organization key
+        # would sweep every project of the organization.
         if isinstance(value, str) and not value.strip():
-            return None
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("together_project_id", mode="before")
-    @classmethod
-    def _blank_project_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+            name = f"{ENV_PREFIX}{(info.field_name or '').upper()}"
+            raise ValueError(
+                f"{name} is empty (never read as 'all'): remove the line, or use JANITOR_SOURCES and "
+                "JANITOR_TOGETHER_PROJECT_IDS"
+            )
+        if info.field_name == "together_api" and isinstance(value, str):
+            return value.strip().lower()
+        return value
 
     @field_validator("sources")
     @classmethod
@@ -355,6 +361,13 @@ class Settings(BaseSettings):
     @property
     def retention_s(self) -> int:
         return int(self.retention_days * 86400)
+
+    @property
+    def unseen_limit_s(self) -> float:
+        """How long a source may go unlisted before its endpoints' stale clocks start again: an hour, or two
+        schedule intervals if that is longer (a sweep missed now and then restarts nothing)."""
+        interval = schedule_interval(parse_schedule(self.sweep_schedule)).total_seconds()
+        return max(UNSEEN_LIMIT_S, 2 * interval)
 
 
 _MASK = "***"

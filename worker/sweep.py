@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +32,7 @@ from worker.janitor import (
     sequence_hold,
 )
 from worker.limits import LimitVerdict, judge_limits, planned_project
-from worker.listing import NoSourceListed, list_sources
+from worker.listing import Listing, NoSourceListed, list_sources
 from worker.logs import context
 from worker.models import OpenSequence, Outcome, OutcomeStatus, SweepSummary
 from worker.notify import build_notification, send_notification
@@ -47,6 +47,7 @@ from worker.policy import (
     load_policy,
 )
 from worker.redact import scrub_line
+from worker.schedule import UNSEEN_LIMIT_S
 from worker.sources import V2_UNRESOLVED, Resolved, single
 from worker.store import LimitState, Store, SweepState
 from worker.together import (
@@ -346,6 +347,7 @@ def read_and_plan(
     pending_ttl_s: float = float("inf"),
     dry: bool = False,
     every_decision: bool = False,
+    unseen_limit_s: float = UNSEEN_LIMIT_S,
 ) -> tuple[SweepPlan, SweepState]:
     """List every source, read the stored state, plan: what a sweep does before it writes, and all
     ``janitor plan`` does.
@@ -374,6 +376,9 @@ def read_and_plan(
         swept_sources=list(listing.results),
         v2_unresolved=listing.unresolved_v2,
     )
+    unseen = _unseen_too_long(listing.ids, state, now, unseen_limit_s)
+    if unseen:
+        _restart_clocks(listing, state, unseen)
     owner = listing.owner
     reads = _OwnerReads(owner, before_fetch)
     plan = plan_sweep(
@@ -394,6 +399,39 @@ def read_and_plan(
     plan.listed_projects = {source.label for source, _ in resolved.clients if source.key in listed}
     state.observed = []  # the raw list goes now; the plan keeps what it needs
     return plan, state
+
+
+def _unseen_too_long(
+    listed: Mapping[str, Sequence[str]], state: SweepState, now: datetime, limit_s: float
+) -> dict[str, float | None]:
+    """The sources listed now that went unseen longer than ``limit_s`` (their list failed, they were not swept,
+    the janitor did not run): each with when it last listed (None: never known). A source known from before
+    the times were kept counts from the newest sweep."""
+    unseen: dict[str, float | None] = {}
+    for source in listed:
+        last = state.listed_at.get(source, state.last_sweep_at)
+        if last is None or now.timestamp() - last > limit_s:
+            unseen[source] = last
+    return unseen
+
+
+def _restart_clocks(listing: Listing, state: SweepState, unseen: Mapping[str, float | None]) -> None:
+    """What the janitor did not see, it does not count: an endpoint of a source unseen too long is observed
+    afresh (its stale clock starts now; a v2 history may still tell an earlier start), never as if it had been
+    in its state all that time."""
+    source_of = {e: source for source in unseen for e in listing.ids[source]}
+    restarted: set[str] = set()
+    observed = state.observed
+    for i, endpoint in enumerate(listing.endpoints):
+        source = source_of.get(endpoint.id)
+        if source is not None and observed[i] is not None:
+            observed[i] = None
+            restarted.add(source)
+    for source in sorted(restarted):  # a source none of whose endpoints had been seen restarts nothing
+        last = unseen[source]
+        since = "an unknown time" if last is None else iso(datetime.fromtimestamp(last, UTC))
+        listing.results[source]["clocks_restarted"] = f"not listed since {since}"
+        log.warning("sweep: %s not listed since %s; its endpoints' stale clocks start again", source, since)
 
 
 class _OwnerReads:
@@ -444,6 +482,7 @@ def run_sweep(
     sweep_id: str | None = None,
     clock: Callable[[], datetime] = utc_now,
     notify_url: str | None = None,
+    unseen_limit_s: float = UNSEEN_LIMIT_S,
 ) -> SweepSummary:
     """One sweep: lock, load the policy, read, plan, commit, queue, record, notify.
 
@@ -462,7 +501,9 @@ def run_sweep(
     newly_marked: list[Planned] = []
     try:
         api = client() if callable(client) else client
-        newly_marked = _sweep_locked(store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline)
+        newly_marked = _sweep_locked(
+            store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline, unseen_limit_s
+        )
     except (PolicyError, SettingsError) as exc:
         summary.status, summary.error = "error", str(exc)
     except NoSourceListed as exc:
@@ -486,7 +527,7 @@ def run_sweep(
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
     """A source's result as the summary shows it: status, listed, error (already scrubbed)."""
-    return {k: v for k, v in result.items() if k in ("status", "listed", "error")}
+    return {k: v for k, v in result.items() if k in ("status", "listed", "error", "clocks_restarted")}
 
 
 def _capabilities(client: EndpointsApi | Resolved) -> Capabilities:
@@ -506,6 +547,7 @@ def _sweep_locked(
     summary: SweepSummary,
     clock: Callable[[], datetime],
     deadline: float,
+    unseen_limit_s: float,
 ) -> list[Planned]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here. It is
@@ -513,7 +555,15 @@ def _sweep_locked(
     policy = load_policy(policy_file, _capabilities(client))
     listed_at = store.server_time()  # before the list: any outcome after this is news the list lacks
     check_deadline = _deadline_check(deadline)
-    plan, state = read_and_plan(store, client, policy, clock, before_fetch=check_deadline, pending_ttl_s=pending_ttl_s)
+    plan, state = read_and_plan(
+        store,
+        client,
+        policy,
+        clock,
+        before_fetch=check_deadline,
+        pending_ttl_s=pending_ttl_s,
+        unseen_limit_s=unseen_limit_s,
+    )
     summary.sources = {key: _public(r) for key, r in plan.sources.items()}
     _note_sources(store, summary, plan)
     settled = _settle_lost_tasks(store, state, summary, clock)

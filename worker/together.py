@@ -686,7 +686,8 @@ def _v1_billable(endpoint: Endpoint, body: bytes | bytearray) -> tuple[tuple[str
 
 class _Pricing(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    cents_per_minute: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    # strict: ``false`` or ``"0"`` is not a price of $0 (an unknown price is None, never $0)
+    cents_per_minute: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = None
 
 
 class _Hardware(BaseModel):

@@ -100,13 +100,20 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
+# Numbers from the API as the SDK types them, and nothing else: a boolean or a string is not a replica count
+# (``false`` read as 0 would be a scale to zero), and a value outside the SDK's range is refused.
+Count = Annotated[int, Field(strict=True, ge=0)]
+Percent = Annotated[int, Field(strict=True, ge=1, le=100)]  # types/endpoints/ab_member.py: [1, 100]
+Weight = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]  # "non-negative, finite"
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
 
 
 class Autoscaling(_Wire):
-    min_replicas: int | None = None
-    max_replicas: int | None = None
+    min_replicas: Count | None = None
+    max_replicas: Count | None = None
 
 
 class Deployment(_Wire):
@@ -120,8 +127,8 @@ class Deployment(_Wire):
     created_at: ApiTime = None
     state: StrictStr = ""
     traffic_mode: StrictStr | None = None
-    desired_replicas: int | None = None
-    ready_replicas: int | None = None
+    desired_replicas: Count | None = None
+    ready_replicas: Count | None = None
     autoscaling: Autoscaling | None = None
 
     @property
@@ -137,7 +144,7 @@ class Deployment(_Wire):
 
 class TrafficEntry(_Wire):
     deployment_id: StrictStr
-    weight: float = 0
+    weight: Weight = 0
 
 
 class V2Endpoint(_Wire):
@@ -218,7 +225,7 @@ class _Model(_Wire):
 class _AbMember(_Wire):
     deployment_id: StrictStr
     role: StrictStr
-    percent: int
+    percent: Percent
 
 
 class _AbExperiment(_Wire):
@@ -247,8 +254,8 @@ class Event(_Wire):
     created_at: ApiTime = None
     type: StrictStr
     deployment_id: StrictStr | None = None
-    new_replicas: int | None = None
-    old_replicas: int | None = None
+    new_replicas: Count | None = None
+    old_replicas: Count | None = None
 
 
 # ---------------------------------------------------------------------------------------------- mapping

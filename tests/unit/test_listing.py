@@ -53,3 +53,56 @@ def test_a_sweep_refuses_an_ambiguous_scope_word_before_any_request() -> None:
     with pytest.raises(PolicyError, match="names more than one project"):
         read_and_plan(None, resolved, policy, lambda: datetime.now(UTC))  # type: ignore[arg-type]
     assert a.asked == [] and b.asked == []  # nothing listed
+
+
+class _Listing(_Recording):
+    def __init__(self, project: str, ids: Sequence[str]) -> None:
+        super().__init__(project)
+        self.ids = ids
+
+    def list_endpoints(
+        self, types: Sequence[str] = (), mine: bool = False, *, model_names: bool = True
+    ) -> list[Endpoint]:
+        from datetime import UTC, datetime
+
+        src = self.source
+        created = datetime(2026, 1, 1, tzinfo=UTC)
+        return [
+            Endpoint(
+                i,
+                f"{src.project}/{i}",
+                "m",
+                "dedicated",
+                "o",
+                "STARTED",
+                created,
+                api="v2",
+                project=src.project,
+                project_id=src.project_id,
+            )
+            for i in self.ids
+        ]
+
+
+@pytest.mark.parametrize(
+    ("answers", "kept"),
+    [
+        ({"A": ["x", "y"], "B": ["x"], "C": ["y"]}, {}),  # y: A's and C's, though A already failed for x
+        ({"A": ["x"], "D": ["z"], "B": ["x", "z"]}, {}),  # B shares two ids, one with each
+        ({"A": ["x"], "B": ["w"], "C": ["x"]}, {"B": ["w"]}),
+        ({"A": ["x"], "B": ["y"]}, {"A": ["x"], "B": ["y"]}),
+    ],
+)
+def test_every_source_that_lists_an_endpoint_another_lists_fails(
+    answers: dict[str, list[str]], kept: dict[str, list[str]]
+) -> None:
+    """An endpoint listed by several sources is owned by none: each of them fails, in any order and however many
+    ids they share; its endpoints are held (not acted on), the others are swept."""
+    policy = parse_policy("version: 1\nrules:\n  - name: r\n    ttl: 1h\n")
+    clients = [_Listing(f"proj_{key}", ids) for key, ids in answers.items()]
+    listing = list_sources(Resolved([(c.source, c) for c in clients]), policy)  # type: ignore[misc]
+    assert {key.removeprefix("v2:proj_"): ids for key, ids in listing.ids.items()} == kept
+    assert {e.id for e in listing.endpoints} == {i for ids in kept.values() for i in ids}
+    failed = {key.removeprefix("v2:proj_") for key in listing.failed}
+    assert failed == set(answers) - set(kept)
+    assert all("listed by another source" in listing.results[key]["error"] for key in listing.failed)

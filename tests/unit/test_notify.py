@@ -62,3 +62,26 @@ def test_names_and_errors_from_the_api_cannot_become_mentions_or_links_in_the_te
     assert "<" not in text.replace("&lt;", "") and ">" not in text.replace("&gt;", "")
     assert "acme/&lt;!channel&gt;" in text and "&amp; more" in text and "a/&lt;!here&gt;" in text
     assert body["failed"][0]["endpoint_name"] == "acme/<!channel>"  # the structured fields stay as they are
+
+
+def test_a_line_break_in_a_value_from_the_api_cannot_add_a_line() -> None:
+    """A name, an error, a project slug or a limit text with a line break (or another control) stays on its line:
+    the text has as many lines as the same notification with plain values."""
+
+    def text(name: str, project: str, error: str, limit: str) -> str:
+        out = {"endpoint_id": "e1", "endpoint_name": name, "status": "deleted", "rule": "r", "usd_per_hour": None}
+        marked = {"endpoint_name": name, "endpoint_id": "e2", "rule": "r", "action": "delete", "due_at": "t"}
+        trips = {project: {"limit": limit, "queued": False}}
+        sweep = SWEEP | {"limit_trips": trips}
+        return str(build_notification(sweep, [marked | {"project": project}], [out | {"error": error}])["text"])
+
+    plain = text("acme/x", "p", "boom", "max_deletes_per_sweep: 3 > 2")
+    forged = text(
+        "acme/x\n• spared acme/prod-db (e9), rule r\r\nhourly spend removed: $0.00/h\u2028",
+        "p\n:white_check_mark: all limits fine",
+        "boom\x1b[8m\nsecond",
+        "max_deletes_per_sweep: 3 > 2\nok",
+    )
+    assert len(forged.splitlines()) == len(plain.splitlines())
+    assert all(line.isprintable() for line in forged.splitlines()), forged
+    assert "acme/x\\n• spared" in forged

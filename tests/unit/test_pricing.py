@@ -7,10 +7,11 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from worker.models import PriceList
 from worker.pricing import endpoint_price, find_price
-from worker.together import Endpoint, HardwarePrice, _v1_billable
+from worker.together import _HARDWARE, Endpoint, HardwarePrice, _v1_billable
 from worker.together_v2 import V2Endpoint, billable_replicas
 
 CATALOG = (
@@ -93,3 +94,11 @@ def test_a_price_list_round_trips_and_an_unreadable_one_is_none() -> None:
     assert PriceList.decode(failed.to_json()) == failed
     for junk in ("{", "[]", '{"fetched_at": "x", "prices": null}', '{"fetched_at": "2026-11-30T00:00:00Z"}'):
         assert PriceList.decode(junk) is None
+
+
+@pytest.mark.parametrize("bogus", [False, True, "0", "12"])
+def test_a_v1_price_that_is_not_a_number_is_refused_never_zero_dollars(bogus: object) -> None:
+    """``cents_per_minute: false`` is not a price of $0/h (an unknown price is None, never $0)."""
+    body = json.dumps({"object": "list", "data": [{"id": "h", "pricing": {"cents_per_minute": bogus}}]})
+    with pytest.raises(ValidationError):
+        _HARDWARE.validate_json(body)

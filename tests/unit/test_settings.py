@@ -264,8 +264,20 @@ def test_switching_to_v2_is_one_setting_and_validates_with_every_default(monkeyp
     assert s.pending_ttl_s > s.v2_stop_timeout_s
     monkeypatch.setenv("JANITOR_TOGETHER_PROJECT_ID", "proj_abc123")
     assert load_settings().together_project_id == "proj_abc123"
-    monkeypatch.setenv("JANITOR_TOGETHER_PROJECT_ID", "  ")
-    assert load_settings().together_project_id is None
+
+
+@pytest.mark.parametrize("name", ["JANITOR_TOGETHER_PROJECT_ID", "JANITOR_TOGETHER_API"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_legacy_setting_is_an_error_not_every_project(
+    monkeypatch: pytest.MonkeyPatch, name: str, blank: str
+) -> None:
+    """``JANITOR_TOGETHER_PROJECT_ID=`` in a .env is not "unset": read so, an organization key's live sweep would
+    take every project of the organization."""
+    monkeypatch.setenv("JANITOR_TOGETHER_API", "v2")
+    monkeypatch.setenv("JANITOR_DRY_RUN", "false")
+    monkeypatch.setenv(name, blank)
+    with pytest.raises(SettingsError, match=f"{name} is empty"):
+        load_settings()
 
 
 @pytest.mark.parametrize(
@@ -395,3 +407,32 @@ def test_the_client_factory_builds_one_client_per_source(monkeypatch: pytest.Mon
     finally:
         for client in (v1, a, b):
             client.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("JANITOR_VISIBILITY_TIMEOUT_S", "inf"),
+        ("JANITOR_RETRY_BACKOFF_S", "inf"),
+        ("JANITOR_RETRY_BACKOFF_MAX_S", "nan"),
+        ("JANITOR_RETENTION_DAYS", "inf"),
+        ("JANITOR_RETENTION_DAYS", "1e-9"),  # 0 s: Redis refuses an expiry of 0 on every record
+        ("JANITOR_RETENTION_DAYS", "0.01"),
+        ("JANITOR_HTTP_TIMEOUT_S", "-inf"),
+    ],
+)
+def test_a_time_setting_out_of_range_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """Refused when the settings are read, naming the variable, not when a lock or an expiry is computed."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+@pytest.mark.parametrize(("schedule", "limit_s"), [("15m", 3600), ("1h", 7200), ("0 3 * * *", 2 * 86400)])
+def test_a_source_may_go_unseen_an_hour_or_two_sweeps_before_its_clocks_start_again(
+    monkeypatch: pytest.MonkeyPatch, schedule: str, limit_s: float
+) -> None:
+    monkeypatch.setenv("JANITOR_SWEEP_SCHEDULE", schedule)
+    assert load_settings().unseen_limit_s == limit_s

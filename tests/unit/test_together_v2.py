@@ -14,6 +14,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from worker.errors import ApiRefusal, ApiStatusError, ApiTransportError, MalformedResponse, SettingsError
 from worker.policy import Action, Verdict, evaluate, parse_policy
@@ -856,3 +857,39 @@ def test_a_step_says_when_it_read_the_experiments_and_found_none() -> None:
 
     step = detaching.step("ep_1", Action.DELETE, Detaching())
     assert step.phase is StepPhase.DETACH and not step.experiments_clear  # found one: what is left is read again
+
+
+@pytest.mark.parametrize("bogus", [False, True, "0", 0.0, -1])
+def test_a_replica_count_in_the_history_is_an_integer_or_the_read_fails(bogus: object) -> None:
+    """``newReplicas: false`` is not a scale to zero: the read fails (``janitor._learnt_or_same`` then keeps the
+    janitor's own clock), and the stale clock never starts from it."""
+    stopped = wire([dep("dep_a", "DEPLOYMENT_STATE_STOPPED")], split=[])
+    event = {**_scaled("dep_a", "2026-11-10T00:00:00Z", 0), "newReplicas": bogus}
+    with pytest.raises(MalformedResponse, match="newReplicas"):
+        client(HistoryApi(stopped, [[event]])).state_since("ep_1", "STOPPED")
+
+
+@pytest.mark.parametrize(
+    ("field", "bogus"),
+    [
+        ("readyReplicas", True),
+        ("readyReplicas", "1"),
+        ("desiredReplicas", False),
+        ("desiredReplicas", -1),
+        ("autoscaling", {"minReplicas": 0, "maxReplicas": False}),
+        ("autoscaling", {"minReplicas": 0, "maxReplicas": 1.0}),
+    ],
+)
+def test_a_number_the_sdk_types_as_an_integer_is_one(field: str, bogus: object) -> None:
+    """A boolean is not one running replica (``true``) nor a scale to zero (``false``): the page is refused, as a
+    missing required field is."""
+    with pytest.raises(ValidationError):
+        V2Endpoint.model_validate_json(json.dumps(wire([dep("dep_a", **{field: bogus})])))
+
+
+@pytest.mark.parametrize("weight", [True, "1", -0.5])
+def test_a_traffic_weight_is_a_non_negative_number(weight: object) -> None:
+    with pytest.raises(ValidationError):
+        V2Endpoint.model_validate_json(
+            json.dumps(wire([dep("dep_a")], split=[{"deploymentId": "dep_a", "weight": weight}]))
+        )

@@ -36,6 +36,7 @@ key                            type      what
 ``P:prices:<api>:fetch``       string    the lock of its one fetch (SET NX with an expiry)
 ``P:listed:<source key>``      set       the endpoint ids of a source's last complete listing (v1, v2:<project>)
 ``P:sources``                  set       every source key that has listed (a source known but not swept is held)
+``P:listed_at``                hash      source key -> when it last listed completely (epoch s): how long it went unseen
 ``P:v1:closed``                string    v1 answering its list with 401/403/404/410 (JSON: first/last seen, status)
 =============================  ========  ===================================================================
 """

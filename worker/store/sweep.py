@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +134,18 @@ def _update_hash(pipe: Pipeline, key: str, changed: Mapping[str, str], removed: 
         pipe.hdel(key, *removed[start : start + _CHUNK])
 
 
+def _parse_times(raw: dict[str, str]) -> dict[str, float]:
+    """``P:listed_at``: source key -> epoch seconds; an unreadable time is left out (the source's endpoints then
+    count as unseen since the newest sweep, or unseen for too long: their clocks start again)."""
+    times: dict[str, float] = {}
+    for source, value in raw.items():
+        with contextlib.suppress(ValueError):
+            moment = float(value)
+            if math.isfinite(moment):
+                times[source] = moment
+    return times
+
+
 @dataclass
 class SweepState:
     """What a sweep reads right after its list, in one round trip (:meth:`Store.read_sweep_state`)."""
@@ -151,6 +165,10 @@ class SweepState:
     # whose endpoints those are is not known, so every endpoint not listed is held.
     held: frozenset[str] = frozenset()
     hold_all: bool = False
+    # When each source last listed completely (``P:listed_at``, epoch seconds), and when the newest sweep began
+    # (for a source known from before the times were kept): how long its endpoints went unseen.
+    listed_at: dict[str, float] = field(default_factory=dict)
+    last_sweep_at: float | None = None
 
     def holds(self, endpoint_id: str) -> bool:
         """Whether an endpoint not listed may belong to a source that failed: it is neither forgotten, unmarked,
@@ -220,11 +238,13 @@ class SweepKeeping(RecordKeeping):
         pipe.hgetall(self.key("sequences"))
         pipe.hlen(key)
         pipe.smembers(self.key("sources"))
+        pipe.hgetall(self.key("listed_at"))
+        pipe.zrevrange(self.key("sweeps"), 0, 0, withscores=True)
         for source in failed_sources:
             pipe.smembers(self.key("listed", source))
         for start in range(0, len(endpoint_ids), _HMGET_CHUNK):
             pipe.hmget(key, endpoint_ids[start : start + _HMGET_CHUNK])
-        (seconds, micros), claims, marks, exemptions, sequences, held, known, *rest = pipe.execute()
+        (seconds, micros), claims, marks, exemptions, sequences, held, known, listed_at, newest, *rest = pipe.execute()
         kept: set[str] = set().union(*rest[: len(failed_sources)])
         kept |= self._listed_of(_unseen_sources(known, failed_sources, swept_sources, v2_unresolved))
         chunks = rest[len(failed_sources) :]
@@ -243,6 +263,8 @@ class SweepKeeping(RecordKeeping):
             sequences=_parse_sequences(sequences),
             held=frozenset(kept - listed),
             hold_all=v2_unresolved and not any(k.startswith("v2:") for k in known),
+            listed_at=_parse_times(listed_at),
+            last_sweep_at=float(newest[0][1]) if newest else None,
         )
 
     def _listed_of(self, sources: Sequence[str]) -> set[str]:
@@ -296,6 +318,7 @@ class SweepKeeping(RecordKeeping):
             self._replace_set(pipe, self.key("listed", source), ids)
         if plan.listed_by_source:
             pipe.sadd(self.key("sources"), *plan.listed_by_source)
+            pipe.hset(self.key("listed_at"), mapping=dict.fromkeys(plan.listed_by_source, plan.now.timestamp()))
         return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting], plan.limit_projects())
 
     def _replace_set(self, pipe: Pipeline, key: str, members: Sequence[str]) -> None:
