@@ -213,3 +213,40 @@ def test_each_project_keeps_its_own_24h_count(
     assert "max_deletes_per_day: 1 in the last 24 h + 1 now > 1" in second.limit_trips["acme"]["limit"]
     assert (count(), count("v1"), count("acme")) == (2, 1, 1)
     assert store.pause("acme") is not None and store.pause("v1") is None
+
+
+V1_FRACTION = """
+version: 1
+rules:
+  - name: old-v1
+    match: {api: v1, name: "acme/ci-*"}
+    ttl: 6h
+limits:
+  max_deletes_per_sweep: 25
+  per_project: {max_delete_fraction: 0.5}
+"""
+
+
+@pytest.mark.parametrize("slug", ["acme", "v1"])
+def test_a_v2_project_slugged_v1_never_shares_the_v1_account_s_limit(
+    sim: Sim, store: Store, tmp_path: Path, slug: str
+) -> None:
+    """The v1 account's 4 endpoints are all candidates (100 % > 50 %): its own fraction trips, whatever the v2
+    project beside it is called; a v2 project slugged ``v1`` counts under its id, not in the v1 account's 4."""
+    from worker.together import TogetherClient
+    from worker.together_v2 import TogetherV2Client
+
+    policy = write_policy(tmp_path / "policy.yaml", V1_FRACTION)
+    sim.reset([v1_ep(i, f"acme/ci-{i}") for i in range(1, 5)])
+    sim.v2_reset([v2_ep(n, f"keep-{n}") for n in range(1, 21)], project_slug=slug)
+    v1 = TogetherClient(sim.base_url, sim.api_key, timeout_s=2)
+    v2 = TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=DEFAULT_PROJECT_ID, project_slug=slug)
+    try:
+        queued: list[DeleteRequest] = []
+        summary = sweep(store, Resolved([(v1.source, v1), (v2.source, v2)]), policy, queued)
+    finally:
+        v1.close()
+        v2.close()
+    assert summary.status == "ok" and queued == []
+    assert set(summary.limit_trips) == {"v1"}, summary.limit_trips
+    assert v2.source.label == (DEFAULT_PROJECT_ID if slug == "v1" else slug)

@@ -423,3 +423,28 @@ def test_a_stale_clock_counts_only_the_time_the_janitor_saw(
     assert (abs(observed.since - last) < timedelta(seconds=1)) is restarted  # kept to the millisecond
     assert ("clocks_restarted" in summary.sources["v1"]) is restarted
     assert ("clocks_restarted" in summary.sources[V2_KEY]) is v2_restarted
+
+
+@pytest.mark.parametrize("after", [{"sources": "v1"}, {"together_project_ids": f"{DEFAULT_PROJECT_ID},proj_gamma"}])
+def test_a_task_of_a_source_taken_out_of_the_settings_changes_nothing(
+    sim: Sim, store: Store, tmp_path: Path, after: dict[str, str]
+) -> None:
+    """Queued for project beta; then the settings stop naming beta (or v2) and the worker restarts: the task's
+    delete is checked against the settings of when it runs, and sends nothing."""
+    _org(sim)
+    settings = _settings(sim, tmp_path)
+    queued: list[DeleteRequest] = []
+    sweep(store, resolve_sources(settings), settings.policy_file, queued)
+    (request,) = [r for r in queued if r.endpoint_id == "ep_0002"]
+    later = Settings(**(settings.model_dump() | after))
+    before = len(sim.v2_requests())
+    result = run_delete(
+        request,
+        RunState(),
+        settings=later,
+        store=store,
+        client=lambda: client_for(later, request.source or None, request.project or None),
+    )
+    outcome = result.outcome  # type: ignore[union-attr]
+    assert outcome.status is OutcomeStatus.FAILED and "no longer" in (outcome.error or ""), outcome
+    assert len(sim.v2_requests()) == before and sim.v2_endpoint("ep_0002") is not None

@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -269,11 +270,12 @@ def _print_pauses(pause: dict[str, Any] | None, project_pauses: dict[str, dict[s
         limit, sweep_id = shown(pause["limit"]), shown(pause["sweep_id"])
         print(_colour(f"DELETES PAUSED: {limit} (sweep {sweep_id}); see `janitor resume`", "red"))
     for raw_project, paused in project_pauses.items():
-        project = shown(raw_project)
+        # The label comes from the API (a slug): the command shown is quoted for a shell, then escaped.
+        project, command = shown(raw_project), shown(f"janitor resume --project {shlex.quote(raw_project)}")
         print(
             _colour(
                 f"PROJECT {project} PAUSED: {shown(paused.get('limit'))} (sweep {shown(paused.get('sweep_id'))}); "
-                f"see `janitor resume --project {project}`",
+                f"see `{command}`",
                 "red",
             )
         )

@@ -438,7 +438,7 @@ def sequence_hold(
     """Why a delete sequence under way must not take its next step, or None.
 
     Scope, protect and exemption (:func:`worker.policy.hold_back`); a sequence whose stored record could not be
-    read; its rule gone from the policy or its action changed; the sequence older than
+    read; its rule gone from the policy, its action changed or its match no longer matching; the sequence older than
     :data:`MAX_SEQUENCE_AGE`; and the endpoint running again after its deployments were scaled down (someone
     scaled one up, or added one) or routed again after it was taken out of traffic: that is a person's answer.
     """
@@ -450,6 +450,11 @@ def sequence_hold(
     rule = next((r for r in policy.rules if r.name == sequence.rule), None)
     if rule is None or rule.action != sequence.action:
         return f"rule {sequence.rule!r} with action {sequence.action} is no longer in the policy"
+    if rule.match is not None and rule.match.matches(endpoint) is not True:
+        # The match reads what a sequence does not change (name, project, id, type, model): a person narrowed the
+        # rule, or the endpoint changed, since the delete began. Its conditions are not asked again: the
+        # sequence's own steps change the state a stale rule reads.
+        return f"rule {sequence.rule!r} no longer matches the endpoint ({rule.match}); not resumed"
     if now - sequence.started_at > MAX_SEQUENCE_AGE:
         return f"the delete began at {iso(sequence.started_at)}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
     last = sequence.last_step or ""
@@ -553,13 +558,14 @@ def _task_kwargs(request: DeleteRequest | UnknownAction) -> dict[str, object]:
     """The task's keyword arguments (what its message and its claim carry)."""
     kwargs: dict[str, object] = {
         "endpoint_id": request.endpoint_id,
-        "endpoint_name": request.endpoint_name,
+        # Names come from the API, which may echo the key: a task's arguments are in Redis and Flower.
+        "endpoint_name": scrub(request.endpoint_name),
         "sweep_id": request.sweep_id,
         "rule": request.rule,
         "dry_run": request.dry_run,
         "action": str(request.action),  # a plain string on the wire and in the claim (an unknown one as it came)
     }
-    return _with_source(kwargs, request.source, request.project)
+    return _with_source(kwargs, request.source, scrub(request.project))
 
 
 def parse_request(

@@ -37,6 +37,14 @@ def _comma_list(value: str, what: str) -> tuple[str, ...]:
     return items
 
 
+def _one_path_segment(project_id: str) -> str:
+    """A project id goes into URLs: as worker.together.check_path_segment holds every id, "." and ".." are not
+    one (refused here, at start, not as a failed source in every sweep)."""
+    if project_id == "." or ".." in project_id:
+        raise ValueError(f"project id {project_id[:130]!r}: '.' and '..' are not project ids")
+    return project_id
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -123,7 +131,13 @@ class Settings(BaseSettings):
         for item in ids:
             if not re.fullmatch(_PROJECT_ID, item):
                 raise ValueError(f"project id {item[:130]!r}: only letters, digits and _ . : ~ - (1 to 128)")
+            _one_path_segment(item)
         return ",".join(ids)
+
+    @field_validator("together_project_id")
+    @classmethod
+    def _project_id(cls, value: str | None) -> str | None:
+        return None if value is None else _one_path_segment(value)
 
     @model_validator(mode="after")
     def _legacy_agrees(self) -> Settings:

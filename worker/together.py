@@ -383,8 +383,13 @@ def v2_source(project_id: str, slug: str | None) -> Source:
 
 def project_name(api: str, slug: str | None, project_id: str) -> str:
     """The project a per-project limit, its 24 h count and its pause are kept under (a source's label): the v1
-    account is ``v1``, a v2 project its slug, or its id when the slug is not known."""
-    return slug or project_id or api
+    account is ``v1``, a v2 project its slug, or its id when the slug is not known or is ``v1`` (a v2 project
+    must never share the v1 account's count, pause or fraction). Two sources of one sweep with one label are
+    not listed (``worker.listing``)."""
+    if api == "v1":
+        return "v1"
+    label = slug or project_id or api
+    return label if label != "v1" else f"v2:{project_id}"
 
 
 def task_project(source: str, slug: str) -> str:
@@ -392,8 +397,8 @@ def task_project(source: str, slug: str) -> str:
     (it counts only overall)."""
     if not source:
         return ""
-    _, _, project_id = source.partition(":")
-    return slug or project_id or source
+    api, _, project_id = source.partition(":")
+    return project_name(api, slug, project_id)
 
 
 # JANITOR_TOGETHER_API -> what its client can do, so the settings can derive their budgets without a client.
@@ -767,9 +772,17 @@ def _parse_source(settings: Settings, source: str | None) -> tuple[str, str | No
             raise SettingsError("no source: the task names none and several sources are configured")
         ids = settings.project_ids
         return api, (ids[0] if api == "v2" and ids else None)
-    if source in ("v1", "v2"):  # "v2": no project named (whoami's own; the project list needs none)
-        return source, None
     name, colon, project_id = source.partition(":")
-    if name == "v2" and colon and project_id:
-        return "v2", check_path_segment(project_id, "project id")
-    raise SettingsError(f"unknown source {scrub_clip(source, 80)!r}")
+    if source not in ("v1", "v2") and not (name == "v2" and colon and project_id):
+        raise SettingsError(f"unknown source {scrub_clip(source, 80)!r}")
+    # Decided when the change is made, not when the task was queued: a source taken out of the settings since
+    # (and the worker restarted) is not acted on.
+    if name not in settings.api_names:
+        raise SettingsError(f"source {scrub_clip(source, 80)!r} is no longer configured (JANITOR_SOURCES); not changed")
+    if not project_id:  # "v2": no project named (whoami's own; the project list needs none)
+        return name, None
+    if settings.project_ids and project_id not in settings.project_ids:
+        raise SettingsError(
+            f"project {scrub_clip(project_id, 80)!r} is no longer in JANITOR_TOGETHER_PROJECT_IDS; not changed"
+        )
+    return "v2", check_path_segment(project_id, "project id")

@@ -4,6 +4,8 @@ guard are stand-ins; ``tests/test_delete.py`` runs :func:`run_delete` itself aga
 
 from __future__ import annotations
 
+import dataclasses
+
 # ------------------------------------------------------------------ unknown results
 import json
 from datetime import datetime, timedelta
@@ -241,6 +243,22 @@ def test_an_unreadable_sequence_is_held() -> None:
 def test_a_sequence_whose_rule_or_age_no_longer_allows_it_is_held(fields: dict[str, object], held_for: str) -> None:
     reason = sequence_hold(POLICY, endpoint(), sequence(**fields), NOW)
     assert reason is not None and held_for in reason
+
+
+@pytest.mark.parametrize(
+    ("match", "held"),
+    [
+        ("{name: 'acme/ci-*'}", False),
+        ("{name: 'acme/ci-tmp-*'}", True),  # a person narrowed the rule since the delete began
+        ("{project: prod}", True),  # a key the endpoint does not match
+        ("{model: 'meta/*'}", True),  # not known (None): undecided is not a match
+    ],
+)
+def test_a_sequence_whose_rule_no_longer_matches_the_endpoint_is_held(match: str, held: bool) -> None:
+    policy = parse_policy(f"version: 1\nrules:\n  - name: r\n    match: {match}\n    ttl: 1h\n")
+    facts = dataclasses.replace(endpoint(), model=None) if "model" in match else endpoint()
+    reason = sequence_hold(policy, facts, sequence(last_phase=StepPhase.SCALE_DOWN), NOW)
+    assert (reason is not None and "no longer matches" in reason) is held, reason
 
 
 def test_an_endpoint_routed_again_after_it_was_unrouted_is_held() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.listing import list_sources
 from worker.policy import parse_policy
 from worker.sources import Resolved
-from worker.together import V2_CAPABILITIES, Endpoint, v2_source
+from worker.together import V1_SOURCE, V2_CAPABILITIES, Endpoint, task_project, v2_source
 
 
 class _Recording:
@@ -65,6 +67,7 @@ class _Listing(_Recording):
     ) -> list[Endpoint]:
         from datetime import UTC, datetime
 
+        self.asked.append((tuple(types), mine, model_names))
         src = self.source
         created = datetime(2026, 1, 1, tzinfo=UTC)
         return [
@@ -106,3 +109,22 @@ def test_every_source_that_lists_an_endpoint_another_lists_fails(
     failed = {key.removeprefix("v2:proj_") for key in listing.failed}
     assert failed == set(answers) - set(kept)
     assert all("listed by another source" in listing.results[key]["error"] for key in listing.failed)
+
+
+def test_sources_that_share_a_limit_label_are_not_listed_and_the_others_are() -> None:
+    """A slug that is another project's id: one project's 24 h count and fraction must not be the other's."""
+    policy = parse_policy("version: 1\nrules:\n  - name: r\n    ttl: 1h\n")
+    a, b, c = _Listing("proj_a", ["x"]), _Listing("proj_b", ["y"]), _Listing("proj_c", ["z"])
+    b.source = v2_source("proj_b", "proj_a")  # slugged as project a's id, whose slug is not known
+    a.source = v2_source("proj_a", None)
+    listing = list_sources(Resolved([(s.source, s) for s in (a, b, c)]), policy)  # type: ignore[misc]
+    assert list(listing.ids) == ["v2:proj_c"] and sorted(listing.failed) == ["v2:proj_a", "v2:proj_b"]
+    assert all("all called 'proj_a'" in listing.results[k]["error"] for k in listing.failed)
+    assert a.asked == [] and b.asked == []  # not even listed
+
+
+@given(st.sampled_from(["v1", "v2"]), st.one_of(st.none(), st.text(max_size=8)), st.text(max_size=8))
+def test_a_task_counts_in_the_project_its_sweep_counted_it_in(api: str, slug: str | None, pid: str) -> None:
+    source = V1_SOURCE if api == "v1" else v2_source(pid or "p", slug)
+    assert task_project(source.key, source.project or "") == source.label
+    assert (source.label == "v1") is (api == "v1")

@@ -436,3 +436,20 @@ def test_a_source_may_go_unseen_an_hour_or_two_sweeps_before_its_clocks_start_ag
 ) -> None:
     monkeypatch.setenv("JANITOR_SWEEP_SCHEDULE", schedule)
     assert load_settings().unseen_limit_s == limit_s
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("JANITOR_TOGETHER_PROJECT_IDS", ".."),
+        ("JANITOR_TOGETHER_PROJECT_IDS", "proj_a,."),
+        ("JANITOR_TOGETHER_PROJECT_ID", "a..b"),
+    ],
+)
+def test_a_project_id_that_is_no_path_segment_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("JANITOR_SOURCES", "v2")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()

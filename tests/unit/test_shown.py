@@ -53,3 +53,11 @@ def test_a_text_log_line_cannot_rewrite_the_terminal(trick: str) -> None:
     logger.warning("deleted %s\tafter %s", f"ci{trick}-old", "6h")
     line = out.getvalue().removesuffix("\n")
     assert line.replace("\t", "").isprintable() and "\t" in line, repr(line)
+
+
+def test_a_suggested_resume_command_quotes_the_project_for_a_shell(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import _print_pauses
+
+    _print_pauses(None, {"x; rm -rf ~\x1b[2K": {"limit": "max_deletes_per_sweep: 3 > 2", "sweep_id": "s1"}})
+    out = capsys.readouterr().out
+    assert "`janitor resume --project 'x; rm -rf ~\\x1b[2K'`" in out, out
