@@ -448,3 +448,28 @@ def test_a_task_of_a_source_taken_out_of_the_settings_changes_nothing(
     outcome = result.outcome  # type: ignore[union-attr]
     assert outcome.status is OutcomeStatus.FAILED and "no longer" in (outcome.error or ""), outcome
     assert len(sim.v2_requests()) == before and sim.v2_endpoint("ep_0002") is not None
+
+
+def test_a_project_renamed_since_the_sweep_is_decided_by_the_next_sweep(sim: Sim, store: Store, tmp_path: Path) -> None:
+    """Queued for project beta; the endpoint's name now says ``prod/...`` (the project was renamed, and a protect
+    on ``project: prod`` may hold it): nothing is changed, the task ends ``spared``."""
+    _org(sim)
+    settings = _settings(sim, tmp_path)
+    queued: list[DeleteRequest] = []
+    sweep(store, resolve_sources(settings), settings.policy_file, queued)
+    (request,) = [r for r in queued if r.endpoint_id == "ep_0002"]
+    assert request.endpoint_name == "beta/old-beta"
+    sim.admin.patch("/v2/endpoints/ep_0002", json={"name": "prod/old-beta"}).raise_for_status()
+    before = [r for r in sim.v2_requests() if r["method"] != "GET"]
+    result = run_delete(
+        request,
+        RunState(),
+        settings=settings,
+        store=store,
+        client=lambda: client_for(settings, request.source or None, request.project or None),
+    )
+    outcome = result.outcome  # type: ignore[union-attr]
+    assert outcome.status is OutcomeStatus.SPARED and "now says project 'prod', not 'beta'" in (outcome.error or ""), (
+        outcome
+    )
+    assert [r for r in sim.v2_requests() if r["method"] != "GET"] == before

@@ -330,8 +330,10 @@ class Recheck:
         sequence: OpenSequence | None = None,
         dry_run_now: bool = False,
         task_id: str | None = None,
+        queued_name: str = "",
     ) -> None:
         self.client, self.store, self.policy_file = client, store, policy_file
+        self.queued_name = queued_name  # the endpoint's name when the sweep queued the task
         self.action, self.rule, self.now, self.sequence = action, rule, now, sequence
         self.dry_run_now = dry_run_now
         self.task_id = task_id
@@ -389,6 +391,8 @@ class Recheck:
         if self.dry_run_now:
             # The worker's own setting, read right before the change, wins over whatever the task was told.
             reason = "JANITOR_DRY_RUN is true on this worker: nothing is changed"
+        elif (moved := project_renamed(self.queued_name, fresh)) is not None:
+            reason = moved
         elif self.sequence is not None and self.continues_sequence:
             reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
         else:
@@ -418,6 +422,23 @@ class Recheck:
                 # The change is sent next: whatever comes back (or nothing), this task counts for the limits.
                 self.store.mark_sent(self.task_id)
         return reason
+
+
+def project_renamed(queued_name: str, fresh: Endpoint) -> str | None:
+    """Why a v2 endpoint's project looks renamed since the sweep, or None.
+
+    A v2 name is ``<project_slug>/<endpoint_name>`` (types/endpoint.py). The task knows its project's slug as the
+    sweep learnt it, so a protect or scope on ``project`` would read the old one; a name whose prefix changed
+    since the sweep says the project was renamed: nothing is changed, and the next sweep decides with the slug of
+    then. (Whether a rename changes the names is not said by the SDK; where it does not, nothing shows here.)
+    """
+    if fresh.api != "v2":
+        return None
+    before, sep_before, _ = queued_name.partition("/")
+    now, sep_now, _ = fresh.name.partition("/")
+    if not (sep_before and sep_now) or before == now:
+        return None
+    return f"the endpoint's name now says project {now[:80]!r}, not {before[:80]!r}: the next sweep decides again"
 
 
 # A delete sequence older than this is not resumed: whatever it waited for is not coming.
@@ -744,6 +765,7 @@ class _DeleteRun:
                 sequence=sequence,
                 dry_run_now=self.settings.dry_run,
                 task_id=request.task_id,
+                queued_name=request.endpoint_name,
             )
             started = time.monotonic()
             result = take_step(client, endpoint_id, request.action, guard)

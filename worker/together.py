@@ -388,8 +388,8 @@ def project_name(api: str, slug: str | None, project_id: str) -> str:
     not listed (``worker.listing``)."""
     if api == "v1":
         return "v1"
-    label = slug or project_id or api
-    return label if label != "v1" else f"v2:{project_id}"
+    label = slug if slug and slug != "v1" else project_id or api
+    return label if label != "v1" else f"v2:{project_id}"  # a project whose very id is "v1"
 
 
 def task_project(source: str, slug: str) -> str:

@@ -27,6 +27,7 @@ from worker.janitor import (
     UnknownAction,
     backoff_delay,
     parse_request,
+    project_renamed,
     sequence_hold,
     take_step,
 )
@@ -419,3 +420,18 @@ def test_a_policy_that_names_model_since_the_step_began_holds_the_step(tmp_path:
     # Unchanged, the same policy lets the step through.
     (tmp_path / "policy.yaml").write_text(before)
     assert guard.reads_model() is False and guard(unnamed) is None
+
+
+@pytest.mark.parametrize(
+    ("api", "queued", "now", "held"),
+    [
+        ("v2", "beta/old", "beta/old", False),
+        ("v2", "beta/old", "beta/renamed", False),  # the endpoint renamed: its own name is read fresh anyway
+        ("v2", "beta/old", "prod/old", True),  # the project renamed: its slug, which the task carries, is old
+        ("v2", "old", "prod/old", False),  # nothing to compare
+        ("v1", "acme/old", "prod/old", False),  # v1 names are not <project>/<name>
+    ],
+)
+def test_a_v2_project_renamed_since_the_sweep_holds_the_step(api: str, queued: str, now: str, held: bool) -> None:
+    fresh = dataclasses.replace(endpoint(), name=now, api=api)
+    assert (project_renamed(queued, fresh) is not None) is held
