@@ -46,6 +46,22 @@ def env(redis_url: str, key_prefix: str, sim: Sim, tmp_path: Path, redis_client:
     return env_for(redis_url, key_prefix, sim, policy)
 
 
+def _dry_sweep(env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str) -> Store:
+    """One dry-run sweep of the v1 simulator in this process, into the test's key prefix."""
+    store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
+    with TogetherClient(sim.base_url, sim.api_key, 2) as client:
+        run_sweep(
+            store=store,
+            client=client,
+            policy_file=Path(env["JANITOR_POLICY_FILE"]),
+            dry_run=True,
+            lock_ttl_s=30,
+            pending_ttl_s=60,
+            enqueue=lambda r: None,
+        )
+    return store
+
+
 def test_check_policy_ok_and_bad(env: dict[str, str], tmp_path: Path) -> None:
     ok = janitor(["check-policy", str(ROOT / "config" / "policy.example.yaml")], env)
     assert ok.returncode == 0 and "ok" in ok.stdout
@@ -87,17 +103,7 @@ def test_plan_evaluates_and_changes_nothing(
 def test_report_json_shape(
     env: dict[str, str], sim: Sim, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
 ) -> None:
-    store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
-    with TogetherClient(sim.base_url, sim.api_key, 2) as client:
-        run_sweep(
-            store=store,
-            client=client,
-            policy_file=Path(env["JANITOR_POLICY_FILE"]),
-            dry_run=True,
-            lock_ttl_s=30,
-            pending_ttl_s=60,
-            enqueue=lambda r: None,
-        )
+    _dry_sweep(env, sim, redis_client, key_prefix)
     result = janitor(["report", "--json"], env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -298,17 +304,7 @@ def test_plan_and_report_show_escapes_not_terminal_controls(
     assert text.returncode == 0, text.stderr
     assert all(line.isprintable() for line in text.stdout.splitlines()), text.stdout
     assert "acme/ci-old\\x1b[2K\\x1b[1A\\r\\u202epeek-dorp" in text.stdout
-    store = Store(redis_client, key_prefix, retention_s=3600, events_max_len=1000)
-    with TogetherClient(sim.base_url, sim.api_key, 2) as client:
-        run_sweep(
-            store=store,
-            client=client,
-            policy_file=Path(env["JANITOR_POLICY_FILE"]),
-            dry_run=True,
-            lock_ttl_s=30,
-            pending_ttl_s=60,
-            enqueue=lambda r: None,
-        )
+    store = _dry_sweep(env, sim, redis_client, key_prefix)
     error = "409: deployment busy\x1b]8;;https://evil.example\x07here\x1b]8;;\x07"
     outcome = Outcome("endpoint-0009", OutcomeStatus.BLOCKED, 409, 1, "ci\x1b[8m", "s", iso(utc_now()), error, forged)
     store.record_outcome("t9", outcome)

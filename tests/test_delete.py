@@ -355,6 +355,24 @@ def test_a_v2_delete_asks_for_model_names_before_each_change_when_the_policy_rea
     assert _calls_since(delete_v2, start).count("GET model") == 3
 
 
+@pytest.mark.parametrize("deployments", [1, 2])
+@pytest.mark.parametrize("match", ['hardware: "*h100*"', 'model: "m"', "state: STARTED"])
+def test_a_rule_on_what_the_sequence_changes_still_ends_it(
+    delete_v2: Delete, tmp_path: Path, match: str, deployments: int
+) -> None:
+    """A rule on hardware, model or state: the sequence takes the deployments out of traffic, scales them down and
+    deletes them, so the endpoint no longer matches on those keys halfway; the sequence is not held for it, and
+    the endpoint is deleted (not left unrouted with deployments running, nor empty)."""
+    policy = tmp_path / "hardware-policy.yaml"
+    policy.write_text(BASIC_POLICY.replace('match: {name: "acme/ci-*"}', f'match: {{name: "acme/ci-*", {match}}}'))
+    delete_v2.configure(policy_file=policy)
+    delete_v2.policy = policy
+    delete_v2.sim.v2_reset([v2_endpoint(1, deployments=deployments)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    assert run_to_the_end(delete_v2, request).outcome.status == "deleted"
+    assert delete_v2.sim.v2_endpoint("ep_0001") is None
+
+
 def test_an_experiment_made_after_the_scale_down_stops_the_deployment_s_delete(delete_v2: Delete, store: Store) -> None:
     """The experiments are not read again before the second scale-down (it can be undone), but they are before a
     deployment is deleted: one made meanwhile ends the delete blocked, every deployment still there."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from worker.clock import utc_now
 from worker.doctor import check_api
 from worker.exporter import snapshot
 from worker.janitor import DeleteRequest, RunState, run_delete
-from worker.models import OutcomeStatus
+from worker.models import OutcomeStatus, SweepSummary
 from worker.notify import build_notification
 from worker.policy import parse_policy
 from worker.settings import Settings
@@ -376,8 +376,10 @@ rules:
         ([(0, "ok"), (30, "500"), (90, "500"), (150, "500"), (180, "ok")], False, True, False),
         # The janitor not running for 3 hours: the same, for both sources.
         ([(0, "ok"), (180, "ok")], False, True, True),
-        # Forgetting P:listed_at (an installation from before it was kept): the newest sweep stands for it.
+        # Forgetting P:listed_at (an installation from before it was kept): the newest sweep stands for it...
         ([(0, "ok"), (30, "ok"), (60, "ok"), (90, "forget"), (120, "ok"), (150, "ok")], True, False, False),
+        # ... only if it listed the source: v1 failing since 30 min, its time is not known.
+        ([(0, "ok"), (30, "500"), (90, "500"), (120, "forget")], False, True, False),
     ],
 )
 def test_a_stale_clock_counts_only_the_time_the_janitor_saw(
@@ -397,9 +399,25 @@ def test_a_stale_clock_counts_only_the_time_the_janitor_saw(
     sim.reset([v1_ep(1, "acme/x") | {"state": "STOPPED"}])
     sim.v2_reset([v2_ep(1, "other")], project_slug="acme")
     start = utc_now()
+    summary, queued = _sweeps_at(sim, store, both, policy, start, sweeps)
+    assert [r.endpoint_id for r in queued] == (["endpoint-0001"] if queued_at_end else [])
+    observed = store.observation("endpoint-0001")
+    assert observed is not None and observed.state == "STOPPED"
+    last = start + timedelta(minutes=sweeps[-1][0])
+    assert (abs(observed.since - last) < timedelta(seconds=1)) is restarted  # kept to the millisecond
+    assert ("clocks_restarted" in summary.sources["v1"]) is restarted
+    assert ("clocks_restarted" in summary.sources[V2_KEY]) is v2_restarted
+
+
+def _sweeps_at(
+    sim: Sim, store: Store, both: Resolved, policy: Path, start: datetime, plan: list[tuple[int, str]]
+) -> tuple[SweepSummary, list[DeleteRequest]]:
+    """A sweep at ``start`` + each plan's minutes, v1's list answering "ok" or "500" ("forget": ok, with
+    P:listed_at dropped first, as in an installation from before it was kept); the last summary, and what was
+    queued."""
     queued: list[DeleteRequest] = []
     summary = None
-    for minutes, v1_list in sweeps:
+    for minutes, v1_list in plan:
         sim.faults(list_mode="status_500" if v1_list == "500" else "ok")
         if v1_list == "forget":
             store.redis.delete(store.key("listed_at"))
@@ -416,13 +434,60 @@ def test_a_stale_clock_counts_only_the_time_the_janitor_saw(
         )
         assert summary.status == "ok", summary.error
     assert summary is not None
-    assert [r.endpoint_id for r in queued] == (["endpoint-0001"] if queued_at_end else [])
-    observed = store.observation("endpoint-0001")
-    assert observed is not None and observed.state == "STOPPED"
-    last = start + timedelta(minutes=sweeps[-1][0])
-    assert (abs(observed.since - last) < timedelta(seconds=1)) is restarted  # kept to the millisecond
-    assert ("clocks_restarted" in summary.sources["v1"]) is restarted
-    assert ("clocks_restarted" in summary.sources[V2_KEY]) is v2_restarted
+    return summary, queued
+
+
+def test_a_task_run_long_after_its_sweep_counts_no_time_nobody_saw(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    """Queued by a sweep, then run three hours later (the worker was down with it queued) before any sweep: the
+    re-check holds the observation to the same limit as a sweep, so the stale rule no longer holds."""
+    policy = write_policy(tmp_path / "policy.yaml", STOPPED_2H)
+    sim.reset([v1_ep(1, "acme/x") | {"state": "STOPPED"}])
+    sim.v2_reset([v2_ep(1, "other")], project_slug="acme")
+    start = utc_now()
+    _, queued = _sweeps_at(sim, store, both, policy, start, [(m, "ok") for m in (0, 30, 60, 90, 120, 150)])
+    (request,) = queued
+    settings = Settings(
+        together_api_key=sim.api_key,
+        together_base_url=sim.base_url,
+        sources="v1,v2",
+        http_timeout_s=2,
+        policy_file=policy,
+        dry_run=False,
+    )
+    v1 = both.clients[0][1]
+
+    def run_at(minutes: int) -> OutcomeStatus:
+        moment = start + timedelta(minutes=minutes)
+        result = run_delete(
+            request, RunState(), settings=settings, store=store, client=lambda: v1, clock=lambda: moment
+        )
+        return result.outcome.status  # type: ignore[union-attr]
+
+    assert run_at(150 + 180) is OutcomeStatus.SPARED and sim.calls("DELETE") == []
+
+
+def _queued_for_beta(sim: Sim, store: Store, tmp_path: Path) -> tuple[Settings, DeleteRequest]:
+    """The organization's sweep, and the delete task it queued for project beta's old endpoint."""
+    _org(sim)
+    settings = _settings(sim, tmp_path)
+    queued: list[DeleteRequest] = []
+    sweep(store, resolve_sources(settings), settings.policy_file, queued)
+    (request,) = [r for r in queued if r.endpoint_id == "ep_0002"]
+    return settings, request
+
+
+def _one_run(request: DeleteRequest, settings: Settings, store: Store) -> Any:
+    """One run of the delete task with ``settings``, as the worker makes it; its outcome."""
+    result = run_delete(
+        request,
+        RunState(),
+        settings=settings,
+        store=store,
+        client=lambda: client_for(settings, request.source or None, request.project or None),
+    )
+    return result.outcome  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("after", [{"sources": "v1"}, {"together_project_ids": f"{DEFAULT_PROJECT_ID},proj_gamma"}])
@@ -431,21 +496,10 @@ def test_a_task_of_a_source_taken_out_of_the_settings_changes_nothing(
 ) -> None:
     """Queued for project beta; then the settings stop naming beta (or v2) and the worker restarts: the task's
     delete is checked against the settings of when it runs, and sends nothing."""
-    _org(sim)
-    settings = _settings(sim, tmp_path)
-    queued: list[DeleteRequest] = []
-    sweep(store, resolve_sources(settings), settings.policy_file, queued)
-    (request,) = [r for r in queued if r.endpoint_id == "ep_0002"]
+    settings, request = _queued_for_beta(sim, store, tmp_path)
     later = Settings(**(settings.model_dump() | after))
     before = len(sim.v2_requests())
-    result = run_delete(
-        request,
-        RunState(),
-        settings=later,
-        store=store,
-        client=lambda: client_for(later, request.source or None, request.project or None),
-    )
-    outcome = result.outcome  # type: ignore[union-attr]
+    outcome = _one_run(request, later, store)
     assert outcome.status is OutcomeStatus.FAILED and "no longer" in (outcome.error or ""), outcome
     assert len(sim.v2_requests()) == before and sim.v2_endpoint("ep_0002") is not None
 
@@ -453,22 +507,11 @@ def test_a_task_of_a_source_taken_out_of_the_settings_changes_nothing(
 def test_a_project_renamed_since_the_sweep_is_decided_by_the_next_sweep(sim: Sim, store: Store, tmp_path: Path) -> None:
     """Queued for project beta; the endpoint's name now says ``prod/...`` (the project was renamed, and a protect
     on ``project: prod`` may hold it): nothing is changed, the task ends ``spared``."""
-    _org(sim)
-    settings = _settings(sim, tmp_path)
-    queued: list[DeleteRequest] = []
-    sweep(store, resolve_sources(settings), settings.policy_file, queued)
-    (request,) = [r for r in queued if r.endpoint_id == "ep_0002"]
+    settings, request = _queued_for_beta(sim, store, tmp_path)
     assert request.endpoint_name == "beta/old-beta"
     sim.admin.patch("/v2/endpoints/ep_0002", json={"name": "prod/old-beta"}).raise_for_status()
     before = [r for r in sim.v2_requests() if r["method"] != "GET"]
-    result = run_delete(
-        request,
-        RunState(),
-        settings=settings,
-        store=store,
-        client=lambda: client_for(settings, request.source or None, request.project or None),
-    )
-    outcome = result.outcome  # type: ignore[union-attr]
+    outcome = _one_run(request, settings, store)
     assert outcome.status is OutcomeStatus.SPARED and "now says project 'prod', not 'beta'" in (outcome.error or ""), (
         outcome
     )

@@ -173,7 +173,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         before_fetch=progress,
         dry=True,
         every_decision=True,
-        unseen_limit_s=settings.unseen_limit_s,
+        unseen_limit=settings.unseen_limit,
     )
     rows = [
         {

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from worker.errors import (
 from worker.logs import context
 from worker.models import OpenSequence, Outcome, OutcomeStatus
 from worker.policy import (
+    SEQUENCE_STABLE_KEYS,
     Action,
     Decision,
     Exemption,
@@ -46,6 +47,7 @@ from worker.policy import (
 )
 from worker.pricing import Pricing
 from worker.redact import scrub, scrub_line
+from worker.schedule import UnseenLimit
 from worker.settings import Settings
 from worker.store import Store, TaskState
 from worker.together import (
@@ -331,9 +333,12 @@ class Recheck:
         dry_run_now: bool = False,
         task_id: str | None = None,
         queued_name: str = "",
+        source: str = "",
+        unseen_limit: UnseenLimit | None = None,
     ) -> None:
         self.client, self.store, self.policy_file = client, store, policy_file
         self.queued_name = queued_name  # the endpoint's name when the sweep queued the task
+        self.source, self.unseen_limit = source, unseen_limit
         self.action, self.rule, self.now, self.sequence = action, rule, now, sequence
         self.dry_run_now = dry_run_now
         self.task_id = task_id
@@ -378,6 +383,16 @@ class Recheck:
         sequence = self.sequence
         return sequence is not None and sequence.rule == self.rule and sequence.action == self.action
 
+    def _source_unseen_too_long(self) -> bool:
+        """Whether the janitor has not listed this task's source for too long (the task runs late: a worker down
+        with it queued, a message recovered long after): what the endpoint did meanwhile is unknown, and its
+        observation counts no more than a sweep would count it (:class:`UnseenLimit`; a time not known is too
+        long)."""
+        if self.unseen_limit is None:
+            return False
+        last = self.store.last_listed(self.source)
+        return last is None or self.unseen_limit.exceeded(datetime.fromtimestamp(last, UTC), self.now)
+
     def __call__(self, fresh: Endpoint) -> str | None:
         policy = load_policy(self.policy_file, self.client.capabilities)
         names_asked, self._names_asked = self._names_asked, True
@@ -396,7 +411,10 @@ class Recheck:
         elif self.sequence is not None and self.continues_sequence:
             reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
         else:
-            observed = observe(self.store.observation(fresh.id), fresh.state, self.now)
+            stored = self.store.observation(fresh.id)
+            if stored is not None and self._source_unseen_too_long():
+                stored = None  # as the sweep would not count it: the clock starts now
+            observed = observe(stored, fresh.state, self.now)
             # No history is read here: the sweep that queued this task wrote what it learnt of it into the
             # observation (committed before the task was queued), so the observation read above already has it.
             _, decision, _ = resolve(
@@ -471,10 +489,10 @@ def sequence_hold(
     rule = next((r for r in policy.rules if r.name == sequence.rule), None)
     if rule is None or rule.action != sequence.action:
         return f"rule {sequence.rule!r} with action {sequence.action} is no longer in the policy"
-    if rule.match is not None and rule.match.matches(endpoint) is not True:
-        # The match reads what a sequence does not change (name, project, id, type, model): a person narrowed the
-        # rule, or the endpoint changed, since the delete began. Its conditions are not asked again: the
-        # sequence's own steps change the state a stale rule reads.
+    if rule.match is not None and rule.match.matches(endpoint, SEQUENCE_STABLE_KEYS) is not True:
+        # Only on what the sequence's own steps do not change (a person narrowed the rule, or renamed the endpoint,
+        # since the delete began): model, hardware and state follow the main deployment, which the steps take
+        # out of traffic and delete, and the rule's conditions read the state they change.
         return f"rule {sequence.rule!r} no longer matches the endpoint ({rule.match}); not resumed"
     if now - sequence.started_at > MAX_SEQUENCE_AGE:
         return f"the delete began at {iso(sequence.started_at)}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
@@ -579,14 +597,15 @@ def _task_kwargs(request: DeleteRequest | UnknownAction) -> dict[str, object]:
     """The task's keyword arguments (what its message and its claim carry)."""
     kwargs: dict[str, object] = {
         "endpoint_id": request.endpoint_id,
-        # Names come from the API, which may echo the key: a task's arguments are in Redis and Flower.
-        "endpoint_name": scrub(request.endpoint_name),
+        # As the API gave it, not scrubbed: a short secret's fragments (a webhook path's "services") would mangle
+        # a real name, and the slug below is what the re-check matches a protect on ``project`` against.
+        "endpoint_name": request.endpoint_name,
         "sweep_id": request.sweep_id,
         "rule": request.rule,
         "dry_run": request.dry_run,
         "action": str(request.action),  # a plain string on the wire and in the claim (an unknown one as it came)
     }
-    return _with_source(kwargs, request.source, scrub(request.project))
+    return _with_source(kwargs, request.source, request.project)
 
 
 def parse_request(
@@ -766,6 +785,8 @@ class _DeleteRun:
                 dry_run_now=self.settings.dry_run,
                 task_id=request.task_id,
                 queued_name=request.endpoint_name,
+                source=request.source,
+                unseen_limit=self.settings.unseen_limit,
             )
             started = time.monotonic()
             result = take_step(client, endpoint_id, request.action, guard)

@@ -15,7 +15,7 @@ from typing import Any
 
 from worker.clock import iso, parse_aware_time
 from worker.policy import Action
-from worker.redact import scrub, scrub_fields
+from worker.redact import scrub_fields
 from worker.together import HardwarePrice, StepPhase
 
 
@@ -247,8 +247,7 @@ class PriceList:
     error: str | None = None
 
     def to_json(self) -> str:
-        # The catalog's names come from the API, which may echo the key: the cache is in Redis.
-        prices = None if self.prices is None else [[p.id, scrub(p.name), p.usd_per_hour] for p in self.prices]
+        prices = None if self.prices is None else [[p.id, p.name, p.usd_per_hour] for p in self.prices]
         return json.dumps({"fetched_at": iso(self.fetched_at), "prices": prices, "error": self.error})
 
     @classmethod

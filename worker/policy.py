@@ -53,6 +53,10 @@ MATCH_KEYS = (
 )
 # The word ``scope.projects`` uses for the v1 account: the endpoints of no project.
 NO_PROJECT = "v1"
+# What a delete sequence's own steps do not change: a sequence under way is held when its rule no longer matches
+# on these (worker.janitor.sequence_hold). Model, hardware and state follow the main deployment, which the steps
+# take out of traffic, scale down and delete.
+SEQUENCE_STABLE_KEYS = frozenset({"id", "name", "display_name", "owner", "type", "api", "project", "project_id"})
 # ``GET /endpoints`` does not carry these; only ``GET /endpoints/{id}`` does.
 DETAIL_KEYS = frozenset({"display_name", "hardware"})
 REGEX_PREFIX = "re:"
@@ -200,10 +204,13 @@ class Matcher:
         """What the API must tell for this matcher to mean what it says."""
         return frozenset(_KEY_NEEDS[key] for key, _ in self.fields if key in _KEY_NEEDS)
 
-    def matches(self, endpoint: EndpointFacts) -> bool | None:
-        """True or False; None when a key the endpoint does not yet carry would decide."""
+    def matches(self, endpoint: EndpointFacts, keys: frozenset[str] | None = None) -> bool | None:
+        """True or False; None when a key the endpoint does not yet carry would decide. With ``keys``, only the
+        matcher's fields on those keys are asked."""
         undecided = False
         for key, patterns in self.fields:
+            if keys is not None and key not in keys:
+                continue
             value = getattr(endpoint, key)
             if value is None:
                 undecided = True

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from celery.schedules import crontab
 
 from worker.durations import parse_duration
-
-# A source not listed for longer than this (its list failed, it was not swept, the janitor was down): what its
-# endpoints did meanwhile is unknown, so their stale clocks start again when it lists (docs/design.md). The sweep
-# task uses the larger of this and two schedule intervals (``Settings.unseen_limit_s``).
-UNSEEN_LIMIT_S = 3600.0
 
 
 def parse_schedule(text: str) -> timedelta | crontab:
@@ -53,3 +49,43 @@ def schedule_interval(schedule: timedelta | crontab, now: datetime | None = None
     # One minute past a fire time, the next estimate is to the fire after it.
     second = schedule.remaining_estimate(now + first + timedelta(minutes=1))
     return timedelta(seconds=round((second - first).total_seconds()))
+
+
+def fires_between(schedule: timedelta | crontab, start: datetime, end: datetime, most: int) -> int:
+    """How many times the schedule fires after ``start`` and up to ``end``, counted to at most ``most``."""
+    if isinstance(schedule, timedelta):
+        return min(most, int((end - start) / schedule)) if end > start else 0
+    count, moment = 0, start
+    while count < most:
+        begun, delta, _ = schedule.remaining_delta(moment)
+        moment = (begun + delta).astimezone(UTC)  # the first fire after ``moment`` (crontab's own arithmetic)
+        if moment > end:
+            break
+        count += 1
+    return count
+
+
+# A source may miss this many of its scheduled sweeps (its list failing, the janitor down), and go unlisted this
+# long, before what its endpoints did meanwhile counts as unknown.
+MISSED_SWEEPS_ALLOWED = 4
+UNSEEN_FLOOR = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class UnseenLimit:
+    """When a source has gone unlisted too long: its endpoints' stale clocks start again when it lists
+    (docs/design.md). Counted in the schedule's own sweeps, not in wall time: a schedule that skips nights or
+    weekends (``*/15 8-18 * * 1-5``) misses nothing over them, while a janitor that was down, or a source whose
+    list failed, for more than :data:`MISSED_SWEEPS_ALLOWED` sweeps (and more than an hour) did miss them."""
+
+    schedule: timedelta | crontab = timedelta(minutes=15)
+
+    def exceeded(self, last_listed: datetime, now: datetime) -> bool:
+        if now - last_listed <= UNSEEN_FLOOR:
+            return False
+        # The sweep under way is one of the fires counted: more than that many is a sweep missed.
+        fires = fires_between(self.schedule, last_listed, now, MISSED_SWEEPS_ALLOWED + 2)
+        return fires > MISSED_SWEEPS_ALLOWED + 1
+
+
+DEFAULT_UNSEEN_LIMIT = UnseenLimit()  # the default schedule's (JANITOR_SWEEP_SCHEDULE=15m)

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import SettingsError
 from worker.redact import register_settings_secrets
-from worker.schedule import UNSEEN_LIMIT_S, parse_schedule, schedule_interval
+from worker.schedule import UnseenLimit, parse_schedule
 from worker.together import API_CAPABILITIES, Capabilities, combine_capabilities
 
 ENV_PREFIX = "JANITOR_"
@@ -377,11 +377,9 @@ class Settings(BaseSettings):
         return int(self.retention_days * 86400)
 
     @property
-    def unseen_limit_s(self) -> float:
-        """How long a source may go unlisted before its endpoints' stale clocks start again: an hour, or two
-        schedule intervals if that is longer (a sweep missed now and then restarts nothing)."""
-        interval = schedule_interval(parse_schedule(self.sweep_schedule)).total_seconds()
-        return max(UNSEEN_LIMIT_S, 2 * interval)
+    def unseen_limit(self) -> UnseenLimit:
+        """When a source has gone unlisted too long, in this schedule's sweeps (:class:`UnseenLimit`)."""
+        return UnseenLimit(parse_schedule(self.sweep_schedule))
 
 
 _MASK = "***"

@@ -47,7 +47,7 @@ from worker.policy import (
     load_policy,
 )
 from worker.redact import scrub_line
-from worker.schedule import UNSEEN_LIMIT_S
+from worker.schedule import DEFAULT_UNSEEN_LIMIT, UnseenLimit
 from worker.sources import V2_UNRESOLVED, Resolved, single
 from worker.store import LimitState, Store, SweepState
 from worker.together import (
@@ -347,7 +347,7 @@ def read_and_plan(
     pending_ttl_s: float = float("inf"),
     dry: bool = False,
     every_decision: bool = False,
-    unseen_limit_s: float = UNSEEN_LIMIT_S,
+    unseen_limit: UnseenLimit = DEFAULT_UNSEEN_LIMIT,
 ) -> tuple[SweepPlan, SweepState]:
     """List every source, read the stored state, plan: what a sweep does before it writes, and all
     ``janitor plan`` does.
@@ -376,7 +376,7 @@ def read_and_plan(
         swept_sources=list(listing.results),
         v2_unresolved=listing.unresolved_v2,
     )
-    unseen = _unseen_too_long(listing.ids, state, now, unseen_limit_s)
+    unseen = _unseen_too_long(listing.ids, state, now, unseen_limit)
     if unseen:
         _restart_clocks(listing, state, unseen)
     owner = listing.owner
@@ -402,15 +402,14 @@ def read_and_plan(
 
 
 def _unseen_too_long(
-    listed: Mapping[str, Sequence[str]], state: SweepState, now: datetime, limit_s: float
+    listed: Mapping[str, Sequence[str]], state: SweepState, now: datetime, limit: UnseenLimit
 ) -> dict[str, float | None]:
-    """The sources listed now that went unseen longer than ``limit_s`` (their list failed, they were not swept,
-    the janitor did not run): each with when it last listed (None: never known). A source known from before
-    the times were kept counts from the newest sweep."""
+    """The sources listed now that went unlisted too long (their list failed, they were not swept, the janitor
+    did not run: :class:`UnseenLimit`): each with when it last listed (None: not known)."""
     unseen: dict[str, float | None] = {}
     for source in listed:
-        last = state.listed_at.get(source, state.last_sweep_at)
-        if last is None or now.timestamp() - last > limit_s:
+        last = state.listed_at.get(source)
+        if last is None or limit.exceeded(datetime.fromtimestamp(last, UTC), now):
             unseen[source] = last
     return unseen
 
@@ -482,7 +481,7 @@ def run_sweep(
     sweep_id: str | None = None,
     clock: Callable[[], datetime] = utc_now,
     notify_url: str | None = None,
-    unseen_limit_s: float = UNSEEN_LIMIT_S,
+    unseen_limit: UnseenLimit = DEFAULT_UNSEEN_LIMIT,
 ) -> SweepSummary:
     """One sweep: lock, load the policy, read, plan, commit, queue, record, notify.
 
@@ -502,7 +501,7 @@ def run_sweep(
     try:
         api = client() if callable(client) else client
         newly_marked = _sweep_locked(
-            store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline, unseen_limit_s
+            store, api, policy_file, pending_ttl_s, enqueue, summary, clock, deadline, unseen_limit
         )
     except (PolicyError, SettingsError) as exc:
         summary.status, summary.error = "error", str(exc)
@@ -547,7 +546,7 @@ def _sweep_locked(
     summary: SweepSummary,
     clock: Callable[[], datetime],
     deadline: float,
-    unseen_limit_s: float,
+    unseen_limit: UnseenLimit,
 ) -> list[Planned]:
     """The sweep proper; returns the endpoints it newly marked (for the notification)."""
     # The file is read at every sweep, so edits apply without a restart; an invalid one stops here. It is
@@ -562,7 +561,7 @@ def _sweep_locked(
         clock,
         before_fetch=check_deadline,
         pending_ttl_s=pending_ttl_s,
-        unseen_limit_s=unseen_limit_s,
+        unseen_limit=unseen_limit,
     )
     summary.sources = {key: _public(r) for key, r in plan.sources.items()}
     _note_sources(store, summary, plan)

@@ -114,7 +114,7 @@ def _sweep(self: Task, settings: Settings, dry_run: bool | None) -> dict[str, An
             enqueue=_enqueue,
             sweep_id=self.request.id,
             notify_url=settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None,
-            unseen_limit_s=settings.unseen_limit_s,
+            unseen_limit=settings.unseen_limit,
         )
     finally:
         if trim is not None:

@@ -252,7 +252,11 @@ def test_a_sequence_whose_rule_or_age_no_longer_allows_it_is_held(fields: dict[s
         ("{name: 'acme/ci-*'}", False),
         ("{name: 'acme/ci-tmp-*'}", True),  # a person narrowed the rule since the delete began
         ("{project: prod}", True),  # a key the endpoint does not match
-        ("{model: 'meta/*'}", True),  # not known (None): undecided is not a match
+        # What the sequence's own steps change (the main deployment's model and hardware, the state) is not asked:
+        # once its deployments are gone, none matches; the sequence must still end.
+        ("{model: 'meta/*'}", False),
+        ("{name: 'acme/ci-*', hardware: '*h100*', state: STARTED}", False),
+        ("{name: 'acme/ci-tmp-*', hardware: '*h100*'}", True),
     ],
 )
 def test_a_sequence_whose_rule_no_longer_matches_the_endpoint_is_held(match: str, held: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -430,12 +431,32 @@ def test_a_time_setting_out_of_range_is_refused_at_start(
         load_settings()
 
 
-@pytest.mark.parametrize(("schedule", "limit_s"), [("15m", 3600), ("1h", 7200), ("0 3 * * *", 2 * 86400)])
-def test_a_source_may_go_unseen_an_hour_or_two_sweeps_before_its_clocks_start_again(
-    monkeypatch: pytest.MonkeyPatch, schedule: str, limit_s: float
+@pytest.mark.parametrize(
+    ("schedule", "last", "now", "exceeded"),
+    [
+        ("15m", "2026-11-30T10:00", "2026-11-30T10:59", False),  # under an hour
+        ("15m", "2026-11-30T10:00", "2026-11-30T11:16", False),  # four missed (11:15 is this sweep's)
+        ("15m", "2026-11-30T10:00", "2026-11-30T11:31", True),  # five missed
+        ("1h", "2026-11-30T10:00", "2026-11-30T12:01", False),  # one sweep missed, a little late
+        ("1h", "2026-11-30T10:00", "2026-11-30T15:01", False),  # four missed: allowed
+        ("1h", "2026-11-30T10:00", "2026-11-30T16:01", True),
+        # Nights and weekends a schedule skips are not missed sweeps.
+        ("*/15 8-18 * * *", "2026-11-30T18:45", "2026-12-01T08:01", False),
+        ("*/5 * * * 1-5", "2026-11-27T23:55", "2026-11-30T00:01", False),  # Friday night to Monday
+        ("0 9 * * 1-5", "2026-11-27T09:00", "2026-11-30T09:01", False),
+        ("0 9 * * 1-5", "2026-11-23T09:00", "2026-11-30T09:01", False),  # four weekdays missed
+        ("0 9 * * 1-5", "2026-11-20T09:00", "2026-11-30T09:01", True),  # five
+        ("0 3 * * *", "2026-11-25T03:00", "2026-11-30T03:01", False),
+        ("0 3 * * *", "2026-11-24T03:00", "2026-11-30T03:01", True),
+    ],
+)
+def test_a_source_is_unseen_too_long_after_more_than_four_missed_sweeps_and_an_hour(
+    monkeypatch: pytest.MonkeyPatch, schedule: str, last: str, now: str, exceeded: bool
 ) -> None:
     monkeypatch.setenv("JANITOR_SWEEP_SCHEDULE", schedule)
-    assert load_settings().unseen_limit_s == limit_s
+    limit = load_settings().unseen_limit
+    at = {t: datetime.fromisoformat(t).replace(tzinfo=UTC) for t in (last, now)}
+    assert limit.exceeded(at[last], at[now]) is exceeded
 
 
 @pytest.mark.parametrize(

@@ -165,10 +165,9 @@ class SweepState:
     # whose endpoints those are is not known, so every endpoint not listed is held.
     held: frozenset[str] = frozenset()
     hold_all: bool = False
-    # When each source last listed completely (``P:listed_at``, epoch seconds), and when the newest sweep began
-    # (for a source known from before the times were kept): how long its endpoints went unseen.
+    # When each source last listed completely (``P:listed_at``, epoch seconds; for a source from before the
+    # times were kept, the newest sweep's start if that sweep listed it): how long its endpoints went unseen.
     listed_at: dict[str, float] = field(default_factory=dict)
-    last_sweep_at: float | None = None
 
     def holds(self, endpoint_id: str) -> bool:
         """Whether an endpoint not listed may belong to a source that failed: it is neither forgotten, unmarked,
@@ -263,9 +262,43 @@ class SweepKeeping(RecordKeeping):
             sequences=_parse_sequences(sequences),
             held=frozenset(kept - listed),
             hold_all=v2_unresolved and not any(k.startswith("v2:") for k in known),
-            listed_at=_parse_times(listed_at),
-            last_sweep_at=float(newest[0][1]) if newest else None,
+            listed_at=self._with_newest_sweep(_parse_times(listed_at), swept_sources or (), newest),
         )
+
+    def last_listed(self, source: str) -> float | None:
+        """When ``source`` last listed completely (epoch seconds; as :meth:`read_sweep_state` reads it), or None
+        when that is not known: what the delete's re-check holds its observation to."""
+        pipe = self._pipeline()
+        pipe.hget(self.key("listed_at"), source)
+        pipe.zrevrange(self.key("sweeps"), 0, 0, withscores=True)
+        raw, newest = pipe.execute()
+        times = _parse_times({source: raw} if raw is not None else {})
+        return self._with_newest_sweep(times, [source], newest).get(source)
+
+    def _with_newest_sweep(
+        self, times: dict[str, float], sources: Sequence[str], newest: list[tuple[str, float]]
+    ) -> dict[str, float]:
+        """``times`` completed, for each of ``sources`` it lacks (a source from before ``P:listed_at`` was kept),
+        by the newest sweep's start if that sweep's summary says the source listed (one more round trip, only
+        then); otherwise the time stays unknown, and unknown is unseen too long."""
+        missing = [source for source in sources if source not in times]
+        if not missing or not newest:
+            return times
+        sweep_id, started = newest[0]
+        raw = cast(str | None, self.redis.get(self.key("sweep", sweep_id)))
+        try:
+            summary = json.loads(raw) if raw else {}
+        except ValueError:
+            summary = {}
+        if not isinstance(summary, dict) or summary.get("status") != "ok":
+            return times
+        results = summary.get("sources")
+        for source in missing:
+            result = results.get(source) if isinstance(results, dict) else None
+            # A summary from before sources has none: its one source listed, as its status says.
+            if results is None or (isinstance(result, dict) and result.get("status") == "ok"):
+                times[source] = float(started)
+        return times
 
     def _listed_of(self, sources: Sequence[str]) -> set[str]:
         """The last complete listing of each of ``sources``, in one round trip (none when there are none)."""
