@@ -23,10 +23,11 @@ from worker.cli import _outcomes_by_project
 from worker.clock import utc_now
 from worker.doctor import check_api
 from worker.exporter import snapshot
-from worker.janitor import DeleteRequest, RunState, run_delete
+from worker.janitor import DeleteRequest, Recheck, RunState, run_delete
 from worker.models import OutcomeStatus, SweepSummary
 from worker.notify import build_notification
-from worker.policy import parse_policy
+from worker.policy import Action, parse_policy
+from worker.schedule import UnseenLimit
 from worker.settings import Settings
 from worker.simulator.v2 import DEFAULT_PROJECT_ID, DEFAULT_PROJECT_SLUG
 from worker.sources import Resolved, resolve_sources
@@ -392,9 +393,9 @@ def test_a_stale_clock_counts_only_the_time_the_janitor_saw(
     restarted: bool,
     v2_restarted: bool,
 ) -> None:
-    """A source not listed for longer than ``UNSEEN_LIMIT_S`` (its list failed, or no sweep ran) may have run and
-    stopped again meanwhile: when it lists again, its endpoints' stale clocks start then, not when they were last
-    seen; a failure now and then restarts nothing."""
+    """A source that missed more than four scheduled sweeps and an hour (its list failed, or no sweep ran) may have
+    run and stopped again meanwhile: when it lists again, its endpoints' stale clocks start then, not when they
+    were last seen; a failure now and then restarts nothing."""
     policy = write_policy(tmp_path / "policy.yaml", STOPPED_2H)
     sim.reset([v1_ep(1, "acme/x") | {"state": "STOPPED"}])
     sim.v2_reset([v2_ep(1, "other")], project_slug="acme")
@@ -516,3 +517,26 @@ def test_a_project_renamed_since_the_sweep_is_decided_by_the_next_sweep(sim: Sim
         outcome
     )
     assert [r for r in sim.v2_requests() if r["method"] != "GET"] == before
+
+
+def test_a_task_from_before_sources_counts_from_its_api_s_last_listing(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    """A task that names no source (queued before sources existed) is held to the listing of the source its
+    client speaks for: right after a sweep its observation counts; three hours later it does not."""
+    policy = write_policy(tmp_path / "policy.yaml", STOPPED_2H)
+    sim.reset([v1_ep(1, "acme/x") | {"state": "STOPPED"}])
+    sim.v2_reset([v2_ep(1, "other")], project_slug="acme")
+    start = utc_now()
+    _sweeps_at(sim, store, both, policy, start, [(m, "ok") for m in (0, 30, 60, 90, 120, 150)])
+    v1 = both.clients[0][1]
+    fresh = v1.get_endpoint("endpoint-0001")
+
+    def guard_at(minutes: int) -> str | None:
+        moment = start + timedelta(minutes=minutes)
+        recheck = Recheck(v1, store, policy, Action.DELETE, "stopped", moment, source="", unseen_limit=UnseenLimit())
+        return recheck(fresh)
+
+    assert guard_at(151) is None
+    reason = guard_at(150 + 180)
+    assert reason is not None and "keep" in reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
 
 from tests import store_reads as reads
@@ -188,3 +189,13 @@ def test_a_project_s_pause_and_approval_are_its_own(redis_client: redis.Redis, k
     assert store.take_resume(3, project="prod") is None  # one sweep
     assert store.clear_pause("no limit trips any more", project="prod")
     assert store.project_pauses() == {} and store.limit_state([], ["prod"]).paused_projects == frozenset()
+
+
+@pytest.mark.parametrize("junk", ["1e12", "-1e12", "0", "x", "nan", "1e400", ""])
+def test_a_listing_time_out_of_range_is_not_known_and_fails_no_sweep(store: Store, junk: str) -> None:
+    """``P:listed_at`` holding what no datetime can be (a hand edit, a bug elsewhere) is "not known": the source
+    counts as unseen too long (its clocks start again), never an error in every sweep and every re-check."""
+    store.redis.hset(store.key("listed_at"), "v1", junk)
+    assert store.last_listed("v1") is None
+    state = store.read_sweep_state([], datetime.now(UTC), 60, swept_sources=["v1"])
+    assert state.listed_at == {}

@@ -390,7 +390,8 @@ class Recheck:
         long)."""
         if self.unseen_limit is None:
             return False
-        last = self.store.last_listed(self.source)
+        # A task from before sources names none: its source is the one its client speaks for (the single API).
+        last = self.store.last_listed(self.source or self.client.source.key)
         return last is None or self.unseen_limit.exceeded(datetime.fromtimestamp(last, UTC), self.now)
 
     def __call__(self, fresh: Endpoint) -> str | None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,15 +132,25 @@ def _update_hash(pipe: Pipeline, key: str, changed: Mapping[str, str], removed: 
         pipe.hdel(key, *removed[start : start + _CHUNK])
 
 
+def _epoch(value: object) -> float | None:
+    """A stored time (epoch seconds) that a datetime can hold, or None (unreadable, or out of range: a value
+    ``datetime.fromtimestamp`` refuses would fail every sweep that reads it)."""
+    try:
+        moment = float(cast(Any, value))
+        datetime.fromtimestamp(moment, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return moment if moment > 0 else None
+
+
 def _parse_times(raw: dict[str, str]) -> dict[str, float]:
-    """``P:listed_at``: source key -> epoch seconds; an unreadable time is left out (the source's endpoints then
-    count as unseen since the newest sweep, or unseen for too long: their clocks start again)."""
+    """``P:listed_at``: source key -> epoch seconds; an unreadable time is left out (unknown: the source counts as
+    unseen too long, and its endpoints' clocks start again)."""
     times: dict[str, float] = {}
     for source, value in raw.items():
-        with contextlib.suppress(ValueError):
-            moment = float(value)
-            if math.isfinite(moment):
-                times[source] = moment
+        moment = _epoch(value)
+        if moment is not None:
+            times[source] = moment
     return times
 
 
@@ -284,7 +292,10 @@ class SweepKeeping(RecordKeeping):
         missing = [source for source in sources if source not in times]
         if not missing or not newest:
             return times
-        sweep_id, started = newest[0]
+        sweep_id, score = newest[0]
+        started = _epoch(score)
+        if started is None:
+            return times
         raw = cast(str | None, self.redis.get(self.key("sweep", sweep_id)))
         try:
             summary = json.loads(raw) if raw else {}
@@ -297,7 +308,7 @@ class SweepKeeping(RecordKeeping):
             result = results.get(source) if isinstance(results, dict) else None
             # A summary from before sources has none: its one source listed, as its status says.
             if results is None or (isinstance(result, dict) and result.get("status") == "ok"):
-                times[source] = float(started)
+                times[source] = started
         return times
 
     def _listed_of(self, sources: Sequence[str]) -> set[str]:
