@@ -418,12 +418,16 @@ def _restart_clocks(listing: Listing, state: SweepState, unseen: Mapping[str, fl
     """What the janitor did not see, it does not count: an endpoint of a source unseen too long is observed
     afresh (its stale clock starts now; a v2 history may still tell an earlier start), never as if it had been
     in its state all that time."""
-    source_of = {e: source for source in unseen for e in listing.ids[source]}
+    source_of: dict[str, str] | None = None  # built only if some endpoint was seen before (not on a first sweep)
     restarted: set[str] = set()
     observed = state.observed
-    for i, endpoint in enumerate(listing.endpoints):
-        source = source_of.get(endpoint.id)
-        if source is not None and observed[i] is not None:
+    for i, previous in enumerate(observed):
+        if previous is None:
+            continue
+        if source_of is None:
+            source_of = {e: source for source in unseen for e in listing.ids[source]}
+        source = source_of.get(listing.endpoints[i].id)
+        if source is not None:
             observed[i] = None
             restarted.add(source)
     for source in sorted(restarted):  # a source none of whose endpoints had been seen restarts nothing
