@@ -373,16 +373,23 @@ def test_a_rule_on_what_the_sequence_changes_still_ends_it(
     assert delete_v2.sim.v2_endpoint("ep_0001") is None
 
 
+def _until_scaled_down(delete: Delete, store: Store, request: DeleteRequest) -> Continue:
+    """Runs of ``request`` until its sequence's last step scaled a deployment down; the last run's result, to go
+    on from."""
+    result = delete.run(request)
+    while reads.open_sequences(store)[request.endpoint_id].last_phase is not StepPhase.SCALE_DOWN:
+        assert isinstance(result, Continue), result
+        result = delete.run(request, result.state)
+    assert isinstance(result, Continue)
+    return result
+
+
 def test_an_experiment_made_after_the_scale_down_stops_the_deployment_s_delete(delete_v2: Delete, store: Store) -> None:
     """The experiments are not read again before the second scale-down (it can be undone), but they are before a
     deployment is deleted: one made meanwhile ends the delete blocked, every deployment still there."""
     delete_v2.sim.v2_reset([v2_endpoint(1, deployments=2)], stop_delay_s=0)
     (request,) = delete_v2.sweep()
-    result = delete_v2.run(request)
-    while reads.open_sequences(store)["ep_0001"].last_phase is not StepPhase.SCALE_DOWN:
-        assert isinstance(result, Continue), result
-        result = delete_v2.run(request, result.state)
-    assert isinstance(result, Continue)
+    result = _until_scaled_down(delete_v2, store, request)
     made = delete_v2.sim.admin.post("/v2/endpoints/ep_0001/abExperiments", json={"id": "abx_late", "name": "late"})
     assert made.status_code == 201, made.text
     outcome = run_to_the_end(delete_v2, request, result.state).outcome
@@ -401,11 +408,7 @@ def test_a_late_run_of_the_same_task_reads_the_experiments_again_before_scaling_
     sim = delete_v2.sim
     sim.v2_reset([v2_endpoint(1, deployments=3)], stop_delay_s=0)
     (request,) = delete_v2.sweep()
-    result = delete_v2.run(request)
-    while reads.open_sequences(store)["ep_0001"].last_phase is not StepPhase.SCALE_DOWN:
-        assert isinstance(result, Continue), result
-        result = delete_v2.run(request, result.state)
-    assert isinstance(result, Continue)
+    result = _until_scaled_down(delete_v2, store, request)
     sequence = reads.open_sequences(store)["ep_0001"]
     assert sequence.task_id == request.task_id and sequence.experiments_clear_at is not None
     scaled = {r["deployment_id"] for r in delete_v2.changes() if r["method"] == "PATCH" and r["target"] == "deployment"}
