@@ -143,6 +143,13 @@ class Sim:
     def base_url(self) -> str:
         return str(self.server.base_url)
 
+    def settings(self, **fields: Any) -> Any:
+        """The janitor's settings for this simulator (its key and URL, 2 s per request), with ``fields``."""
+        from worker.settings import Settings
+
+        base = {"together_api_key": self.api_key, "together_base_url": self.base_url, "http_timeout_s": 2}
+        return Settings(**(base | fields))
+
     def reset(self, endpoints: list[dict[str, Any]]) -> None:
         self.admin.post("/reset", json={"endpoints": endpoints}).raise_for_status()
 

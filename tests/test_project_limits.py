@@ -24,7 +24,6 @@ from worker.doctor import check_limits
 from worker.errors import JanitorError
 from worker.janitor import DeleteRequest, RunState, run_delete
 from worker.models import OutcomeStatus
-from worker.settings import Settings
 from worker.simulator.v2 import DEFAULT_PROJECT_ID
 from worker.sources import Resolved
 from worker.store import Store
@@ -100,7 +99,7 @@ def test_a_project_over_its_limit_is_paused_alone_until_resumed_for_that_project
     limit_events = [e for e in events(store, 200) if e["kind"] == "limit"]
     assert [e["project"] for e in limit_events] == ["acme", "acme"]  # the dry run's and the live one's
     # janitor doctor and janitor report name the paused project.
-    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, http_timeout_s=2)
+    settings = sim.settings()
     with pytest.raises(JanitorError, match="project acme is paused by its tripped limit"):
         check_limits(settings, store)
     env = env_for(redis_url, key_prefix, sim, policy)
@@ -188,11 +187,8 @@ def test_each_project_keeps_its_own_24h_count(
 
     # v1's task finds its endpoint protected meanwhile: spared, it changed nothing, so it leaves both counts.
     write_policy(policy, PER_DAY.replace("rules:", 'protect:\n  - name: "acme/ci-a"\nrules:'))
-    settings = Settings(
-        together_api_key=sim.api_key,
-        together_base_url=sim.base_url,
+    settings = sim.settings(
         sources="v1,v2",
-        http_timeout_s=2,
         policy_file=policy,
         dry_run=False,
     )

@@ -141,7 +141,7 @@ def test_v1_answering_its_list_with_404_or_410_is_closed_and_v2_goes_on(
     assert closed is not None and closed["status"] == status and closed["first_seen"] <= closed["last_seen"]
     assert len([r for r in caplog.records if "v1 answers its list" in r.getMessage()]) == 1  # once a day
     # janitor doctor says so, and passes while v2 lists.
-    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, http_timeout_s=2)
+    settings = sim.settings()
     detail = check_api(settings, store)
     assert f"v1 closed: its list answered HTTP {status}" in detail and "acme: 1 dedicated endpoint(s)" in detail
 
@@ -190,15 +190,13 @@ def _org(sim: Sim) -> None:
 
 def _settings(sim: Sim, tmp_path: Path, sources: str = "v2", **overrides: Any) -> Settings:
     policy = write_policy(tmp_path / "policy.yaml", ORG_POLICY)
-    return Settings(
-        together_api_key=sim.api_key,
-        together_base_url=sim.base_url,
+    settings: Settings = sim.settings(
         sources=sources,
-        http_timeout_s=2,
         policy_file=policy,
         dry_run=False,
         **overrides,
     )
+    return settings
 
 
 def test_an_organization_key_sweeps_each_project_of_its_organization_with_scope_and_protect(
@@ -295,7 +293,7 @@ def test_v2_projects_that_cannot_be_found_hold_every_endpoint_not_listed(
 ) -> None:
     """whoami failing: the v2 projects are not even known, so no endpoint missing from v1's list is let go."""
     policy = write_policy(tmp_path / "policy.yaml", BY_API)
-    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, sources="v1,v2", http_timeout_s=2)
+    settings = sim.settings(sources="v1,v2")
     sim.reset([v1_ep(1, "acme/keep")])
     sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
     queued: list[DeleteRequest] = []
@@ -347,7 +345,7 @@ def test_a_key_v2_is_not_open_to_is_v2_closed_and_holds_nothing_of_v1(sim: Sim, 
     """whoami answering 401 (a v1 key with the default sources): v2 is closed, not failed, so v1's endpoints
     that are gone are let go as usual (a v2 that failed to answer would hold them)."""
     policy = write_policy(tmp_path / "policy.yaml", BY_API)
-    settings = Settings(together_api_key=sim.api_key, together_base_url=sim.base_url, sources="v1,v2", http_timeout_s=2)
+    settings = sim.settings(sources="v1,v2")
     sim.reset([v1_ep(1, "acme/keep"), v1_ep(2, "acme/gone-soon")])
     sim.v2_faults(scripts={"_project": {"GET whoami": [401] * 10}})
     queued: list[DeleteRequest] = []
@@ -449,11 +447,8 @@ def test_a_task_run_long_after_its_sweep_counts_no_time_nobody_saw(
     start = utc_now()
     _, queued = _sweeps_at(sim, store, both, policy, start, [(m, "ok") for m in (0, 30, 60, 90, 120, 150)])
     (request,) = queued
-    settings = Settings(
-        together_api_key=sim.api_key,
-        together_base_url=sim.base_url,
+    settings = sim.settings(
         sources="v1,v2",
-        http_timeout_s=2,
         policy_file=policy,
         dry_run=False,
     )

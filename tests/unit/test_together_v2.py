@@ -451,16 +451,8 @@ def test_the_sdk_s_environment_changes_nothing(monkeypatch: pytest.MonkeyPatch) 
 
 def test_model_names_are_resolved_once_per_distinct_model() -> None:
     api = FakeApi(wire([dep("dep_a", model=LLAMA), dep("dep_b", model=LLAMA)]))
-    base = api.__call__
-
-    def with_models(request: httpx.Request) -> httpx.Response:
-        if "/models/" in request.url.path:
-            api.requests.append(request)
-            return httpx.Response(200, json={"id": "ml_llama", "name": "meta-llama/Llama-3.3-70B"})
-        return base(request)
-
     c = TogetherV2Client(
-        "http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(with_models), project_id="proj_1"
+        "http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(_named(api)), project_id="proj_1"
     )
     (facts,) = c.list_endpoints()
     assert facts.model == "meta-llama/Llama-3.3-70B"
