@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from together import Together
 
 from tests import store_reads as reads
 from tests.conftest import BASIC_POLICY, Sim, spec
@@ -32,6 +33,7 @@ from worker.janitor import (
 from worker.models import OutcomeStatus
 from worker.policy import Action
 from worker.settings import Settings
+from worker.simulator.v2 import DEFAULT_PROJECT_ID
 from worker.store import Store
 from worker.sweep import run_sweep
 from worker.together import EndpointsApi, StepPhase, TogetherClient
@@ -429,3 +431,118 @@ def test_a_late_run_of_the_same_task_reads_the_experiments_again_before_scaling_
     assert {d["id"]: d["state"] for d in left["deployments"] if d["id"] in running} == dict.fromkeys(
         running, "DEPLOYMENT_STATE_READY"
     )
+
+
+# ---------------------------------------------------------------------------------------------- a person's answer
+
+
+def _use_policy(delete: Delete, tmp_path: Path, text: str) -> None:
+    policy = tmp_path / "answer-policy.yaml"
+    policy.write_text(text)
+    delete.configure(policy_file=policy)
+    delete.policy = policy
+
+
+def _scale_up(sim: Sim, deployment: str) -> None:
+    """A person scaling a deployment back up with Together's own SDK, conditional on what they read."""
+    person = Together(api_key=sim.api_key, base_url=sim.root_url.rstrip("/"), max_retries=0)
+    full = person.endpoints.deployments.retrieve(deployment, endpoint_id="ep_0001", project_id=DEFAULT_PROJECT_ID)
+    person.endpoints.deployments.update(
+        deployment,
+        endpoint_id="ep_0001",
+        project_id=DEFAULT_PROJECT_ID,
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+        update_mask="autoscaling",
+        etag=full.etag,
+    )
+
+
+def _deleted_deployments(delete: Delete) -> list[str]:
+    return [r["deployment_id"] for r in delete.changes() if r["method"] == "DELETE" and r["target"] == "deployment"]
+
+
+@pytest.mark.parametrize("answer", ["restarted after the unroute", "scaled up after the scale-down", "added"])
+def test_a_person_s_answer_to_a_delete_under_way_stops_it(
+    delete_v2: Delete, store: Store, tmp_path: Path, answer: str
+) -> None:
+    """A delete only unroutes, scales down and deletes: a deployment active that was not when the delete began,
+    active again after the delete scaled it down, or added since, was a person's doing. The next step is held
+    (spared) and nothing of it is deleted, whatever phase the sequence was in."""
+    sim = delete_v2.sim
+    endpoint = v2_endpoint(1)
+    if answer == "restarted after the unroute":
+        # Stopped but still routed (as the README's "stop, then delete" rules leave them); the rule asks STOPPED.
+        _use_policy(
+            delete_v2, tmp_path, BASIC_POLICY.replace('{name: "acme/ci-*"}', '{name: "acme/ci-*", state: STOPPED}')
+        )
+        endpoint["deployments"][0] |= {
+            "state": "DEPLOYMENT_STATE_STOPPED",
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 0},
+        }
+    sim.v2_reset([endpoint], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    if answer == "scaled up after the scale-down":
+        result = _until_scaled_down(delete_v2, store, request)
+    else:
+        result = delete_v2.run(request)
+        assert reads.open_sequences(store)["ep_0001"].last_phase is StepPhase.UNROUTE
+    assert isinstance(result, Continue)
+    if answer == "added":
+        made = sim.admin.post(
+            "/v2/endpoints/ep_0001/deployments",
+            json={
+                "id": "dep_new",
+                "model": "m2",
+                "hardware": "1x_nvidia_h100_80gb_sxm",
+                "state": "DEPLOYMENT_STATE_STOPPED",
+            },
+        )
+        assert made.status_code == 201, made.text
+    else:
+        _scale_up(sim, "dep_1_0")
+    outcome = run_to_the_end(delete_v2, request, result.state).outcome
+    assert outcome.status == "spared" and "a person's answer" in (outcome.error or ""), outcome
+    assert _deleted_deployments(delete_v2) == [] and sim.v2_endpoint("ep_0001") is not None
+    # The next sweep decides afresh: the sequence is over.
+    assert "ep_0001" not in reads.open_sequences(store)
+
+
+def test_a_delete_that_has_only_detached_asks_its_whole_rule_again(
+    delete_v2: Delete, store: Store, tmp_path: Path
+) -> None:
+    """An idle rule with ``experiments: detach``: the first step only removes the A/B experiment, so the endpoint
+    still takes its traffic. Busy again, it is no longer idle: neither the task's next run nor a later sweep
+    carries the delete on (a detach changes nothing the rule reads, so the rule is asked whole)."""
+    from tests.test_v2 import _with_experiment
+
+    _use_policy(
+        delete_v2,
+        tmp_path,
+        "version: 1\nexperiments: detach\nscope: {types: [dedicated]}\n"
+        "rules:\n  - name: quiet\n    idle: {no_requests_for: 2h}\n",
+    )
+    sim = delete_v2.sim
+    sim.v2_reset([_with_experiment(1)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    first = delete_v2.run(request)
+    assert isinstance(first, Continue)
+    sequence = reads.open_sequences(store)["ep_0001"]
+    assert sequence.last_phase is StepPhase.DETACH and not sequence.conditions_changed
+    sim.admin.post("/v2/endpoints/ep_0001/requests", json={"age_s": 60, "count": 5000}).raise_for_status()
+    assert delete_v2.sweep() == []  # not resumed: the sweep's own decision (kept) stands
+    outcome = run_to_the_end(delete_v2, request, first.state).outcome
+    assert outcome.status == "spared" and "now keep" in (outcome.error or ""), outcome
+    assert [r["target"] for r in delete_v2.changes()] == ["ab_experiment"]  # the detach, and nothing since
+
+
+def test_a_rule_s_ttl_lengthened_during_the_delete_stops_it(delete_v2: Delete, store: Store) -> None:
+    """The age is counted from createdAt, which no step changes: a ttl lengthened past the endpoint's age after
+    the unroute holds the next step."""
+    delete_v2.sim.v2_reset([v2_endpoint(1)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    first = delete_v2.run(request)
+    assert isinstance(first, Continue)
+    delete_v2.policy.write_text(BASIC_POLICY.replace("ttl: 6h", "ttl: 30d"))
+    outcome = run_to_the_end(delete_v2, request, first.state).outcome
+    assert outcome.status == "spared" and "no longer old enough" in (outcome.error or ""), outcome
+    assert _deleted_deployments(delete_v2) == []

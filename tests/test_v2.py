@@ -12,12 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests import store_reads as reads
 from tests.conftest import API_KEY, ROOT, Harness, Sim, spec, wait_for
 from worker.clock import parse_time, utc_now
-from worker.errors import ApiRefusal, ApiStatusError
+from worker.errors import ApiRefusal, ApiStatusError, SequenceRefused
 from worker.janitor import Recheck, fetch_detail, take_step
 from worker.models import OutcomeStatus
 from worker.policy import Action, Verdict, parse_policy
@@ -624,7 +625,7 @@ def test_an_endpoint_running_again_mid_sequence_is_spared(harness: Harness) -> N
         "/v2/endpoints/ep_0001/deployments/dep_1_0", json={"state": READY, "desiredReplicas": 1}
     ).raise_for_status()
     outcome = h.outcome("ep_0001", timeout=30)
-    assert outcome.status == "spared" and "STARTED again" in (outcome.error or "")
+    assert outcome.status == "spared" and "active again since the delete scaled it" in (outcome.error or "")
     assert reads.open_sequences(h.store) == {} and h.sim.v2_endpoint("ep_0001") is not None
     assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
 
@@ -726,6 +727,55 @@ def _with_experiment(n: int) -> dict[str, Any]:
         }
     ]
     return e
+
+
+def _with_shadow_targets(n: int) -> dict[str, Any]:
+    """An endpoint whose two deployments are the two targets of one shadow experiment."""
+    e = v2_endpoint(n, deployments=2)
+    targets = [{"id": f"tgt_{i}", "targetDeploymentId": d["id"]} for i, d in enumerate(e["deployments"])]
+    e["shadowExperiments"] = [{"id": f"exp_{n}", "targets": targets}]
+    return e
+
+
+class _BlankEtags(httpx.BaseTransport):
+    """The API answering ``etag: ""`` (schema-valid: the SDK types etags as str) on the reads whose path ends so."""
+
+    def __init__(self, path_end: str) -> None:
+        self.inner, self.path_end = httpx.HTTPTransport(), path_end
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.method != "GET" or not request.url.path.endswith(self.path_end):
+            return response
+        body = json.loads(response.read())
+
+        def blank(item: Any) -> Any:
+            if isinstance(item, dict):
+                return {k: "" if k == "etag" else blank(v) for k, v in item.items()}
+            return [blank(v) for v in item] if isinstance(item, list) else item
+
+        return httpx.Response(response.status_code, json=blank(body), request=request)
+
+
+@pytest.mark.parametrize(
+    ("path_end", "endpoint", "what"),
+    [
+        ("/endpoints/ep_0001", v2_endpoint(1), "the endpoint"),  # the unroute
+        ("/deployments", v2_endpoint(1, trafficSplit=[]), "deployment dep_1_0"),  # the scale-down
+        ("/abExperiments", _with_experiment(1), "experiment abx_1"),  # the detach
+        ("/shadowExperiments", _with_shadow_targets(1), "experiment exp_1"),  # a shadow target's removal
+    ],
+)
+def test_no_change_is_sent_without_an_etag_to_make_it_conditional(
+    sim: Sim, path_end: str, endpoint: dict[str, Any], what: str
+) -> None:
+    """An empty etag is no precondition ("If not set, the write overwrites based on current state"): every kind
+    of change is refused before it is sent, never made unconditional."""
+    sim.v2_reset([endpoint], stop_delay_s=0)
+    client = TogetherV2Client(sim.base_url, API_KEY, 2, transport=_BlankEtags(path_end))
+    with client, pytest.raises(SequenceRefused, match=f"{what} has no etag"):
+        client.step("ep_0001", Action.DELETE, _Pass(detach=True))
+    assert [r for r in sim.v2_requests() if r["method"] != "GET"] == []
 
 
 @pytest.mark.parametrize("policy_says", ["block", "detach"])

@@ -348,6 +348,8 @@ class Recheck:
         self.billable: tuple[tuple[str | None, int], ...] | None = None
         self.overrides: Callable[[str], float | None] = lambda _: None
         self._names_asked = True  # False when reads_model() said this step need not ask for model names
+        # The deployments as the guard read them when it let the step through (a sequence's first step keeps them).
+        self.activity: tuple[tuple[str, bool], ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -411,36 +413,45 @@ class Recheck:
             reason = moved
         elif self.sequence is not None and self.continues_sequence:
             reason = sequence_hold(policy, fresh, self.sequence, self.now, exemption=exemption)
+            if reason is None and not self.sequence.conditions_changed:
+                # Only detaches so far: traffic and replicas are as the rule read them, so it is asked whole.
+                reason = self._rule_no_longer_holds(policy, fresh, exemption)
         else:
-            stored = self.store.observation(fresh.id)
-            if stored is not None and self._source_unseen_too_long():
-                stored = None  # as the sweep would not count it: the clock starts now
-            observed = observe(stored, fresh.state, self.now)
-            # No history is read here: the sweep that queued this task wrote what it learnt of it into the
-            # observation (committed before the task was queued), so the observation read above already has it.
-            _, decision, _ = resolve(
-                policy,
-                fresh,
-                observed,
-                self.now,
-                fetch_detail=lambda _: fresh,
-                count_requests=self.client.count_requests,
-                exemption=exemption,
-                detail_fetched=True,
-                ignore_grace=True,
-            )
-            # By value: the decision's enum and the task's action name the same "delete" and "stop".
-            if not decision.acts or decision.action != self.action or decision.rule != self.rule:
-                now_is = f"{decision.label} by rule {decision.rule}" if decision.rule else decision.label
-                reason = f"now {now_is}: {decision.reason}"
+            reason = self._rule_no_longer_holds(policy, fresh, exemption)
         if reason is None:
             # Priced after the step, not here: a price list fetched now would eat the change's time budget.
             self.cleared = Cleared(fresh.hardware, None)
+            self.activity = fresh.deployment_activity
             self.billable, self.overrides = fresh.billable_replicas, policy.price_of
             if self.task_id is not None:
                 # The change is sent next: whatever comes back (or nothing), this task counts for the limits.
                 self.store.mark_sent(self.task_id)
         return reason
+
+    def _rule_no_longer_holds(self, policy: Policy, fresh: Endpoint, exemption: Exemption | None) -> str | None:
+        """The full re-check: why the task's rule no longer acts on the endpoint as it is now, or None."""
+        stored = self.store.observation(fresh.id)
+        if stored is not None and self._source_unseen_too_long():
+            stored = None  # as the sweep would not count it: the clock starts now
+        observed = observe(stored, fresh.state, self.now)
+        # No history is read here: the sweep that queued this task wrote what it learnt of it into the
+        # observation (committed before the task was queued), so the observation read above already has it.
+        _, decision, _ = resolve(
+            policy,
+            fresh,
+            observed,
+            self.now,
+            fetch_detail=lambda _: fresh,
+            count_requests=self.client.count_requests,
+            exemption=exemption,
+            detail_fetched=True,
+            ignore_grace=True,
+        )
+        # By value: the decision's enum and the task's action name the same "delete" and "stop".
+        if not decision.acts or decision.action != self.action or decision.rule != self.rule:
+            now_is = f"{decision.label} by rule {decision.rule}" if decision.rule else decision.label
+            return f"now {now_is}: {decision.reason}"
+        return None
 
 
 def project_renamed(queued_name: str, fresh: Endpoint) -> str | None:
@@ -495,8 +506,14 @@ def sequence_hold(
         # since the delete began): model, hardware and state follow the main deployment, which the steps take
         # out of traffic and delete, and the rule's conditions read the state they change.
         return f"rule {sequence.rule!r} no longer matches the endpoint ({rule.match}); not resumed"
+    if not rule.ages_hold(endpoint, now):
+        # Counted from createdAt, which no step changes (a person lengthened the rule's ttl or idle window).
+        return f"rule {sequence.rule!r}: the endpoint is no longer old enough for it; not resumed"
     if now - sequence.started_at > MAX_SEQUENCE_AGE:
         return f"the delete began at {iso(sequence.started_at)}, more than {MAX_SEQUENCE_AGE} ago; not resumed"
+    started = deployments_started(endpoint, sequence)
+    if started is not None:
+        return started
     last = sequence.last_step or ""
     # A sequence recorded before steps had phases: its old order scaled everything down first.
     scaled_down = (
@@ -506,6 +523,25 @@ def sequence_hold(
         return "the endpoint takes live traffic again since it was taken out of it: a person's answer"
     if endpoint.state in ("STARTED", "STARTING") and scaled_down:
         return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
+    return None
+
+
+def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | None:
+    """Why the endpoint's deployments show a person's answer since the sequence began, or None.
+
+    A delete (or stop) only unroutes, scales down and deletes: a deployment that was not there when its first step
+    read the endpoint, one active (running, starting, allowed replicas) that was not, or one the sequence scaled
+    to zero that is active again, was put there by someone (or the platform restarted it): not the sequence's to
+    take down. A record from before deployments were kept asks only the scaled ones.
+    """
+    before = dict(sequence.deployments) if sequence.deployments is not None else None
+    for deployment, active in endpoint.deployment_activity:
+        if before is not None and deployment not in before:
+            return f"deployment {deployment} was added since the delete began: a person's answer"
+        if active and deployment in sequence.scaled:
+            return f"deployment {deployment} is active again since the delete scaled it to zero: a person's answer"
+        if active and before is not None and not before[deployment]:
+            return f"deployment {deployment} is active since the delete began, and was not: a person's answer"
     return None
 
 
@@ -815,6 +851,8 @@ class _DeleteRun:
                 http_status=result.http_status,
                 reason=result.reason,
                 experiments_clear=result.experiments_clear,
+                scaled_down=result.scaled_down,
+                deployments=guard.activity,
                 hardware=cleared.hardware if cleared else None,
                 usd_per_hour=cleared.usd_per_hour if cleared else None,
             )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from worker.clock import iso, parse_aware_time
 from worker.policy import Action
@@ -176,6 +176,13 @@ class OpenSequence:
     unreadable: str | None = None
     # When a step of it last read the endpoint's experiments and none held a deployment (v2).
     experiments_clear_at: datetime | None = None
+    # Whether a step changed what the rule's conditions read (traffic, replicas): any step but a detach. Until
+    # then every step asks the whole rule again. A record from before this was kept: read from its last phase.
+    conditions_changed: bool = True
+    # (id, active) of each deployment when the first step read the endpoint (None: a record from before this was
+    # kept), and the deployments its steps scaled to zero: active again, or one added, is a person's answer.
+    deployments: tuple[tuple[str, bool], ...] | None = None
+    scaled: frozenset[str] = frozenset()
 
     def encode(self) -> str:
         record: dict[str, Any] = {
@@ -192,6 +199,10 @@ class OpenSequence:
         }
         if self.experiments_clear_at is not None:  # absent otherwise: a record as workers before it wrote one
             record["experiments_clear_at"] = iso(self.experiments_clear_at)
+        record["conditions_changed"] = self.conditions_changed
+        if self.deployments is not None:
+            record["deployments"] = [[d, active] for d, active in self.deployments]
+        record["scaled"] = sorted(self.scaled)
         if not self.phased:
             del record["last_phase"]
         return json.dumps(scrub_fields(record), separators=(",", ":"))
@@ -213,6 +224,16 @@ class OpenSequence:
             return cls._unreadable("an unreadable start time")
         phase = data.get("last_phase")
         steps, price = data.get("steps"), data.get("usd_per_hour")
+        deployments, scaled = _activity(data.get("deployments")), data.get("scaled", [])
+        if deployments is False:
+            return cls._unreadable("unreadable deployments")
+        if not isinstance(scaled, list) or not all(isinstance(d, str) for d in scaled):
+            return cls._unreadable("unreadable scaled deployments")
+        changed = data.get("conditions_changed")
+        if changed is None:  # a record from before: only a detach leaves the conditions as they were
+            changed = phase != StepPhase.DETACH
+        elif not isinstance(changed, bool):
+            return cls._unreadable(f"conditions_changed {changed!r}")
         return cls(
             rule=rule,
             action=Action(action),
@@ -226,11 +247,28 @@ class OpenSequence:
             hardware=_str_or_none(data.get("hardware")),
             usd_per_hour=float(price) if isinstance(price, int | float) and not isinstance(price, bool) else None,
             experiments_clear_at=parse_aware_time(data.get("experiments_clear_at")),
+            conditions_changed=changed,
+            deployments=deployments,
+            scaled=frozenset(scaled),
         )
 
     @classmethod
     def _unreadable(cls, why: str) -> OpenSequence:
         return cls(rule="", action=Action.STOP, started_at=_UNREADABLE_START, unreadable=why)
+
+
+def _activity(value: object) -> tuple[tuple[str, bool], ...] | Literal[False] | None:
+    """A sequence record's ``deployments``: None when absent (an older record), False when unreadable."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        return False
+    pairs = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], bool)):
+            return False
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
 
 
 def _str_or_none(value: object) -> str | None:

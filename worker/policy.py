@@ -415,15 +415,11 @@ class Rule(_Strict):
         """
         if self.action == "stop" and endpoint.state in STOPPED_STATES:
             return None  # stopping it again would change nothing
+        if not self.ages_hold(endpoint, now):
+            return None
         reasons = []
-        created = endpoint.created_at
-        if self.ttl is not None:
-            if created is None:
-                return None  # the age is unknown: a ttl cannot be said to have passed
-            age = now - created
-            # A created_at in the future gives a negative age: such an endpoint is never expired.
-            if age < self.ttl:
-                return None
+        if self.ttl is not None and endpoint.created_at is not None:
+            age = now - endpoint.created_at
             reasons.append(f"age {format_duration(age)} >= ttl {format_duration(self.ttl)}")
         if self.stale is not None:
             if endpoint.state not in self.stale.states or observed is None or observed.state != endpoint.state:
@@ -433,10 +429,20 @@ class Rule(_Strict):
                 reasons.append(f"{endpoint.state} for {format_duration(held)} >= {format_duration(self.stale.for_)}")
             elif not stale_time_pending:
                 return None
-        if self.idle is not None and (created is None or now - created < self.idle.no_requests_for):
-            # Younger than the window (or of unknown age): it cannot be said to have been idle for all of it.
-            return None
         return "; ".join(reasons)
+
+    def ages_hold(self, endpoint: EndpointFacts, now: datetime) -> bool:
+        """Whether the endpoint is old enough for the rule: its ttl, and its idle window (younger than the window,
+        it cannot be said to have been idle for all of it). Counted from ``created_at``, which no step of a delete
+        changes, so a sequence under way asks it at every step. An unknown age is never old enough; a
+        ``created_at`` in the future gives a negative age, never old enough either."""
+        if self.ttl is None and self.idle is None:
+            return True
+        created = endpoint.created_at
+        if created is None:
+            return False
+        age = now - created
+        return (self.ttl is None or age >= self.ttl) and (self.idle is None or age >= self.idle.no_requests_for)
 
 
 def _fraction(value: object) -> object:

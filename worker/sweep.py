@@ -283,13 +283,14 @@ def _resumed(
     Its rule may no longer hold because of the sequence itself (scaled down, an endpoint is STOPPED), so a
     KEEP or MARKED decision is replaced by the sequence's own; it is queued and counted against the limits
     like any candidate. What would stop its next step (:func:`sequence_hold`: a protect, an exemption, the
-    scope, its rule gone, its age, the endpoint running again) ends it instead.
+    scope, its rule gone, its age, the endpoint running again) ends it instead. A sequence that has only
+    detached changed nothing its rule reads: the sweep's own decision stands.
     """
     held = sequence_hold(policy, endpoint, sequence, now, exemption=state.exemptions.get(endpoint.id))
     if held is not None:
         plan.ended[endpoint.id] = held
         return decision
-    if decision.verdict not in (Verdict.KEEP, Verdict.MARKED):
+    if decision.verdict not in (Verdict.KEEP, Verdict.MARKED) or not sequence.conditions_changed:
         return decision
     reason = (
         f"resuming the {sequence.action} begun at {iso(sequence.started_at)} "

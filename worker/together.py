@@ -155,6 +155,9 @@ class Endpoint:
     # What is billed right now: (hardware, running replicas) of each deployment (v2: ready replicas; v1: filled
     # by the detail read from its state and autoscaling). None: not known, so its price is unknown, never 0.
     billable_replicas: tuple[tuple[str | None, int], ...] | None = None
+    # v2 only: (id, active) of each deployment listed, active meaning running, starting or not scaled to zero.
+    # A delete sequence never starts anything: a deployment active that was not is a person's answer.
+    deployment_activity: tuple[tuple[str, bool], ...] = ()
     # Its source, set by the client that listed it (never read from the API's body: the v1 client overwrites
     # them): v1 "v1", "", ""; v2 "v2", the project's slug (None: not known, so a protect on it protects and a
     # rule on it does not hold), the project's id.
@@ -253,6 +256,8 @@ class Step:
     phase: StepPhase | None = None
     # v2: this step read the endpoint's experiments and none held its deployments (kept with the sequence).
     experiments_clear: bool = False
+    # v2: the deployment this step scaled to zero (kept with the sequence: running again, it is a person's answer).
+    scaled_down: str | None = None
 
 
 class Guard(Protocol):

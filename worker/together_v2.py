@@ -141,6 +141,11 @@ class Deployment(_Wire):
             return self.autoscaling.max_replicas == 0
         return self.desired_replicas == 0
 
+    @property
+    def active(self) -> bool:
+        """Running, starting, or allowed replicas (it may start): what a delete sequence never makes it."""
+        return not self.scaled_to_zero or self.short_state in _ACTIVE
+
 
 class TrafficEntry(_Wire):
     deployment_id: StrictStr
@@ -261,6 +266,7 @@ class Event(_Wire):
 # ---------------------------------------------------------------------------------------------- mapping
 
 _RUNNING = frozenset({"READY", "SCALING", "DEGRADED"})
+_ACTIVE = _RUNNING | {"PROVISIONING"}
 _SETTLED = frozenset({"STOPPED", "FAILED"})  # nothing runs
 
 
@@ -351,6 +357,7 @@ def to_facts(
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
+        deployment_activity=tuple((d.id, d.active) for d in endpoint.deployments),
         api="v2",
         project=source.project if source is not None else None,
         project_id=source.project_id if source is not None else (endpoint.project_id or ""),
@@ -946,9 +953,8 @@ class TogetherV2Client(HttpApi):
             raise SequenceRefused(self._line(nxt.reason, 300))  # it names deployment ids from the API
         if nxt.kind == "rollout":
             return Step(StepKind.SPARED, "re-check", reason=self._line(nxt.reason, 300))
-        if nxt.kind in ("unroute", "delete_endpoint") and not current.etag:
-            # Without an etag the change could not be made conditional on what was just read.
-            raise SequenceRefused("the endpoint has no etag, so the change cannot be made conditional; not changed")
+        if nxt.kind in ("unroute", "delete_endpoint"):
+            conditional_on(current.etag, "the endpoint")
         if nxt.kind == "wait":
             waiting_for = self._clip(nxt.deployment_id or "")  # an id from the API, not checked as a path segment
             return Step(
@@ -998,7 +1004,7 @@ class TogetherV2Client(HttpApi):
         if nxt.kind == "detach" and nxt.membership is not None:
             return self._detach(endpoint_id, nxt.membership)
         if nxt.kind == "unroute":
-            etag = current.etag or ""
+            etag = conditional_on(current.etag, "the endpoint")
             self._change(
                 "PATCH endpoint",
                 lambda: endpoints.update(
@@ -1011,7 +1017,7 @@ class TogetherV2Client(HttpApi):
             full = listed.get(deployment)
             if full is None:  # pragma: no cover - the list was just held equal to the summary the step came from
                 raise SequenceRefused(f"not changed: deployment {deployment} is not in the endpoint's list")
-            etag = full.etag
+            etag = conditional_on(full.etag, f"deployment {deployment}")
             if nxt.kind == "scale_down":
                 self._change(
                     "PATCH deployment",
@@ -1024,13 +1030,19 @@ class TogetherV2Client(HttpApi):
                         etag=etag,
                     ),
                 )
-                return Step(StepKind.NEXT, f"scale deployment {deployment} to zero", 200, phase=StepPhase.SCALE_DOWN)
+                return Step(
+                    StepKind.NEXT,
+                    f"scale deployment {deployment} to zero",
+                    200,
+                    phase=StepPhase.SCALE_DOWN,
+                    scaled_down=deployment,
+                )
             self._change(
                 "DELETE deployment",
                 lambda: deployments.delete(deployment, endpoint_id=endpoint_id, project_id=pid, etag=etag),
             )
             return Step(StepKind.NEXT, f"delete deployment {deployment}", 200, phase=StepPhase.DELETE_DEPLOYMENT)
-        etag = current.etag or ""
+        etag = conditional_on(current.etag, "the endpoint")
         self._change(
             "DELETE endpoint",
             lambda: endpoints.delete(endpoint_id, project_id=pid, etag=etag),
@@ -1042,12 +1054,7 @@ class TogetherV2Client(HttpApi):
         pid = self.project_id
         sdk = self._sdk.endpoints
         experiment = check_path_segment(m.experiment_id, "experiment id")
-        if not m.etag:
-            # Without an etag the detach could overwrite a change made since the read.
-            raise SequenceRefused(
-                f"experiment {experiment} has no etag, so detaching cannot be conditional; not changed"
-            )
-        etag = m.etag
+        etag = conditional_on(m.etag, f"experiment {experiment}")
         if m.kind == "shadow" and m.detach == "delete_target":
             target = check_path_segment(m.target_id, "shadow target id")
             self._change(
@@ -1098,6 +1105,15 @@ class TogetherV2Client(HttpApi):
     def close(self) -> None:
         self._sdk.close()
         super().close()
+
+
+def conditional_on(etag: str | None, what: str) -> str:
+    """The etag a change is made conditional on. Without one (absent, or ``""``, which proto3 JSON reads as not set:
+    "If not set, the write overwrites based on current state", types/endpoint.py) the change could overwrite
+    what a person did since the read: it is not sent. Every PATCH and DELETE of the sequence goes through here."""
+    if not etag:
+        raise SequenceRefused(f"{what} has no etag, so the change cannot be made conditional; not changed")
+    return etag
 
 
 def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:

@@ -26,6 +26,7 @@ from worker.janitor import (
     RunState,
     UnknownAction,
     backoff_delay,
+    deployments_started,
     parse_request,
     project_renamed,
     sequence_hold,
@@ -279,6 +280,78 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     # Recorded before steps had phases: every step after the scale-downs counts as scaled down.
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="delete deployment d"), NOW) is not None
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="scale deployment d to zero"), NOW) is None
+
+
+def _with(*activity: tuple[str, bool]) -> Endpoint:
+    return dataclasses.replace(endpoint(), deployment_activity=activity)
+
+
+@pytest.mark.parametrize(
+    ("before", "scaled", "now", "held_for"),
+    [
+        # (id, active) when the delete began; what the delete scaled to zero; (id, active) now.
+        ((("d1", True),), (), (("d1", True),), None),  # running, not yet scaled down: the delete's to take down
+        ((("d1", True),), ("d1",), (("d1", False),), None),  # scaled down and stopping
+        ((("d1", True),), ("d1",), (("d1", True),), "active again"),  # scaled up by a person after the scale-down
+        ((("d1", False),), (), (("d1", True),), "active since the delete began"),  # a stopped one restarted
+        ((("d1", True),), (), (("d1", True), ("d2", False)), "was added"),  # a deployment added, even stopped
+        ((("d1", True), ("d2", False)), (), (("d2", False),), None),  # one gone: deleting is the delete's own work
+        (None, ("d1",), (("d1", True),), "active again"),  # a record from before: the scaled ones still count
+        (None, (), (("d1", True), ("d9", True)), None),  # a record from before: nothing else to compare with
+    ],
+)
+def test_deployments_started_since_the_delete_began_are_a_person_s_answer(
+    before: tuple[tuple[str, bool], ...] | None,
+    scaled: tuple[str, ...],
+    now: tuple[tuple[str, bool], ...],
+    held_for: str | None,
+) -> None:
+    open_ = sequence(last_phase=StepPhase.UNROUTE, deployments=before, scaled=frozenset(scaled))
+    reason = deployments_started(_with(*now), open_)
+    assert (reason is None) if held_for is None else (reason is not None and held_for in reason), reason
+    # sequence_hold asks it at every step, whatever the phase.
+    assert (sequence_hold(POLICY, _with(*now), open_, NOW) is None) is (held_for is None)
+
+
+@pytest.mark.parametrize(
+    ("rule", "held"), [("ttl: 1h", False), ("ttl: 30d", True), ("idle: {no_requests_for: 30d}", True)]
+)
+def test_a_sequence_whose_rule_wants_an_older_endpoint_is_held(rule: str, held: bool) -> None:
+    """The endpoint is a day old: a ttl or idle window lengthened past that since the delete began holds it."""
+    policy = parse_policy(f"version: 1\nrules:\n  - name: r\n    {rule}\n")
+    reason = sequence_hold(policy, endpoint(), sequence(last_phase=StepPhase.SCALE_DOWN), NOW)
+    assert (reason is not None and "no longer old enough" in reason) is held, reason
+    unknown_age = dataclasses.replace(endpoint(), created_at=None)
+    assert sequence_hold(POLICY, unknown_age, sequence(last_phase=StepPhase.SCALE_DOWN), NOW) is not None
+
+
+def test_a_sequence_record_keeps_its_deployments_and_whether_its_conditions_changed() -> None:
+    kept = sequence(deployments=(("d1", True), ("d2", False)), scaled=frozenset({"d1"}), conditions_changed=False)
+    assert OpenSequence.decode(kept.encode()) == kept
+    # A record from before these were kept: the deployments unknown, the conditions changed unless it only
+    # detached so far.
+    old = {"rule": "r", "action": "delete", "started_at": "2026-11-28T12:00:00Z", "last_phase": "unroute"}
+    decoded = OpenSequence.decode(json.dumps(old))
+    assert (decoded.deployments, decoded.scaled, decoded.conditions_changed) == (None, frozenset(), True)
+    assert not OpenSequence.decode(json.dumps(old | {"last_phase": "detach"})).conditions_changed
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"deployments": {"d1": True}},
+        {"deployments": [["d1", "yes"]]},
+        {"deployments": [["d1"]]},
+        {"scaled": "d1"},
+        {"scaled": [1]},
+        {"conditions_changed": "no"},
+    ],
+)
+def test_a_sequence_record_with_an_unreadable_deployments_field_is_unreadable(field: dict[str, object]) -> None:
+    old = {"rule": "r", "action": "delete", "started_at": "2026-11-28T12:00:00Z", "last_phase": "unroute"}
+    decoded = OpenSequence.decode(json.dumps(old | field))
+    assert decoded.unreadable is not None
+    assert sequence_hold(POLICY, endpoint(), decoded, NOW) is not None
 
 
 # ------------------------------------------------------------------ the re-check of a task beside an open sequence

@@ -128,20 +128,30 @@ def _sequence(rule: str = "ci", action: str = "delete", **kw: object) -> OpenSeq
 
 def test_an_open_sequence_resumes_as_its_own_decision_or_ends() -> None:
     endpoints = [
-        ep(1, "acme/ci-1", state="STOPPED", age=timedelta(hours=1)),  # its rule no longer holds: resumed
+        # STOPPED by the sequence's own scale-down: its stale clock restarted, so the rule no longer holds: resumed.
+        ep(1, "acme/x-1", state="STOPPED"),
         ep(2, "acme/prod-2"),  # protected now: the sequence ends
         ep(3, "acme/ci-3"),  # a candidate anyway
+        ep(4, "acme/x-4", state="STOPPED"),  # only detached so far: the rule reads it as it was, and keeps it
+        ep(5, "acme/ci-5", age=timedelta(hours=1)),  # younger than the ttl of now (lengthened): the sequence ends
     ]
     # e3 was only taken out of traffic so far: running is what it should be.
     unrouted = _sequence(last_phase="unroute")
-    sequences = {"e1": _sequence(), "e2": _sequence(), "e3": unrouted, "gone": _sequence()}
+    sequences = {
+        "e1": _sequence("stopped"),
+        "e2": _sequence(),
+        "e3": unrouted,
+        "e4": _sequence("stopped", last_phase="detach"),
+        "e5": _sequence(),
+        "gone": _sequence(),
+    }
     p = plan(endpoints, state_for(endpoints, sequences=sequences))
     decisions = {pl.endpoint.id: pl.decision for pl in p.noted}
     assert (decisions["e1"].verdict, decisions["e1"].action) == (Verdict.ACT, Action.DELETE)
     assert "resuming the delete" in decisions["e1"].reason
     assert [pl.endpoint.id for pl in p.acting] == ["e1", "e3"]
-    assert set(p.ended) == {"e2", "gone"} and p.ended["gone"] == "not listed"
-    assert "protected" in p.ended["e2"]
+    assert set(p.ended) == {"e2", "e5", "gone"} and p.ended["gone"] == "not listed"
+    assert "protected" in p.ended["e2"] and "no longer old enough" in p.ended["e5"]
 
 
 def test_an_unreadable_sequence_is_ended_not_resumed() -> None:

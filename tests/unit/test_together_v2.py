@@ -99,6 +99,25 @@ def test_state_is_derived_from_the_deployments(states: list[str], derived: str) 
     assert derive_state(e.deployments) == derived == to_facts(e).state
 
 
+@pytest.mark.parametrize(
+    ("state", "max_replicas", "active"),
+    [
+        ("DEPLOYMENT_STATE_READY", 1, True),
+        ("DEPLOYMENT_STATE_DEGRADED", 0, True),  # still running, whatever its autoscaling says
+        ("DEPLOYMENT_STATE_PROVISIONING", 0, True),  # starting
+        ("DEPLOYMENT_STATE_STOPPING", 0, False),
+        ("DEPLOYMENT_STATE_STOPPED", 0, False),
+        ("DEPLOYMENT_STATE_FAILED", 0, False),
+        ("DEPLOYMENT_STATE_STOPPED", 1, True),  # allowed a replica: it may start at the next request
+        ("DEPLOYMENT_STATE_STOPPING", 2, True),  # scaled up again while it stopped
+    ],
+)
+def test_facts_say_which_deployments_are_active(state: str, max_replicas: int, active: bool) -> None:
+    autoscaling = {"minReplicas": 0, "maxReplicas": max_replicas}
+    e = endpoint([dep("dep_a", state, autoscaling=autoscaling), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")])
+    assert to_facts(e).deployment_activity == (("dep_a", active), ("dep_b", False))
+
+
 def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment() -> None:
     e = endpoint([dep("dep_a"), dep("dep_b")], split=[{"deploymentId": "dep_b", "weight": 0.9}])
     names = {"projects/proj_public/models/ml_dep_b/revisions/rev_1": "meta-llama/Llama-3.3-70B"}

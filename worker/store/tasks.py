@@ -271,11 +271,14 @@ class TaskKeeping(StorePart):
         usd_per_hour: float | None = None,
         open_sequence: bool = True,
         experiments_clear: bool = False,
+        scaled_down: str | None = None,
+        deployments: tuple[tuple[str, bool], ...] | None = None,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
         The rule, action, start, hardware and price are kept from the first step: the outcome reports what the
-        delete saved, and by the last step the deployments that ran on it are gone.
+        delete saved, and by the last step the deployments that ran on it are gone. So are ``deployments`` (what
+        the first step's guard read); ``scaled_down`` joins the deployments the sequence scaled to zero.
         """
         moment = utc_now()
         now = iso(moment)
@@ -286,7 +289,15 @@ class TaskKeeping(StorePart):
         step = {"result": kind, "did": did, "http_status": http_status, "reason": reason}
         pipe = self.redis.pipeline(transaction=True)
         if open_sequence:
-            first = previous or OpenSequence(rule, action, moment, hardware=hardware, usd_per_hour=usd_per_hour)
+            first = previous or OpenSequence(
+                rule,
+                action,
+                moment,
+                hardware=hardware,
+                usd_per_hour=usd_per_hour,
+                conditions_changed=False,
+                deployments=deployments,
+            )
             record = replace(
                 first,
                 steps=(previous.steps if previous else 0) + 1,
@@ -299,6 +310,8 @@ class TaskKeeping(StorePart):
                 experiments_clear_at=moment
                 if experiments_clear
                 else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
+                conditions_changed=first.conditions_changed or phase not in (StepPhase.DETACH, None),
+                scaled=first.scaled | {scaled_down} if scaled_down else first.scaled,
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
         payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
