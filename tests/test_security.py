@@ -735,3 +735,54 @@ def test_the_simulator_cli_refuses_a_non_loopback_bind() -> None:
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and "refusing to bind" in lines[0] and "non-loopback" in lines[0], done.stderr
     assert "Traceback" not in done.stderr and "serving" not in done.stdout
+
+
+def _holds_the_key(text: str) -> bool:
+    """Whether ``text`` holds the API key or any 8 characters of it in a row (what the scrub masks)."""
+    return any(API_KEY[i : i + 8] in text for i in range(len(API_KEY) - 7))
+
+
+def test_a_name_holding_the_api_key_reaches_no_claim_task_or_webhook(
+    sim: Sim, store: Store, tmp_path: Path, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Names from the API are kept as they are in a task's arguments, its claim and the webhook, but for the API
+    key: an API that echoes the key into a name (or a person who pasted it there) must not put it in Redis, a
+    task argument or the webhook, whole or in part."""
+    from tests.test_safety import Receiver
+    from worker.sources import resolve_sources
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: now\n    match: {name: 'acme/ci-*'}\n    ttl: 6h\n"
+        "  - name: later\n    match: {name: 'acme/demo-*'}\n    ttl: 6h\n    grace: 1d\n"
+    )
+    settings = sim.settings(sources="v1", policy_file=policy, dry_run=False)
+    base = {"model": "m", "owner": "acme", "age_s": 7 * 3600}
+    sim.reset(
+        [
+            {"id": "endpoint-0001", "name": f"acme/ci-{API_KEY}", **base},  # queued
+            {"id": "endpoint-0002", "name": f"acme/demo-{API_KEY[:10]}", **base},  # marked: in the webhook
+        ]
+    )
+    receiver = Receiver()
+    queued: list[Any] = []
+    try:
+        summary = run_sweep(
+            store=store,
+            client=resolve_sources(settings),
+            policy_file=policy,
+            dry_run=False,
+            lock_ttl_s=60,
+            pending_ttl_s=120,
+            enqueue=queued.extend,
+            notify_url=receiver.url,
+        )
+    finally:
+        receiver.close()
+    assert summary.status == "ok" and summary.queued == 1 and summary.marked == 1
+    (request,) = queued
+    assert request.task_kwargs()["endpoint_name"] == "acme/ci-***"
+    assert not _holds_the_key(json.dumps(request.task_kwargs()))
+    assert not [name for name, text in redis_texts(redis_client, key_prefix) if _holds_the_key(text)]
+    webhook = json.dumps(receiver.bodies)
+    assert receiver.bodies and "acme/demo-***" in webhook and not _holds_the_key(webhook)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -174,6 +175,24 @@ def test_each_project_s_24h_count_moves_with_the_overall_one(redis_client: redis
     # A dry run's claims count nowhere.
     store.claim_pending({"e5": "t5"}, 60, requests={"e5": {}}, projects={"e5": "prod"})
     assert store.limit_state([], ["prod"]).acted_by_project == {"prod": 2}
+
+
+def test_the_24h_counts_keep_to_redis_s_clock_whatever_a_worker_s_says(
+    redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers' clocks may differ (outcomes are scored by Redis's for that reason): a worker whose clock runs a day
+    ahead must neither trim another worker's deletes of the last 24 h out of the counts nor read them as older."""
+    store = make_store(redis_client, key_prefix)
+    projects = {"e1": "prod", "e2": "prod", "e3": "prod"}
+    assert store.claim_pending({"e1": "t1", "e2": "t2"}, 60, live=True, projects=projects) == {"e1", "e2"}
+    right = time.time()
+    monkeypatch.setattr(time, "time", lambda: right + 25 * 3600)  # this worker's clock: a day and an hour ahead
+    assert store.claim_pending({"e3": "t3"}, 60, live=True, projects=projects) == {"e3"}
+    state = store.limit_state([], ["prod"])
+    assert (state.acted_last_day, state.acted_by_project) == (3, {"prod": 3})
+    monkeypatch.undo()
+    state = store.limit_state([], ["prod"])
+    assert (state.acted_last_day, state.acted_by_project) == (3, {"prod": 3})
 
 
 def test_a_project_s_pause_and_approval_are_its_own(redis_client: redis.Redis, key_prefix: str) -> None:

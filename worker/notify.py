@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from worker.logs import shown
-from worker.redact import Redactor, scrub_line, url_secrets
+from worker.redact import Redactor, scrub_api_key_fields, scrub_line, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ def send_notification(url: str, payload: Mapping[str, Any]) -> str | None:
     every secret registered in ``worker.redact``, before it is cut.
     """
     try:
-        response = httpx.post(url, json=payload, timeout=_TIMEOUT_S, follow_redirects=False)
+        # Names and slugs from the API are sent as they are, but for the API key (worker.redact.scrub_api_key).
+        body = scrub_api_key_fields(dict(payload))
+        response = httpx.post(url, json=body, timeout=_TIMEOUT_S, follow_redirects=False)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         detail = scrub_line(str(exc), 200, Redactor(url_secrets(url)), Redactor([url]))
         return f"webhook unreachable: {type(exc).__name__}" + (f": {detail}" if detail else "")

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit
 
@@ -159,6 +159,8 @@ class Redactor:
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
 _registry = Redactor()
+_api_keys: frozenset[str] = frozenset()
+_api_key_registry = Redactor()
 
 
 def _after_fork() -> None:
@@ -182,12 +184,35 @@ def register_secret(*values: Secret) -> None:
         _registry = Redactor(_secrets)
 
 
+def register_api_key(key: Secret) -> None:
+    """Register the Together API key as a secret, and as the one :func:`scrub_api_key` masks."""
+    global _api_keys, _api_key_registry
+    plain = _plain(key)
+    register_secret(plain)
+    if not plain or plain in _api_keys:
+        return
+    with _lock:
+        _api_keys = _api_keys | {plain}
+        # Masked whole whatever its length (a test key can be one letter); fragments from 8 characters on.
+        _api_key_registry = Redactor(_api_keys, min_secret=1)
+
+
+def scrub_api_key(text: str) -> str:
+    """``text`` from the API (an endpoint's name, a project's slug) with every fragment of the API key masked,
+    before the janitor writes it where names are kept as they are (a task's arguments, a claim, the webhook).
+    Only of the API key: a long random token that no real name holds a piece of by chance. The other secrets
+    are not masked here: a short one (a word of a webhook path) would mangle real names (``ml-services``)."""
+    return _api_key_registry.scrub(text) if _api_key_registry else text
+
+
 def clear_secrets() -> None:
     """Forget every registered secret (for tests)."""
-    global _secrets, _registry
+    global _secrets, _registry, _api_keys, _api_key_registry
     with _lock:
         _secrets = frozenset()
         _registry = Redactor()
+        _api_keys = frozenset()
+        _api_key_registry = Redactor()
 
 
 def registered() -> Redactor:
@@ -211,15 +236,22 @@ def scrub_fields(value: T) -> T:
     return cast(T, _scrub_fields(value))
 
 
-def _scrub_fields(value: object) -> object:
+def scrub_api_key_fields(value: T) -> T:
+    """:func:`scrub_fields` with :func:`scrub_api_key`: for a record of names from the API as they are."""
+    if not _api_key_registry:
+        return value
+    return cast(T, _scrub_fields(value, scrub_api_key))
+
+
+def _scrub_fields(value: object, scrubbed: Callable[[str], str] = scrub) -> object:
     if isinstance(value, str):
-        return scrub(value)
+        return scrubbed(value)
     if isinstance(value, Mapping):
-        return {_scrub_fields(k): _scrub_fields(v) for k, v in value.items()}
+        return {_scrub_fields(k, scrubbed): _scrub_fields(v, scrubbed) for k, v in value.items()}
     if type(value) is list:
-        return [_scrub_fields(v) for v in value]
+        return [_scrub_fields(v, scrubbed) for v in value]
     if type(value) is tuple:  # not a named tuple: it is left as it is
-        return tuple(_scrub_fields(v) for v in value)
+        return tuple(_scrub_fields(v, scrubbed) for v in value)
     return value
 
 
@@ -275,7 +307,7 @@ def register_settings_secrets(settings: Settings) -> None:
     """Register the secrets of ``settings``: the API key, the webhook URL's credential, the Redis password."""
     from worker.settings import redis_url_secrets  # settings imports this module
 
-    register_secret(settings.together_api_key)
+    register_api_key(settings.together_api_key)
     if settings.notify_webhook_url is not None:
         register_secret(*url_secrets(settings.notify_webhook_url.get_secret_value()))
     register_secret(*redis_url_secrets(settings.redis_url))

@@ -46,7 +46,7 @@ from worker.policy import (
     decide,
     load_policy,
 )
-from worker.redact import scrub_line
+from worker.redact import scrub_api_key, scrub_line
 from worker.schedule import DEFAULT_UNSEEN_LIMIT, UnseenLimit
 from worker.sources import V2_UNRESOLVED, Resolved, single
 from worker.store import LimitState, Store, SweepState
@@ -731,13 +731,15 @@ def _queue(
         requests[p.endpoint.id] = DeleteRequest(
             task_id=uuid.uuid4().hex,
             endpoint_id=p.endpoint.id,
-            endpoint_name=p.endpoint.name,
+            # Names from the API go into the claim and the task's arguments as they are, but for the API key:
+            # a name that holds a piece of it is masked (its delete then finds the slug changed and is held).
+            endpoint_name=scrub_api_key(p.endpoint.name),
             sweep_id=summary.sweep_id,
             rule=p.decision.rule or "",
             dry_run=summary.dry_run,
             action=_action_of(p),
             source=sources.get(p.endpoint.id, ("", ""))[0],
-            project=sources.get(p.endpoint.id, ("", ""))[1],
+            project=scrub_api_key(sources.get(p.endpoint.id, ("", ""))[1]),
         )
     claimed = store.claim_pending(
         {eid: r.task_id for eid, r in requests.items()},

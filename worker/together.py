@@ -53,7 +53,7 @@ from worker.errors import (
     SettingsError,
 )
 from worker.policy import Action
-from worker.redact import MAX_SCAN, Redactor, register_secret, scrub, scrub_clip, scrub_line
+from worker.redact import MAX_SCAN, Redactor, register_api_key, scrub, scrub_clip, scrub_line
 
 if TYPE_CHECKING:
     # Only a type here: the settings read API_CAPABILITIES from this module, so this one cannot import them.
@@ -473,7 +473,7 @@ class HttpApi:
         self._key = key
         # Masked whole whatever its length (a test key can be one letter); fragments from 8 characters on.
         self._redactor = Redactor([key], min_secret=1)
-        register_secret(key)
+        register_api_key(key)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},

@@ -42,16 +42,19 @@ return redis.call('GET', KEYS[1])
 # Claims each endpoint's pending key (SET NX with expiry) unless an outcome was recorded for the endpoint at
 # or after ARGV[1] (Redis time): a delete that finished between the sweep's listing and this claim has
 # settled what that listing showed, and must not be queued again. Every endpoint of one call is of one project:
-# KEYS[4] is its 24 h count (``P:acted:<project>``), used only when ARGV[5] is '1' (a task with a project).
+# KEYS[4] is its 24 h count (``P:acted:<project>``), used only when ARGV[4] is '1' (a task with a project).
+# The counts are scored and trimmed by Redis's clock, as outcomes are: a worker whose clock runs ahead would
+# otherwise trim other workers' deletes out of the last 24 h for good.
 CLAIM_PENDING = """
 local since = tonumber(ARGV[1])
-local live, now = ARGV[3] == '1', tonumber(ARGV[4])
-local per_project = live and ARGV[5] == '1'
+local live = ARGV[3] == '1'
+local per_project = live and ARGV[4] == '1'
 local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local claimed = {}
 for i = 5, #KEYS do
   local j = i - 4
-  local endpoint_id, task_id, request = ARGV[3 * j + 3], ARGV[3 * j + 4], ARGV[3 * j + 5]
+  local endpoint_id, task_id, request = ARGV[3 * j + 2], ARGV[3 * j + 3], ARGV[3 * j + 4]
   local score = redis.call('ZSCORE', KEYS[1], endpoint_id)
   if not (score and tonumber(score) >= since) then
     if redis.call('SET', KEYS[i], task_id, 'NX', 'EX', ARGV[2]) then
@@ -74,6 +77,16 @@ if live and #claimed > 0 then
   end
 end
 return claimed
+"""
+
+# How many entries of each 24 h count (KEYS: ``P:acted``, ``P:acted:<project>``) are of the last 24 h, by
+# Redis's clock (the one the counts are scored with).
+COUNT_LAST_DAY = """
+local t = redis.call('TIME')
+local since = tonumber(t[1]) + tonumber(t[2]) / 1000000 - 86400
+local counts = {}
+for i = 1, #KEYS do counts[i] = redis.call('ZCOUNT', KEYS[i], since, '+inf') end
+return counts
 """
 
 # A delete task's reads before it acts (:meth:`Store.task_state`), in one step: its outcome, the endpoint's claim

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from redis.lock import Lock
 from worker.clock import iso, parse_time, utc_now
 from worker.models import Claim, OpenSequence
 from worker.policy import Exemption, Mark, Observation
+from worker.store import scripts as lua
 from worker.store.locks import SweepLock
 from worker.store.records import RecordKeeping
 
@@ -471,22 +471,22 @@ class SweepKeeping(RecordKeeping):
         return self._read_limit_state(self._pipeline(), endpoint_ids, projects)
 
     def _read_limit_state(
-        self, pipe: Pipeline, endpoint_ids: Sequence[str], projects: Sequence[str] = (), now: float | None = None
+        self, pipe: Pipeline, endpoint_ids: Sequence[str], projects: Sequence[str] = ()
     ) -> LimitState:
-        """Add the limit state's reads after what ``pipe`` holds, execute it, and return them."""
-        now = time.time() if now is None else now
+        """Add the limit state's reads after what ``pipe`` holds, execute it, and return them. The 24 h counts
+        are read by Redis's clock, the one they are scored with (:data:`~worker.store.scripts.COUNT_LAST_DAY`)."""
         start = len(pipe)
         if endpoint_ids:
             pipe.mget([self.key("pending", e) for e in endpoint_ids])
-        pipe.zcount(self.key("acted"), now - _DAY_S, "+inf")
+        counts = [self.key("acted"), *(self.key("acted", project) for project in projects)]
+        pipe.eval(lua.COUNT_LAST_DAY, len(counts), *counts)
         pipe.exists(self.key("pause"), self.key("resume"))
         for project in projects:
-            pipe.zcount(self.key("acted", project), now - _DAY_S, "+inf")
             pipe.exists(self.key("pause", project), self.key("resume", project))
             pipe.get(self.key("resume", project))
         values = pipe.execute()[start:]
-        per_project = values[len(values) - 3 * len(projects) :]
-        *pending_values, acted, recorded = values[: len(values) - 3 * len(projects)]
+        per_project = values[len(values) - 2 * len(projects) :]
+        *pending_values, (acted, *acted_per_project), recorded = values[: len(values) - 2 * len(projects)]
         pending = (
             {e for e, v in zip(endpoint_ids, pending_values[0], strict=True) if v is not None}
             if pending_values
@@ -494,8 +494,8 @@ class SweepKeeping(RecordKeeping):
         )
         acted_by, paused, approvals = {}, set(), {}
         for i, project in enumerate(projects):
-            count, exists, approval = per_project[3 * i : 3 * i + 3]
-            acted_by[project] = int(count)
+            exists, approval = per_project[2 * i : 2 * i + 2]
+            acted_by[project] = int(acted_per_project[i])
             if exists:
                 paused.add(project)
             if approval:

@@ -83,12 +83,11 @@ class TaskKeeping(StorePart):
         for endpoint_id in claims:
             by_project.setdefault((projects or {}).get(endpoint_id, ""), []).append(endpoint_id)
         pipe = self._pipeline()
-        now = time.time()
         for project, ids in by_project.items():
             acted = self.key("acted", project) if project else self.key("acted")
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                args: list[str | float] = [min(listed_at, 1e300), ttl_s, "1" if live else "0", now]
+                args: list[str | float] = [min(listed_at, 1e300), ttl_s, "1" if live else "0"]
                 args.append("1" if project else "0")
                 for endpoint_id in chunk:
                     request = (requests or {}).get(endpoint_id)
