@@ -1,5 +1,6 @@
 """Issue 14: limits per project (``limits.per_project``), in-process sweeps against a real Redis and the simulator
-over HTTP (the v1 account, project ``v1``, and the key's v2 project, ``acme``); the queue is a list here.
+over HTTP (the v1 account, project ``v1``, and the key's v2 project, slug ``acme``, kept under its id); the
+queue is a list here.
 
 A project whose own limit trips is paused and its endpoints are not queued while the other's are; ``janitor
 resume --project`` (the command, as a process) lets the next live sweep queue it; each project keeps its own 24 h
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 READY = "DEPLOYMENT_STATE_READY"
 V2_KEY = f"v2:{DEFAULT_PROJECT_ID}"
+PID = DEFAULT_PROJECT_ID  # the v2 project's limits are kept under its id (its slug is acme)
 OLD_S = 7 * 3600
 
 
@@ -78,8 +80,8 @@ def test_a_project_over_its_limit_is_paused_alone_until_resumed_for_that_project
     # A dry run reports acme's trip but pauses nothing.
     dry: list[DeleteRequest] = []
     report = sweep(store, both, policy, dry, dry_run=True)
-    assert report.status == "ok" and report.limit_trips["acme"]["acting"] == 2
-    assert store.pause("acme") is None and store.project_pauses() == {}
+    assert report.status == "ok" and report.limit_trips[PID]["acting"] == 2
+    assert store.pause(PID) is None and store.project_pauses() == {}
     for request in dry:  # as if the dry run's tasks had ended (they would hold their endpoints meanwhile)
         store.drop_claim(request.endpoint_id, request.task_id, keep_counted=False)
 
@@ -88,45 +90,45 @@ def test_a_project_over_its_limit_is_paused_alone_until_resumed_for_that_project
     assert first.status == "ok", first.error  # only a project tripped: the sweep goes on
     assert [(r.endpoint_id, r.source) for r in queued] == [("endpoint-0001", "v1")]
     assert first.queued == 1
-    trip = first.limit_trips["acme"]
+    trip = first.limit_trips[PID]
     assert trip["acting"] == 2 and trip["queued"] is False
     assert "max_deletes_per_sweep: 2 candidates > 1" in trip["limit"]
-    assert list(first.limit_trips) == ["acme"]
-    paused = store.pause("acme")
-    assert paused is not None and paused["acting"] == 2 and paused["project"] == "acme"
+    assert list(first.limit_trips) == [PID]
+    paused = store.pause(PID)
+    assert paused is not None and paused["acting"] == 2 and paused["project"] == PID and paused["slug"] == "acme"
     assert store.pause() is None and store.pause("v1") is None
-    assert set(store.project_pauses()) == {"acme"}
+    assert set(store.project_pauses()) == {PID}
     limit_events = [e for e in events(store, 200) if e["kind"] == "limit"]
-    assert [e["project"] for e in limit_events] == ["acme", "acme"]  # the dry run's and the live one's
+    assert [e["project"] for e in limit_events] == [PID, PID]  # the dry run's and the live one's
     # janitor doctor and janitor report name the paused project.
     settings = sim.settings()
-    with pytest.raises(JanitorError, match="project acme is paused by its tripped limit"):
+    with pytest.raises(JanitorError, match=f"project {PID} \\(acme\\) is paused by its tripped limit"):
         check_limits(settings, store)
     env = env_for(redis_url, key_prefix, sim, policy)
     shown = janitor(["report", "--json"], env)
     assert shown.returncode == 0, shown.stderr
-    assert set(json.loads(shown.stdout)["paused_projects"]) == {"acme"}
-    assert "PROJECT acme PAUSED" in janitor(["report"], env).stdout
+    assert set(json.loads(shown.stdout)["paused_projects"]) == {PID}
+    assert f"PROJECT {PID} (acme) PAUSED" in janitor(["report"], env).stdout
 
     # Another sweep without approval: still paused, still nothing of acme's queued.
     again = sweep(store, both, policy, queued)
-    assert again.status == "ok" and len(queued) == 1 and store.pause("acme") is not None
+    assert again.status == "ok" and len(queued) == 1 and store.pause(PID) is not None
 
     # The overall resume does not touch acme; the project's own does.
     overall = janitor(["resume", "--by", "alice"], env)
     assert overall.returncode == 0 and "not paused" in overall.stdout
     resumed = janitor(["resume", "--project", "acme", "--by", "alice"], env)
     assert resumed.returncode == 0, resumed.stderr
-    assert "up to 2 endpoint(s) of project acme" in resumed.stdout
+    assert f"up to 2 endpoint(s) of project {PID}" in resumed.stdout  # named by its slug
     third = sweep(store, both, policy, queued)
     assert third.status == "ok", third.error
     assert sorted(r.endpoint_id for r in queued[1:]) == ["ep_0001", "ep_0002"]
     assert all(r.source == V2_KEY for r in queued[1:])
-    assert third.limit_trips["acme"]["queued"] is True and third.limit_trips["acme"]["resumed_by"] == "alice"
-    assert store.pause("acme") is None and store.project_pauses() == {}
+    assert third.limit_trips[PID]["queued"] is True and third.limit_trips[PID]["resumed_by"] == "alice"
+    assert store.pause(PID) is None and store.project_pauses() == {}
     assert check_limits(settings, store) == "deletes are not paused"
     # The approval served that one sweep.
-    assert janitor(["resume", "--project", "acme"], env).stdout.startswith("project acme is not paused")
+    assert janitor(["resume", "--project", PID], env).stdout.startswith(f"project {PID} is not paused")
 
 
 def test_a_project_that_no_longer_trips_is_unpaused_and_the_overall_limit_still_covers_every_source(
@@ -136,15 +138,15 @@ def test_a_project_that_no_longer_trips_is_unpaused_and_the_overall_limit_still_
     sim.reset([v1_ep(1, "acme/keep")])
     sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "ci-b")], project_slug="acme")
     queued: list[DeleteRequest] = []
-    assert sweep(store, both, policy, queued).limit_trips["acme"]["queued"] is False
-    assert store.pause("acme") is not None
+    assert sweep(store, both, policy, queued).limit_trips[PID]["queued"] is False
+    assert store.pause(PID) is not None
 
     sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "keep-b")], project_slug="acme")
     within = sweep(store, both, policy, queued)
     assert within.status == "ok" and within.limit_trips == {}
     assert [r.endpoint_id for r in queued] == ["ep_0001"]
-    assert store.pause("acme") is None
-    assert any(e["kind"] == "unpaused" and e.get("project") == "acme" for e in events(store, 200))
+    assert store.pause(PID) is None
+    assert any(e["kind"] == "unpaused" and e.get("project") == PID for e in events(store, 200))
 
     # Each project within its own limit, but together over the overall one: nothing queued, the overall pause.
     overall = PER_SWEEP.replace("max_deletes_per_sweep: 10", "max_deletes_per_sweep: 1")
@@ -183,7 +185,7 @@ def test_each_project_keeps_its_own_24h_count(
         key = f"{key_prefix}:acted" if project is None else f"{key_prefix}:acted:{project}"
         return int(redis_client.zcard(key))
 
-    assert (count(), count("v1"), count("acme")) == (2, 1, 1)
+    assert (count(), count("v1"), count(PID)) == (2, 1, 1)
 
     # v1's task finds its endpoint protected meanwhile: spared, it changed nothing, so it leaves both counts.
     write_policy(policy, PER_DAY.replace("rules:", 'protect:\n  - name: "acme/ci-a"\nrules:'))
@@ -197,7 +199,7 @@ def test_each_project_keeps_its_own_24h_count(
         v1_task, RunState(), settings=settings, store=store, client=lambda: client_for(settings, "v1", None)
     )
     assert result.outcome.status is OutcomeStatus.SPARED  # type: ignore[union-attr]
-    assert (count(), count("v1"), count("acme")) == (1, 0, 1)
+    assert (count(), count("v1"), count(PID)) == (1, 0, 1)
 
     # A second live sweep with one new candidate in each: acme has used its day (1 + 1 > 1), v1 has not.
     write_policy(policy, PER_DAY)
@@ -206,9 +208,9 @@ def test_each_project_keeps_its_own_24h_count(
     second = sweep(store, both, policy, queued)
     assert second.status == "ok", second.error
     assert [r.endpoint_id for r in queued[2:]] == ["endpoint-0002"]
-    assert "max_deletes_per_day: 1 in the last 24 h + 1 now > 1" in second.limit_trips["acme"]["limit"]
-    assert (count(), count("v1"), count("acme")) == (2, 1, 1)
-    assert store.pause("acme") is not None and store.pause("v1") is None
+    assert "max_deletes_per_day: 1 in the last 24 h + 1 now > 1" in second.limit_trips[PID]["limit"]
+    assert (count(), count("v1"), count(PID)) == (2, 1, 1)
+    assert store.pause(PID) is not None and store.pause("v1") is None
 
 
 V1_FRACTION = """
@@ -245,4 +247,50 @@ def test_a_v2_project_slugged_v1_never_shares_the_v1_account_s_limit(
         v2.close()
     assert summary.status == "ok" and queued == []
     assert set(summary.limit_trips) == {"v1"}, summary.limit_trips
-    assert v2.source.label == (DEFAULT_PROJECT_ID if slug == "v1" else slug)
+    assert v2.source.label == DEFAULT_PROJECT_ID
+
+
+RENAMED = """
+version: 1
+rules:
+  - name: old
+    match: {name: "*/ci-*"}
+    ttl: 6h
+limits:
+  per_project: {max_deletes_per_day: 1}
+"""
+
+
+def test_a_renamed_project_keeps_its_24h_count_and_its_pause(sim: Sim, store: Store, tmp_path: Path) -> None:
+    """A project's limits are kept under its id: a new slug starts no new 24 h count and lifts no pause, and the
+    pause is named by the project's slug when it tripped (``janitor resume --project`` takes it too)."""
+    from worker.sources import resolve_sources
+
+    policy = write_policy(tmp_path / "policy.yaml", RENAMED)
+    settings = sim.settings(sources="v2", policy_file=policy, dry_run=False)
+    queued: list[DeleteRequest] = []
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="alpha")
+    assert sweep(store, resolve_sources(settings), policy, queued).limit_trips == {} and len(queued) == 1
+
+    sim.v2_reset([v2_ep(1, "ci-a"), v2_ep(2, "ci-b")], project_slug="beta")  # renamed; ep_0001 still pending
+    renamed = sweep(store, resolve_sources(settings), policy, queued)
+    assert "1 in the last 24 h + 1 now > 1" in renamed.limit_trips[PID]["limit"] and len(queued) == 1
+    assert renamed.limit_trips[PID]["slug"] == "beta"
+    assert store.pause(PID) is not None and store.pause(PID)["slug"] == "beta"  # type: ignore[index]
+
+    sim.v2_reset([v2_ep(2, "ci-b")], project_slug="gamma")  # renamed again: still paused, and only once
+    again = sweep(store, resolve_sources(settings), policy, queued)
+    assert again.status == "ok" and len(queued) == 1
+    assert set(store.project_pauses()) == {PID}
+
+
+def test_resume_by_a_slug_that_names_several_paused_projects_names_none(
+    sim: Sim, store: Store, tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    """Two paused projects that tripped under one slug (one was renamed since): the slug names neither."""
+    store.set_pause("max_deletes_per_sweep: 2 candidates > 1", "s1", 2, project="proj_a", slug="ml")
+    store.set_pause("max_deletes_per_sweep: 3 candidates > 1", "s2", 3, project="proj_b", slug="ml")
+    env = env_for(redis_url, key_prefix, sim, write_policy(tmp_path / "policy.yaml", PER_SWEEP))
+    refused = janitor(["resume", "--project", "ml"], env)
+    assert refused.returncode == 2 and "several paused projects (proj_a, proj_b)" in refused.stderr
+    assert janitor(["resume", "--project", "proj_b"], env).returncode == 0  # the id names one

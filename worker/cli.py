@@ -266,12 +266,15 @@ def _report_data(store: Store, limit: int) -> dict[str, Any]:
 
 
 def _print_pauses(pause: dict[str, Any] | None, project_pauses: dict[str, dict[str, Any]]) -> None:
+    from worker.limits import paused_name
+
     if pause:
         limit, sweep_id = shown(pause["limit"]), shown(pause["sweep_id"])
         print(_colour(f"DELETES PAUSED: {limit} (sweep {sweep_id}); see `janitor resume`", "red"))
     for raw_project, paused in project_pauses.items():
-        # The label comes from the API (a slug): the command shown is quoted for a shell, then escaped.
-        project, command = shown(raw_project), shown(f"janitor resume --project {shlex.quote(raw_project)}")
+        # The id and slug come from the API: the command shown is quoted for a shell, then escaped.
+        named = paused_name(raw_project, paused)
+        project, command = shown(named), shown(f"janitor resume --project {shlex.quote(raw_project)}")
         print(
             _colour(
                 f"PROJECT {project} PAUSED: {shown(paused.get('limit'))} (sweep {shown(paused.get('sweep_id'))}); "
@@ -458,6 +461,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print("janitor resume: --project needs a project (v1, a v2 project's slug, or its id)", file=sys.stderr)
         return 2
     pause = store.pause(project)
+    if pause is None and project is not None:
+        # A v2 project is paused under its id; its slug of the trip names it too, if it names one project only.
+        by_slug = sorted(p for p, paused in store.project_pauses().items() if paused.get("slug") == project)
+        if len(by_slug) > 1:
+            named = ", ".join(shown(p) for p in by_slug)
+            print(
+                f"janitor resume: {shown(project)} is the slug of several paused projects ({named}); name the id",
+                file=sys.stderr,
+            )
+            return 2
+        if by_slug:
+            project = by_slug[0]
+            pause = store.pause(project)
     what = "deletes are" if project is None else f"project {shown(project)} is"
     if pause is None:
         print(f"{what} not paused; nothing to resume")
@@ -584,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", help="who asks (default: $USER)")
     p.add_argument(
         "--project",
-        help="approve one project whose own limit (limits.per_project) tripped: v1, a v2 project's slug, or its id "
-        "when the slug is unknown (as `janitor report` names it); without it, the overall limits",
+        help="approve one project whose own limit (limits.per_project) tripped: v1, or a v2 project's id (as "
+        "`janitor report` names it) or its slug when it tripped; without it, the overall limits",
     )
     p.set_defaults(func=cmd_resume)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from worker.clock import parse_time
 from worker.errors import ApiStatusError, JanitorError
+from worker.limits import paused_name
 from worker.policy import load_policy
 from worker.redact import register_settings_secrets, scrub, scrub_line
 from worker.schedule import parse_schedule, schedule_interval
@@ -40,13 +42,13 @@ def check_api(settings: Settings, store: Store) -> str:
             count = len(client.list_endpoints(types=["dedicated"]))
         except ApiStatusError as exc:
             refused = " (the API key was refused)" if exc.status_code in (401, 403) else ""
-            parts.append(f"{source.label}: HTTP {exc.status_code}{refused}")
+            parts.append(f"{source.shown}: HTTP {exc.status_code}{refused}")
             continue
         except JanitorError as exc:
-            parts.append(f"{source.label}: {exc}")
+            parts.append(f"{source.shown}: {exc}")
             continue
         listed_any = True
-        parts.append(f"{source.label}: {count} dedicated endpoint(s)")
+        parts.append(f"{source.shown}: {count} dedicated endpoint(s)")
     closed = store.v1_closed()
     if closed is not None:
         parts.append(
@@ -92,7 +94,8 @@ def check_limits(settings: Settings, store: Store) -> str:
     pause = store.pause()
     projects = store.project_pauses()
     paused = [
-        f"project {project} is paused by its tripped limit: {p.get('limit')} (see `janitor resume --project {project}`)"
+        f"project {paused_name(project, p)} is paused by its tripped limit: {p.get('limit')} "
+        f"(see `janitor resume --project {shlex.quote(project)}`)"
         for project, p in projects.items()
     ]
     if pause is not None:

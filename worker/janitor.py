@@ -962,7 +962,7 @@ class _DeleteRun:
             # Ended one way or another (a failed sequence stays open for the next sweep to resume). Before the
             # outcome: a crash in between leaves the task unacknowledged, and its redelivery re-checks in full.
             self.store.end_sequences([request.endpoint_id])
-        recorded, _ = self.store.record_outcome(request.task_id, outcome, task_project(request.source, request.project))
+        recorded, _ = self.store.record_outcome(request.task_id, outcome, task_project(request.source))
         log.info(
             "delete %s (%s, sweep %s, rule %s): %s after %d attempt(s)%s",
             request.endpoint_id,

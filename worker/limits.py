@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker.policy import Limits, check_limits
 from worker.store import LimitState
@@ -18,7 +18,13 @@ if TYPE_CHECKING:
 def planned_project(planned: Planned) -> str:
     """The project an endpoint counts in for the limits (:func:`project_name`)."""
     endpoint = planned.endpoint
-    return project_name(endpoint.api, endpoint.project, endpoint.project_id)
+    return project_name(endpoint.api, endpoint.project_id)
+
+
+def paused_name(project: str, pause: Mapping[str, Any]) -> str:
+    """A paused project as a person reads it: its id (what it is paused under), with its slug of the trip."""
+    slug = pause.get("slug")
+    return f"{project} ({slug})" if isinstance(slug, str) and slug else project
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class ProjectTrip:
     limit: str  # the limit tripped, with the project's numbers
     acting: int  # its endpoints the sweep would queue (none already pending)
     approved: bool  # a person's approval for the project covers them (a live sweep only): they are queued
+    slug: str | None = None  # the project's slug at this sweep, for a person to read (the project is its id)
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,11 @@ def _project_trips(
 ) -> list[ProjectTrip]:
     assert limits.per_project is not None
     acting: dict[str, int] = {}
+    slugs: dict[str, str | None] = {}
     for p in fresh:
         project = planned_project(p)
         acting[project] = acting.get(project, 0) + 1
+        slugs[project] = p.endpoint.project if p.endpoint.api == "v2" else None
     trips = []
     for project, count in sorted(acting.items()):
         acted = 0 if dry_run else limit_state.acted_by_project.get(project, 0)
@@ -81,5 +90,5 @@ def _project_trips(
         trip = check_limits(limits.per_project, count, in_scope, acted)
         if trip is not None:
             approved = not dry_run and limit_state.approvals.get(project, -1) >= count
-            trips.append(ProjectTrip(project, trip, count, approved))
+            trips.append(ProjectTrip(project, trip, count, approved, slugs[project] or None))
     return trips

@@ -60,7 +60,7 @@ def list_sources(resolved: Resolved, policy: Policy) -> Listing:
         listing.results[key] = {"status": status, "listed": 0, "error": error}
         listing.failed.append(key)
         listing.unresolved_v2 |= key == V2_UNRESOLVED and status == "error"
-    pairs = _unique_labels(resolved.clients, listing)
+    pairs = resolved.clients
     if not pairs:
         return listing
     scope = policy.scope
@@ -79,22 +79,6 @@ def list_sources(resolved: Resolved, policy: Policy) -> Listing:
         _add_listing(listing, source, client, answer, shared)
     _close_v1(listing)
     return listing
-
-
-def _unique_labels(pairs: list[tuple[Source, EndpointsApi]], listing: Listing) -> list[tuple[Source, EndpointsApi]]:
-    """The sources whose label (the project their per-project limit, 24 h count and pause are kept under) is
-    theirs alone. Sources sharing one (a slug that is another project's id, or two projects with one slug) are
-    not listed: one's count must not dilute or pause the other's. They fail, and their endpoints are held."""
-    keys_of: dict[str, list[str]] = {}
-    for source, _ in pairs:
-        keys_of.setdefault(source.label, []).append(source.key)
-    shared = {label: keys for label, keys in keys_of.items() if len(keys) > 1}
-    for label, keys in shared.items():
-        error = f"listing failed: sources {', '.join(keys)} are all called {scrub_line(label, 80)!r} (their limits)"
-        for key in keys:
-            listing.results[key] = {"status": "error", "listed": 0, "error": error}
-            listing.failed.append(key)
-    return [(source, client) for source, client in pairs if source.label not in shared]
 
 
 def _listed_by_several(answers: list[list[Endpoint]]) -> set[str]:

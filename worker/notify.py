@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from worker.limits import paused_name
 from worker.logs import shown
 from worker.redact import Redactor, scrub_api_key_fields, scrub_line, url_secrets
 
@@ -55,7 +56,8 @@ def build_notification(
         lines.append(f":warning: limit tripped, nothing queued: {_esc(limit)}")
     for project, trip in held.items():
         why = _esc(trip.get("limit"))
-        lines.append(f":warning: project {_esc(project)}: its limit tripped, its endpoints not queued: {why}")
+        named = _esc(paused_name(project, trip))
+        lines.append(f":warning: project {named}: its limit tripped, its endpoints not queued: {why}")
     for item in marked:
         lines.append(
             f"• marked {_esc(item['endpoint_name'])} ({_esc(item['endpoint_id'])}){_in(item)} by rule "

@@ -451,7 +451,7 @@ def _fraction(value: object) -> object:
 
 class ProjectLimits(_Strict):
     """``limits.per_project``: the same limits, each applied to one project at a time (the v1 account is the
-    project ``v1``; a v2 project is named by its slug, or its id when the slug is unknown). Every key is
+    project ``v1``; a v2 project is kept under its id, which a rename does not change). Every key is
     optional; one left out sets no limit per project (the overall limits still hold), an empty block is an
     error (never "no limit" by accident)."""
 

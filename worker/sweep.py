@@ -672,6 +672,8 @@ def _note_project_trips(store: Store, verdict: LimitVerdict, limit_state: LimitS
     tripped = {t.project for t in verdict.project_trips}
     for trip in verdict.project_trips:
         summary.limit_trips[trip.project] = {"limit": trip.limit, "acting": trip.acting, "queued": trip.approved}
+        if trip.slug:
+            summary.limit_trips[trip.project]["slug"] = trip.slug
         if trip.approved:
             continue
         log.warning(
@@ -681,7 +683,7 @@ def _note_project_trips(store: Store, verdict: LimitVerdict, limit_state: LimitS
             trip.limit,
         )
         if not dry:
-            store.set_pause(trip.limit, summary.sweep_id, trip.acting, project=trip.project)
+            store.set_pause(trip.limit, summary.sweep_id, trip.acting, project=trip.project, slug=trip.slug)
         store.record_event("limit", sweep_id=summary.sweep_id, limit=trip.limit, dry_run=dry, project=trip.project)
     if dry:
         return
@@ -700,7 +702,7 @@ def _take_project_approvals(store: Store, verdict: LimitVerdict, summary: SweepS
         if approval is None:
             lapsed.add(trip.project)
             summary.limit_trips[trip.project]["queued"] = False
-            store.set_pause(trip.limit, summary.sweep_id, trip.acting, project=trip.project)
+            store.set_pause(trip.limit, summary.sweep_id, trip.acting, project=trip.project, slug=trip.slug)
             continue
         by = approval.get("by")
         summary.limit_trips[trip.project]["resumed_by"] = by
@@ -783,7 +785,7 @@ def _publish(
                 request.endpoint_id,
                 request.task_id,
                 keep_counted=False,
-                project=task_project(request.source, request.project),
+                project=task_project(request.source),
             )
 
 

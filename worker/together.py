@@ -368,8 +368,8 @@ def combine_capabilities(every: Sequence[Capabilities]) -> Capabilities:
 class Source:
     """One source of endpoints a sweep lists: the v1 account or one v2 project.
 
-    ``key`` names it in Redis, the summary and a delete task (``v1``, ``v2:<project id>``); ``label`` is what a
-    person reads (``v1`` or the project's slug).
+    ``key`` names it in Redis, the summary and a delete task (``v1``, ``v2:<project id>``); ``label`` is the
+    project its per-project limits are kept under (:func:`project_name`); ``shown`` what a person reads.
     """
 
     key: str
@@ -378,32 +378,40 @@ class Source:
     project: str | None = ""
     project_id: str = ""
 
+    @property
+    def shown(self) -> str:
+        """``v1``, or the project's slug with its id (the id alone when the slug is not known)."""
+        if self.api == "v1":
+            return "v1"
+        return f"{self.project} ({self.project_id})" if self.project else self.project_id
+
 
 V1_SOURCE = Source("v1", "v1", "v1")
 
 
 def v2_source(project_id: str, slug: str | None) -> Source:
-    return Source(f"v2:{project_id}", project_name("v2", slug, project_id), "v2", slug, project_id)
+    return Source(f"v2:{project_id}", project_name("v2", project_id), "v2", slug, project_id)
 
 
-def project_name(api: str, slug: str | None, project_id: str) -> str:
-    """The project a per-project limit, its 24 h count and its pause are kept under (a source's label): the v1
-    account is ``v1``, a v2 project its slug, or its id when the slug is not known or is ``v1`` (a v2 project
-    must never share the v1 account's count, pause or fraction). Two sources of one sweep with one label are
-    not listed (``worker.listing``)."""
+def project_name(api: str, project_id: str) -> str:
+    """The project a per-project limit, its 24 h count, its pause and its approval are kept under (a source's
+    label): the v1 account is ``v1``, a v2 project its id. Never the slug: a rename changes it, and the project's
+    count would start again and its pause be lost. A v2 project must never share the v1 account's count, pause or
+    fraction: one whose very id is ``v1`` is ``v2:v1`` (and one whose id begins with ``v2:`` gets that prefix
+    too, so no two projects ever share a label)."""
     if api == "v1":
         return "v1"
-    label = slug if slug and slug != "v1" else project_id or api
-    return label if label != "v1" else f"v2:{project_id}"  # a project whose very id is "v1"
+    special = not project_id or project_id == "v1" or project_id.startswith("v2:")
+    return f"v2:{project_id}" if special else project_id
 
 
-def task_project(source: str, slug: str) -> str:
-    """:func:`project_name` of a delete task, from its source key and slug; "" for a task queued before sources
-    (it counts only overall)."""
+def task_project(source: str) -> str:
+    """:func:`project_name` of a delete task, from its source key; "" for a task queued before sources (it counts
+    only overall)."""
     if not source:
         return ""
     api, _, project_id = source.partition(":")
-    return project_name(api, slug, project_id)
+    return project_name(api, project_id)
 
 
 # JANITOR_TOGETHER_API -> what its client can do, so the settings can derive their budgets without a client.

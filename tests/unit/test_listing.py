@@ -111,20 +111,24 @@ def test_every_source_that_lists_an_endpoint_another_lists_fails(
     assert all("listed by another source" in listing.results[key]["error"] for key in listing.failed)
 
 
-def test_sources_that_share_a_limit_label_are_not_listed_and_the_others_are() -> None:
-    """A slug that is another project's id: one project's 24 h count and fraction must not be the other's."""
-    policy = parse_policy("version: 1\nrules:\n  - name: r\n    ttl: 1h\n")
-    a, b, c = _Listing("proj_a", ["x"]), _Listing("proj_b", ["y"]), _Listing("proj_c", ["z"])
-    b.source = v2_source("proj_b", "proj_a")  # slugged as project a's id, whose slug is not known
-    a.source = v2_source("proj_a", None)
-    listing = list_sources(Resolved([(s.source, s) for s in (a, b, c)]), policy)  # type: ignore[misc]
-    assert list(listing.ids) == ["v2:proj_c"] and sorted(listing.failed) == ["v2:proj_a", "v2:proj_b"]
-    assert all("all called 'proj_a'" in listing.results[k]["error"] for k in listing.failed)
-    assert a.asked == [] and b.asked == []  # not even listed
-
-
 @given(st.sampled_from(["v1", "v2"]), st.one_of(st.none(), st.text(max_size=8)), st.text(max_size=8))
 def test_a_task_counts_in_the_project_its_sweep_counted_it_in(api: str, slug: str | None, pid: str) -> None:
     source = V1_SOURCE if api == "v1" else v2_source(pid or "p", slug)
-    assert task_project(source.key, source.project or "") == source.label
+    assert task_project(source.key) == source.label
     assert (source.label == "v1") is (api == "v1")
+
+
+_IDS = st.one_of(st.sampled_from(["v1", "v2:v1", "v2:", "v2:v2:v1"]), st.text(max_size=6))
+
+
+@given(st.lists(st.tuples(_IDS, st.one_of(st.none(), _IDS)), max_size=6))
+def test_each_source_s_limits_are_its_own_whatever_the_slugs(projects: list[tuple[str, str | None]]) -> None:
+    """A project's limits, 24 h count and pause are kept under its label: one label per source, whatever the
+    slugs (two projects with one slug, a slug that is another's id or ``v1``), and the same label whatever its
+    slug becomes (a rename starts no new count and lifts no pause)."""
+    sources = {s.key: s for s in [V1_SOURCE, *(v2_source(pid or "p", slug) for pid, slug in projects)]}
+    labels = [s.label for s in sources.values()]
+    assert len(set(labels)) == len(labels)
+    for source in sources.values():
+        renamed = v2_source(source.project_id, "renamed") if source.api == "v2" else source
+        assert renamed.label == source.label

@@ -37,13 +37,13 @@ def test_all_unknown_is_unknown_not_zero() -> None:
 
 def test_a_project_held_back_by_its_own_limit_is_news_and_one_queued_on_approval_is_not() -> None:
     trips = {
-        "prod": {"limit": "max_deletes_per_sweep: 3 candidates > 2", "acting": 3, "queued": False},
-        "staging": {"limit": "max_deletes_per_sweep: 4 candidates > 2", "acting": 4, "queued": True},
+        "proj_1": {"limit": "max_deletes_per_sweep: 3 candidates > 2", "acting": 3, "queued": False, "slug": "prod"},
+        "proj_2": {"limit": "max_deletes_per_sweep: 4 candidates > 2", "acting": 4, "queued": True},
     }
     body = build_notification({"sweep_id": "s", "status": "ok", "limit_trips": trips}, [], [])
     assert body is not None and body["limit"] is None
-    assert body["project_limits"] == {"prod": "max_deletes_per_sweep: 3 candidates > 2"}
-    assert "project prod: its limit tripped, its endpoints not queued" in body["text"]
+    assert body["project_limits"] == {"proj_1": "max_deletes_per_sweep: 3 candidates > 2"}
+    assert "project proj_1 (prod): its limit tripped, its endpoints not queued" in body["text"]
     assert "staging" not in body["text"]
     approved_only = {"staging": trips["staging"]}
     assert build_notification({"sweep_id": "s", "status": "ok", "limit_trips": approved_only}, [], []) is None

@@ -313,7 +313,7 @@ def queued_ids(verdict: object) -> list[str]:
     return [pl.endpoint.id for pl in verdict.to_queue]  # type: ignore[attr-defined]
 
 
-def test_in_scope_is_counted_per_project_v1_as_v1_and_a_v2_project_by_slug_or_id() -> None:
+def test_in_scope_is_counted_per_project_v1_as_v1_and_a_v2_project_by_its_id() -> None:
     endpoints = [
         proj_ep(1, "v1", "ci-1"),
         proj_ep(2, "v1", "keep"),
@@ -321,8 +321,8 @@ def test_in_scope_is_counted_per_project_v1_as_v1_and_a_v2_project_by_slug_or_id
         proj_ep(4, "anon", "keep", slug=False),
     ]
     p = per_project_plan(endpoints)
-    assert p.in_scope_by_project == {"v1": 2, "prod": 1, "id-anon": 1}
-    assert p.limit_projects() == ["id-anon", "prod", "v1"]
+    assert p.in_scope_by_project == {"v1": 2, "id-prod": 1, "id-anon": 1}  # ids: a rename keeps them
+    assert p.limit_projects() == ["id-anon", "id-prod", "v1"]
 
 
 def test_one_project_tripping_holds_back_only_its_own_endpoints() -> None:
@@ -333,9 +333,10 @@ def test_one_project_tripping_holds_back_only_its_own_endpoints() -> None:
     p = per_project_plan(endpoints)
     verdict = judge_limits(p, PER_PROJECT.limits, LimitState(set(), 0, False), dry_run=False)
     assert verdict.trip is None
-    assert [(t.project, t.acting, t.approved) for t in verdict.project_trips] == [("prod", 3, False)]
+    assert [(t.project, t.acting, t.approved) for t in verdict.project_trips] == [("id-prod", 3, False)]
     assert "max_deletes_per_sweep: 3 candidates > 2" in verdict.project_trips[0].limit
-    assert verdict.held_projects == {"prod"}
+    assert verdict.project_trips[0].slug == "prod"  # for a person to read
+    assert verdict.held_projects == {"id-prod"}
     assert queued_ids(verdict) == ["e4", "e5"]
 
 
@@ -346,7 +347,7 @@ def test_a_project_s_fraction_is_of_its_own_in_scope_count() -> None:
     endpoints += [proj_ep(i, "staging", f"keep-{i}") for i in range(6, 14)]
     p = per_project_plan(endpoints)
     verdict = judge_limits(p, PER_PROJECT.limits, LimitState(set(), 0, False), dry_run=False)
-    assert [t.project for t in verdict.project_trips] == ["prod"]
+    assert [t.project for t in verdict.project_trips] == ["id-prod"]
     assert "max_delete_fraction: 2 of 3 endpoints in scope" in verdict.project_trips[0].limit
     assert queued_ids(verdict) == ["e4", "e5"]
 
@@ -355,9 +356,9 @@ def test_a_project_s_24h_count_is_its_own_and_a_dry_run_does_not_count_it() -> N
     endpoints = [proj_ep(1, "prod", "ci-1"), proj_ep(2, "staging", "ci-2")]
     endpoints += [proj_ep(i, p, f"keep-{i}") for i, p in ((3, "prod"), (4, "staging"))]
     p = per_project_plan(endpoints)
-    state = LimitState(set(), 4, False, acted_by_project={"prod": 4, "staging": 3})
+    state = LimitState(set(), 4, False, acted_by_project={"id-prod": 4, "id-staging": 3})
     verdict = judge_limits(p, PER_PROJECT.limits, state, dry_run=False)
-    assert [t.project for t in verdict.project_trips] == ["prod"]
+    assert [t.project for t in verdict.project_trips] == ["id-prod"]
     assert "max_deletes_per_day: 4 in the last 24 h + 1 now > 4" in verdict.project_trips[0].limit
     assert queued_ids(verdict) == ["e2"]
     assert judge_limits(p, PER_PROJECT.limits, state, dry_run=True).project_trips == []
@@ -381,7 +382,7 @@ def test_the_overall_limit_judges_what_the_projects_let_through() -> None:
     endpoints += [proj_ep(i, "v1", f"ci-{i}") for i in (6, 7)]
     p = per_project_plan(endpoints)
     verdict = judge_limits(p, limits, LimitState(set(), 0, False), dry_run=False)
-    assert [t.project for t in verdict.project_trips] == ["prod"]
+    assert [t.project for t in verdict.project_trips] == ["id-prod"]
     # staging's and v1's 4 are left, more than the overall 3: the overall limit trips on them.
     assert verdict.trip is not None and "max_deletes_per_sweep: 4 candidates > 3" in verdict.trip
     assert queued_ids(verdict) == ["e4", "e5", "e6", "e7"]
@@ -391,13 +392,13 @@ def test_an_approval_lets_its_project_through_when_it_covers_it_and_never_in_a_d
     endpoints = [proj_ep(i, "prod", f"ci-{i}") for i in range(1, 4)]
     endpoints += [proj_ep(i, "prod", f"keep-{i}") for i in range(4, 10)]
     p = per_project_plan(endpoints)
-    approved = LimitState(set(), 0, False, paused_projects=frozenset({"prod"}), approvals={"prod": 3})
+    approved = LimitState(set(), 0, False, paused_projects=frozenset({"id-prod"}), approvals={"id-prod": 3})
     verdict = judge_limits(p, PER_PROJECT.limits, approved, dry_run=False)
-    assert [(t.project, t.approved) for t in verdict.project_trips] == [("prod", True)]
+    assert [(t.project, t.approved) for t in verdict.project_trips] == [("id-prod", True)]
     assert queued_ids(verdict) == ["e1", "e2", "e3"]
-    assert judge_limits(p, PER_PROJECT.limits, approved, dry_run=True).held_projects == {"prod"}
-    short = LimitState(set(), 0, False, approvals={"prod": 2})
-    assert judge_limits(p, PER_PROJECT.limits, short, dry_run=False).held_projects == {"prod"}
+    assert judge_limits(p, PER_PROJECT.limits, approved, dry_run=True).held_projects == {"id-prod"}
+    short = LimitState(set(), 0, False, approvals={"id-prod": 2})
+    assert judge_limits(p, PER_PROJECT.limits, short, dry_run=False).held_projects == {"id-prod"}
 
 
 def test_without_per_project_limits_only_the_overall_ones_hold() -> None:

@@ -416,11 +416,16 @@ class SweepKeeping(RecordKeeping):
     def _limit_key(self, name: str, project: str | None) -> str:
         return self.key(name) if project is None else self.key(name, project)
 
-    def set_pause(self, limit: str, sweep_id: str, acting: int, project: str | None = None) -> None:
-        """Record the tripped limit and how many endpoints the refused sweep would have acted on."""
+    def set_pause(
+        self, limit: str, sweep_id: str, acting: int, project: str | None = None, slug: str | None = None
+    ) -> None:
+        """Record the tripped limit and how many endpoints the refused sweep would have acted on (and, for a v2
+        project, its slug of then: what ``janitor resume --project`` may name it by)."""
         data: dict[str, Any] = {"limit": limit, "sweep_id": sweep_id, "acting": acting, "at": iso(utc_now())}
         if project is not None:
             data["project"] = project
+        if slug:
+            data["slug"] = slug
         self.redis.set(self._limit_key("pause", project), json.dumps(data))
 
     def clear_pause(self, reason: str, project: str | None = None) -> bool:
