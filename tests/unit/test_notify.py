@@ -44,8 +44,8 @@ def test_a_project_held_back_by_its_own_limit_is_news_and_one_queued_on_approval
     assert body is not None and body["limit"] is None
     assert body["project_limits"] == {"proj_1": "max_deletes_per_sweep: 3 candidates > 2"}
     assert "project proj_1 (prod): its limit tripped, its endpoints not queued" in body["text"]
-    assert "staging" not in body["text"]
-    approved_only = {"staging": trips["staging"]}
+    assert "proj_2" not in body["text"]
+    approved_only = {"proj_2": trips["proj_2"]}
     assert build_notification({"sweep_id": "s", "status": "ok", "limit_trips": approved_only}, [], []) is None
 
 
