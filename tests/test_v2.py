@@ -267,6 +267,10 @@ def test_a_500_on_a_step_is_retryable_and_a_404_of_the_endpoint_is_already_gone(
     assert not isinstance(failed, Step) and failed.retryable and failed.http_status == 500
     gone = take_step(v2, "ep_9999", Action.DELETE, _Pass())
     assert not isinstance(gone, Step) and gone.status is OutcomeStatus.ALREADY_GONE
+    # The endpoint gone when its unroute is sent: the delete ends there, no unroute is recorded as done.
+    sim.v2_faults(scripts={"ep_0001": {"PATCH endpoint": [404]}})
+    unrouted = take_step(v2, "ep_0001", Action.DELETE, _Pass())
+    assert not isinstance(unrouted, Step) and unrouted.status is OutcomeStatus.ALREADY_GONE
 
 
 def test_hostile_deployment_ids_never_reach_a_url(sim: Sim, v2: TogetherV2Client) -> None:

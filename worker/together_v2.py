@@ -1010,6 +1010,7 @@ class TogetherV2Client(HttpApi):
                 lambda: endpoints.update(
                     endpoint_id, project_id=pid, traffic_split=[], update_mask="trafficSplit", etag=etag
                 ),
+                gone_is_fine=False,  # the endpoint itself gone: the delete ends (already_gone), no step is recorded
             )
             return Step(StepKind.NEXT, "take the endpoint out of live traffic", 200, phase=StepPhase.UNROUTE)
         if nxt.kind in ("scale_down", "delete_deployment"):
