@@ -294,3 +294,21 @@ def test_resume_by_a_slug_that_names_several_paused_projects_names_none(
     refused = janitor(["resume", "--project", "ml"], env)
     assert refused.returncode == 2 and "several paused projects (proj_a, proj_b)" in refused.stderr
     assert janitor(["resume", "--project", "proj_b"], env).returncode == 0  # the id names one
+
+
+def test_limits_kept_under_a_slug_by_an_earlier_janitor_move_to_the_project_s_id(
+    sim: Sim, store: Store, both: Resolved, tmp_path: Path
+) -> None:
+    """Upgrade: a janitor from before limits were kept by id left acme's 24 h count and pause under its slug. The
+    first sweep moves them to the id: the count still holds the project back, and no pause is left behind."""
+    policy = write_policy(tmp_path / "policy.yaml", PER_DAY)
+    store.claim_pending({"ep_0009": "t-before"}, 60, requests={"ep_0009": {}}, live=True, projects={"ep_0009": "acme"})
+    store.set_pause("max_deletes_per_day: 1 in the last 24 h + 1 now > 1", "s-before", 1, project="acme")
+    sim.reset([v1_ep(1, "acme/keep")])
+    sim.v2_reset([v2_ep(1, "ci-a")], project_slug="acme")
+    queued: list[DeleteRequest] = []
+    summary = sweep(store, both, policy, queued)
+    assert summary.status == "ok" and queued == []
+    assert "1 in the last 24 h + 1 now > 1" in summary.limit_trips[PID]["limit"]
+    assert set(store.project_pauses()) == {PID} and store.pause("acme") is None
+    assert store.limit_state([], [PID, "acme"]).acted_by_project == {PID: 1, "acme": 0}

@@ -54,6 +54,7 @@ from worker.together import (
     Capabilities,
     Endpoint,
     EndpointsApi,
+    Source,
     check_endpoint_id,
     combine_capabilities,
     task_project,
@@ -107,10 +108,13 @@ class SweepPlan:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Each acting endpoint's source key and project label (the delete task carries them).
     source_of: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # In scope per project (:func:`project_name`: ``v1``, a slug, or an id): a per-project fraction's base.
+    # In scope per project (:func:`project_name`: ``v1`` or an id): a per-project fraction's base.
     in_scope_by_project: dict[str, int] = field(default_factory=dict)
     # The projects of the sources that listed completely: their pauses are cleared when they no longer trip.
     listed_projects: set[str] = field(default_factory=set)
+    # Upgrade (remove after 2027-03): a listed v2 project's slug -> its id, for the limits a janitor from before
+    # they were kept by id kept under the slug (``Store.commit_sweep`` moves them to the id).
+    former_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_scope(self) -> int:
@@ -299,6 +303,17 @@ def _resumed(
     return Decision(Verdict.ACT, sequence.rule, reason, sequence.action)
 
 
+def former_labels(sources: Sequence[Source]) -> dict[str, str]:
+    """Each v2 project's slug -> its id, where the slug was its label before labels were ids (not ``v1``), and is
+    no source's label now (a slug that is another project's id is that project's)."""
+    now = {source.label for source in sources}
+    return {
+        s.project: s.label
+        for s in sources
+        if s.api == "v2" and s.project and s.project != "v1" and s.project != s.label and s.project not in now
+    }
+
+
 def _note(plan: SweepPlan, planned: Planned, every_decision: bool) -> None:
     """Count one decision and keep it if it is worth recording (most endpoints are kept and only counted)."""
     decision = planned.decision
@@ -398,6 +413,7 @@ def read_and_plan(
     plan.source_of = {p.endpoint.id: (owner[p.endpoint.id].source.key, p.endpoint.project or "") for p in plan.acting}
     listed = listing.ids
     plan.listed_projects = {source.label for source, _ in resolved.clients if source.key in listed}
+    plan.former_labels = former_labels([source for source, _ in resolved.clients if source.key in listed])
     state.observed = []  # the raw list goes now; the plan keeps what it needs
     return plan, state
 

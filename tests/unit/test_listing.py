@@ -132,3 +132,11 @@ def test_each_source_s_limits_are_its_own_whatever_the_slugs(projects: list[tupl
     for source in sources.values():
         renamed = v2_source(source.project_id, "renamed") if source.api == "v2" else source
         assert renamed.label == source.label
+
+
+def test_the_former_labels_are_the_slugs_that_were_labels_and_are_no_longer_anyone_s() -> None:
+    from worker.sweep import former_labels
+
+    sources = [V1_SOURCE, v2_source("p1", "acme"), v2_source("p2", "v1"), v2_source("p3", None), v2_source("p4", "p1")]
+    # acme was p1's label; "v1" was never a v2 project's; p3 had no slug; "p1" is p1's label now, not p4's.
+    assert former_labels(sources) == {"acme": "p1"}

@@ -79,6 +79,26 @@ end
 return claimed
 """
 
+# Upgrade (remove after 2027-03): a project's pause, approval and 24 h count kept under its slug, as a janitor
+# from before they were kept by id left them, move to its id. KEYS in sixes: the pause (slug, id), the approval
+# (slug, id), the count (slug, id). A pause or approval the id already has wins; the counts are merged.
+MOVE_PROJECT_LIMITS = """
+for i = 1, #KEYS, 6 do
+  for j = i, i + 2, 2 do
+    if redis.call('EXISTS', KEYS[j]) == 1 then
+      if redis.call('EXISTS', KEYS[j + 1]) == 0 then redis.call('RENAME', KEYS[j], KEYS[j + 1])
+      else redis.call('DEL', KEYS[j]) end
+    end
+  end
+  if redis.call('EXISTS', KEYS[i + 4]) == 1 then
+    redis.call('ZUNIONSTORE', KEYS[i + 5], 2, KEYS[i + 5], KEYS[i + 4], 'AGGREGATE', 'MAX')
+    redis.call('DEL', KEYS[i + 4])
+    redis.call('EXPIRE', KEYS[i + 5], 172800)
+  end
+end
+return true
+"""
+
 # How many entries of each 24 h count (KEYS: ``P:acted``, ``P:acted:<project>``) are of the last 24 h, by
 # Redis's clock (the one the counts are scored with).
 COUNT_LAST_DAY = """

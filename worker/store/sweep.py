@@ -363,6 +363,14 @@ class SweepKeeping(RecordKeeping):
         if plan.listed_by_source:
             pipe.sadd(self.key("sources"), *plan.listed_by_source)
             pipe.hset(self.key("listed_at"), mapping=dict.fromkeys(plan.listed_by_source, plan.now.timestamp()))
+        if plan.former_labels:
+            keys = [
+                self.key(name, label)
+                for slug, project in sorted(plan.former_labels.items())
+                for name in ("pause", "resume", "acted")
+                for label in (slug, project)
+            ]
+            pipe.eval(lua.MOVE_PROJECT_LIMITS, len(keys), *keys)
         return self._read_limit_state(pipe, [p.endpoint.id for p in plan.acting], plan.limit_projects())
 
     def _replace_set(self, pipe: Pipeline, key: str, members: Sequence[str]) -> None:
