@@ -546,3 +546,64 @@ def test_a_rule_s_ttl_lengthened_during_the_delete_stops_it(delete_v2: Delete, s
     outcome = run_to_the_end(delete_v2, request, first.state).outcome
     assert outcome.status == "spared" and "no longer old enough" in (outcome.error or ""), outcome
     assert _deleted_deployments(delete_v2) == []
+
+
+STOP_POLICY = """
+version: 1
+scope: {types: [dedicated]}
+rules:
+  - name: stop-ci
+    match: {name: "acme/ci-*"}
+    ttl: 6h
+    action: stop
+"""
+
+
+@pytest.mark.parametrize("deployments", [1, 2, 3])
+def test_a_v2_stop_scales_every_deployment_down_and_leaves_the_endpoint_routed(
+    delete_v2: Delete, tmp_path: Path, deployments: int
+) -> None:
+    """A stop never takes the endpoint out of traffic: still routed after its first scale-down is not a person
+    routing it again, and the stop goes on to every deployment (it was held after the first)."""
+    _use_policy(delete_v2, tmp_path, STOP_POLICY)
+    delete_v2.sim.v2_reset([v2_endpoint(1, deployments=deployments)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    outcome = run_to_the_end(delete_v2, request).outcome
+    assert outcome.status == "stopped", outcome.error
+    left = delete_v2.sim.v2_endpoint("ep_0001")
+    assert left is not None and left["trafficSplit"]
+    assert [d["autoscaling"]["maxReplicas"] for d in left["deployments"]] == [0] * deployments
+
+
+def _platform(delete: Delete, deployment: str, change: dict[str, Any]) -> None:
+    """A change the platform makes on its own (a state, the numbers it serves), not through the API."""
+    delete.sim.admin.patch(f"/v2/endpoints/ep_0001/deployments/{deployment}", json=change).raise_for_status()
+
+
+def _scaled(delete: Delete) -> list[str]:
+    return [r["deployment_id"] for r in delete.changes() if r["method"] == "PATCH" and r["target"] == "deployment"]
+
+
+@pytest.mark.parametrize("deployments", [1, 2])
+@pytest.mark.parametrize(
+    "served",
+    [
+        {"state": "DEPLOYMENT_STATE_SCALING"},  # its replicas still draining after the scale-down
+        {"extra": {"autoscaling": {}, "desiredReplicas": None}},  # the zeros left out (proto3 JSON)
+    ],
+)
+def test_the_delete_s_own_scale_down_is_not_a_person_s_answer(
+    delete_v2: Delete, store: Store, deployments: int, served: dict[str, Any]
+) -> None:
+    """Only autoscaling numbers above 0 say someone scaled a deployment up: a state that lags behind the
+    scale-down, or numbers left out, do not hold the delete."""
+    delete_v2.sim.v2_reset([v2_endpoint(1, deployments=deployments)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    result = _until_scaled_down(delete_v2, store, request)
+    (scaled,) = _scaled(delete_v2)
+    _platform(delete_v2, scaled, served)
+    nxt = delete_v2.run(request, result.state)
+    if isinstance(nxt, Continue) and "state" in served:
+        _platform(delete_v2, scaled, {"state": "DEPLOYMENT_STATE_STOPPED"})  # drained
+    outcome = nxt.outcome if isinstance(nxt, Done) else run_to_the_end(delete_v2, request, nxt.state).outcome
+    assert outcome.status == "deleted", outcome.error

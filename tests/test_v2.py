@@ -629,7 +629,7 @@ def test_an_endpoint_running_again_mid_sequence_is_spared(harness: Harness) -> N
         "/v2/endpoints/ep_0001/deployments/dep_1_0", json={"state": READY, "desiredReplicas": 1}
     ).raise_for_status()
     outcome = h.outcome("ep_0001", timeout=30)
-    assert outcome.status == "spared" and "active again since the delete scaled it" in (outcome.error or "")
+    assert outcome.status == "spared" and "STARTED again" in (outcome.error or "")
     assert reads.open_sequences(h.store) == {} and h.sim.v2_endpoint("ep_0001") is not None
     assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
 

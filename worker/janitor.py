@@ -519,7 +519,8 @@ def sequence_hold(
     scaled_down = (
         sequence.last_phase in SCALED_DOWN_PHASES if sequence.phased else not last.startswith("scale deployment")
     )
-    if endpoint.routed and sequence.last_phase in UNROUTED_PHASES:
+    # Only a delete takes the endpoint out of traffic first; a stop leaves it routed and only scales down.
+    if endpoint.routed and sequence.action == Action.DELETE and sequence.last_phase in UNROUTED_PHASES:
         return "the endpoint takes live traffic again since it was taken out of it: a person's answer"
     if endpoint.state in ("STARTED", "STARTING") and scaled_down:
         return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
@@ -530,18 +531,19 @@ def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | Non
     """Why the endpoint's deployments show a person's answer since the sequence began, or None.
 
     A delete (or stop) only unroutes, scales down and deletes: a deployment that was not there when its first step
-    read the endpoint, one active (running, starting, allowed replicas) that was not, or one the sequence scaled
-    to zero that is active again, was put there by someone (or the platform restarted it): not the sequence's to
-    take down. A record from before deployments were kept asks only the scaled ones.
+    read the endpoint, one whose autoscaling allows replicas and did not, or one the sequence scaled to zero that
+    allows replicas again, was put there or scaled up by someone: not the sequence's to take down. Read from the
+    autoscaling numbers alone (:attr:`~worker.together_v2.Deployment.allows_replicas`), never the state, which
+    lags behind a scale-down. A record from before deployments were kept asks only the scaled ones.
     """
     before = dict(sequence.deployments) if sequence.deployments is not None else None
-    for deployment, active in endpoint.deployment_activity:
+    for deployment, allows in endpoint.deployment_activity:
         if before is not None and deployment not in before:
             return f"deployment {deployment} was added since the delete began: a person's answer"
-        if active and deployment in sequence.scaled:
-            return f"deployment {deployment} is active again since the delete scaled it to zero: a person's answer"
-        if active and before is not None and not before[deployment]:
-            return f"deployment {deployment} is active since the delete began, and was not: a person's answer"
+        if allows and deployment in sequence.scaled:
+            return f"deployment {deployment} was scaled up again since the delete scaled it to zero: a person's answer"
+        if allows and before is not None and not before[deployment]:
+            return f"deployment {deployment} was scaled up since the delete began: a person's answer"
     return None
 
 

@@ -179,8 +179,9 @@ class OpenSequence:
     # Whether a step changed what the rule's conditions read (traffic, replicas): any step but a detach. Until
     # then every step asks the whole rule again. A record from before this was kept: read from its last phase.
     conditions_changed: bool = True
-    # (id, active) of each deployment when the first step read the endpoint (None: a record from before this was
-    # kept), and the deployments its steps scaled to zero: active again, or one added, is a person's answer.
+    # (id, allows replicas) of each deployment when the first step read the endpoint (None: a record from before
+    # this was kept), and the deployments its steps scaled to zero: scaled up again, or one added, is a person's
+    # answer.
     deployments: tuple[tuple[str, bool], ...] | None = None
     scaled: frozenset[str] = frozenset()
 

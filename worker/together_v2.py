@@ -142,9 +142,13 @@ class Deployment(_Wire):
         return self.desired_replicas == 0
 
     @property
-    def active(self) -> bool:
-        """Running, starting, or allowed replicas (it may start): what a delete sequence never makes it."""
-        return not self.scaled_to_zero or self.short_state in _ACTIVE
+    def allows_replicas(self) -> bool:
+        """Its autoscaling allows a replica (``minReplicas`` or ``maxReplicas`` above 0): what a delete sequence never
+        sets, so one that did not and does now was scaled up by someone. Not its state (a deployment the sequence
+        scaled to zero may still report READY while its replicas drain), and not a number left out (the SDK types
+        them all Optional, and proto3 JSON leaves zeros out): only a number says it."""
+        a = self.autoscaling
+        return a is not None and any(n is not None and n > 0 for n in (a.min_replicas, a.max_replicas))
 
 
 class TrafficEntry(_Wire):
@@ -266,7 +270,6 @@ class Event(_Wire):
 # ---------------------------------------------------------------------------------------------- mapping
 
 _RUNNING = frozenset({"READY", "SCALING", "DEGRADED"})
-_ACTIVE = _RUNNING | {"PROVISIONING"}
 _SETTLED = frozenset({"STOPPED", "FAILED"})  # nothing runs
 
 
@@ -357,7 +360,7 @@ def to_facts(
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
-        deployment_activity=tuple((d.id, d.active) for d in endpoint.deployments),
+        deployment_activity=tuple((d.id, d.allows_replicas) for d in endpoint.deployments),
         api="v2",
         project=source.project if source is not None else None,
         project_id=source.project_id if source is not None else (endpoint.project_id or ""),

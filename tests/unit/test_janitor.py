@@ -271,6 +271,10 @@ def test_an_endpoint_routed_again_after_it_was_unrouted_is_held() -> None:
     routed = endpoint(routed=True)
     assert sequence_hold(POLICY, routed, sequence(last_phase=StepPhase.UNROUTE), NOW) is not None
     assert sequence_hold(POLICY, routed, sequence(last_phase=StepPhase.DETACH), NOW) is None
+    # A stop never unroutes: routed after its scale-down is as it always was.
+    stopping = parse_policy("version: 1\nrules:\n  - name: r\n    ttl: 1h\n    action: stop\n")
+    stop = sequence(action=Action.STOP, last_phase=StepPhase.SCALE_DOWN)
+    assert sequence_hold(stopping, routed, stop, NOW) is None
 
 
 def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_its_old_text() -> None:
@@ -289,14 +293,14 @@ def _with(*activity: tuple[str, bool]) -> Endpoint:
 @pytest.mark.parametrize(
     ("before", "scaled", "now", "held_for"),
     [
-        # (id, active) when the delete began; what the delete scaled to zero; (id, active) now.
+        # (id, allows replicas) when the delete began; what the delete scaled to zero; (id, allows replicas) now.
         ((("d1", True),), (), (("d1", True),), None),  # running, not yet scaled down: the delete's to take down
-        ((("d1", True),), ("d1",), (("d1", False),), None),  # scaled down and stopping
-        ((("d1", True),), ("d1",), (("d1", True),), "active again"),  # scaled up by a person after the scale-down
-        ((("d1", False),), (), (("d1", True),), "active since the delete began"),  # a stopped one restarted
+        ((("d1", True),), ("d1",), (("d1", False),), None),  # scaled down (stopping, or still draining)
+        ((("d1", True),), ("d1",), (("d1", True),), "scaled up again"),  # scaled up by a person after the scale-down
+        ((("d1", False),), (), (("d1", True),), "scaled up since the delete began"),  # a stopped one restarted
         ((("d1", True),), (), (("d1", True), ("d2", False)), "was added"),  # a deployment added, even stopped
         ((("d1", True), ("d2", False)), (), (("d2", False),), None),  # one gone: deleting is the delete's own work
-        (None, ("d1",), (("d1", True),), "active again"),  # a record from before: the scaled ones still count
+        (None, ("d1",), (("d1", True),), "scaled up again"),  # a record from before: the scaled ones still count
         (None, (), (("d1", True), ("d9", True)), None),  # a record from before: nothing else to compare with
     ],
 )

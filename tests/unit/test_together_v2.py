@@ -100,22 +100,24 @@ def test_state_is_derived_from_the_deployments(states: list[str], derived: str) 
 
 
 @pytest.mark.parametrize(
-    ("state", "max_replicas", "active"),
+    ("state", "autoscaling", "allows"),
     [
-        ("DEPLOYMENT_STATE_READY", 1, True),
-        ("DEPLOYMENT_STATE_DEGRADED", 0, True),  # still running, whatever its autoscaling says
-        ("DEPLOYMENT_STATE_PROVISIONING", 0, True),  # starting
-        ("DEPLOYMENT_STATE_STOPPING", 0, False),
-        ("DEPLOYMENT_STATE_STOPPED", 0, False),
-        ("DEPLOYMENT_STATE_FAILED", 0, False),
-        ("DEPLOYMENT_STATE_STOPPED", 1, True),  # allowed a replica: it may start at the next request
-        ("DEPLOYMENT_STATE_STOPPING", 2, True),  # scaled up again while it stopped
+        ("DEPLOYMENT_STATE_READY", {"minReplicas": 1, "maxReplicas": 1}, True),
+        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 0, "maxReplicas": 1}, True),  # it may start at a request
+        ("DEPLOYMENT_STATE_STOPPING", {"minReplicas": 0, "maxReplicas": 2}, True),  # scaled up again as it stopped
+        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 1}, True),
+        # Scaled to zero: whatever the state says while the replicas drain, it allows none.
+        ("DEPLOYMENT_STATE_READY", {"minReplicas": 0, "maxReplicas": 0}, False),
+        ("DEPLOYMENT_STATE_SCALING", {"minReplicas": 0, "maxReplicas": 0}, False),
+        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 0, "maxReplicas": 0}, False),
+        # A number left out (proto3 JSON leaves zeros out; the SDK types them Optional) says nothing.
+        ("DEPLOYMENT_STATE_READY", {}, False),
+        ("DEPLOYMENT_STATE_READY", None, False),
     ],
 )
-def test_facts_say_which_deployments_are_active(state: str, max_replicas: int, active: bool) -> None:
-    autoscaling = {"minReplicas": 0, "maxReplicas": max_replicas}
+def test_facts_say_which_deployments_allow_replicas(state: str, autoscaling: Any, allows: bool) -> None:
     e = endpoint([dep("dep_a", state, autoscaling=autoscaling), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")])
-    assert to_facts(e).deployment_activity == (("dep_a", active), ("dep_b", False))
+    assert to_facts(e).deployment_activity == (("dep_a", allows), ("dep_b", False))
 
 
 def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment() -> None:
