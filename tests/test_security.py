@@ -779,10 +779,10 @@ def test_a_name_holding_the_api_key_reaches_no_claim_task_or_webhook(
         )
     finally:
         receiver.close()
-    assert summary.status == "ok" and summary.queued == 1 and summary.marked == 1
-    (request,) = queued
-    assert request.task_kwargs()["endpoint_name"] == "acme/ci-***"
-    assert not _holds_the_key(json.dumps(request.task_kwargs()))
+    assert summary.status == "ok" and summary.queued == 0 and summary.invalid_ids == 1 and summary.marked == 1
+    assert queued == [] and store.claims() == {}
+    outcome = reads.latest_outcome(store, "endpoint-0001")
+    assert outcome is not None and "holds part of the API key; not queued" in (outcome.error or "")
     assert not [name for name, text in redis_texts(redis_client, key_prefix) if _holds_the_key(text)]
     webhook = json.dumps(receiver.bodies)
     assert receiver.bodies and "acme/demo-***" in webhook and not _holds_the_key(webhook)

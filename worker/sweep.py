@@ -744,20 +744,26 @@ def _queue(
             check_endpoint_id(p.endpoint.id)
         except InvalidEndpointId as exc:
             summary.invalid_ids += 1
-            _record_invalid_id(store, p, summary, str(exc), clock)
+            _record_not_queued(store, p, summary, str(exc), clock)
+            continue
+        source, project = sources.get(p.endpoint.id, ("", ""))
+        if scrub_api_key(p.endpoint.name) != p.endpoint.name or scrub_api_key(project) != project:
+            # Names go into the claim and the task's arguments as they are: one holding a piece of the API key
+            # (an API echoing it, a pasted name) would put it there. Masked, it would no longer name the endpoint.
+            summary.invalid_ids += 1
+            why = "its name or its project's slug holds part of the API key; not queued"
+            _record_not_queued(store, p, summary, why, clock)
             continue
         requests[p.endpoint.id] = DeleteRequest(
             task_id=uuid.uuid4().hex,
             endpoint_id=p.endpoint.id,
-            # Names from the API go into the claim and the task's arguments as they are, but for the API key:
-            # a name that holds a piece of it is masked (its delete then finds the slug changed and is held).
-            endpoint_name=scrub_api_key(p.endpoint.name),
+            endpoint_name=p.endpoint.name,
             sweep_id=summary.sweep_id,
             rule=p.decision.rule or "",
             dry_run=summary.dry_run,
             action=_action_of(p),
-            source=sources.get(p.endpoint.id, ("", ""))[0],
-            project=scrub_api_key(sources.get(p.endpoint.id, ("", ""))[1]),
+            source=source,
+            project=project,
         )
     claimed = store.claim_pending(
         {eid: r.task_id for eid, r in requests.items()},
@@ -840,7 +846,7 @@ def _settle_lost_tasks(
     return settled
 
 
-def _record_invalid_id(
+def _record_not_queued(
     store: Store, planned: Planned, summary: SweepSummary, error: str, clock: Callable[[], datetime]
 ) -> None:
     outcome = Outcome(
