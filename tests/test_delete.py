@@ -603,6 +603,9 @@ def test_the_delete_s_own_scale_down_is_not_a_person_s_answer(
     (scaled,) = _scaled(delete_v2)
     _platform(delete_v2, scaled, served)
     nxt = delete_v2.run(request, result.state)
+    for _ in range(3):  # still draining over several polls, past the wait the first of them records
+        if isinstance(nxt, Continue) and "state" in served:
+            nxt = delete_v2.run(request, nxt.state)
     if isinstance(nxt, Continue) and "state" in served:
         _platform(delete_v2, scaled, {"state": "DEPLOYMENT_STATE_STOPPED"})  # drained
     outcome = nxt.outcome if isinstance(nxt, Done) else run_to_the_end(delete_v2, request, nxt.state).outcome

@@ -312,3 +312,35 @@ def test_limits_kept_under_a_slug_by_an_earlier_janitor_move_to_the_project_s_id
     assert "1 in the last 24 h + 1 now > 1" in summary.limit_trips[PID]["limit"]
     assert set(store.project_pauses()) == {PID} and store.pause("acme") is None
     assert store.limit_state([], [PID, "acme"]).acted_by_project == {PID: 1, "acme": 0}
+
+
+def test_a_slug_that_is_another_known_project_s_id_moves_nothing_of_it(sim: Sim, store: Store, tmp_path: Path) -> None:
+    """Project A is slugged ``proj_b``, the id of project B, which this janitor has listed before. In a sweep where
+    B is not listed (missing from the organization's list, its list failed), B's count and pause stay B's: read as
+    A's former label, they would be moved to A, and B would go over its day."""
+    from worker.together_v2 import TogetherV2Client
+
+    policy = write_policy(tmp_path / "policy.yaml", RENAMED)
+    projects = [{"id": "proj_b", "slug": "bee", "name": "B"}]
+    b_ep = v2_ep(2, "ci-x") | {"projectId": "proj_b"}
+    sim.v2_reset([v2_ep(1, "keep"), b_ep], project_slug="proj_b", projects=projects)
+
+    def sweep_of(*ids: str) -> list[DeleteRequest]:
+        slugs = {PID: "proj_b", "proj_b": "bee"}
+        clients = [TogetherV2Client(sim.base_url, sim.api_key, 2, project_id=i, project_slug=slugs[i]) for i in ids]
+        queued: list[DeleteRequest] = []
+        try:
+            assert sweep(store, Resolved([(c.source, c) for c in clients]), policy, queued).status == "ok"
+        finally:
+            for c in clients:
+                c.close()
+        return queued
+
+    assert [r.endpoint_id for r in sweep_of(PID, "proj_b")] == ["ep_0002"]  # B's day: 1 of 1
+    assert sweep_of(PID) == []  # B not listed this time
+    assert store.limit_state([], ["proj_b", PID]).acted_by_project == {"proj_b": 1, PID: 0}
+    sim.v2_reset(
+        [v2_ep(1, "keep"), b_ep, v2_ep(3, "ci-y") | {"projectId": "proj_b"}], project_slug="proj_b", projects=projects
+    )
+    assert sweep_of(PID, "proj_b") == []  # ep_0002 still pending; ep_0003 would be B's second of the day
+    assert store.pause("proj_b") is not None

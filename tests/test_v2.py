@@ -624,12 +624,13 @@ def _begin_waiting(h: Harness, stop_delay_s: float = 60, **env: str) -> Any:
 def test_an_endpoint_running_again_mid_sequence_is_spared(harness: Harness) -> None:
     h = harness
     _begin_waiting(h)
-    # Someone starts it again while the janitor waits for it to stop.
-    h.sim.admin.patch(
-        "/v2/endpoints/ep_0001/deployments/dep_1_0", json={"state": READY, "desiredReplicas": 1}
-    ).raise_for_status()
+    # Someone starts it again while the janitor waits for it to stop (with the SDK: autoscaling is all a person
+    # can change of a deployment's replicas).
+    from tests.test_delete import _scale_up
+
+    _scale_up(h.sim, "dep_1_0")
     outcome = h.outcome("ep_0001", timeout=30)
-    assert outcome.status == "spared" and "STARTED again" in (outcome.error or "")
+    assert outcome.status == "spared" and "scaled up again since the delete scaled it" in (outcome.error or "")
     assert reads.open_sequences(h.store) == {} and h.sim.v2_endpoint("ep_0001") is not None
     assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
 

@@ -522,7 +522,9 @@ def sequence_hold(
     # Only a delete takes the endpoint out of traffic first; a stop leaves it routed and only scales down.
     if endpoint.routed and sequence.action == Action.DELETE and sequence.last_phase in UNROUTED_PHASES:
         return "the endpoint takes live traffic again since it was taken out of it: a person's answer"
-    if endpoint.state in ("STARTED", "STARTING") and scaled_down:
+    if endpoint.state in ("STARTED", "STARTING") and scaled_down and sequence.deployments is None:
+        # A record from before the deployments were kept: only the state can tell (it lags a scale-down, so a
+        # record with them asks the autoscaling numbers instead: deployments_started).
         return f"the endpoint is {endpoint.state} again since its deployments were scaled down (last step: {last})"
     return None
 

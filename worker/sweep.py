@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -303,10 +303,11 @@ def _resumed(
     return Decision(Verdict.ACT, sequence.rule, reason, sequence.action)
 
 
-def former_labels(sources: Sequence[Source]) -> dict[str, str]:
+def former_labels(sources: Sequence[Source], taken: Collection[str] = ()) -> dict[str, str]:
     """Each v2 project's slug -> its id, where the slug was its label before labels were ids (not ``v1``), and is
-    no source's label now (a slug that is another project's id is that project's)."""
-    now = {source.label for source in sources}
+    no project's label now: not one of ``sources``, nor of ``taken`` (every project the janitor knows, listed this
+    time or not: a slug that is another project's id is that project's, and its limits stay its own)."""
+    now = {source.label for source in sources} | set(taken)
     return {
         s.project: s.label
         for s in sources
@@ -413,7 +414,9 @@ def read_and_plan(
     plan.source_of = {p.endpoint.id: (owner[p.endpoint.id].source.key, p.endpoint.project or "") for p in plan.acting}
     listed = listing.ids
     plan.listed_projects = {source.label for source, _ in resolved.clients if source.key in listed}
-    plan.former_labels = former_labels([source for source, _ in resolved.clients if source.key in listed])
+    # A slug that is any known project's label (swept now or not, listed ever) is that project's: never moved.
+    taken = {source.label for source, _ in resolved.clients} | {task_project(key) for key in state.known_sources}
+    plan.former_labels = former_labels([source for source, _ in resolved.clients if source.key in listed], taken)
     state.observed = []  # the raw list goes now; the plan keeps what it needs
     return plan, state
 

@@ -280,6 +280,10 @@ def test_an_endpoint_routed_again_after_it_was_unrouted_is_held() -> None:
 def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_its_old_text() -> None:
     started = endpoint("STARTED")
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.WAIT), NOW) is not None
+    # A record that kept its deployments asks their autoscaling numbers instead (the state lags a scale-down).
+    kept = sequence(last_phase=StepPhase.WAIT, deployments=(("d1", True),), scaled=frozenset({"d1"}))
+    draining = dataclasses.replace(started, deployment_activity=(("d1", False),))
+    assert sequence_hold(POLICY, draining, kept, NOW) is None
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.SCALE_DOWN), NOW) is None
     # Recorded before steps had phases: every step after the scale-downs counts as scaled down.
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="delete deployment d"), NOW) is not None

@@ -140,3 +140,5 @@ def test_the_former_labels_are_the_slugs_that_were_labels_and_are_no_longer_anyo
     sources = [V1_SOURCE, v2_source("p1", "acme"), v2_source("p2", "v1"), v2_source("p3", None), v2_source("p4", "p1")]
     # acme was p1's label; "v1" was never a v2 project's; p3 had no slug; "p1" is p1's label now, not p4's.
     assert former_labels(sources) == {"acme": "p1"}
+    # A slug that is the id of a project known but not listed this time is that project's.
+    assert former_labels(sources, taken={"acme"}) == {}

@@ -176,6 +176,8 @@ class SweepState:
     # When each source last listed completely (``P:listed_at``, epoch seconds; for a source from before the
     # times were kept, the newest sweep's start if that sweep listed it): how long its endpoints went unseen.
     listed_at: dict[str, float] = field(default_factory=dict)
+    # Every source key that has listed (``P:sources``).
+    known_sources: frozenset[str] = frozenset()
 
     def holds(self, endpoint_id: str) -> bool:
         """Whether an endpoint not listed may belong to a source that failed: it is neither forgotten, unmarked,
@@ -271,6 +273,7 @@ class SweepKeeping(RecordKeeping):
             held=frozenset(kept - listed),
             hold_all=v2_unresolved and not any(k.startswith("v2:") for k in known),
             listed_at=self._with_newest_sweep(_parse_times(listed_at), swept_sources or (), newest),
+            known_sources=frozenset(known),
         )
 
     def last_listed(self, source: str) -> float | None:
