@@ -610,3 +610,59 @@ def test_the_delete_s_own_scale_down_is_not_a_person_s_answer(
         _platform(delete_v2, scaled, {"state": "DEPLOYMENT_STATE_STOPPED"})  # drained
     outcome = nxt.outcome if isinstance(nxt, Done) else run_to_the_end(delete_v2, request, nxt.state).outcome
     assert outcome.status == "deleted", outcome.error
+
+
+def _until_waiting(delete: Delete, store: Store, request: DeleteRequest) -> Continue:
+    """Runs of ``request`` until its sequence waits for a deployment to stop; the last run's result."""
+    result = delete.run(request)
+    for _ in range(10):
+        if reads.open_sequences(store)[request.endpoint_id].last_phase is StepPhase.WAIT:
+            assert isinstance(result, Continue)
+            return result
+        assert isinstance(result, Continue), result
+        result = delete.run(request, result.state)
+    raise AssertionError("the sequence never waited")
+
+
+def test_a_deployment_its_own_timeout_stopped_and_a_person_restarted_mid_delete_is_an_answer(
+    delete_v2: Delete, store: Store
+) -> None:
+    """dep_1_1 was stopped by its inactiveTimeout (STOPPED, autoscaling still 1/1): the delete never scales it,
+    and its numbers do not change when a person starts it again; its state does."""
+    sim = delete_v2.sim
+    endpoint = v2_endpoint(1, deployments=2)
+    endpoint["deployments"][1] |= {
+        "state": "DEPLOYMENT_STATE_STOPPED",
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+        "desiredReplicas": 0,
+        "inactiveTimeout": 30,
+    }
+    sim.v2_reset([endpoint], stop_delay_s=3600)
+    (request,) = delete_v2.sweep()
+    result = _until_waiting(delete_v2, store, request)
+    _scale_up(sim, "dep_1_1")
+    sim.v2_settings(stop_delay_s=0)
+    outcome = run_to_the_end(delete_v2, request, result.state).outcome
+    assert outcome.status == "spared" and "dep_1_1 was started" in (outcome.error or ""), outcome
+    assert _deleted_deployments(delete_v2) == []
+
+
+def test_a_scale_down_whose_answer_was_lost_and_then_undone_by_a_person_is_an_answer(
+    delete_v2: Delete, store: Store
+) -> None:
+    """The scale-down reached the API but its answer was lost: no step records it. The resumed delete reads the
+    deployment at zero (it counts as the delete's own from then on), and a person scaling it up again holds it."""
+    sim = delete_v2.sim
+    sim.v2_reset([v2_endpoint(1)], stop_delay_s=3600)
+    (request,) = delete_v2.sweep()
+    first = delete_v2.run(request)
+    assert isinstance(first, Continue)
+    sim.v2_faults(scripts={"dep_1_0": {"PATCH deployment": ["drop_after"]}})
+    assert isinstance(delete_v2.run(request, first.state), Done)  # failed, the result unknown
+    (resumed,) = delete_v2.sweep()
+    result = _until_waiting(delete_v2, store, resumed)
+    assert "dep_1_0" in reads.open_sequences(store)["ep_0001"].scaled
+    _scale_up(sim, "dep_1_0")
+    outcome = run_to_the_end(delete_v2, resumed, result.state).outcome
+    assert outcome.status == "spared" and "scaled up again" in (outcome.error or ""), outcome
+    assert _deleted_deployments(delete_v2) == []

@@ -143,7 +143,10 @@ def test_v1_answering_its_list_with_404_or_410_is_closed_and_v2_goes_on(
     # janitor doctor says so, and passes while v2 lists.
     settings = sim.settings()
     detail = check_api(settings, store)
-    assert f"v1 closed: its list answered HTTP {status}" in detail and "acme: 1 dedicated endpoint(s)" in detail
+    assert (
+        f"v1 closed: its list answered HTTP {status}" in detail
+        and f"acme ({DEFAULT_PROJECT_ID}): 1 dedicated endpoint(s)" in detail
+    )
 
 
 def test_v1_answering_500_is_an_error_not_closed(sim: Sim, store: Store, both: Resolved, tmp_path: Path) -> None:
@@ -206,9 +209,9 @@ def test_an_organization_key_sweeps_each_project_of_its_organization_with_scope_
     settings = _settings(sim, tmp_path)
     resolved = resolve_sources(settings)
     assert not resolved.failed
-    labels = {s.key: s.label for s, _ in resolved.clients}
+    slugs = {s.key: s.project for s, _ in resolved.clients}
     # Every project of the organization, none of another's.
-    assert labels == {V2_KEY: DEFAULT_PROJECT_SLUG, "v2:proj_beta": "beta", "v2:proj_gamma": "gamma"}
+    assert slugs == {V2_KEY: DEFAULT_PROJECT_SLUG, "v2:proj_beta": "beta", "v2:proj_gamma": "gamma"}
     queued: list[DeleteRequest] = []
     summary = sweep(store, resolved, settings.policy_file, queued)
     assert summary.status == "ok", summary.error

@@ -630,7 +630,7 @@ def test_an_endpoint_running_again_mid_sequence_is_spared(harness: Harness) -> N
 
     _scale_up(h.sim, "dep_1_0")
     outcome = h.outcome("ep_0001", timeout=30)
-    assert outcome.status == "spared" and "scaled up again since the delete scaled it" in (outcome.error or "")
+    assert outcome.status == "spared" and "scaled up again since the delete saw it at zero" in (outcome.error or "")
     assert reads.open_sequences(h.store) == {} and h.sim.v2_endpoint("ep_0001") is not None
     assert not [r for r in h.sim.v2_requests() if r["method"] == "DELETE"]
 

@@ -349,7 +349,7 @@ class Recheck:
         self.overrides: Callable[[str], float | None] = lambda _: None
         self._names_asked = True  # False when reads_model() said this step need not ask for model names
         # The deployments as the guard read them when it let the step through (a sequence's first step keeps them).
-        self.activity: tuple[tuple[str, bool], ...] | None = None
+        self.activity: tuple[tuple[str, bool, bool], ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -532,20 +532,27 @@ def sequence_hold(
 def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | None:
     """Why the endpoint's deployments show a person's answer since the sequence began, or None.
 
-    A delete (or stop) only unroutes, scales down and deletes: a deployment that was not there when its first step
-    read the endpoint, one whose autoscaling allows replicas and did not, or one the sequence scaled to zero that
-    allows replicas again, was put there or scaled up by someone: not the sequence's to take down. Read from the
-    autoscaling numbers alone (:attr:`~worker.together_v2.Deployment.allows_replicas`), never the state, which
-    lags behind a scale-down. A record from before deployments were kept asks only the scaled ones.
+    A delete (or stop) only unroutes, scales down and deletes; it never scales up or starts anything. So these
+    were someone's doing (or the platform's), and are not the sequence's to take down: a deployment that was not
+    there when its first step read the endpoint; one whose autoscaling allows replicas
+    (:attr:`~worker.together_v2.Deployment.allows_replicas`) and did not; one seen at zero during the sequence
+    (scaled down by it, or by a change whose answer was lost) that allows replicas again; one running or starting
+    that was not, unless seen at zero since (its state lags behind the scale-down: only its numbers tell). A
+    record from before deployments were kept asks only the ones seen at zero.
     """
-    before = dict(sequence.deployments) if sequence.deployments is not None else None
-    for deployment, allows in endpoint.deployment_activity:
-        if before is not None and deployment not in before:
+    before = {d: (allows, running) for d, allows, running in sequence.deployments or ()}
+    known = sequence.deployments is not None
+    for deployment, allows, running in endpoint.deployment_activity:
+        zeroed = deployment in sequence.scaled
+        if known and deployment not in before:
             return f"deployment {deployment} was added since the delete began: a person's answer"
-        if allows and deployment in sequence.scaled:
-            return f"deployment {deployment} was scaled up again since the delete scaled it to zero: a person's answer"
-        if allows and before is not None and not before[deployment]:
+        if allows and zeroed:
+            return f"deployment {deployment} was scaled up again since the delete saw it at zero: a person's answer"
+        was_allowing, was_running = before.get(deployment, (True, True))
+        if allows and not was_allowing:
             return f"deployment {deployment} was scaled up since the delete began: a person's answer"
+        if running and not was_running and not zeroed:
+            return f"deployment {deployment} was started since the delete began: a person's answer"
     return None
 
 

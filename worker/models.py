@@ -179,10 +179,10 @@ class OpenSequence:
     # Whether a step changed what the rule's conditions read (traffic, replicas): any step but a detach. Until
     # then every step asks the whole rule again. A record from before this was kept: read from its last phase.
     conditions_changed: bool = True
-    # (id, allows replicas) of each deployment when the first step read the endpoint (None: a record from before
-    # this was kept), and the deployments its steps scaled to zero: scaled up again, or one added, is a person's
-    # answer.
-    deployments: tuple[tuple[str, bool], ...] | None = None
+    # (id, allows replicas, running) of each deployment when the first step read the endpoint (None: a record
+    # from before this was kept), and every deployment a step scaled to zero or read at zero: scaled up again,
+    # started, or one added, is a person's answer (worker.janitor.deployments_started).
+    deployments: tuple[tuple[str, bool, bool], ...] | None = None
     scaled: frozenset[str] = frozenset()
 
     def encode(self) -> str:
@@ -202,7 +202,7 @@ class OpenSequence:
             record["experiments_clear_at"] = iso(self.experiments_clear_at)
         record["conditions_changed"] = self.conditions_changed
         if self.deployments is not None:
-            record["deployments"] = [[d, active] for d, active in self.deployments]
+            record["deployments"] = [[d, allows, running] for d, allows, running in self.deployments]
         record["scaled"] = sorted(self.scaled)
         if not self.phased:
             del record["last_phase"]
@@ -258,18 +258,21 @@ class OpenSequence:
         return cls(rule="", action=Action.STOP, started_at=_UNREADABLE_START, unreadable=why)
 
 
-def _activity(value: object) -> tuple[tuple[str, bool], ...] | Literal[False] | None:
+def _activity(value: object) -> tuple[tuple[str, bool, bool], ...] | Literal[False] | None:
     """A sequence record's ``deployments``: None when absent (an older record), False when unreadable."""
     if value is None:
         return None
     if not isinstance(value, list):
         return False
-    pairs = []
+    found = []
     for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], bool)):
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
             return False
-        pairs.append((item[0], item[1]))
-    return tuple(pairs)
+        deployment, allows, running = item
+        if not (isinstance(allows, bool) and isinstance(running, bool)):
+            return False
+        found.append((deployment, allows, running))
+    return tuple(found)
 
 
 def _str_or_none(value: object) -> str | None:

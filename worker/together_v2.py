@@ -360,7 +360,10 @@ def to_facts(
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
-        deployment_activity=tuple((d.id, d.allows_replicas) for d in endpoint.deployments),
+        deployment_activity=tuple(
+            (d.id, d.allows_replicas, d.short_state in _RUNNING or d.short_state == "PROVISIONING")
+            for d in endpoint.deployments
+        ),
         api="v2",
         project=source.project if source is not None else None,
         project_id=source.project_id if source is not None else (endpoint.project_id or ""),

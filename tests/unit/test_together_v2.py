@@ -117,7 +117,8 @@ def test_state_is_derived_from_the_deployments(states: list[str], derived: str) 
 )
 def test_facts_say_which_deployments_allow_replicas(state: str, autoscaling: Any, allows: bool) -> None:
     e = endpoint([dep("dep_a", state, autoscaling=autoscaling), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")])
-    assert to_facts(e).deployment_activity == (("dep_a", allows), ("dep_b", False))
+    running = state.endswith(("READY", "SCALING"))
+    assert to_facts(e).deployment_activity == (("dep_a", allows, running), ("dep_b", False, False))
 
 
 def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment() -> None:

@@ -271,13 +271,14 @@ class TaskKeeping(StorePart):
         open_sequence: bool = True,
         experiments_clear: bool = False,
         scaled_down: str | None = None,
-        deployments: tuple[tuple[str, bool], ...] | None = None,
+        deployments: tuple[tuple[str, bool, bool], ...] | None = None,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
         The rule, action, start, hardware and price are kept from the first step: the outcome reports what the
         delete saved, and by the last step the deployments that ran on it are gone. So are ``deployments`` (what
-        the first step's guard read); ``scaled_down`` joins the deployments the sequence scaled to zero.
+        the first step's guard read); ``scaled_down``, and every deployment this step's guard read at zero, join
+        the deployments seen at zero.
         """
         moment = utc_now()
         now = iso(moment)
@@ -310,7 +311,9 @@ class TaskKeeping(StorePart):
                 if experiments_clear
                 else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
                 conditions_changed=first.conditions_changed or phase not in (StepPhase.DETACH, None),
-                scaled=first.scaled | {scaled_down} if scaled_down else first.scaled,
+                scaled=first.scaled
+                | {d for d, allows, _ in deployments or () if not allows}
+                | ({scaled_down} if scaled_down else set()),
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
         payload: dict[str, Any] = {"at": now, "endpoint_id": endpoint_id, "task_id": task_id, "sweep_id": sweep_id}
