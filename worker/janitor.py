@@ -863,7 +863,7 @@ class _DeleteRun:
                 reason=result.reason,
                 experiments_clear=result.experiments_clear,
                 scaled_down=result.scaled_down,
-                deployments=guard.activity,
+                seen=guard.activity,
                 hardware=cleared.hardware if cleared else None,
                 usd_per_hour=cleared.usd_per_hour if cleared else None,
             )

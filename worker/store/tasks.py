@@ -271,14 +271,14 @@ class TaskKeeping(StorePart):
         open_sequence: bool = True,
         experiments_clear: bool = False,
         scaled_down: str | None = None,
-        deployments: tuple[tuple[str, bool, bool], ...] | None = None,
+        seen: tuple[tuple[str, bool, bool], ...] | None = None,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
         The rule, action, start, hardware and price are kept from the first step: the outcome reports what the
-        delete saved, and by the last step the deployments that ran on it are gone. So are ``deployments`` (what
-        the first step's guard read); ``scaled_down``, and every deployment this step's guard read at zero, join
-        the deployments seen at zero.
+        delete saved, and by the last step the deployments that ran on it are gone. So are the deployments the
+        first step's guard read (``seen``: this step's); ``scaled_down``, and every deployment this step's guard
+        read at zero, join the deployments seen at zero.
         """
         moment = utc_now()
         now = iso(moment)
@@ -296,7 +296,7 @@ class TaskKeeping(StorePart):
                 hardware=hardware,
                 usd_per_hour=usd_per_hour,
                 conditions_changed=False,
-                deployments=deployments,
+                deployments=seen,
             )
             record = replace(
                 first,
@@ -312,7 +312,7 @@ class TaskKeeping(StorePart):
                 else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
                 conditions_changed=first.conditions_changed or phase not in (StepPhase.DETACH, None),
                 scaled=first.scaled
-                | {d for d, allows, _ in deployments or () if not allows}
+                | {d for d, allows, _ in seen or () if not allows}
                 | ({scaled_down} if scaled_down else set()),
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
