@@ -443,15 +443,15 @@ def _use_policy(delete: Delete, tmp_path: Path, text: str) -> None:
     delete.policy = policy
 
 
-def _scale_up(sim: Sim, deployment: str) -> None:
-    """A person scaling a deployment back up with Together's own SDK, conditional on what they read."""
+def _scale_up(sim: Sim, deployment: str, replicas: tuple[int, int] = (1, 1)) -> None:
+    """A person scaling a deployment (back) up with Together's own SDK, conditional on what they read."""
     person = Together(api_key=sim.api_key, base_url=sim.root_url.rstrip("/"), max_retries=0)
     full = person.endpoints.deployments.retrieve(deployment, endpoint_id="ep_0001", project_id=DEFAULT_PROJECT_ID)
     person.endpoints.deployments.update(
         deployment,
         endpoint_id="ep_0001",
         project_id=DEFAULT_PROJECT_ID,
-        autoscaling={"min_replicas": 1, "max_replicas": 1},
+        autoscaling={"min_replicas": replicas[0], "max_replicas": replicas[1]},
         update_mask="autoscaling",
         etag=full.etag,
     )
@@ -627,8 +627,8 @@ def _until_waiting(delete: Delete, store: Store, request: DeleteRequest) -> Cont
 def test_a_deployment_its_own_timeout_stopped_and_a_person_restarted_mid_delete_is_an_answer(
     delete_v2: Delete, store: Store
 ) -> None:
-    """dep_1_1 was stopped by its inactiveTimeout (STOPPED, autoscaling still 1/1): the delete never scales it,
-    and its numbers do not change when a person starts it again; its state does."""
+    """dep_1_1 was stopped by its inactiveTimeout (STOPPED, autoscaling still 1/1): asleep, it allows replicas, so
+    the delete scales it to zero as well before it waits; a person starting it again has to raise its numbers."""
     sim = delete_v2.sim
     endpoint = v2_endpoint(1, deployments=2)
     endpoint["deployments"][1] |= {
@@ -643,7 +643,7 @@ def test_a_deployment_its_own_timeout_stopped_and_a_person_restarted_mid_delete_
     _scale_up(sim, "dep_1_1")
     sim.v2_settings(stop_delay_s=0)
     outcome = run_to_the_end(delete_v2, request, result.state).outcome
-    assert outcome.status == "spared" and "dep_1_1 was started" in (outcome.error or ""), outcome
+    assert outcome.status == "spared" and "dep_1_1 was scaled up again" in (outcome.error or ""), outcome
     assert _deleted_deployments(delete_v2) == []
 
 
@@ -666,3 +666,53 @@ def test_a_scale_down_whose_answer_was_lost_and_then_undone_by_a_person_is_an_an
     outcome = run_to_the_end(delete_v2, resumed, result.state).outcome
     assert outcome.status == "spared" and "scaled up again" in (outcome.error or ""), outcome
     assert _deleted_deployments(delete_v2) == []
+
+
+def test_a_person_raising_a_deployment_s_replicas_before_its_scale_down_is_an_answer(
+    delete_v2: Delete, store: Store
+) -> None:
+    """After the unroute a person gives dep_1_1 more replicas (1/1 to 2/4): a delete only lowers them."""
+    delete_v2.sim.v2_reset([v2_endpoint(1, deployments=2)], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    first = delete_v2.run(request)
+    assert isinstance(first, Continue)
+    _scale_up(delete_v2.sim, "dep_1_1", (2, 4))
+    outcome = run_to_the_end(delete_v2, request, first.state).outcome
+    assert outcome.status == "spared" and "dep_1_1 was scaled up since the delete began" in (outcome.error or "")
+
+
+@pytest.mark.parametrize(
+    ("action", "asleep", "platform"),
+    [
+        (
+            "delete",
+            {"state": "DEPLOYMENT_STATE_STOPPED", "autoscaling": {"minReplicas": 0, "maxReplicas": 1}},
+            {"state": "DEPLOYMENT_STATE_PROVISIONING"},
+        ),  # woken by a request to its own name
+        (
+            "stop",
+            {"state": "DEPLOYMENT_STATE_STOPPED", "autoscaling": {"minReplicas": 0, "maxReplicas": 1}},
+            {"state": "DEPLOYMENT_STATE_PROVISIONING"},
+        ),  # woken by the traffic a stop leaves routed
+        ("delete", {"state": "DEPLOYMENT_STATE_FAILED"}, {"state": "DEPLOYMENT_STATE_READY"}),  # recovered
+    ],
+)
+def test_the_platform_waking_or_recovering_a_deployment_is_not_a_person_s_answer(
+    delete_v2: Delete, store: Store, tmp_path: Path, action: str, asleep: dict[str, Any], platform: dict[str, Any]
+) -> None:
+    """What the platform does on its own (a scale-to-zero deployment woken, a failed one retried) changes no number
+    a person sets: the delete (or stop) goes on, and scales such a deployment to zero too."""
+    if action == "stop":
+        _use_policy(delete_v2, tmp_path, STOP_POLICY)
+    endpoint = v2_endpoint(1, deployments=2)
+    endpoint["deployments"][1] |= asleep | {"desiredReplicas": 0}
+    delete_v2.sim.v2_reset([endpoint], stop_delay_s=0)
+    (request,) = delete_v2.sweep()
+    first = delete_v2.run(request)
+    assert isinstance(first, Continue)
+    _platform(delete_v2, "dep_1_1", platform)
+    outcome = run_to_the_end(delete_v2, request, first.state).outcome
+    assert outcome.status == ("stopped" if action == "stop" else "deleted"), outcome.error
+    if action == "stop":
+        left = delete_v2.sim.v2_endpoint("ep_0001")
+        assert left is not None and [d["autoscaling"]["maxReplicas"] for d in left["deployments"]] == [0, 0]

@@ -349,7 +349,7 @@ class Recheck:
         self.overrides: Callable[[str], float | None] = lambda _: None
         self._names_asked = True  # False when reads_model() said this step need not ask for model names
         # The deployments as the guard read them when it let the step through (a sequence's first step keeps them).
-        self.activity: tuple[tuple[str, bool, bool], ...] | None = None
+        self.activity: tuple[tuple[str, int], ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -532,27 +532,24 @@ def sequence_hold(
 def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | None:
     """Why the endpoint's deployments show a person's answer since the sequence began, or None.
 
-    A delete (or stop) only unroutes, scales down and deletes; it never scales up or starts anything. So these
-    were someone's doing (or the platform's), and are not the sequence's to take down: a deployment that was not
-    there when its first step read the endpoint; one whose autoscaling allows replicas
-    (:attr:`~worker.together_v2.Deployment.allows_replicas`) and did not; one seen at zero during the sequence
-    (scaled down by it, or by a change whose answer was lost) that allows replicas again; one running or starting
-    that was not, unless seen at zero since (its state lags behind the scale-down: only its numbers tell). A
-    record from before deployments were kept asks only the ones seen at zero.
+    A delete (or stop) only unroutes, scales down and deletes: it only ever lowers a deployment's capacity (the
+    most replicas its autoscaling allows, :attr:`~worker.together_v2.Deployment.capacity`), and it scales every
+    deployment that allows any to zero, asleep or not. So these were someone's doing, and are not the
+    sequence's to take down: a deployment that was not there when its first step read the endpoint; one whose
+    capacity rose since; one seen at zero during the sequence (scaled down by it, or read so) that allows
+    replicas again. Read from the numbers, never the state: it lags behind a scale-down, and the platform wakes
+    and recovers deployments on its own. A record from before deployments were kept asks only the ones seen at
+    zero.
     """
-    before = {d: (allows, running) for d, allows, running in sequence.deployments or ()}
+    before = dict(sequence.deployments or ())
     known = sequence.deployments is not None
-    for deployment, allows, running in endpoint.deployment_activity:
-        zeroed = deployment in sequence.scaled
+    for deployment, capacity in endpoint.deployment_activity:
         if known and deployment not in before:
             return f"deployment {deployment} was added since the delete began: a person's answer"
-        if allows and zeroed:
+        if capacity > 0 and deployment in sequence.scaled:
             return f"deployment {deployment} was scaled up again since the delete saw it at zero: a person's answer"
-        was_allowing, was_running = before.get(deployment, (True, True))
-        if allows and not was_allowing:
+        if capacity > before.get(deployment, capacity):
             return f"deployment {deployment} was scaled up since the delete began: a person's answer"
-        if running and not was_running and not zeroed:
-            return f"deployment {deployment} was started since the delete began: a person's answer"
     return None
 
 

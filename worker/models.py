@@ -179,10 +179,10 @@ class OpenSequence:
     # Whether a step changed what the rule's conditions read (traffic, replicas): any step but a detach. Until
     # then every step asks the whole rule again. A record from before this was kept: read from its last phase.
     conditions_changed: bool = True
-    # (id, allows replicas, running) of each deployment when the first step read the endpoint (None: a record
-    # from before this was kept), and every deployment a step scaled to zero or read at zero: scaled up again,
-    # started, or one added, is a person's answer (worker.janitor.deployments_started).
-    deployments: tuple[tuple[str, bool, bool], ...] | None = None
+    # (id, capacity) of each deployment when the first step read the endpoint (None: a record from before this was
+    # kept), and every deployment a step scaled to zero or read at zero: scaled up, or one added, is a person's
+    # answer (worker.janitor.deployments_started).
+    deployments: tuple[tuple[str, int], ...] | None = None
     scaled: frozenset[str] = frozenset()
 
     def encode(self) -> str:
@@ -202,7 +202,7 @@ class OpenSequence:
             record["experiments_clear_at"] = iso(self.experiments_clear_at)
         record["conditions_changed"] = self.conditions_changed
         if self.deployments is not None:
-            record["deployments"] = [[d, allows, running] for d, allows, running in self.deployments]
+            record["deployments"] = [[d, capacity] for d, capacity in self.deployments]
         record["scaled"] = sorted(self.scaled)
         if not self.phased:
             del record["last_phase"]
@@ -258,7 +258,7 @@ class OpenSequence:
         return cls(rule="", action=Action.STOP, started_at=_UNREADABLE_START, unreadable=why)
 
 
-def _activity(value: object) -> tuple[tuple[str, bool, bool], ...] | Literal[False] | None:
+def _activity(value: object) -> tuple[tuple[str, int], ...] | Literal[False] | None:
     """A sequence record's ``deployments``: None when absent (an older record), False when unreadable."""
     if value is None:
         return None
@@ -266,12 +266,12 @@ def _activity(value: object) -> tuple[tuple[str, bool, bool], ...] | Literal[Fal
         return False
     found = []
     for item in value:
-        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
             return False
-        deployment, allows, running = item
-        if not (isinstance(allows, bool) and isinstance(running, bool)):
+        deployment, capacity = item
+        if type(capacity) is not int or capacity < 0:
             return False
-        found.append((deployment, allows, running))
+        found.append((deployment, capacity))
     return tuple(found)
 
 

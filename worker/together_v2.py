@@ -142,13 +142,19 @@ class Deployment(_Wire):
         return self.desired_replicas == 0
 
     @property
-    def allows_replicas(self) -> bool:
-        """Its autoscaling allows a replica (``minReplicas`` or ``maxReplicas`` above 0): what a delete sequence never
-        sets, so one that did not and does now was scaled up by someone. Not its state (a deployment the sequence
-        scaled to zero may still report READY while its replicas drain), and not a number left out (the SDK types
-        them all Optional, and proto3 JSON leaves zeros out): only a number says it."""
+    def capacity(self) -> int:
+        """The most replicas its autoscaling allows (the larger of ``minReplicas`` and ``maxReplicas``; a number left
+        out counts 0: the SDK types them all Optional, and proto3 JSON leaves zeros out). A delete sequence only
+        ever lowers it, so a rise was someone's doing. Not its state: a deployment the sequence scaled to zero may
+        still report READY while its replicas drain."""
         a = self.autoscaling
-        return a is not None and any(n is not None and n > 0 for n in (a.min_replicas, a.max_replicas))
+        return 0 if a is None else max(a.min_replicas or 0, a.max_replicas or 0)
+
+    @property
+    def to_scale_down(self) -> bool:
+        """Whether a stop or delete scales it to zero: running, or allowed replicas even while STOPPED (asleep under
+        its own scale-to-zero window or inactive timeout, a request would wake it)."""
+        return self.capacity > 0 or (not self.scaled_to_zero and self.short_state != "STOPPED")
 
 
 class TrafficEntry(_Wire):
@@ -360,10 +366,7 @@ def to_facts(
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
-        deployment_activity=tuple(
-            (d.id, d.allows_replicas, d.short_state in _RUNNING or d.short_state == "PROVISIONING")
-            for d in endpoint.deployments
-        ),
+        deployment_activity=tuple((d.id, d.capacity) for d in endpoint.deployments),
         api="v2",
         project=source.project if source is not None else None,
         project_id=source.project_id if source is not None else (endpoint.project_id or ""),
@@ -528,7 +531,7 @@ def next_step(
     deployments = endpoint.deployments
     if action == Action.STOP:
         for d in deployments:
-            if not d.scaled_to_zero and d.short_state != "STOPPED":
+            if d.to_scale_down:
                 return NextStep("scale_down", d.id)
         return NextStep("stopped")
     change = _change_after_experiments(endpoint)
@@ -548,7 +551,7 @@ def _change_after_experiments(endpoint: V2Endpoint) -> NextStep:
     if endpoint.traffic_split:
         return NextStep("unroute")
     for d in deployments:
-        if not d.scaled_to_zero and d.short_state != "STOPPED":
+        if d.to_scale_down:
             return NextStep("scale_down", d.id)
     for d in deployments:
         # Only a STOPPED deployment may be deleted (a FAILED one too goes STOPPING, STOPPED once scaled down).

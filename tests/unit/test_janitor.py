@@ -281,8 +281,8 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     started = endpoint("STARTED")
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.WAIT), NOW) is not None
     # A record that kept its deployments asks their autoscaling numbers instead (the state lags a scale-down).
-    kept = sequence(last_phase=StepPhase.WAIT, deployments=(("d1", True, True),), scaled=frozenset({"d1"}))
-    draining = dataclasses.replace(started, deployment_activity=(("d1", False, True),))
+    kept = sequence(last_phase=StepPhase.WAIT, deployments=(("d1", 1),), scaled=frozenset({"d1"}))
+    draining = dataclasses.replace(started, deployment_activity=(("d1", 0),))
     assert sequence_hold(POLICY, draining, kept, NOW) is None
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.SCALE_DOWN), NOW) is None
     # Recorded before steps had phases: every step after the scale-downs counts as scaled down.
@@ -290,34 +290,31 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="scale deployment d to zero"), NOW) is None
 
 
-T, F = True, False
-
-
-def _with(*activity: tuple[str, bool, bool]) -> Endpoint:
+def _with(*activity: tuple[str, int]) -> Endpoint:
     return dataclasses.replace(endpoint(), deployment_activity=activity)
 
 
 @pytest.mark.parametrize(
     ("before", "scaled", "now", "held_for"),
     [
-        # (id, allows replicas, running) when the delete began; those seen at zero; (id, allows, running) now.
-        ((("d1", T, T),), (), (("d1", T, T),), None),  # running, not yet scaled down: the delete's to take down
-        ((("d1", T, T),), ("d1",), (("d1", F, F),), None),  # scaled down and stopping
-        ((("d1", T, T),), ("d1",), (("d1", F, T),), None),  # scaled down, its state lagging (replicas draining)
-        ((("d1", T, T),), ("d1",), (("d1", T, T),), "scaled up again"),  # scaled up by a person after the scale-down
-        ((("d1", F, F),), ("d1",), (("d1", T, F),), "scaled up"),  # a stopped one scaled up
-        ((("d1", T, F),), (), (("d1", T, T),), "was started"),  # stopped by its own inactive timeout, restarted
-        ((("d1", F, F),), ("d1",), (("d1", F, T),), None),  # at zero, its state flickering: the numbers tell
-        ((("d1", T, T),), (), (("d1", T, T), ("d2", F, F)), "was added"),  # a deployment added, even stopped
-        ((("d1", T, T), ("d2", F, F)), (), (("d2", F, F),), None),  # one gone: deleting is the delete's own work
-        (None, ("d1",), (("d1", T, T),), "scaled up again"),  # a record from before: the ones at zero still count
-        (None, (), (("d1", T, T), ("d9", T, T)), None),  # a record from before: nothing else to compare with
+        # (id, capacity) when the delete began; those seen at zero; (id, capacity) now. The state is never read:
+        # it lags a scale-down, and the platform wakes and recovers deployments on its own.
+        ((("d1", 1),), (), (("d1", 1),), None),  # running or asleep, not yet scaled down: the delete's to take down
+        ((("d1", 1),), ("d1",), (("d1", 0),), None),  # scaled down (stopping, draining or stopped)
+        ((("d1", 1),), ("d1",), (("d1", 1),), "scaled up again"),  # scaled up by a person after the scale-down
+        ((("d1", 0),), ("d1",), (("d1", 1),), "scaled up"),  # a stopped one scaled up
+        ((("d1", 1),), (), (("d1", 4),), "scaled up since the delete began"),  # raised before its scale-down
+        ((("d1", 2),), (), (("d1", 1),), None),  # lowered: not an answer
+        ((("d1", 1),), (), (("d1", 1), ("d2", 0)), "was added"),  # a deployment added, even stopped
+        ((("d1", 1), ("d2", 0)), (), (("d2", 0),), None),  # one gone: deleting is the delete's own work
+        (None, ("d1",), (("d1", 1),), "scaled up again"),  # a record from before: the ones at zero still count
+        (None, (), (("d1", 1), ("d9", 3)), None),  # a record from before: nothing else to compare with
     ],
 )
 def test_deployments_started_since_the_delete_began_are_a_person_s_answer(
-    before: tuple[tuple[str, bool, bool], ...] | None,
+    before: tuple[tuple[str, int], ...] | None,
     scaled: tuple[str, ...],
-    now: tuple[tuple[str, bool, bool], ...],
+    now: tuple[tuple[str, int], ...],
     held_for: str | None,
 ) -> None:
     open_ = sequence(last_phase=StepPhase.UNROUTE, deployments=before, scaled=frozenset(scaled))
@@ -340,9 +337,7 @@ def test_a_sequence_whose_rule_wants_an_older_endpoint_is_held(rule: str, held: 
 
 
 def test_a_sequence_record_keeps_its_deployments_and_whether_its_conditions_changed() -> None:
-    kept = sequence(
-        deployments=(("d1", True, True), ("d2", False, False)), scaled=frozenset({"d1"}), conditions_changed=False
-    )
+    kept = sequence(deployments=(("d1", 1), ("d2", 0)), scaled=frozenset({"d1"}), conditions_changed=False)
     assert OpenSequence.decode(kept.encode()) == kept
     # A record from before these were kept: the deployments unknown, the conditions changed unless it only
     # detached so far.
@@ -356,9 +351,11 @@ def test_a_sequence_record_keeps_its_deployments_and_whether_its_conditions_chan
     "field",
     [
         {"deployments": {"d1": True}},
-        {"deployments": [["d1", "yes", True]]},
+        {"deployments": [["d1", "1"]]},
         {"deployments": [["d1", True]]},
-        {"deployments": [[1, True, True]]},
+        {"deployments": [["d1", -1]]},
+        {"deployments": [["d1", 1, True]]},
+        {"deployments": [[1, 1]]},
         {"scaled": "d1"},
         {"scaled": [1]},
         {"conditions_changed": "no"},

@@ -271,7 +271,7 @@ class TaskKeeping(StorePart):
         open_sequence: bool = True,
         experiments_clear: bool = False,
         scaled_down: str | None = None,
-        seen: tuple[tuple[str, bool, bool], ...] | None = None,
+        seen: tuple[tuple[str, int], ...] | None = None,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
@@ -312,7 +312,7 @@ class TaskKeeping(StorePart):
                 else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
                 conditions_changed=first.conditions_changed or phase not in (StepPhase.DETACH, None),
                 scaled=first.scaled
-                | {d for d, allows, _ in seen or () if not allows}
+                | {d for d, capacity in seen or () if capacity == 0}
                 | ({scaled_down} if scaled_down else set()),
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
