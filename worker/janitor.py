@@ -349,7 +349,7 @@ class Recheck:
         self.overrides: Callable[[str], float | None] = lambda _: None
         self._names_asked = True  # False when reads_model() said this step need not ask for model names
         # The deployments as the guard read them when it let the step through (a sequence's first step keeps them).
-        self.activity: tuple[tuple[str, int], ...] | None = None
+        self.activity: tuple[tuple[str, int, int, str], ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -532,25 +532,33 @@ def sequence_hold(
 def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | None:
     """Why the endpoint's deployments show a person's answer since the sequence began, or None.
 
-    A delete (or stop) only unroutes, scales down and deletes: it only ever lowers a deployment's capacity (the
-    most replicas its autoscaling allows, :attr:`~worker.together_v2.Deployment.capacity`), and it scales every
-    deployment that allows any to zero, asleep or not. So these were someone's doing, and are not the
-    sequence's to take down: a deployment that was not there when its first step read the endpoint; one whose
-    capacity rose since; one seen at zero during the sequence (scaled down by it, or read so) that allows
-    replicas again. Read from the numbers, never the state: it lags behind a scale-down, and the platform wakes
-    and recovers deployments on its own. A record from before deployments were kept asks only the ones seen at
-    zero.
+    A delete (or stop) only unroutes, scales down and deletes: it only ever lowers a deployment's ``minReplicas``
+    and ``maxReplicas``, and starts nothing. So these were someone's doing, and are not the sequence's to take
+    down: a deployment that was not there when its first step read the endpoint; one whose numbers rose since;
+    one seen at zero during the sequence (scaled down by it, or read so) that allows replicas again; one asleep
+    (STOPPED) at the first read with a ``minReplicas`` of 1 or more (stopped by its own ``inactiveTimeout``, not
+    woken by a request) and running now, never seen at zero: a person sent the same numbers to start it. Not
+    another state: it lags behind a scale-down, and the platform wakes and retries deployments on its own. A
+    record from before the deployments were kept asks only the ones seen at zero.
     """
-    before = dict(sequence.deployments or ())
+    before = {d: (low, high, asleep) for d, low, high, asleep in sequence.deployments or ()}
     known = sequence.deployments is not None
-    for deployment, capacity in endpoint.deployment_activity:
+    for deployment, low, high, state in endpoint.deployment_activity:
+        zeroed = deployment in sequence.scaled
         if known and deployment not in before:
             return f"deployment {deployment} was added since the delete began: a person's answer"
-        if capacity > 0 and deployment in sequence.scaled:
+        if (low or high) and zeroed:
             return f"deployment {deployment} was scaled up again since the delete saw it at zero: a person's answer"
-        if capacity > before.get(deployment, capacity):
+        was_low, was_high, was_asleep = before.get(deployment, (low, high, False))
+        if low > was_low or high > was_high:
             return f"deployment {deployment} was scaled up since the delete began: a person's answer"
+        if was_asleep and was_low >= 1 and not zeroed and state in _STARTED:
+            return f"deployment {deployment} was started since the delete began: a person's answer"
     return None
+
+
+# A deployment's states that are running or starting (worker.together_v2.derive_state's STARTED and STARTING).
+_STARTED = frozenset({"READY", "SCALING", "DEGRADED", "PROVISIONING"})
 
 
 def take_step(client: EndpointsApi, endpoint_id: str, action: Action, guard: Recheck) -> Attempt | Step:

@@ -179,10 +179,10 @@ class OpenSequence:
     # Whether a step changed what the rule's conditions read (traffic, replicas): any step but a detach. Until
     # then every step asks the whole rule again. A record from before this was kept: read from its last phase.
     conditions_changed: bool = True
-    # (id, capacity) of each deployment when the first step read the endpoint (None: a record from before this was
-    # kept), and every deployment a step scaled to zero or read at zero: scaled up, or one added, is a person's
-    # answer (worker.janitor.deployments_started).
-    deployments: tuple[tuple[str, int], ...] | None = None
+    # (id, minReplicas, maxReplicas, asleep: STOPPED) of each deployment when the first step read the endpoint
+    # (None: a record from before this was kept), and every deployment a step scaled to zero or read at zero:
+    # scaled up, started, or one added, is a person's answer (worker.janitor.deployments_started).
+    deployments: tuple[tuple[str, int, int, bool], ...] | None = None
     scaled: frozenset[str] = frozenset()
 
     def encode(self) -> str:
@@ -202,7 +202,7 @@ class OpenSequence:
             record["experiments_clear_at"] = iso(self.experiments_clear_at)
         record["conditions_changed"] = self.conditions_changed
         if self.deployments is not None:
-            record["deployments"] = [[d, capacity] for d, capacity in self.deployments]
+            record["deployments"] = [list(d) for d in self.deployments]
         record["scaled"] = sorted(self.scaled)
         if not self.phased:
             del record["last_phase"]
@@ -258,7 +258,7 @@ class OpenSequence:
         return cls(rule="", action=Action.STOP, started_at=_UNREADABLE_START, unreadable=why)
 
 
-def _activity(value: object) -> tuple[tuple[str, int], ...] | Literal[False] | None:
+def _activity(value: object) -> tuple[tuple[str, int, int, bool], ...] | Literal[False] | None:
     """A sequence record's ``deployments``: None when absent (an older record), False when unreadable."""
     if value is None:
         return None
@@ -266,12 +266,13 @@ def _activity(value: object) -> tuple[tuple[str, int], ...] | Literal[False] | N
         return False
     found = []
     for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+        if not (isinstance(item, list) and len(item) == 4):
             return False
-        deployment, capacity = item
-        if type(capacity) is not int or capacity < 0:
+        deployment, low, high, asleep = item
+        numbers = all(type(n) is int and n >= 0 for n in (low, high))
+        if not (isinstance(deployment, str) and numbers and isinstance(asleep, bool)):
             return False
-        found.append((deployment, capacity))
+        found.append((deployment, low, high, asleep))
     return tuple(found)
 
 

@@ -155,9 +155,10 @@ class Endpoint:
     # What is billed right now: (hardware, running replicas) of each deployment (v2: ready replicas; v1: filled
     # by the detail read from its state and autoscaling). None: not known, so its price is unknown, never 0.
     billable_replicas: tuple[tuple[str | None, int], ...] | None = None
-    # v2 only: (id, capacity) of each deployment listed, the most replicas its autoscaling allows. A delete sequence
-    # only ever lowers it (:func:`worker.janitor.deployments_started`).
-    deployment_activity: tuple[tuple[str, int], ...] = ()
+    # v2 only: (id, minReplicas, maxReplicas, state) of each deployment listed (a number left out counts 0; the
+    # state as the policy writes it, READY). A delete sequence only ever lowers the numbers and starts nothing
+    # (:func:`worker.janitor.deployments_started`).
+    deployment_activity: tuple[tuple[str, int, int, str], ...] = ()
     # Its source, set by the client that listed it (never read from the API's body: the v1 client overwrites
     # them): v1 "v1", "", ""; v2 "v2", the project's slug (None: not known, so a protect on it protects and a
     # rule on it does not hold), the project's id.

@@ -142,19 +142,11 @@ class Deployment(_Wire):
         return self.desired_replicas == 0
 
     @property
-    def capacity(self) -> int:
-        """The most replicas its autoscaling allows (the larger of ``minReplicas`` and ``maxReplicas``; a number left
-        out counts 0: the SDK types them all Optional, and proto3 JSON leaves zeros out). A delete sequence only
-        ever lowers it, so a rise was someone's doing. Not its state: a deployment the sequence scaled to zero may
-        still report READY while its replicas drain."""
+    def replicas(self) -> tuple[int, int]:
+        """(``minReplicas``, ``maxReplicas``) of its autoscaling, a number left out counting 0 (the SDK types them all
+        Optional, and proto3 JSON leaves zeros out). A delete sequence only ever lowers them."""
         a = self.autoscaling
-        return 0 if a is None else max(a.min_replicas or 0, a.max_replicas or 0)
-
-    @property
-    def to_scale_down(self) -> bool:
-        """Whether a stop or delete scales it to zero: running, or allowed replicas even while STOPPED (asleep under
-        its own scale-to-zero window or inactive timeout, a request would wake it)."""
-        return self.capacity > 0 or (not self.scaled_to_zero and self.short_state != "STOPPED")
+        return (0, 0) if a is None else (a.min_replicas or 0, a.max_replicas or 0)
 
 
 class TrafficEntry(_Wire):
@@ -366,7 +358,7 @@ def to_facts(
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
-        deployment_activity=tuple((d.id, d.capacity) for d in endpoint.deployments),
+        deployment_activity=tuple((d.id, *d.replicas, d.short_state) for d in endpoint.deployments),
         api="v2",
         project=source.project if source is not None else None,
         project_id=source.project_id if source is not None else (endpoint.project_id or ""),
@@ -531,7 +523,7 @@ def next_step(
     deployments = endpoint.deployments
     if action == Action.STOP:
         for d in deployments:
-            if d.to_scale_down:
+            if not d.scaled_to_zero and d.short_state != "STOPPED":
                 return NextStep("scale_down", d.id)
         return NextStep("stopped")
     change = _change_after_experiments(endpoint)
@@ -551,7 +543,7 @@ def _change_after_experiments(endpoint: V2Endpoint) -> NextStep:
     if endpoint.traffic_split:
         return NextStep("unroute")
     for d in deployments:
-        if d.to_scale_down:
+        if not d.scaled_to_zero and d.short_state != "STOPPED":
             return NextStep("scale_down", d.id)
     for d in deployments:
         # Only a STOPPED deployment may be deleted (a FAILED one too goes STOPPING, STOPPED once scaled down).

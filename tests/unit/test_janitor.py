@@ -281,8 +281,8 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     started = endpoint("STARTED")
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.WAIT), NOW) is not None
     # A record that kept its deployments asks their autoscaling numbers instead (the state lags a scale-down).
-    kept = sequence(last_phase=StepPhase.WAIT, deployments=(("d1", 1),), scaled=frozenset({"d1"}))
-    draining = dataclasses.replace(started, deployment_activity=(("d1", 0),))
+    kept = sequence(last_phase=StepPhase.WAIT, deployments=(("d1", 1, 1, False),), scaled=frozenset({"d1"}))
+    draining = dataclasses.replace(started, deployment_activity=(("d1", 0, 0, "READY"),))
     assert sequence_hold(POLICY, draining, kept, NOW) is None
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.SCALE_DOWN), NOW) is None
     # Recorded before steps had phases: every step after the scale-downs counts as scaled down.
@@ -290,31 +290,38 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     assert sequence_hold(POLICY, started, sequence(phased=False, last_step="scale deployment d to zero"), NOW) is None
 
 
-def _with(*activity: tuple[str, int]) -> Endpoint:
+T, F = True, False
+
+
+def _with(*activity: tuple[str, int, int, str]) -> Endpoint:
     return dataclasses.replace(endpoint(), deployment_activity=activity)
 
 
 @pytest.mark.parametrize(
     ("before", "scaled", "now", "held_for"),
     [
-        # (id, capacity) when the delete began; those seen at zero; (id, capacity) now. The state is never read:
-        # it lags a scale-down, and the platform wakes and recovers deployments on its own.
-        ((("d1", 1),), (), (("d1", 1),), None),  # running or asleep, not yet scaled down: the delete's to take down
-        ((("d1", 1),), ("d1",), (("d1", 0),), None),  # scaled down (stopping, draining or stopped)
-        ((("d1", 1),), ("d1",), (("d1", 1),), "scaled up again"),  # scaled up by a person after the scale-down
-        ((("d1", 0),), ("d1",), (("d1", 1),), "scaled up"),  # a stopped one scaled up
-        ((("d1", 1),), (), (("d1", 4),), "scaled up since the delete began"),  # raised before its scale-down
-        ((("d1", 2),), (), (("d1", 1),), None),  # lowered: not an answer
-        ((("d1", 1),), (), (("d1", 1), ("d2", 0)), "was added"),  # a deployment added, even stopped
-        ((("d1", 1), ("d2", 0)), (), (("d2", 0),), None),  # one gone: deleting is the delete's own work
-        (None, ("d1",), (("d1", 1),), "scaled up again"),  # a record from before: the ones at zero still count
-        (None, (), (("d1", 1), ("d9", 3)), None),  # a record from before: nothing else to compare with
+        # (id, min, max, asleep) when the delete began; those seen at zero; (id, min, max, state) now.
+        ((("d1", 1, 1, F),), (), (("d1", 1, 1, "READY"),), None),  # running, not yet scaled down: the delete's
+        ((("d1", 1, 1, F),), ("d1",), (("d1", 0, 0, "STOPPING"),), None),  # scaled down
+        ((("d1", 1, 1, F),), ("d1",), (("d1", 0, 0, "READY"),), None),  # scaled down, replicas still draining
+        ((("d1", 1, 1, F),), ("d1",), (("d1", 1, 1, "READY"),), "scaled up again"),  # undone by a person
+        ((("d1", 0, 0, T),), ("d1",), (("d1", 0, 1, "STOPPED"),), "scaled up"),  # a stopped one scaled up
+        ((("d1", 1, 1, F),), (), (("d1", 2, 4, "READY"),), "scaled up since the delete began"),  # more replicas
+        ((("d1", 0, 2, T),), (), (("d1", 2, 2, "STOPPED"),), "scaled up since the delete began"),  # kept always on
+        ((("d1", 2, 4, F),), (), (("d1", 1, 1, "READY"),), None),  # lowered: not an answer
+        ((("d1", 1, 1, T),), (), (("d1", 1, 1, "READY"),), "was started"),  # its own timeout stopped it; restarted
+        ((("d1", 0, 1, T),), (), (("d1", 0, 1, "PROVISIONING"),), None),  # asleep at min 0: a request woke it
+        ((("d1", 1, 1, F),), (), (("d1", 1, 1, "READY"),), None),  # FAILED at first, retried by the platform
+        ((("d1", 1, 1, F),), (), (("d1", 1, 1, "READY"), ("d2", 0, 0, "STOPPED")), "was added"),  # even stopped
+        ((("d1", 1, 1, F), ("d2", 0, 0, T)), (), (("d2", 0, 0, "STOPPED"),), None),  # one gone: the delete's work
+        (None, ("d1",), (("d1", 1, 1, "READY"),), "scaled up again"),  # a record from before: the zeros still count
+        (None, (), (("d1", 1, 1, "READY"), ("d9", 3, 3, "READY")), None),  # nothing else to compare with
     ],
 )
 def test_deployments_started_since_the_delete_began_are_a_person_s_answer(
-    before: tuple[tuple[str, int], ...] | None,
+    before: tuple[tuple[str, int, int, bool], ...] | None,
     scaled: tuple[str, ...],
-    now: tuple[tuple[str, int], ...],
+    now: tuple[tuple[str, int, int, str], ...],
     held_for: str | None,
 ) -> None:
     open_ = sequence(last_phase=StepPhase.UNROUTE, deployments=before, scaled=frozenset(scaled))
@@ -337,7 +344,9 @@ def test_a_sequence_whose_rule_wants_an_older_endpoint_is_held(rule: str, held: 
 
 
 def test_a_sequence_record_keeps_its_deployments_and_whether_its_conditions_changed() -> None:
-    kept = sequence(deployments=(("d1", 1), ("d2", 0)), scaled=frozenset({"d1"}), conditions_changed=False)
+    kept = sequence(
+        deployments=(("d1", 1, 1, False), ("d2", 0, 0, True)), scaled=frozenset({"d1"}), conditions_changed=False
+    )
     assert OpenSequence.decode(kept.encode()) == kept
     # A record from before these were kept: the deployments unknown, the conditions changed unless it only
     # detached so far.
@@ -351,11 +360,12 @@ def test_a_sequence_record_keeps_its_deployments_and_whether_its_conditions_chan
     "field",
     [
         {"deployments": {"d1": True}},
-        {"deployments": [["d1", "1"]]},
-        {"deployments": [["d1", True]]},
-        {"deployments": [["d1", -1]]},
-        {"deployments": [["d1", 1, True]]},
-        {"deployments": [[1, 1]]},
+        {"deployments": [["d1", "1", 1, False]]},
+        {"deployments": [["d1", True, 1, False]]},
+        {"deployments": [["d1", -1, 1, False]]},
+        {"deployments": [["d1", 1, 1, "no"]]},
+        {"deployments": [["d1", 1, 1]]},
+        {"deployments": [[1, 1, 1, False]]},
         {"scaled": "d1"},
         {"scaled": [1]},
         {"conditions_changed": "no"},

@@ -16,7 +16,7 @@ STORED = (
     '{"rule":"idle","action":"delete","started_at":"2026-11-28T23:00:00.000Z","steps":3,'
     '"last_step":"scale deployment dep_a to zero","last_phase":"scale_down","task_id":"t1",'
     '"updated_at":"2026-11-28T23:01:00.000Z","hardware":"1x_h100","usd_per_hour":2.5,"conditions_changed":true,'
-    '"deployments":[["dep_a",2],["dep_b",0]],"scaled":["dep_a"]}'
+    '"deployments":[["dep_a",1,2,false],["dep_b",0,0,true]],"scaled":["dep_a"]}'
 )
 
 
@@ -33,7 +33,7 @@ def test_a_stored_sequence_reads_typed_and_writes_back_the_same() -> None:
         updated_at=parse_time("2026-11-28T23:01:00Z"),
         hardware="1x_h100",
         usd_per_hour=2.5,
-        deployments=(("dep_a", 2), ("dep_b", 0)),
+        deployments=(("dep_a", 1, 2, False), ("dep_b", 0, 0, True)),
         scaled=frozenset({"dep_a"}),
     )
     assert sequence.unreadable is None and sequence.phased

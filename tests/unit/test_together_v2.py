@@ -100,31 +100,23 @@ def test_state_is_derived_from_the_deployments(states: list[str], derived: str) 
 
 
 @pytest.mark.parametrize(
-    ("state", "autoscaling", "capacity", "scaled_down"),
+    ("state", "autoscaling", "replicas"),
     [
-        ("DEPLOYMENT_STATE_READY", {"minReplicas": 1, "maxReplicas": 4}, 4, True),
-        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 0, "maxReplicas": 1}, 1, True),  # asleep: a request wakes it
-        ("DEPLOYMENT_STATE_STOPPING", {"minReplicas": 0, "maxReplicas": 2}, 2, True),  # scaled up again as it stopped
-        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 1}, 1, True),
-        # Scaled to zero: whatever the state says while the replicas drain, it allows none.
-        ("DEPLOYMENT_STATE_READY", {"minReplicas": 0, "maxReplicas": 0}, 0, False),
-        ("DEPLOYMENT_STATE_SCALING", {"minReplicas": 0, "maxReplicas": 0}, 0, False),
-        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 0, "maxReplicas": 0}, 0, False),
-        # A number left out (proto3 JSON leaves zeros out; the SDK types them Optional) counts 0; a deployment
-        # running without numbers is still scaled down (its desired count says nothing of zero).
-        ("DEPLOYMENT_STATE_READY", {}, 0, True),
-        ("DEPLOYMENT_STATE_STOPPED", {}, 0, False),
+        ("DEPLOYMENT_STATE_READY", {"minReplicas": 1, "maxReplicas": 4}, (1, 4)),
+        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 0, "maxReplicas": 1}, (0, 1)),  # asleep: a request wakes it
+        ("DEPLOYMENT_STATE_STOPPED", {"minReplicas": 1}, (1, 0)),
+        ("DEPLOYMENT_STATE_READY", {"minReplicas": 0, "maxReplicas": 0}, (0, 0)),  # scaled to zero, still draining
+        # A number left out (proto3 JSON leaves zeros out; the SDK types them Optional) counts 0.
+        ("DEPLOYMENT_STATE_READY", {}, (0, 0)),
+        ("DEPLOYMENT_STATE_STOPPED", None, (0, 0)),
     ],
 )
-def test_facts_give_each_deployment_s_capacity_and_which_a_stop_scales_down(
-    state: str, autoscaling: Any, capacity: int, scaled_down: bool
+def test_facts_give_each_deployment_s_replicas_and_state(
+    state: str, autoscaling: Any, replicas: tuple[int, int]
 ) -> None:
-    e = endpoint(
-        [dep("dep_a", state, autoscaling=autoscaling, desiredReplicas=None), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")]
-    )
-    assert to_facts(e).deployment_activity == (("dep_a", capacity), ("dep_b", 0))
-    assert e.deployments[0].to_scale_down is scaled_down
-    assert (next_step(e, Action.STOP).kind == "scale_down") is scaled_down
+    e = endpoint([dep("dep_a", state, autoscaling=autoscaling), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")])
+    short = state.removeprefix("DEPLOYMENT_STATE_")
+    assert to_facts(e).deployment_activity == (("dep_a", *replicas, short), ("dep_b", 0, 0, "STOPPED"))
 
 
 def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment() -> None:

@@ -271,7 +271,7 @@ class TaskKeeping(StorePart):
         open_sequence: bool = True,
         experiments_clear: bool = False,
         scaled_down: str | None = None,
-        seen: tuple[tuple[str, int], ...] | None = None,
+        seen: tuple[tuple[str, int, int, str], ...] | None = None,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
@@ -296,7 +296,9 @@ class TaskKeeping(StorePart):
                 hardware=hardware,
                 usd_per_hour=usd_per_hour,
                 conditions_changed=False,
-                deployments=seen,
+                deployments=None
+                if seen is None
+                else tuple((d, lo, hi, state == "STOPPED") for d, lo, hi, state in seen),
             )
             record = replace(
                 first,
@@ -312,7 +314,7 @@ class TaskKeeping(StorePart):
                 else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
                 conditions_changed=first.conditions_changed or phase not in (StepPhase.DETACH, None),
                 scaled=first.scaled
-                | {d for d, capacity in seen or () if capacity == 0}
+                | {d for d, low, high, _ in seen or () if low == high == 0}
                 | ({scaled_down} if scaled_down else set()),
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
