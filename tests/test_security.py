@@ -785,4 +785,5 @@ def test_a_name_holding_the_api_key_reaches_no_claim_task_or_webhook(
     assert outcome is not None and "holds part of the API key; not queued" in (outcome.error or "")
     assert not [name for name, text in redis_texts(redis_client, key_prefix) if _holds_the_key(text)]
     webhook = json.dumps(receiver.bodies)
-    assert receiver.bodies and "acme/demo-***" in webhook and not _holds_the_key(webhook)
+    # Masked (how much around the key depends on every key this process has registered), never sent as it is.
+    assert receiver.bodies and re.search(r"acme/demo-?\*\*\*", webhook) and not _holds_the_key(webhook)
