@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tests import store_reads as reads
 from tests.conftest import Sim, wait_for
 from worker import sweep as sweep_module
-from worker.clock import utc_now
+from worker.clock import iso, utc_now
 from worker.janitor import Attempt, DeleteRequest, Recheck, take_step
 from worker.models import OutcomeStatus
 from worker.policy import Action
@@ -106,6 +107,38 @@ def test_overlapping_sweep_is_skipped_and_recorded(
     assert summary.status == "skipped" and queued == []
     assert store.recent_sweeps()[0].status == "skipped"
     assert sim.requests() == []  # skipped before listing
+
+
+def test_a_sweep_s_recorded_span_lies_inside_its_lock(
+    sim: Sim, store: Store, client: TogetherClient, policy: Path
+) -> None:
+    # Taken outside the lock, the start of one sweep could fall before the end of the one whose release let it in,
+    # and two sweeps that never ran together would look as if they had (the chaos test of two beats saw it).
+    sim.reset([ep("acme/ci-old", 1)])
+    probe = store.sweep_lock(60)
+    base = utc_now()
+    ticks: list[tuple[str, bool]] = []
+
+    def clock() -> datetime:
+        at = base + timedelta(seconds=len(ticks))
+        ticks.append((iso(at), probe.locked()))
+        return at
+
+    summary = run_sweep(
+        store=store,
+        client=client,
+        policy_file=policy,
+        dry_run=True,
+        lock_ttl_s=60,
+        pending_ttl_s=120,
+        enqueue=lambda _batch: None,
+        clock=clock,
+    )
+    assert summary.status == "ok", summary.error
+    held = {at for at, locked in ticks if locked}
+    assert summary.started_at in held and summary.finished_at in held
+    assert store.recent_sweeps()[0].started_at == summary.started_at
+    assert not probe.locked()
 
 
 def test_limit_trips_and_nothing_is_queued(sim: Sim, store: Store, client: TogetherClient, tmp_path: Path) -> None:

@@ -519,6 +519,9 @@ def run_sweep(
         summary.status = "skipped"
         summary.error = "another sweep is running (the sweep lock is held)"
         return _finish(store, summary, clock)
+    # Its recorded span is taken inside the lock, so the spans of two sweeps that ran never overlap: a start
+    # taken before the lock could fall before the end of the sweep whose release let this one in.
+    summary.started_at = iso(clock())
     # The sweep must be done well before its lock expires, or a second one could start beside it.
     deadline = time.monotonic() + 0.8 * lock_ttl_s
     newly_marked: list[Planned] = []
@@ -538,6 +541,7 @@ def run_sweep(
         summary.status, summary.error = "error", f"{type(exc).__name__}: {scrub_line(str(exc), 300)}"
         log.exception("sweep %s failed", summary.sweep_id)
     finally:
+        summary.finished_at = iso(clock())
         try:
             lock.release()
         except Exception:  # expired meanwhile (LockNotOwnedError) or Redis gone: the TTL frees it
@@ -868,7 +872,7 @@ def _record_not_queued(
 
 
 def _finish(store: Store, summary: SweepSummary, clock: Callable[[], datetime]) -> SweepSummary:
-    summary.finished_at = iso(clock())
+    summary.finished_at = summary.finished_at or iso(clock())
     store.record_sweep(summary)
     log.info(
         "sweep %s %s: listed=%d candidates=%d queued=%d marked=%d protected=%d exempt=%d dry_run=%s%s",
