@@ -144,10 +144,19 @@ def list_race_duplicates(harness: Harness, duplicated: list[str]) -> dict[str, l
     return explained
 
 
+def retried_after_timeouts(harness: Harness, endpoint_id: str) -> bool:
+    """Every outcome of the endpoint but its last is a ``failed`` whose request timed out: on a loaded 2-core
+    runner a request can outlast the 1 s HTTP timeout; its result unknown, a later sweep queues the endpoint
+    again, which is a second outcome by design (a second DELETE is checked apart)."""
+    outcomes = [e for e in harness.store.events_for(endpoint_id) if e["kind"] == "outcome"][1:]
+    return all(o.get("status") == "failed" and "timed out" in (o.get("error") or "") for o in outcomes)
+
+
 def check_no_duplicates(harness: Harness, events: Counter[str], ids: list[str]) -> None:
-    """Exactly one outcome event per endpoint; the known list/settle race is an expected failure, nothing else."""
+    """Exactly one outcome event per endpoint, but for a delete retried after a timeout; the known list/settle
+    race is an expected failure, nothing else."""
     assert set(events) == set(ids), sorted(set(ids) - set(events))
-    duplicated = sorted(i for i, c in events.items() if c != 1)
+    duplicated = sorted(i for i, c in events.items() if c != 1 and not retried_after_timeouts(harness, i))
     if not duplicated:
         return
     explained = list_race_duplicates(harness, duplicated)
@@ -169,10 +178,14 @@ def broker_idle(harness: Harness) -> bool:
     return not harness.redis.llen(prefix + "janitor") and not harness.redis.hlen(prefix + "unacked")
 
 
-def settled(harness: Harness, ids: list[str]) -> bool:
-    """Every endpoint has an outcome, no pending key is left, and the broker has nothing more to deliver."""
+def settled(harness: Harness, ids: list[str], *, gone: bool = False) -> bool:
+    """Every endpoint has an outcome, no pending key is left, and the broker has nothing more to deliver. With
+    ``gone``, every latest outcome is ``deleted`` or ``already_gone`` (a delete that timed out is queued again
+    by a later sweep of the schedule)."""
     values = harness.redis.mget([f"{harness.key_prefix}:outcome:{i}" for i in ids])
-    return all(values) and not pending_keys(harness) and broker_idle(harness)
+    if not all(values) or pending_keys(harness) or not broker_idle(harness):
+        return False
+    return not gone or set(statuses(harness, ids)) <= {"deleted", "already_gone"}
 
 
 def state(harness: Harness, ids: list[str]) -> dict[str, int]:
@@ -187,9 +200,11 @@ def state(harness: Harness, ids: list[str]) -> dict[str, int]:
     }
 
 
-def settle(harness: Harness, ids: list[str], timeout: float) -> None:
+def settle(harness: Harness, ids: list[str], timeout: float, *, gone: bool = False) -> None:
     try:
-        wait_for(quietly(lambda: settled(harness, ids)), timeout, interval=0.2, what="every delete to settle")
+        wait_for(
+            quietly(lambda: settled(harness, ids, gone=gone)), timeout, interval=0.2, what="every delete to settle"
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {state(harness, ids)}") from None
 
@@ -577,7 +592,7 @@ def test_redis_restart_mid_run_keeps_outcomes_and_every_process_reconnects(
         restarted_at = time.time()
 
         kept = quietly(lambda: {k: v for k, v in zip(keys, h.redis.mget(keys), strict=True) if v is not None})()
-        settle(h, ids, VISIBILITY_S * 3 + 60)
+        settle(h, ids, VISIBILITY_S * 3 + 60, gone=True)
         done_at = time.time()
         later = wait_for(
             quietly(lambda: [s for s in h.store.recent_sweeps(50) if parse_time(s.started_at).timestamp() > done_at]),
@@ -707,7 +722,7 @@ def test_two_beats_by_mistake_never_overlap_sweeps_or_queue_a_delete_twice(
     beats = [start_beat(h, tmp_path / "beat-a", ready=None), start_beat(h, tmp_path / "beat-b")]
     wait_for(lambda: "beat: Starting" in beats[0].output(), 30, what="the first beat to start")
     started = time.monotonic()
-    settle(h, ids, 60)
+    settle(h, ids, 60, gone=True)
     # Keep both beats going for the whole run, so sweeps keep colliding after the deletes are done too.
     wait_for(lambda: time.monotonic() - started >= run_s, run_s + 5, interval=0.2, what="the run to last")
     wait_for(lambda: broker_idle(h), 30, what="the broker to drain")

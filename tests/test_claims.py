@@ -331,24 +331,31 @@ def test_a_forged_task_id_that_extends_the_real_one_neither_drops_the_claim_nor_
     assert len(harness.sim.calls("DELETE", "endpoint-0001")) == 1
 
 
+LIFETIME_S = 1.5
+
+
 def test_the_run_lock_is_kept_while_its_run_lives_and_lapses_when_it_dies(harness: Harness) -> None:
     policy(harness, CI_RULE)
     harness.sim.reset([ep(1)])
     (queued,) = sweep_in_process(harness, publish=False)
-    first = harness.store.task_state(queued.task_id, "endpoint-0001", "run-1", 0.3)
+    # 1.5 s: the lease renews it every 0.5 s, so a renewal thread held up for a moment on a loaded machine does
+    # not let it lapse.
+    first = harness.store.task_state(queued.task_id, "endpoint-0001", "run-1", LIFETIME_S)
     assert first.locked
-    lease = harness.store.run_lease("endpoint-0001", "run-1", 0.3)
+    lease = harness.store.run_lease("endpoint-0001", "run-1", LIFETIME_S)
     try:
-        deadline = time.monotonic() + 1.5  # five lock lifetimes: the lease renews it
+        deadline = time.monotonic() + 3 * LIFETIME_S  # three lock lifetimes: the lease renews it
         while time.monotonic() < deadline:
-            assert not harness.store.task_state(queued.task_id, "endpoint-0001", "run-2", 0.3).locked
+            assert not harness.store.task_state(queued.task_id, "endpoint-0001", "run-2", LIFETIME_S).locked
             time.sleep(0.05)
     finally:
         lease.release()
-    assert harness.store.task_state(queued.task_id, "endpoint-0001", "run-3", 0.3).locked  # released: free
+    assert harness.store.task_state(queued.task_id, "endpoint-0001", "run-3", LIFETIME_S).locked  # released: free
     # A run that dies (no lease renews it) loses the lock after its lifetime.
     wait_for(
-        lambda: harness.store.task_state(queued.task_id, "endpoint-0001", "run-4", 0.3).locked, 5, what="the lapse"
+        lambda: harness.store.task_state(queued.task_id, "endpoint-0001", "run-4", LIFETIME_S).locked,
+        10,
+        what="the lapse",
     )
 
 

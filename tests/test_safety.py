@@ -41,15 +41,16 @@ def policy(harness: Harness, text: str) -> None:
 
 
 def test_grace_period_marks_then_deletes_when_due(harness: Harness) -> None:
-    policy(harness, "grace: 2s\nrules:\n - name: ci\n   match: {name: 'acme/ci-*'}\n   ttl: 6h\n")
+    # 5 s of grace: the second sweep (right after the first) comes before it ends even on a loaded machine.
+    policy(harness, "grace: 5s\nrules:\n - name: ci\n   match: {name: 'acme/ci-*'}\n   ttl: 6h\n")
     harness.sim.reset([ep(1)])
     harness.worker()
     first = harness.sweep().get(timeout=30)
     assert first["marked"] == 1 and first["queued"] == 0
+    assert harness.sweep().get(timeout=30)["queued"] == 0  # not yet due
     report = json.loads(janitor(harness, "report", "--json").stdout)
     assert [m["endpoint_id"] for m in report["marked"]] == ["endpoint-0001"]
     assert {"endpoint_id", "rule", "marked_at", "due_at"} <= set(report["marked"][0])
-    assert harness.sweep().get(timeout=30)["queued"] == 0  # not yet due
     wait_for(lambda: harness.sweep().get(timeout=30)["queued"] == 1, 20, interval=0.5, what="the mark to fall due")
     assert harness.outcome("endpoint-0001").status == "deleted"
     assert json.loads(janitor(harness, "report", "--json").stdout)["marked"] == []

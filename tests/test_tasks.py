@@ -97,7 +97,8 @@ def test_dry_run_records_would_delete_and_sends_no_delete(harness: Harness) -> N
 
 def test_overlapping_sweeps_never_run_together(harness: Harness) -> None:
     harness.sim.reset([ep(1)])
-    harness.sim.faults(latency_s=1.5)
+    # Long enough for the second sweep to find the first one's lock, well inside the 2 s HTTP timeout.
+    harness.sim.faults(latency_s=1.0)
     harness.worker(concurrency=4)
     first, second = harness.sweep(), harness.sweep()
     statuses = sorted([first.get(timeout=30)["status"], second.get(timeout=30)["status"]])
@@ -154,6 +155,9 @@ def test_a_killed_worker_loses_nothing_and_records_one_outcome(harness: Harness)
     harness.sweep()
     task_id = wait_for(lambda: reads.pending_task(harness.store, "endpoint-0001"), 20, what="the delete to be queued")
     wait_for(lambda: AsyncResult(task_id, app=harness.celery()).state == "STARTED", 20, what="the delete to start")
+    # The simulator logs a request when it arrives: the kill lands while the DELETE hangs, however late the
+    # task's re-check came.
+    wait_for(lambda: harness.sim.calls("DELETE", "endpoint-0001"), 20, interval=0.02, what="the DELETE to arrive")
     doomed.popen.send_signal(signal.SIGKILL)
     doomed.popen.wait(10)
     assert reads.latest_outcome(harness.store, "endpoint-0001") is None

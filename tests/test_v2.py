@@ -302,7 +302,8 @@ def _kinds(harness: Harness, endpoint_id: str) -> list[str]:
 
 def test_a_v2_sweep_runs_the_whole_sequence_and_records_every_step(harness: Harness) -> None:
     h = _v2_harness(harness)
-    h.sim.v2_reset([v2_endpoint(1, deployments=2), v2_endpoint(2, name="acme/prod-2")], stop_delay_s=0.5)
+    # 3 s to stop: the run after the scale-downs reads the deployments still stopping however late it comes.
+    h.sim.v2_reset([v2_endpoint(1, deployments=2), v2_endpoint(2, name="acme/prod-2")], stop_delay_s=3)
     h.worker()
     summary = h.sweep().get(timeout=30)
     assert (summary["status"], summary["queued"], summary["candidates"]) == ("ok", 1, 1)
@@ -314,7 +315,7 @@ def test_a_v2_sweep_runs_the_whole_sequence_and_records_every_step(harness: Harn
     dids = [s["did"] for s in steps]
     assert dids[0] == "take the endpoint out of live traffic"
     assert all(d.startswith("scale deployment") for d in dids[1:3])
-    assert any(s["result"] == "wait" and s["did"].startswith("wait for deployment") for s in steps)  # 0.5 s to stop
+    assert any(s["result"] == "wait" and s["did"].startswith("wait for deployment") for s in steps)  # 3 s to stop
     assert sum(d.startswith("delete deployment") for d in dids) == 2
     assert _kinds(h, "ep_0001")[-1] == "outcome"
     assert reads.open_sequences(h.store) == {}
@@ -389,13 +390,15 @@ def test_a_sequence_left_failed_is_resumed_by_the_next_sweep_although_its_rule_n
 ) -> None:
     h = _v2_harness(harness, STARTED_CI, JANITOR_V2_STOP_TIMEOUT_S="0.5")
     slow = v2_endpoint(1)
-    slow["deployments"][0]["stop_delay_s"] = 2
+    # It stops only when told, however slowly the task's polls come on a loaded machine.
+    slow["deployments"][0]["stop_delay_s"] = 3600
     h.sim.v2_reset([slow])
     h.worker()
     h.sweep().get(timeout=30)
     first = h.outcome("ep_0001", timeout=30)
     assert first.status == "failed" and "still waiting" in (first.error or "")
     assert reads.open_sequences(h.store)["ep_0001"].rule == "running-ci"
+    h.sim.admin.patch("/v2/endpoints/ep_0001/deployments/dep_1_0", json={"stop_delay_s": 0}).raise_for_status()
     wait_for(
         lambda: h.sim.v2_endpoint("ep_0001")["deployments"][0]["state"] == STOPPED,  # type: ignore[index]
         10,
@@ -413,7 +416,7 @@ def test_a_sequence_left_failed_is_resumed_by_the_next_sweep_although_its_rule_n
 def test_a_protect_added_mid_sequence_stops_it(harness: Harness) -> None:
     h = _v2_harness(harness, STARTED_CI, JANITOR_V2_STOP_TIMEOUT_S="0.5")
     slow = v2_endpoint(1)
-    slow["deployments"][0]["stop_delay_s"] = 1
+    slow["deployments"][0]["stop_delay_s"] = 3600  # never stops within the test, however slow its polls
     h.sim.v2_reset([slow])
     h.worker()
     h.sweep().get(timeout=30)
