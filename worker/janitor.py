@@ -53,6 +53,7 @@ from worker.store import Store, TaskState
 from worker.together import (
     SCALED_DOWN_PHASES,
     UNROUTED_PHASES,
+    DeploymentActivity,
     Endpoint,
     EndpointsApi,
     Step,
@@ -349,7 +350,7 @@ class Recheck:
         self.overrides: Callable[[str], float | None] = lambda _: None
         self._names_asked = True  # False when reads_model() said this step need not ask for model names
         # The deployments as the guard read them when it let the step through (a sequence's first step keeps them).
-        self.activity: tuple[tuple[str, int, int, str], ...] | None = None
+        self.activity: tuple[DeploymentActivity, ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -543,7 +544,7 @@ def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | Non
     """
     before = {d: (low, high, asleep) for d, low, high, asleep in sequence.deployments or ()}
     known = sequence.deployments is not None
-    for deployment, low, high, state in endpoint.deployment_activity:
+    for deployment, low, high, running, _ in endpoint.deployment_activity:
         zeroed = deployment in sequence.scaled
         if known and deployment not in before:
             return f"deployment {deployment} was added since the delete began: a person's answer"
@@ -552,13 +553,9 @@ def deployments_started(endpoint: Endpoint, sequence: OpenSequence) -> str | Non
         was_low, was_high, was_asleep = before.get(deployment, (low, high, False))
         if low > was_low or high > was_high:
             return f"deployment {deployment} was scaled up since the delete began: a person's answer"
-        if was_asleep and was_low >= 1 and not zeroed and state in _STARTED:
+        if was_asleep and was_low >= 1 and not zeroed and running:
             return f"deployment {deployment} was started since the delete began: a person's answer"
     return None
-
-
-# A deployment's states that are running or starting (worker.together_v2.derive_state's STARTED and STARTING).
-_STARTED = frozenset({"READY", "SCALING", "DEGRADED", "PROVISIONING"})
 
 
 def take_step(client: EndpointsApi, endpoint_id: str, action: Action, guard: Recheck) -> Attempt | Step:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Protocol, Self
 
 import httpx
 from pydantic import (
@@ -125,6 +125,18 @@ def api_time(value: object) -> datetime | None:
 ApiTime = Annotated[datetime | None, PlainValidator(api_time)]
 
 
+class DeploymentActivity(NamedTuple):
+    """A deployment as a delete sequence compares it between its steps (v2): its autoscaling numbers (one left
+    out counts 0) and what it is doing, told by the client that read it, so nothing above the client reads an API
+    state. Neither ``running`` nor ``asleep``: failed, stopping or a state the client does not know."""
+
+    id: str
+    min_replicas: int
+    max_replicas: int
+    running: bool  # running or starting (READY, SCALING, DEGRADED, PROVISIONING in v2)
+    asleep: bool  # stopped (STOPPED in v2)
+
+
 @pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore"))
 class Endpoint:
     """An endpoint as listed (``ListEndpoint``) or fetched (``DedicatedEndpoint``, which adds two fields).
@@ -155,10 +167,9 @@ class Endpoint:
     # What is billed right now: (hardware, running replicas) of each deployment (v2: ready replicas; v1: filled
     # by the detail read from its state and autoscaling). None: not known, so its price is unknown, never 0.
     billable_replicas: tuple[tuple[str | None, int], ...] | None = None
-    # v2 only: (id, minReplicas, maxReplicas, state) of each deployment listed (a number left out counts 0; the
-    # state as the policy writes it, READY). A delete sequence only ever lowers the numbers and starts nothing
-    # (:func:`worker.janitor.deployments_started`).
-    deployment_activity: tuple[tuple[str, int, int, str], ...] = ()
+    # v2 only: each deployment listed, its numbers and what it is doing. A delete sequence only ever lowers the
+    # numbers and starts nothing (:func:`worker.janitor.deployments_started`).
+    deployment_activity: tuple[DeploymentActivity, ...] = ()
     # Its source, set by the client that listed it (never read from the API's body: the v1 client overwrites
     # them): v1 "v1", "", ""; v2 "v2", the project's slug (None: not known, so a protect on it protects and a
     # rule on it does not hold), the project's id.

@@ -54,6 +54,7 @@ from worker.policy import Action
 from worker.together import (
     V2_CAPABILITIES,
     ApiTime,
+    DeploymentActivity,
     Endpoint,
     Guard,
     HardwarePrice,
@@ -312,6 +313,13 @@ def derive_state(deployments: Sequence[Deployment]) -> str:
     return "ERROR" if "FAILED" in states else "STOPPED"
 
 
+def activity(deployment: Deployment) -> DeploymentActivity:
+    """The deployment's numbers and whether it runs or starts (derive_state's STARTED and STARTING), or sleeps."""
+    state = deployment.short_state
+    running = state in _RUNNING or state == "PROVISIONING"
+    return DeploymentActivity(deployment.id, *deployment.replicas, running=running, asleep=state == "STOPPED")
+
+
 def endpoint_type(wire: str) -> str:
     """``ENDPOINT_TYPE_DEDICATED`` -> ``dedicated``, as v1 and the policy's ``scope.types`` say it."""
     return wire.removeprefix("ENDPOINT_TYPE_").lower()
@@ -358,7 +366,7 @@ def to_facts(
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
         billable_replicas=billable_replicas(endpoint),
-        deployment_activity=tuple((d.id, *d.replicas, d.short_state) for d in endpoint.deployments),
+        deployment_activity=tuple(activity(d) for d in endpoint.deployments),
         api="v2",
         project=source.project if source is not None else None,
         project_id=source.project_id if source is not None else (endpoint.project_id or ""),

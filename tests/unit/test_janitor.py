@@ -34,7 +34,7 @@ from worker.janitor import (
 )
 from worker.models import OpenSequence, OutcomeStatus
 from worker.policy import Action, parse_policy
-from worker.together import V1_CAPABILITIES, Endpoint, Guard, Step, StepKind, StepPhase
+from worker.together import V1_CAPABILITIES, DeploymentActivity, Endpoint, Guard, Step, StepKind, StepPhase
 
 
 class _Client:
@@ -282,7 +282,7 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.WAIT), NOW) is not None
     # A record that kept its deployments asks their autoscaling numbers instead (the state lags a scale-down).
     kept = sequence(last_phase=StepPhase.WAIT, deployments=(("d1", 1, 1, False),), scaled=frozenset({"d1"}))
-    draining = dataclasses.replace(started, deployment_activity=(("d1", 0, 0, "READY"),))
+    draining = dataclasses.replace(started, deployment_activity=(_act("d1", 0, 0, "READY"),))
     assert sequence_hold(POLICY, draining, kept, NOW) is None
     assert sequence_hold(POLICY, started, sequence(last_phase=StepPhase.SCALE_DOWN), NOW) is None
     # Recorded before steps had phases: every step after the scale-downs counts as scaled down.
@@ -293,8 +293,14 @@ def test_an_endpoint_started_again_after_its_scale_down_is_held_by_phase_or_by_i
 T, F = True, False
 
 
-def _with(*activity: tuple[str, int, int, str]) -> Endpoint:
-    return dataclasses.replace(endpoint(), deployment_activity=activity)
+def _act(deployment: str, low: int, high: int, state: str) -> DeploymentActivity:
+    """As the v2 client tells it of a deployment in ``state`` (tests/unit/test_together_v2.py checks that)."""
+    running = state in ("READY", "SCALING", "DEGRADED", "PROVISIONING")
+    return DeploymentActivity(deployment, low, high, running=running, asleep=state == "STOPPED")
+
+
+def _with(*now: tuple[str, int, int, str]) -> Endpoint:
+    return dataclasses.replace(endpoint(), deployment_activity=tuple(_act(*d) for d in now))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from worker.errors import ApiRefusal, ApiStatusError, ApiTransportError, MalformedResponse, SettingsError
 from worker.policy import Action, Verdict, evaluate, parse_policy
-from worker.together import Endpoint, StepKind, StepPhase
+from worker.together import DeploymentActivity, Endpoint, StepKind, StepPhase
 from worker.together_v2 import (
     TogetherV2Client,
     V2Endpoint,
@@ -115,8 +115,33 @@ def test_facts_give_each_deployment_s_replicas_and_state(
     state: str, autoscaling: Any, replicas: tuple[int, int]
 ) -> None:
     e = endpoint([dep("dep_a", state, autoscaling=autoscaling), dep("dep_b", "DEPLOYMENT_STATE_STOPPED")])
-    short = state.removeprefix("DEPLOYMENT_STATE_")
-    assert to_facts(e).deployment_activity == (("dep_a", *replicas, short), ("dep_b", 0, 0, "STOPPED"))
+    ready = state == "DEPLOYMENT_STATE_READY"
+    assert to_facts(e).deployment_activity == (
+        DeploymentActivity("dep_a", *replicas, running=ready, asleep=not ready),
+        DeploymentActivity("dep_b", 0, 0, running=False, asleep=True),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "running", "asleep"),
+    [
+        ("DEPLOYMENT_STATE_READY", True, False),
+        ("DEPLOYMENT_STATE_SCALING", True, False),
+        ("DEPLOYMENT_STATE_DEGRADED", True, False),
+        ("DEPLOYMENT_STATE_PROVISIONING", True, False),  # starting: a person's start shows here first
+        ("DEPLOYMENT_STATE_STOPPED", False, True),
+        ("DEPLOYMENT_STATE_STOPPING", False, False),
+        ("DEPLOYMENT_STATE_FAILED", False, False),
+        ("DEPLOYMENT_STATE_WARMING", False, False),  # a state it does not know: neither
+        ("", False, False),
+    ],
+)
+def test_a_deployment_s_activity_says_whether_it_runs_or_sleeps(state: str, running: bool, asleep: bool) -> None:
+    """What the sequence compares between steps; the state itself stays in the client (derive_state agrees)."""
+    facts = to_facts(endpoint([dep("dep_a", state)]))
+    (seen,) = facts.deployment_activity
+    assert (seen.running, seen.asleep) == (running, asleep)
+    assert running is (facts.state in ("STARTED", "STARTING"))
 
 
 def test_facts_take_the_resolved_model_name_and_hardware_of_the_main_deployment() -> None:

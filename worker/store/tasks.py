@@ -18,7 +18,7 @@ from worker.store import scripts as lua
 from worker.store.base import StorePart
 from worker.store.locks import RunLease
 from worker.store.records import METRIC_LABEL_SEP, OUTBOX_MAX, metric
-from worker.together import StepPhase
+from worker.together import DeploymentActivity, StepPhase
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ class TaskKeeping(StorePart):
         open_sequence: bool = True,
         experiments_clear: bool = False,
         scaled_down: str | None = None,
-        seen: tuple[tuple[str, int, int, str], ...] | None = None,
+        seen: tuple[DeploymentActivity, ...] | None = None,
     ) -> None:
         """One step's result in the event stream, and (unless the step ended it) the sequence kept open.
 
@@ -298,7 +298,7 @@ class TaskKeeping(StorePart):
                 conditions_changed=False,
                 deployments=None
                 if seen is None
-                else tuple((d, lo, hi, state == "STOPPED") for d, lo, hi, state in seen),
+                else tuple((d.id, d.min_replicas, d.max_replicas, d.asleep) for d in seen),
             )
             record = replace(
                 first,
@@ -314,7 +314,7 @@ class TaskKeeping(StorePart):
                 else (previous.experiments_clear_at if previous and previous.task_id == task_id else None),
                 conditions_changed=first.conditions_changed or phase not in (StepPhase.DETACH, None),
                 scaled=first.scaled
-                | {d for d, low, high, _ in seen or () if low == high == 0}
+                | {d.id for d in seen or () if d.min_replicas == d.max_replicas == 0}
                 | ({scaled_down} if scaled_down else set()),
             )
             pipe.hset(self.key("sequences"), endpoint_id, record.encode())
