@@ -236,6 +236,66 @@ def in_process_sweeps(bench: Bench, shape: OrgShape, policy: Path) -> list[dict[
     return runs
 
 
+def bare_listing(bench: Bench, shape: OrgShape) -> float:
+    """The sweep's critical path with no janitor: whoami, the project page, then every project's endpoint pages
+    (all projects at once, one thread each), by bare httpx, each page's cursor taken with ``json.loads`` and
+    nothing parsed or kept. What this machine and the simulator cost on their own, to read the sweep against."""
+    import json
+    import threading
+
+    import httpx
+
+    sim = bench.simulator
+    headers = {"Authorization": f"Bearer {sim.api_key}"}
+    failures: list[BaseException] = []
+
+    def pages(client: httpx.Client, path: str) -> None:
+        after: str | None = None
+        while True:
+            params: dict[str, str | int] = {"limit": 100} | ({"after": after} if after else {})
+            answer = client.get(path, params=params)
+            answer.raise_for_status()
+            after = json.loads(answer.content).get("next_cursor")
+            if not after:
+                return
+
+    def project(project_id: str) -> None:
+        try:
+            with httpx.Client(base_url=sim.root, headers=headers, timeout=30) as client:
+                pages(client, f"/v2/projects/{project_id}/endpoints")
+        except BaseException as exc:  # reported after the join
+            failures.append(exc)
+
+    gc.collect()
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=sim.root, headers=headers, timeout=30) as client:
+        client.get("/v3/whoami").raise_for_status()
+        pages(client, "/v1/projects")
+    threads = [threading.Thread(target=project, args=(p,)) for p in project_ids(shape.projects)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - t0
+    if failures:
+        raise RuntimeError(f"bare listing: {failures[0]!r}")
+    return elapsed
+
+
+def add_bare_figure(bench: Bench, shape: OrgShape, bare_s: list[float], sweeps: list[dict[str, Any]]) -> None:
+    judged = [r for r in sweeps if r["kind"] != ALL_AT_ONCE]
+    floor = floor_requests(judged[0]["requests"]) * shape.latency_s
+    ratios = sorted(t / floor for t in bare_s)
+    best_sweep = min(r["seconds"] for r in judged) / floor
+    note = (
+        f"runs {', '.join(f'{r:.2f}x' for r in ratios)}; the same requests with no janitor (bare httpx, cursor "
+        f"only): the machine and the simulator alone; the best sweep {best_sweep:.2f}x, "
+        f"{best_sweep - ratios[0]:+.2f}x over the best bare run"
+    )
+    name = "org bare listing (no janitor) / floor"
+    bench.results.add(Figure("6", name, shape.size, ratios[len(ratios) // 2], "x", note=note))
+
+
 # ---------------------------------------------------------------------------------------------- the worker
 
 
@@ -332,10 +392,12 @@ def run_org(bench: Bench, shape: OrgShape) -> dict[str, Any]:
     policy = bench.workdir / "policy-org.yaml"
     policy.write_text(ORG_POLICY.format(limit=shape.to_delete))
     sweeps = in_process_sweeps(bench, shape, policy)
+    bare_s = [bare_listing(bench, shape) for _ in range(3)]
     worker = worker_sweep(bench, shape, specs, policy)
     sim.v2_faults(clear=True)
-    out = {"shape": shape.__dict__, "sweeps": sweeps, "worker": worker}
+    out = {"shape": shape.__dict__, "sweeps": sweeps, "bare_listing_s": bare_s, "worker": worker}
     add_sweep_figures(bench, shape, sweeps)
+    add_bare_figure(bench, shape, bare_s, sweeps)
     add_worker_figures(bench, shape, worker)
     return out
 

@@ -272,6 +272,7 @@ _RUNNING = frozenset({"READY", "SCALING", "DEGRADED"})
 _SETTLED = frozenset({"STOPPED", "FAILED"})  # nothing runs
 
 
+@functools.lru_cache(maxsize=256)  # a handful of states, read for every deployment of every page
 def short_state(state: str) -> str:
     """``DEPLOYMENT_STATE_READY`` -> ``READY``; an unknown value kept, in the policy's capitals."""
     short = state.removeprefix("DEPLOYMENT_STATE_")
@@ -344,6 +345,7 @@ def to_facts(
     ``source`` is the project listed: its slug and id become ``project`` and ``project_id`` (without it, or
     without a slug, ``project`` is None: unknown, which a protect on project counts as a match)."""
     main = main_deployment(endpoint)
+    hidden = hidden_deployments(endpoint) is not None
     variants: list[tuple[str | None, str | None]] = []
     for d in endpoint.deployments:
         # A protect matcher on model protects if it matches the display name, the resource name or the model
@@ -356,7 +358,7 @@ def to_facts(
         model=(names(main.model) if main.model else None) if main else "",
         type=endpoint_type(endpoint.endpoint_type),
         owner=endpoint.name.split("/", 1)[0] if "/" in endpoint.name else "",
-        state="UNKNOWN" if hidden_deployments(endpoint) else derive_state(endpoint.deployments),
+        state="UNKNOWN" if hidden else derive_state(endpoint.deployments),
         created_at=endpoint.created_at,
         display_name=None,
         # No deployment at all: nothing runs on any hardware ("" matches no hardware pattern but "*"); a
@@ -365,7 +367,7 @@ def to_facts(
         updated_at=endpoint.updated_at,
         variants=tuple(variants),
         routed=bool(endpoint.traffic_split),
-        billable_replicas=billable_replicas(endpoint),
+        billable_replicas=None if hidden else _running_replicas(endpoint),
         deployment_activity=tuple(activity(d) for d in endpoint.deployments),
         api="v2",
         project=source.project if source is not None else None,
@@ -411,8 +413,10 @@ def scaled_to_zero_since(pages: Iterable[Sequence[Event]], deployments: Collecti
 def billable_replicas(endpoint: V2Endpoint) -> tuple[tuple[str | None, int], ...] | None:
     """(hardware, ready replicas) of each deployment; None (unknown) when a deployment's count is not given or
     deployments may be hidden. The SDK prices "one running replica"; ready replicas are the running ones here."""
-    if hidden_deployments(endpoint):
-        return None
+    return None if hidden_deployments(endpoint) else _running_replicas(endpoint)
+
+
+def _running_replicas(endpoint: V2Endpoint) -> tuple[tuple[str | None, int], ...] | None:
     counts = [(d.hardware, d.ready_replicas) for d in endpoint.deployments]
     if any(n is None or n < 0 for _, n in counts):
         return None
