@@ -101,6 +101,14 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
+class _Cursor(BaseModel):
+    """A page's cursor alone (its ``data`` skipped, not built): what a listing needs to ask for the next page."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    next_cursor: str | None = None
+
+
 # Numbers from the API as the SDK types them, and nothing else: a boolean or a string is not a replica count
 # (``false`` read as 0 would be a scale to zero), and a value outside the SDK's range is refused.
 Count = Annotated[int, Field(strict=True, ge=0)]
@@ -756,23 +764,33 @@ class TogetherV2Client(HttpApi):
         are held at once (the caller's, the next one, the one being read), never the list."""
         list_page = functools.partial(self._sdk.endpoints.with_raw_response.list, project_id=self.project_id)
         page = functools.partial(list_page, limit=PAGE_SIZE)
-        return read_ahead(self._pages("GET /v2 endpoints", lambda after: page(after=after), _PAGE))
+        what = "GET /v2 endpoints"
+        # The reader takes only each body's cursor (a tenth of the page's parse) before it asks for the next page;
+        # the page itself is parsed, and held to the same model, in the caller's turn.
+        bodies = read_ahead(self._bodies(what, lambda after: page(after=after)))
+        return (self._parse(what, body, _PAGE).data for body in bodies)
 
     def _pages(
         self, what: str, call: Callable[[Any], Any], adapter: TypeAdapter[Any], cap: int = _MAX_PAGE_BYTES
     ) -> Iterator[list[Any]]:
         """The pages of a cursor listing (``data``, ``next_cursor``: together/pagination.py), one at a time."""
+        for body in self._bodies(what, call, cap):
+            yield self._parse(what, body, adapter).data
+
+    def _bodies(self, what: str, call: Callable[[Any], Any], cap: int = _MAX_PAGE_BYTES) -> Iterator[bytes]:
+        """The bodies of a cursor listing's pages, each asked with the cursor of the one before."""
         after: Any = omit
         cursors: set[str] = set()
         for _ in range(_MAX_PAGES):
-            page = self._parse(what, self._call(what, functools.partial(call, after), cap), adapter)
-            yield page.data
-            if not page.next_cursor:
+            body = self._call(what, functools.partial(call, after), cap)
+            cursor = self._parse(what, body, _CURSOR).next_cursor
+            yield body
+            if not cursor:
                 return
-            if page.next_cursor in cursors:
+            if cursor in cursors:
                 raise MalformedResponse(f"{what}: the cursor repeats; the listing would never end")
-            cursors.add(page.next_cursor)
-            after = page.next_cursor
+            cursors.add(cursor)
+            after = cursor
         raise MalformedResponse(f"{what}: more than {_MAX_PAGES} pages")
 
     def list_endpoints(
@@ -1181,6 +1199,7 @@ def _rfc3339(moment: datetime) -> str:
 
 
 _PAGE = TypeAdapter(Page[V2Endpoint])
+_CURSOR = TypeAdapter(_Cursor)
 _ENDPOINT = TypeAdapter(V2Endpoint)
 _DEPLOYMENT_PAGE = TypeAdapter(Page[FullDeployment])
 _WHOAMI = TypeAdapter(WhoAmI)

@@ -850,6 +850,35 @@ def test_the_project_s_pages_are_read_ahead_one_at_a_time() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        ({"data": [{"id": 7}], "next_cursor": "2"}, "data"),  # the cursor is good, the page is not
+        ({"data": [], "next_cursor": 2}, "next_cursor"),  # a cursor that is not a string
+        ({"data": [], "next_cursor": "1"}, "the cursor repeats"),
+        (b"<html>", "GET /v2 endpoints"),
+    ],
+)
+def test_the_pages_read_ahead_by_their_cursor_alone_are_still_held_whole_to_the_model(
+    second: dict[str, Any] | bytes, error: str
+) -> None:
+    """The reader takes only a body's cursor before it asks for the next page; the caller parses the page whole,
+    so a bad page still fails the listing (nothing is acted on from half a list)."""
+    first = {"data": [wire([dep("dep_a")], id="ep_0")], "next_cursor": "1"}
+
+    def paged(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("after")
+        if after is None:
+            return httpx.Response(200, json=first)
+        if isinstance(second, bytes):
+            return httpx.Response(200, content=second, headers={"content-type": "application/json"})
+        return httpx.Response(200, json=second)
+
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(paged), project_id="p")
+    with pytest.raises(MalformedResponse, match=error):
+        c.list_endpoints(model_names=False)
+
+
 def test_reading_ahead_carries_the_caller_s_context() -> None:
     import contextvars
 
