@@ -40,6 +40,7 @@ def sweep(  # type: ignore[no-untyped-def]
     lock_ttl_s: float = 60,
     enqueue=None,
     pending_ttl_s: int = 120,
+    clock=utc_now,
 ):
     return run_sweep(
         store=store,
@@ -49,6 +50,7 @@ def sweep(  # type: ignore[no-untyped-def]
         lock_ttl_s=lock_ttl_s,
         pending_ttl_s=pending_ttl_s,
         enqueue=enqueue or queued.extend,
+        clock=clock,
     )
 
 
@@ -124,16 +126,7 @@ def test_a_sweep_s_recorded_span_lies_inside_its_lock(
         ticks.append((iso(at), probe.locked()))
         return at
 
-    summary = run_sweep(
-        store=store,
-        client=client,
-        policy_file=policy,
-        dry_run=True,
-        lock_ttl_s=60,
-        pending_ttl_s=120,
-        enqueue=lambda _batch: None,
-        clock=clock,
-    )
+    summary = sweep(store, client, policy, [], dry_run=True, clock=clock)
     assert summary.status == "ok", summary.error
     held = {at for at, locked in ticks if locked}
     assert summary.started_at in held and summary.finished_at in held
