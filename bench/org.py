@@ -238,12 +238,15 @@ def in_process_sweeps(bench: Bench, shape: OrgShape, policy: Path) -> list[dict[
 
 def bare_listing(bench: Bench, shape: OrgShape) -> float:
     """The sweep's critical path with no janitor: whoami, the project page, then every project's endpoint pages
-    (all projects at once, one thread each), by bare httpx, each page's cursor taken with ``json.loads`` and
-    nothing parsed or kept. What this machine and the simulator cost on their own, to read the sweep against."""
+    (at most ``LIST_WORKERS`` projects at once, as the sweep), by bare httpx, each page's cursor taken with
+    ``json.loads`` and nothing parsed or kept, the collector off as in the sweep. What this machine and the
+    simulator cost on their own, to read the sweep against."""
     import json
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     import httpx
+
+    from worker.listing import LIST_WORKERS
 
     sim = bench.simulator
     headers = {"Authorization": f"Bearer {sim.api_key}"}
@@ -270,18 +273,18 @@ def bare_listing(bench: Bench, shape: OrgShape) -> float:
     ids = project_ids(shape.projects)
     clients = [httpx.Client(base_url=sim.root, headers=headers, timeout=30, verify=False) for _ in range(len(ids) + 1)]
     setup, *per_project = clients
-    threads = [threading.Thread(target=project, args=pair) for pair in zip(per_project, ids, strict=True)]
+    pool = ThreadPoolExecutor(max_workers=min(LIST_WORKERS, len(ids)))
     gc.collect()
+    gc.disable()
     try:
         t0 = time.perf_counter()
         setup.get("/v3/whoami").raise_for_status()
         pages(setup, "/v1/projects")
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        list(pool.map(project, per_project, ids))
         elapsed = time.perf_counter() - t0
     finally:
+        gc.enable()
+        pool.shutdown()
         for client in clients:
             client.close()
     if failures:

@@ -26,10 +26,10 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar, cast
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar, cast
 
 import httpx
 
@@ -278,11 +278,19 @@ class Event(_Wire):
 
 _RUNNING = frozenset({"READY", "SCALING", "DEGRADED"})
 _SETTLED = frozenset({"STOPPED", "FAILED"})  # nothing runs
+# The SDK's states (types/endpoint_deployment_summary.py), looked up for every deployment of every page; any
+# other value is worked out each time (an API's value is not kept).
+_SHORT_STATES: Final = {
+    f"DEPLOYMENT_STATE_{s}": s
+    for s in ("PROVISIONING", "READY", "SCALING", "DEGRADED", "FAILED", "STOPPED", "STOPPING")
+}
 
 
-@functools.lru_cache(maxsize=256)  # a handful of states, read for every deployment of every page
 def short_state(state: str) -> str:
     """``DEPLOYMENT_STATE_READY`` -> ``READY``; an unknown value kept, in the policy's capitals."""
+    known = _SHORT_STATES.get(state)
+    if known is not None:
+        return known
     short = state.removeprefix("DEPLOYMENT_STATE_")
     return re.sub(r"[^A-Z0-9_]", "_", short.upper()) or "UNKNOWN"
 
@@ -767,8 +775,14 @@ class TogetherV2Client(HttpApi):
         what = "GET /v2 endpoints"
         # The reader takes only each body's cursor (a tenth of the page's parse) before it asks for the next page;
         # the page itself is parsed, and held to the same model, in the caller's turn.
-        bodies = read_ahead(self._bodies(what, lambda after: page(after=after)))
-        return (self._parse(what, body, _PAGE).data for body in bodies)
+        return self._parsed(what, read_ahead(self._bodies(what, lambda after: page(after=after))))
+
+    def _parsed(self, what: str, bodies: Generator[bytes, None, None]) -> Iterator[list[V2Endpoint]]:
+        # Closed as soon as a page fails its parse, so the reader stops then, not when the error is let go (a
+        # listing's error is held until every other source has listed, and with it this frame).
+        with contextlib.closing(bodies):
+            for body in bodies:
+                yield self._parse(what, body, _PAGE).data
 
     def _pages(
         self, what: str, call: Callable[[Any], Any], adapter: TypeAdapter[Any], cap: int = _MAX_PAGE_BYTES
@@ -1148,7 +1162,7 @@ def conditional_on(etag: str | None, what: str) -> str:
     return etag
 
 
-def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+def read_ahead(items: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
     """``items`` read in a thread of its own, at most ``depth`` ahead of the caller: a listing's next request goes
     out as soon as the page before it is read, while the caller works on that page, with no hand-over between
     threads on the requests' path. An error is raised to the caller in its turn; a caller that stops early stops

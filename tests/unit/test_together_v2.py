@@ -879,6 +879,33 @@ def test_the_pages_read_ahead_by_their_cursor_alone_are_still_held_whole_to_the_
         c.list_endpoints(model_names=False)
 
 
+def test_a_page_the_caller_refuses_stops_the_reader_while_the_error_is_still_held() -> None:
+    """A sweep holds a source's error until every other source has listed: the reader must stop when the page
+    fails, not when the error is let go (it would go on asking for pages and hold them meanwhile)."""
+    import threading
+
+    asked: list[str | None] = []
+
+    def paged(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("after")
+        asked.append(after)
+        if after is None:
+            return httpx.Response(200, json={"data": [{"id": 7}], "next_cursor": "1"})
+        n = int(after)
+        return httpx.Response(200, json={"data": [wire([dep("d")], id=f"ep_{n}")], "next_cursor": str(n + 1)})
+
+    c = TogetherV2Client("http://api.test/v1", KEY, 5.0, transport=httpx.MockTransport(paged), project_id="p")
+    held: list[MalformedResponse] = []
+    try:
+        c.list_endpoints(model_names=False)
+    except MalformedResponse as exc:
+        held.append(exc)  # kept, with its traceback, as list_sources keeps a source's error
+    assert held
+    assert not any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
+    # The page that failed and, as read_ahead allows, one waiting in the slot and one being read: no more.
+    assert len(asked) <= 3, asked
+
+
 def test_reading_ahead_carries_the_caller_s_context() -> None:
     import contextvars
 
