@@ -717,3 +717,44 @@ def test_the_platform_waking_or_recovering_a_deployment_is_not_a_person_s_answer
     if action == "stop":
         left = delete_v2.sim.v2_endpoint("ep_0001")
         assert left is not None and [d["autoscaling"]["maxReplicas"] for d in left["deployments"]] == [0, 0]
+
+
+@pytest.mark.parametrize("record", ["before phases", "current"])
+def test_a_person_s_scale_up_after_an_older_janitor_s_scale_down_holds_the_resumed_delete(
+    delete_v2: Delete, store: Store, record: str
+) -> None:
+    """An older janitor (before phases: its order scaled every deployment down first) scaled dep_1_0 to zero and
+    recorded only ``last_step``; a person scales dep_1_0 back up; the task's next run is a new worker's. Which
+    deployment it had scaled is not in such a record, so the sequence is held; today's record names it (review)."""
+    import json
+
+    from worker.clock import iso
+
+    sim = delete_v2.sim
+    sim.v2_reset([v2_endpoint(1, deployments=2)], stop_delay_s=0)
+    started = utc_now() - timedelta(minutes=10)
+    (request,) = delete_v2.sweep()
+    _scale_up(sim, "dep_1_0", (0, 0))  # what the older janitor did
+    old: dict[str, Any] = {
+        "rule": "ci-endpoints",
+        "action": "delete",
+        "started_at": iso(started),
+        "steps": 1,
+        "last_step": "scale deployment dep_1_0 to zero",
+        "task_id": request.task_id,
+        "updated_at": iso(started),
+        "hardware": "1x_nvidia_h100_80gb_sxm",
+        "usd_per_hour": None,
+    }
+    if record == "current":
+        old |= {
+            "last_phase": "scale_down",
+            "conditions_changed": True,
+            "deployments": [["dep_1_0", 1, 1, False], ["dep_1_1", 1, 1, False]],
+            "scaled": ["dep_1_0"],
+        }
+    store.redis.hset(store.key("sequences"), "ep_0001", json.dumps(old))
+    _scale_up(sim, "dep_1_0", (1, 1))  # the person's answer
+    outcome = run_to_the_end(delete_v2, request).outcome
+    assert outcome.status == "spared", (outcome.status, outcome.error, _deleted_deployments(delete_v2))
+    assert _deleted_deployments(delete_v2) == [] and sim.v2_endpoint("ep_0001") is not None

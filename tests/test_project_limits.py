@@ -300,7 +300,9 @@ def test_limits_kept_under_a_slug_by_an_earlier_janitor_move_to_the_project_s_id
     sim: Sim, store: Store, both: Resolved, tmp_path: Path
 ) -> None:
     """Upgrade: a janitor from before limits were kept by id left acme's 24 h count and pause under its slug. The
-    first sweep moves them to the id: the count still holds the project back, and no pause is left behind."""
+    first sweep moves them to the id: the count still holds the project back, and no pause is left behind. The
+    slug's count is kept (merged, not moved): a worker still running the older code during a rolling upgrade
+    reads it, and an empty one would let it queue the project's day again (review)."""
     policy = write_policy(tmp_path / "policy.yaml", PER_DAY)
     store.claim_pending({"ep_0009": "t-before"}, 60, requests={"ep_0009": {}}, live=True, projects={"ep_0009": "acme"})
     store.set_pause("max_deletes_per_day: 1 in the last 24 h + 1 now > 1", "s-before", 1, project="acme")
@@ -311,7 +313,10 @@ def test_limits_kept_under_a_slug_by_an_earlier_janitor_move_to_the_project_s_id
     assert summary.status == "ok" and queued == []
     assert "1 in the last 24 h + 1 now > 1" in summary.limit_trips[PID]["limit"]
     assert set(store.project_pauses()) == {PID} and store.pause("acme") is None
-    assert store.limit_state([], [PID, "acme"]).acted_by_project == {PID: 1, "acme": 0}
+    assert store.limit_state([], [PID, "acme"]).acted_by_project == {PID: 1, "acme": 1}
+    again = sweep(store, both, policy, queued)  # merged again, never counted twice
+    assert again.status == "ok" and queued == [] and PID in again.limit_trips
+    assert store.limit_state([], [PID, "acme"]).acted_by_project == {PID: 1, "acme": 1}
 
 
 def test_a_slug_that_is_another_known_project_s_id_moves_nothing_of_it(sim: Sim, store: Store, tmp_path: Path) -> None:

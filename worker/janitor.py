@@ -516,6 +516,11 @@ def sequence_hold(
     if started is not None:
         return started
     last = sequence.last_step or ""
+    if not sequence.phased and last.startswith("scale deployment"):
+        # Recorded before steps had phases, in the old order that scaled every deployment down first, and stopped
+        # among those scale-downs: which deployments it scaled is not kept, so a person's scale-up of one of them
+        # could not be told from one not yet scaled. The next sweep decides anew.
+        return f"the delete under way was recorded before its steps were kept (last step: {last}); not resumed"
     # A sequence recorded before steps had phases: its old order scaled everything down first.
     scaled_down = (
         sequence.last_phase in SCALED_DOWN_PHASES if sequence.phased else not last.startswith("scale deployment")

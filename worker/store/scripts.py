@@ -81,7 +81,9 @@ return claimed
 
 # Upgrade (remove after 2027-03): a project's pause, approval and 24 h count kept under its slug, as a janitor
 # from before they were kept by id left them, move to its id. KEYS in sixes: the pause (slug, id), the approval
-# (slug, id), the count (slug, id). A pause or approval the id already has wins; the counts are merged.
+# (slug, id), the count (slug, id). A pause or approval the id already has wins; the counts are merged into the
+# id's, and the slug's is kept: a worker still running the older code (a rolling upgrade) counts by it, and must
+# not find it empty (it would queue a day's deletes again). It expires 48 h after the older code's last claim.
 MOVE_PROJECT_LIMITS = """
 for i = 1, #KEYS, 6 do
   for j = i, i + 2, 2 do
@@ -92,7 +94,6 @@ for i = 1, #KEYS, 6 do
   end
   if redis.call('EXISTS', KEYS[i + 4]) == 1 then
     redis.call('ZUNIONSTORE', KEYS[i + 5], 2, KEYS[i + 5], KEYS[i + 4], 'AGGREGATE', 'MAX')
-    redis.call('DEL', KEYS[i + 4])
     redis.call('EXPIRE', KEYS[i + 5], 172800)
   end
 end
