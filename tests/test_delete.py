@@ -457,6 +457,13 @@ def _scale_up(sim: Sim, deployment: str, replicas: tuple[int, int] = (1, 1)) -> 
     )
 
 
+def _held_with_nothing_deleted(delete: Delete, request: DeleteRequest, state: RunState, why: str) -> None:
+    """The delete run to its end is spared for ``why``, and no deployment was deleted."""
+    outcome = run_to_the_end(delete, request, state).outcome
+    assert outcome.status == "spared" and why in (outcome.error or ""), outcome
+    assert _deleted_deployments(delete) == []
+
+
 def _deleted_deployments(delete: Delete) -> list[str]:
     return [r["deployment_id"] for r in delete.changes() if r["method"] == "DELETE" and r["target"] == "deployment"]
 
@@ -543,9 +550,7 @@ def test_a_rule_s_ttl_lengthened_during_the_delete_stops_it(delete_v2: Delete, s
     first = delete_v2.run(request)
     assert isinstance(first, Continue)
     delete_v2.policy.write_text(BASIC_POLICY.replace("ttl: 6h", "ttl: 30d"))
-    outcome = run_to_the_end(delete_v2, request, first.state).outcome
-    assert outcome.status == "spared" and "no longer old enough" in (outcome.error or ""), outcome
-    assert _deleted_deployments(delete_v2) == []
+    _held_with_nothing_deleted(delete_v2, request, first.state, "no longer old enough")
 
 
 STOP_POLICY = """
@@ -643,9 +648,7 @@ def test_a_deployment_its_own_timeout_stopped_and_a_person_restarted_mid_delete_
     result = _until_waiting(delete_v2, store, request)
     _scale_up(sim, "dep_1_1")
     sim.v2_settings(stop_delay_s=0)
-    outcome = run_to_the_end(delete_v2, request, result.state).outcome
-    assert outcome.status == "spared" and "dep_1_1 was started" in (outcome.error or ""), outcome
-    assert _deleted_deployments(delete_v2) == []
+    _held_with_nothing_deleted(delete_v2, request, result.state, "dep_1_1 was started")
 
 
 def test_a_scale_down_whose_answer_was_lost_and_then_undone_by_a_person_is_an_answer(
@@ -664,9 +667,7 @@ def test_a_scale_down_whose_answer_was_lost_and_then_undone_by_a_person_is_an_an
     result = _until_waiting(delete_v2, store, resumed)
     assert "dep_1_0" in reads.open_sequences(store)["ep_0001"].scaled
     _scale_up(sim, "dep_1_0")
-    outcome = run_to_the_end(delete_v2, resumed, result.state).outcome
-    assert outcome.status == "spared" and "scaled up again" in (outcome.error or ""), outcome
-    assert _deleted_deployments(delete_v2) == []
+    _held_with_nothing_deleted(delete_v2, resumed, result.state, "scaled up again")
 
 
 def test_a_person_raising_a_deployment_s_replicas_before_its_scale_down_is_an_answer(
