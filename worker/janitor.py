@@ -521,10 +521,9 @@ def sequence_hold(
         # among those scale-downs: which deployments it scaled is not kept, so a person's scale-up of one of them
         # could not be told from one not yet scaled. The next sweep decides anew.
         return f"the delete under way was recorded before its steps were kept (last step: {last}); not resumed"
-    # A sequence recorded before steps had phases: its old order scaled everything down first.
-    scaled_down = (
-        sequence.last_phase in SCALED_DOWN_PHASES if sequence.phased else not last.startswith("scale deployment")
-    )
+    # A sequence recorded before steps had phases and past its scale-downs (held above if among them): its old
+    # order scaled everything down first.
+    scaled_down = not sequence.phased or sequence.last_phase in SCALED_DOWN_PHASES
     # Only a delete takes the endpoint out of traffic first; a stop leaves it routed and only scales down.
     if endpoint.routed and sequence.action == Action.DELETE and sequence.last_phase in UNROUTED_PHASES:
         return "the endpoint takes live traffic again since it was taken out of it: a person's answer"
